@@ -1,0 +1,94 @@
+"""Default fine-tuning config: text (or text-pair) classification on any CSV, TSV or JSONL file.
+
+Every field is documented here; task configs start from this one and change what they need.
+
+Run (paths come from the command line or environment variables, never a default outside the repo):
+
+    python train.py --config configs/default.py --workdir runs/x \
+        --config.model.checkpoint=PATH_TO_HF_BERT_DIR \
+        --config.data.train_path=train.jsonl --config.data.eval_path=dev.jsonl \
+        --config.data.text_field=text --config.data.label_field=label
+
+Paths may contain environment variables (`--config.data.train_path='$DATA/sst2/train.tsv'`).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # seeds parameter init of new layers, dropout and the data order
+
+    # ---- model --------------------------------------------------------------------------------------------
+    config.model = model = ml_collections.ConfigDict()
+    model.checkpoint = config_dict.placeholder(str)  # Hugging Face BERT dir (config.json + model.safetensors)
+    model.init_from_workdir = config_dict.placeholder(str)  # warm start: params of another jaxft run's workdir
+    model.tokenizer = config_dict.placeholder(str)  # tokenizer dir; default: model.checkpoint
+    model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params and optimizer state stay float32)
+    model.attention = "auto"  # "auto" (cuDNN fused on GPU, XLA elsewhere), "xla" or "cudnn"
+    model.remat = False  # recompute each layer in the backward pass to save memory on long sequences
+    model.classifier_dropout = config_dict.placeholder(float)  # dropout before the head; default: hidden dropout
+    model.hidden_dropout = config_dict.placeholder(float)  # override the checkpoint's hidden dropout (0 = off)
+    model.attention_dropout = config_dict.placeholder(float)  # override the checkpoint's attention dropout
+    # Architecture of a randomly initialised encoder, used only when model.checkpoint is unset.
+    model.random_init = random_init = ml_collections.ConfigDict()
+    random_init.hidden_size = 768  # width of every layer
+    random_init.num_hidden_layers = 12  # transformer layers
+    random_init.num_attention_heads = 12  # heads per layer (hidden_size must divide evenly)
+    random_init.intermediate_size = 3072  # feed-forward width
+    random_init.max_position_embeddings = 512  # longest sequence the position table covers
+    random_init.hidden_dropout_prob = 0.1  # dropout on embeddings and sub-layer outputs
+    random_init.attention_probs_dropout_prob = 0.1  # dropout on attention weights
+
+    # ---- data ---------------------------------------------------------------------------------------------
+    config.data = data = ml_collections.ConfigDict()
+    data.train_path = config_dict.placeholder(str)  # CSV / TSV / JSONL (optionally .gz) with labelled examples
+    data.eval_path = config_dict.placeholder(str)  # evaluated every training.eval_every steps and at the end
+    data.test_path = config_dict.placeholder(str)  # evaluated once at the end (labelled), if given
+    data.format = "auto"  # "auto" (by extension), "csv", "tsv" or "jsonl"
+    data.has_header = True  # CSV/TSV: first row names the columns; False: fields are 0-based column indices
+    data.text_field = "text"  # column / key holding the text
+    data.text_pair_field = config_dict.placeholder(str)  # second text for sentence-pair tasks (token type 1)
+    data.label_field = "label"  # column / key holding the label
+    data.labels = config_dict.placeholder(tuple)  # label vocabulary in order; default: sorted train labels
+    data.positive_label = config_dict.placeholder(str)  # also report this class's F1 as "f1" (GLUE MRPC)
+    data.max_seq_length = 128  # tokens per example after truncation, [CLS] and [SEP] included
+    data.num_buckets = 4  # length buckets up to max_seq_length; 1 pads everything to max_seq_length
+    data.cache = True  # cache tokenised splits in WORKDIR/cache
+
+    # ---- optimizer ----------------------------------------------------------------------------------------
+    config.optimizer = opt = ml_collections.ConfigDict()
+    opt.name = "adamw"  # "adamw" or "sgd" (with momentum)
+    opt.learning_rate = 5e-5  # peak learning rate, reached at the end of warm-up
+    opt.schedule = "linear"  # "linear" (warm-up, then linear decay to 0) or "constant" (after warm-up)
+    opt.warmup_steps = 0  # warm-up steps; if 0, warmup_ratio decides
+    opt.warmup_ratio = 0.0  # warm-up as a fraction of all training steps
+    opt.weight_decay = 0.01  # decoupled weight decay (AdamW); biases and LayerNorm are never decayed
+    opt.l2_penalty = 0.0  # coefficient of 0.5 * ||w||^2 added to the loss (same mask); distinct from decay
+    opt.b1 = 0.9  # Adam first-moment decay
+    opt.b2 = 0.999  # Adam second-moment decay
+    opt.eps = 1e-8  # Adam epsilon (as torch.optim.AdamW)
+    opt.momentum = 0.9  # SGD momentum
+    opt.nesterov = False  # SGD Nesterov momentum
+    opt.max_grad_norm = 1.0  # clip gradients to this global norm; 0 disables clipping
+
+    # ---- training -----------------------------------------------------------------------------------------
+    config.training = training = ml_collections.ConfigDict()
+    training.batch_size = 32  # global batch (all devices, all hosts) per optimizer step
+    training.grad_accum_steps = 1  # micro-batches per step: each device sees batch_size / devices / this
+    training.num_epochs = 3  # passes over the train split
+    training.num_train_steps = -1  # if > 0, overrides num_epochs
+    training.eval_batch_size = 128  # global evaluation batch (rounded up to a multiple of the devices)
+    training.eval_every = 0  # evaluate every N steps; 0 = at the end of every epoch
+    training.log_every = 50  # write train metrics every N steps
+    training.checkpoint_every = 500  # save the full train state every N steps (and at the end)
+    training.keep_checkpoints = 2  # latest checkpoints kept (the best one is kept separately)
+    training.best_metric = "accuracy"  # eval metric that picks the best checkpoint and drives early stopping
+    training.best_mode = "max"  # "max" or "min" (e.g. for "loss")
+    training.early_stopping_patience = 0  # stop after this many evaluations without improvement; 0 = off
+    training.early_stopping_min_delta = 0.0  # smallest change that counts as an improvement
+    training.async_checkpoints = True  # write checkpoints in the background
+    training.progress_bar = True  # show a progress bar with loss, learning rate and examples/s
+    training.tensorboard = True  # write TensorBoard event files to WORKDIR/tensorboard
+    return config

@@ -1,0 +1,118 @@
+"""Checkpoints: the full train state every N steps, and the best parameters by an eval metric.
+
+Two Orbax managers, because Orbax's `best_fn` makes `max_to_keep` keep the best N instead of the newest N
+(ENVIRONMENT.md), and resuming needs the newest:
+
+    WORKDIR/checkpoints/latest/<step>/   full TrainState + JSON meta (data position, best so far, ...)
+    WORKDIR/checkpoints/best/<step>/     parameters of the best evaluation + JSON meta (its metrics)
+
+Where a run starts from, in order: resume from `latest` in its own workdir > parameters of another run
+(`model.init_from_workdir`) > a pretrained Hugging Face checkpoint > random initialisation.
+"""
+
+import logging
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxft.errors import UserError
+
+
+def _abstract(tree):
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpoints:
+    """Saves and restores one workdir's checkpoints.
+
+    Args:
+      workdir: the run's directory; checkpoints go to `workdir/checkpoints`.
+      keep: how many of the newest full-state checkpoints to keep.
+      async_save: write in the background (the step loop goes on; `wait` blocks until written).
+    """
+
+    def __init__(self, workdir: str, *, keep: int = 2, async_save: bool = True):
+        root = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.latest = ocp.CheckpointManager(os.path.join(root, "latest"), options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
+        self.best = ocp.CheckpointManager(os.path.join(root, "best"), options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, enable_async_checkpointing=async_save, create=True))
+
+    def save(self, step: int, state, meta: dict) -> None:
+        """Saves the full train state (host arrays) and `meta` (JSON) as step `step`."""
+        self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       meta=ocp.args.JsonSave(meta)))
+
+    def save_best(self, step: int, params, meta: dict) -> None:
+        """Replaces the best checkpoint with `params`; the caller decides what "best" means."""
+        self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                     meta=ocp.args.JsonSave(meta)), force=True)
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore(self, template_state) -> tuple[object, dict] | None:
+        """The newest full state, shaped like `template_state`, and its meta; None when there is none."""
+        step = self.latest.latest_step()
+        if step is None:
+            return None
+        restored = self.latest.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(template_state)), meta=ocp.args.JsonRestore()))
+        return restored.state, restored.meta
+
+    def restore_best_params(self, template_params) -> tuple[object, dict] | None:
+        """The best parameters and their meta; None when no evaluation has been saved."""
+        step = self.best.latest_step()
+        if step is None:
+            return None
+        restored = self.best.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(_abstract(template_params)), meta=ocp.args.JsonRestore()))
+        return restored.params, restored.meta
+
+    def wait(self) -> None:
+        """Blocks until background saves are on disk."""
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait()
+        self.latest.close()
+        self.best.close()
+
+
+def params_from_workdir(workdir: str, template_params, log=logging.info):
+    """Fine-tuned parameters of another run, for a warm start: its best checkpoint, else its newest.
+
+    Raises:
+      UserError: `workdir` holds no jaxft checkpoint, or its parameters do not fit the model.
+    """
+    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(root):
+        raise UserError(f"model.init_from_workdir={workdir}: no jaxft checkpoints in it ({root} is missing)")
+    source = ocp.CheckpointManager(root + "/best")
+    kind = "best"
+    if source.latest_step() is None:
+        source, kind = ocp.CheckpointManager(root + "/latest"), "latest"
+    step = source.latest_step()
+    if step is None:
+        raise UserError(f"model.init_from_workdir={workdir}: its checkpoints directory holds no checkpoint")
+    try:
+        if kind == "best":
+            params = source.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(_abstract(template_params)))).params
+        else:
+            # Only the parameters of the full state are needed; restore them alone (partial restore).
+            restored = source.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item={"params": _abstract(template_params)},
+                restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(), {"params": template_params}),
+                partial_restore=True)))
+            params = restored.state["params"]
+    except (ValueError, KeyError, TypeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"model.init_from_workdir={workdir}: its parameters do not fit this model "
+                        f"({first_line})") from None
+    finally:
+        source.close()
+    log(f"Warm start: parameters from {workdir} ({kind} checkpoint, step {step})")
+    return params

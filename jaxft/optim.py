@@ -1,0 +1,84 @@
+"""The optimizer, built from optax parts: clipping, then AdamW or SGD, on a warm-up + decay schedule.
+
+Weight decay (and the optional L2 penalty) skip biases and LayerNorm parameters, as in BERT's original
+recipe and Hugging Face's `Trainer`; `decay_mask` is the single place that decides.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def warmup_steps(opt: ml_collections.ConfigDict, total_steps: int) -> int:
+    """Warm-up length in steps: `warmup_steps` if set, else `warmup_ratio` of `total_steps` (rounded up)."""
+    if opt.warmup_steps > 0:
+        return int(opt.warmup_steps)
+    return int(-(-opt.warmup_ratio * total_steps // 1))
+
+
+def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 to the peak, then linear decay to 0 at `total_steps` (or constant).
+
+    Equal to transformers' `get_linear_schedule_with_warmup`: the rate used at update k (0-based) is
+    `lr * k / warmup` during warm-up and `lr * (total - k) / (total - warmup)` after it.
+
+    Args:
+      opt: the `optimizer` section of the config.
+      total_steps: number of optimizer updates in the run.
+
+    Returns:
+      An optax schedule mapping the update count to a learning rate.
+    """
+    peak, warmup = opt.learning_rate, warmup_steps(opt, total_steps)
+    after = (optax.constant_schedule(peak) if opt.schedule == "constant"
+             else optax.linear_schedule(peak, 0.0, max(total_steps - warmup, 1)))
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def decay_mask(params) -> dict:
+    """True for parameters that weight decay applies to: everything but biases and LayerNorm parameters."""
+
+    def decays(path, _):
+        names = [getattr(key, "key", str(key)) for key in path]
+        return names[-1] != "bias" and not any("LayerNorm" in name or "layer_norm" in name for name in names)
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def l2_penalty(params, coefficient: float) -> jax.Array:
+    """`coefficient * 0.5 * ||w||^2` over the decayed parameters: an L2 term that goes into the loss."""
+    if coefficient == 0:
+        return jnp.zeros((), jnp.float32)
+    leaves = jax.tree.leaves(jax.tree.map(lambda p, m: jnp.sum(jnp.square(p)) if m else 0.0,
+                                          params, decay_mask(params)))
+    return coefficient * 0.5 * sum(leaves)
+
+
+def create_optimizer(opt: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+    """Builds the optimizer named by `opt.name` on the schedule of `learning_rate_schedule`.
+
+    Args:
+      opt: the `optimizer` section of the config.
+      total_steps: number of optimizer updates in the run (the schedule decays to 0 there).
+
+    Returns:
+      `clip_by_global_norm` (when `max_grad_norm` > 0) chained with AdamW (decoupled, masked weight decay) or
+      SGD with momentum (masked weight decay added to the gradient).
+
+    Example:
+      >>> tx = create_optimizer(get_config().optimizer, total_steps=1000)
+      >>> opt_state = tx.init(params)
+    """
+    schedule = learning_rate_schedule(opt, total_steps)
+    parts = [optax.clip_by_global_norm(opt.max_grad_norm)] if opt.max_grad_norm > 0 else []
+    if opt.name == "adamw":
+        parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                                 weight_decay=opt.weight_decay, mask=decay_mask))
+    else:
+        if opt.weight_decay > 0:
+            parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
+        parts.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
+    return optax.chain(*parts)

@@ -1,0 +1,264 @@
+"""Fine-tuning from a config: set up (read, check, initialise), then the step loop.
+
+`train_and_evaluate(config, workdir)` is the whole job. Everything that can be wrong with the inputs is read
+and checked before the workdir is touched. The loop then hangs its side work (logging, evaluation,
+checkpoints, early stopping) off the step count; what each piece does lives in its own module.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxft import checkpoint, evaluate, optim, parallel, steps
+from jaxft import config as config_lib
+from jaxft.data import labels as labels_lib
+from jaxft.data import pipeline, tokenize
+from jaxft.early_stopping import BestMetric
+from jaxft.errors import UserError
+from jaxft.models import convert
+from jaxft.models.bert import BertConfig
+from jaxft.models.heads import SequenceClassifier
+from jaxft.writers import MetricWriter, ProgressBar, plot_curves
+
+
+@dataclasses.dataclass
+class Setup:
+    """What the loop needs, built by `prepare` without writing anything."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    label_names: list[str]
+    splits: dict
+    tokenizer: object
+    bert_config: BertConfig
+    pretrained: dict | None  # converted Hugging Face tensors, when starting from a checkpoint
+
+
+def _bert_config(config: ml_collections.ConfigDict, tokenizer) -> BertConfig:
+    if config.model.checkpoint:
+        bert_config = convert.load_config(config_lib.expand_path(config.model.checkpoint))
+    else:
+        bert_config = BertConfig(vocab_size=len(tokenizer), **config.model.random_init.to_dict())
+    overrides = {"hidden_dropout_prob": config.model.hidden_dropout,
+                 "attention_probs_dropout_prob": config.model.attention_dropout}
+    return dataclasses.replace(bert_config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
+    """Reads and checks config, data, tokenizer and checkpoint; raises `UserError` before any write."""
+    config_lib.validate(config)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"workdir {workdir} exists and is not a directory")
+    labels_path = os.path.join(workdir, "labels.json")
+    saved_labels = labels_lib.load_label_vocab(labels_path) if os.path.exists(labels_path) else None
+    label_names, splits = pipeline.read_splits(config.data, saved_labels)
+    checkpoint_dir = config_lib.expand_path(config.model.checkpoint)
+    tokenizer = tokenize.load_tokenizer(config_lib.expand_path(config.model.tokenizer) or checkpoint_dir)
+    bert_config = _bert_config(config, tokenizer)
+    tokenize.check_max_seq_length(config.data.max_seq_length, bert_config.max_position_embeddings)
+    if len(tokenizer) > bert_config.vocab_size:
+        raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                        f"{bert_config.vocab_size}: model.tokenizer does not belong to model.checkpoint")
+    parallel.check_batch_size(config.training.batch_size, config.training.grad_accum_steps)
+    if config.model.init_from_workdir:
+        init_dir = config_lib.expand_path(config.model.init_from_workdir)
+        if not os.path.isdir(os.path.join(init_dir, "checkpoints")):
+            raise UserError(f"model.init_from_workdir={init_dir}: no jaxft checkpoints in it")
+    pretrained = None
+    if checkpoint_dir:
+        pretrained, ignored = convert.hf_to_flax(convert.load_state_dict(checkpoint_dir))
+        if ignored:
+            logging.info("Not used from %s: %s", checkpoint_dir, ", ".join(sorted(ignored)))
+    return Setup(config, workdir, label_names, splits, tokenizer, bert_config, pretrained)
+
+
+def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num_labels: int):
+    """The classifier the config asks for (compute dtype, attention implementation, remat)."""
+    attention = config.model.attention
+    if attention == "auto":
+        attention = "cudnn" if jax.default_backend() == "gpu" else "xla"
+    return SequenceClassifier(config=bert_config, num_labels=num_labels,
+                              dtype=jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32,
+                              classifier_dropout=config.model.classifier_dropout,
+                              attention_impl=attention, remat=config.model.remat)
+
+
+def initial_params(setup: Setup, model) -> dict:
+    """Parameters to start a new run from: another run's, pretrained (head new), or random."""
+    config = setup.config
+    length = min(8, config.data.max_seq_length)
+    dummy = jnp.zeros((1, length), jnp.int32)
+    params = jax.jit(model.init)(jax.random.key(config.seed), dummy, jnp.ones_like(dummy), dummy)["params"]
+    params = jax.device_get(params)
+    if config.model.init_from_workdir:
+        return checkpoint.params_from_workdir(config_lib.expand_path(config.model.init_from_workdir), params)
+    if setup.pretrained is not None:
+        return convert.merge_pretrained(params, setup.pretrained)
+    logging.info("No model.checkpoint: the encoder starts from random weights")
+    return params
+
+
+def _write_once(workdir: str, name: str, text: str) -> None:
+    path = os.path.join(workdir, name)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def run_evaluation(p_eval, params, split, config, label_names, step, writer, eval_dir) -> dict:
+    """Evaluates `split` exactly (every example once), writes its report, returns summary metrics."""
+    totals = None
+    batch_size = parallel.eval_batch_size(config.training.eval_batch_size)
+    for batch in pipeline.eval_batches(split, pipeline.buckets(config.data), batch_size):
+        counts = p_eval(params, parallel.split_for_devices(batch))
+        totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
+    totals = jax.tree.map(lambda x: np.asarray(x).sum(0), jax.device_get(totals))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        totals = jax.tree.map(lambda x: np.asarray(x).sum(0), multihost_utils.process_allgather(totals))
+    confusion = totals["confusion"].astype(np.int64)
+    report, text = evaluate.classification_report(confusion, label_names)
+    metrics = evaluate.summary_metrics(report, float(totals["loss_sum"]), int(totals["count"]),
+                                       config.data.positive_label)
+    if parallel.is_chief():
+        name = evaluate.report_name(split.name, step)
+        evaluate.write_report(eval_dir, name, report, text, confusion, label_names,
+                              {"step": step, "split": split.name, "loss": metrics["loss"]})
+        if step is not None:
+            writer.write_eval(step, split.name, metrics)
+    return metrics
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Fine-tunes as `config` says, writing checkpoints, metrics and reports to `workdir`.
+
+    Args:
+      config: a config from `configs/` (see configs/default.py for every field).
+      workdir: the run's directory; an existing run there is resumed.
+
+    Returns:
+      The final evaluation metrics by split ({"eval": {...}, "test": {...}}), empty without eval data.
+    """
+    setup = prepare(config, workdir)
+    chief = parallel.is_chief()
+    tc = config.training
+    if chief:
+        os.makedirs(workdir, exist_ok=True)
+        _write_once(workdir, "config.json", config_lib.to_json(config))
+        labels_lib.save_label_vocab(os.path.join(workdir, "labels.json"), setup.label_names)
+    pipeline.tokenize_splits(setup.splits, setup.tokenizer, config.data,
+                             os.path.join(workdir, "cache") if config.data.cache else None)
+    train_split = setup.splits["train"]
+    bucket_list = pipeline.buckets(config.data)
+    per_epoch = pipeline.steps_per_epoch(train_split, bucket_list, tc.batch_size)
+    total_steps = tc.num_train_steps if tc.num_train_steps > 0 else tc.num_epochs * per_epoch
+    model = create_model(config, setup.bert_config, len(setup.label_names))
+    tx = optim.create_optimizer(config.optimizer, total_steps)
+    schedule = optim.learning_rate_schedule(config.optimizer, total_steps)
+    ckpts = checkpoint.Checkpoints(workdir, keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
+    best = BestMetric(tc.best_mode, tc.early_stopping_min_delta, tc.early_stopping_patience)
+
+    template = model_state = None
+    if ckpts.latest_step() is not None:
+        params_shape = jax.eval_shape(lambda: initial_params_shape(model, config))
+        template = steps.create_train_state(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_shape),
+                                            tx, config.seed)
+        model_state, meta = ckpts.restore(jax.device_get(template))
+        best.load(meta["best"])
+        logging.info("Resuming from step %d in %s (epoch %d)", meta["step"], workdir, meta["epoch"])
+    else:
+        model_state = steps.create_train_state(initial_params(setup, model), tx, config.seed)
+    start_step = int(model_state.step)
+
+    p_train = parallel.pmap_train_step(steps.train_step, model=model, tx=tx, accum_steps=tc.grad_accum_steps,
+                                       l2_coefficient=config.optimizer.l2_penalty)
+    p_eval = parallel.pmap_eval_step(steps.eval_step, model=model, num_labels=len(setup.label_names))
+    state = parallel.replicate(model_state)
+    del model_state, template
+    batches = parallel.prefetch(map(parallel.split_for_devices, pipeline.train_batches(
+        train_split, bucket_list, tc.batch_size, config.seed, start_step)))
+    eval_split = setup.splits.get("eval")
+    eval_every = tc.eval_every or per_epoch
+    eval_dir = os.path.join(workdir, "eval")
+    logging.info("Training %d steps (%d per epoch, global batch %d on %d devices) from step %d",
+                 total_steps, per_epoch, tc.batch_size, parallel.global_devices(), start_step)
+
+    def save(step):
+        meta = {"step": step, "epoch": step // per_epoch, "batch_in_epoch": step % per_epoch,
+                "best": best.to_dict(), "labels": setup.label_names}
+        ckpts.save(step, parallel.unreplicate(state), meta)
+
+    writer = MetricWriter(workdir, enabled=chief, tensorboard=tc.tensorboard)
+    progress = ProgressBar(total_steps, initial=start_step, enabled=chief and tc.progress_bar)
+    sync = parallel.sync_every_step()
+    window_start, window_examples = time.time(), 0.0
+    step = last_logged = start_step
+    for step in range(start_step + 1, total_steps + 1):
+        state, metrics = p_train(state, next(batches))
+        if sync:
+            metrics["loss"].block_until_ready()
+        if step % tc.log_every == 0 or step == total_steps:
+            scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+            if not np.isfinite(scalars["loss"]):
+                raise FloatingPointError(f"non-finite loss {scalars['loss']} at step {step}; the last good "
+                                         f"checkpoint is step {ckpts.latest_step()}")
+            window_examples += scalars.pop("examples")
+            scalars["learning_rate"] = float(schedule(step - 1))
+            scalars["examples_per_s"] = window_examples / max(time.time() - window_start, 1e-9)
+            writer.write_scalars(step, scalars)
+            progress.update(step - last_logged, loss=scalars["loss"], lr=scalars["learning_rate"],
+                            ex_per_s=scalars["examples_per_s"])
+            window_start, window_examples, last_logged = time.time(), 0.0, step
+        stop = False
+        if eval_split is not None and (step % eval_every == 0 or step == total_steps):
+            metrics_now = run_evaluation(p_eval, state.params, eval_split, config, setup.label_names, step,
+                                         writer, eval_dir)
+            value = metrics_now[tc.best_metric] if tc.best_metric in metrics_now else None
+            if value is None:
+                raise UserError(f"config training.best_metric={tc.best_metric!r} is not an eval metric; "
+                                f"choose from {', '.join(sorted(metrics_now))}")
+            if best.update(value, step):
+                ckpts.save_best(step, parallel.unreplicate(state.params), {"step": step, **metrics_now})
+            logging.info("step %d %s: %s", step, eval_split.name,
+                         " ".join(f"{k}={v:.4f}" for k, v in metrics_now.items()))
+            stop = best.should_stop
+        if step % tc.checkpoint_every == 0 or step == total_steps or stop:
+            save(step)
+        if stop:
+            logging.info("Early stopping at step %d: no %s improvement in %d evaluations (best %.4f at %d)",
+                         step, tc.best_metric, best.patience, best.best, best.best_step)
+            break
+    progress.close()
+    if ckpts.latest_step() != step:
+        save(step)
+    ckpts.wait()
+    final = {}
+    best_params = ckpts.restore_best_params(parallel.unreplicate(state.params))
+    params = parallel.replicate(best_params[0]) if best_params else state.params
+    for name in ("eval", "test"):
+        if name in setup.splits:
+            final[name] = run_evaluation(p_eval, params, setup.splits[name], config, setup.label_names, None,
+                                         writer, eval_dir)
+            if chief:
+                print(open(os.path.join(eval_dir, evaluate.report_name(name, None) + ".txt")).read())
+    writer.close()
+    ckpts.close()
+    if chief:
+        plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
+        _write_once(workdir, "final_metrics.json", json.dumps(
+            {"params_from_step": best.best_step if best_params else step, **final}, indent=2))
+    return final
+
+
+def initial_params_shape(model, config):
+    """The parameter tree's shapes, for restoring into (no computation)."""
+    dummy = jnp.zeros((1, min(8, config.data.max_seq_length)), jnp.int32)
+    return model.init(jax.random.key(config.seed), dummy, jnp.ones_like(dummy), dummy)["params"]
