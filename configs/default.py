@@ -23,13 +23,21 @@ def get_config() -> ml_collections.ConfigDict:
     # ---- model --------------------------------------------------------------------------------------------
     config.model = model = ml_collections.ConfigDict()
     model.checkpoint = config_dict.placeholder(str)  # Hugging Face BERT dir (config.json + model.safetensors)
-    model.init_from_workdir = config_dict.placeholder(str)  # warm start: params of another jaxft run's workdir
+    model.init_from_workdir = config_dict.placeholder(
+        str
+    )  # warm start: params of another jaxft run's workdir
     model.tokenizer = config_dict.placeholder(str)  # tokenizer dir; default: model.checkpoint
-    model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params and optimizer state stay float32)
+    model.dtype = (
+        "float32"  # compute dtype: "float32" or "bfloat16" (params and optimizer state stay float32)
+    )
     model.attention = "auto"  # "auto" (cuDNN fused on GPU, XLA elsewhere), "xla" or "cudnn"
     model.remat = False  # recompute each layer in the backward pass to save memory on long sequences
-    model.classifier_dropout = config_dict.placeholder(float)  # dropout before the head; default: hidden dropout
-    model.hidden_dropout = config_dict.placeholder(float)  # override the checkpoint's hidden dropout (0 = off)
+    model.classifier_dropout = config_dict.placeholder(
+        float
+    )  # dropout before the head; default: hidden dropout
+    model.hidden_dropout = config_dict.placeholder(
+        float
+    )  # override the checkpoint's hidden dropout (0 = off)
     model.attention_dropout = config_dict.placeholder(float)  # override the checkpoint's attention dropout
     # Architecture of a randomly initialised encoder, used only when model.checkpoint is unset.
     model.random_init = random_init = ml_collections.ConfigDict()
@@ -43,7 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- data ---------------------------------------------------------------------------------------------
     config.data = data = ml_collections.ConfigDict()
-    data.train_path = config_dict.placeholder(str)  # CSV / TSV / JSONL (optionally .gz) with labelled examples
+    data.train_path = config_dict.placeholder(
+        str
+    )  # CSV / TSV / JSONL (optionally .gz) with labelled examples
     data.eval_path = config_dict.placeholder(str)  # evaluated every training.eval_every steps and at the end
     data.test_path = config_dict.placeholder(str)  # evaluated once at the end (labelled), if given
     data.format = "auto"  # "auto" (by extension), "csv", "tsv" or "jsonl"

@@ -44,8 +44,10 @@ def check_batch_size(batch_size: int, accum_steps: int, key: str = "training.bat
     """Refuses a global batch that does not split evenly over devices and micro-batches."""
     devices = global_devices()
     if batch_size % (devices * accum_steps):
-        raise UserError(f"config {key}={batch_size} must be divisible by {devices} devices x "
-                        f"{accum_steps} accumulation steps = {devices * accum_steps}")
+        raise UserError(
+            f"config {key}={batch_size} must be divisible by {devices} devices x "
+            f"{accum_steps} accumulation steps = {devices * accum_steps}"
+        )
 
 
 def eval_batch_size(requested: int) -> int:
@@ -82,7 +84,7 @@ def pmap_train_step(step_fn, **static):
 
 
 def pmap_eval_step(step_fn, **static):
-    """Maps `step_fn(params, batch, **static)` over local devices; per-device outputs are summed on the host."""
+    """Maps `step_fn(params, batch, **static)` over local devices; the host sums per-device outputs."""
     return jax.pmap(functools.partial(step_fn, **static), axis_name=AXIS)
 
 

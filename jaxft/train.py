@@ -46,8 +46,10 @@ def _bert_config(config: ml_collections.ConfigDict, tokenizer) -> BertConfig:
         bert_config = convert.load_config(config_lib.expand_path(config.model.checkpoint))
     else:
         bert_config = BertConfig(vocab_size=len(tokenizer), **config.model.random_init.to_dict())
-    overrides = {"hidden_dropout_prob": config.model.hidden_dropout,
-                 "attention_probs_dropout_prob": config.model.attention_dropout}
+    overrides = {
+        "hidden_dropout_prob": config.model.hidden_dropout,
+        "attention_probs_dropout_prob": config.model.attention_dropout,
+    }
     return dataclasses.replace(bert_config, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -64,8 +66,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     bert_config = _bert_config(config, tokenizer)
     tokenize.check_max_seq_length(config.data.max_seq_length, bert_config.max_position_embeddings)
     if len(tokenizer) > bert_config.vocab_size:
-        raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
-                        f"{bert_config.vocab_size}: model.tokenizer does not belong to model.checkpoint")
+        raise UserError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{bert_config.vocab_size}: model.tokenizer does not belong to model.checkpoint"
+        )
     parallel.check_batch_size(config.training.batch_size, config.training.grad_accum_steps)
     if config.model.init_from_workdir:
         init_dir = config_lib.expand_path(config.model.init_from_workdir)
@@ -84,10 +88,14 @@ def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num
     attention = config.model.attention
     if attention == "auto":
         attention = "cudnn" if jax.default_backend() == "gpu" else "xla"
-    return SequenceClassifier(config=bert_config, num_labels=num_labels,
-                              dtype=jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32,
-                              classifier_dropout=config.model.classifier_dropout,
-                              attention_impl=attention, remat=config.model.remat)
+    return SequenceClassifier(
+        config=bert_config,
+        num_labels=num_labels,
+        dtype=jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32,
+        classifier_dropout=config.model.classifier_dropout,
+        attention_impl=attention,
+        remat=config.model.remat,
+    )
 
 
 def initial_params(setup: Setup, model) -> dict:
@@ -126,12 +134,20 @@ def run_evaluation(p_eval, params, split, config, label_names, step, writer, eva
         totals = jax.tree.map(lambda x: np.asarray(x).sum(0), multihost_utils.process_allgather(totals))
     confusion = totals["confusion"].astype(np.int64)
     report, text = evaluate.classification_report(confusion, label_names)
-    metrics = evaluate.summary_metrics(report, float(totals["loss_sum"]), int(totals["count"]),
-                                       config.data.positive_label)
+    metrics = evaluate.summary_metrics(
+        report, float(totals["loss_sum"]), int(totals["count"]), config.data.positive_label
+    )
     if parallel.is_chief():
         name = evaluate.report_name(split.name, step)
-        evaluate.write_report(eval_dir, name, report, text, confusion, label_names,
-                              {"step": step, "split": split.name, "loss": metrics["loss"]})
+        evaluate.write_report(
+            eval_dir,
+            name,
+            report,
+            text,
+            confusion,
+            label_names,
+            {"step": step, "split": split.name, "loss": metrics["loss"]},
+        )
         if step is not None:
             writer.write_eval(step, split.name, metrics)
     return metrics
@@ -154,8 +170,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.makedirs(workdir, exist_ok=True)
         _write_once(workdir, "config.json", config_lib.to_json(config))
         labels_lib.save_label_vocab(os.path.join(workdir, "labels.json"), setup.label_names)
-    pipeline.tokenize_splits(setup.splits, setup.tokenizer, config.data,
-                             os.path.join(workdir, "cache") if config.data.cache else None)
+    pipeline.tokenize_splits(
+        setup.splits,
+        setup.tokenizer,
+        config.data,
+        os.path.join(workdir, "cache") if config.data.cache else None,
+    )
     train_split = setup.splits["train"]
     bucket_list = pipeline.buckets(config.data)
     per_epoch = pipeline.steps_per_epoch(train_split, bucket_list, tc.batch_size)
@@ -169,8 +189,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     template = model_state = None
     if ckpts.latest_step() is not None:
         params_shape = jax.eval_shape(lambda: initial_params_shape(model, config))
-        template = steps.create_train_state(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_shape),
-                                            tx, config.seed)
+        template = steps.create_train_state(
+            jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_shape), tx, config.seed
+        )
         model_state, meta = ckpts.restore(jax.device_get(template))
         best.load(meta["best"])
         logging.info("Resuming from step %d in %s (epoch %d)", meta["step"], workdir, meta["epoch"])
@@ -178,28 +199,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         model_state = steps.create_train_state(initial_params(setup, model), tx, config.seed)
     start_step = int(model_state.step)
 
-    p_train = parallel.pmap_train_step(steps.train_step, model=model, tx=tx, accum_steps=tc.grad_accum_steps,
-                                       l2_coefficient=config.optimizer.l2_penalty)
+    p_train = parallel.pmap_train_step(
+        steps.train_step,
+        model=model,
+        tx=tx,
+        accum_steps=tc.grad_accum_steps,
+        l2_coefficient=config.optimizer.l2_penalty,
+    )
     p_eval = parallel.pmap_eval_step(steps.eval_step, model=model, num_labels=len(setup.label_names))
     state = parallel.replicate(model_state)
     del model_state, template
-    batches = parallel.prefetch(map(parallel.split_for_devices, pipeline.train_batches(
-        train_split, bucket_list, tc.batch_size, config.seed, start_step)))
+    batches = parallel.prefetch(
+        map(
+            parallel.split_for_devices,
+            pipeline.train_batches(train_split, bucket_list, tc.batch_size, config.seed, start_step),
+        )
+    )
     eval_split = setup.splits.get("eval")
     eval_every = tc.eval_every or per_epoch
     eval_dir = os.path.join(workdir, "eval")
-    logging.info("Training %d steps (%d per epoch, global batch %d on %d devices) from step %d",
-                 total_steps, per_epoch, tc.batch_size, parallel.global_devices(), start_step)
+    logging.info(
+        "Training %d steps (%d per epoch, global batch %d on %d devices) from step %d",
+        total_steps,
+        per_epoch,
+        tc.batch_size,
+        parallel.global_devices(),
+        start_step,
+    )
 
     def save(step):
-        meta = {"step": step, "epoch": step // per_epoch, "batch_in_epoch": step % per_epoch,
-                "best": best.to_dict(), "labels": setup.label_names}
+        meta = {
+            "step": step,
+            "epoch": step // per_epoch,
+            "batch_in_epoch": step % per_epoch,
+            "best": best.to_dict(),
+            "labels": setup.label_names,
+        }
         ckpts.save(step, parallel.unreplicate(state), meta)
 
     writer = MetricWriter(workdir, enabled=chief, tensorboard=tc.tensorboard)
     progress = ProgressBar(total_steps, initial=start_step, enabled=chief and tc.progress_bar)
     sync = parallel.sync_every_step()
-    window_start, window_examples = time.time(), 0.0
+    window_start = time.time()
     step = last_logged = start_step
     for step in range(start_step + 1, total_steps + 1):
         state, metrics = p_train(state, next(batches))
@@ -208,33 +249,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if step % tc.log_every == 0 or step == total_steps:
             scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
             if not np.isfinite(scalars["loss"]):
-                raise FloatingPointError(f"non-finite loss {scalars['loss']} at step {step}; the last good "
-                                         f"checkpoint is step {ckpts.latest_step()}")
-            window_examples += scalars.pop("examples")
+                raise FloatingPointError(
+                    f"non-finite loss {scalars['loss']} at step {step}; the last good "
+                    f"checkpoint is step {ckpts.latest_step()}"
+                )
+            del scalars["examples"]
             scalars["learning_rate"] = float(schedule(step - 1))
-            scalars["examples_per_s"] = window_examples / max(time.time() - window_start, 1e-9)
+            # Global batch rows per second (the last batch of a length bucket counts its padding rows too).
+            scalars["examples_per_s"] = (
+                (step - last_logged) * tc.batch_size / max(time.time() - window_start, 1e-9)
+            )
             writer.write_scalars(step, scalars)
-            progress.update(step - last_logged, loss=scalars["loss"], lr=scalars["learning_rate"],
-                            ex_per_s=scalars["examples_per_s"])
-            window_start, window_examples, last_logged = time.time(), 0.0, step
+            progress.update(
+                step - last_logged,
+                loss=scalars["loss"],
+                lr=scalars["learning_rate"],
+                ex_per_s=scalars["examples_per_s"],
+            )
+            window_start, last_logged = time.time(), step
         stop = False
         if eval_split is not None and (step % eval_every == 0 or step == total_steps):
-            metrics_now = run_evaluation(p_eval, state.params, eval_split, config, setup.label_names, step,
-                                         writer, eval_dir)
+            metrics_now = run_evaluation(
+                p_eval, state.params, eval_split, config, setup.label_names, step, writer, eval_dir
+            )
             value = metrics_now[tc.best_metric] if tc.best_metric in metrics_now else None
             if value is None:
-                raise UserError(f"config training.best_metric={tc.best_metric!r} is not an eval metric; "
-                                f"choose from {', '.join(sorted(metrics_now))}")
+                raise UserError(
+                    f"config training.best_metric={tc.best_metric!r} is not an eval metric; "
+                    f"choose from {', '.join(sorted(metrics_now))}"
+                )
             if best.update(value, step):
                 ckpts.save_best(step, parallel.unreplicate(state.params), {"step": step, **metrics_now})
-            logging.info("step %d %s: %s", step, eval_split.name,
-                         " ".join(f"{k}={v:.4f}" for k, v in metrics_now.items()))
+            logging.info(
+                "step %d %s: %s",
+                step,
+                eval_split.name,
+                " ".join(f"{k}={v:.4f}" for k, v in metrics_now.items()),
+            )
             stop = best.should_stop
         if step % tc.checkpoint_every == 0 or step == total_steps or stop:
             save(step)
         if stop:
-            logging.info("Early stopping at step %d: no %s improvement in %d evaluations (best %.4f at %d)",
-                         step, tc.best_metric, best.patience, best.best, best.best_step)
+            logging.info(
+                "Early stopping at step %d: no %s improvement in %d evaluations (best %.4f at %d)",
+                step,
+                tc.best_metric,
+                best.patience,
+                best.best,
+                best.best_step,
+            )
             break
     progress.close()
     if ckpts.latest_step() != step:
@@ -245,16 +308,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     params = parallel.replicate(best_params[0]) if best_params else state.params
     for name in ("eval", "test"):
         if name in setup.splits:
-            final[name] = run_evaluation(p_eval, params, setup.splits[name], config, setup.label_names, None,
-                                         writer, eval_dir)
+            final[name] = run_evaluation(
+                p_eval, params, setup.splits[name], config, setup.label_names, None, writer, eval_dir
+            )
             if chief:
                 print(open(os.path.join(eval_dir, evaluate.report_name(name, None) + ".txt")).read())
     writer.close()
     ckpts.close()
     if chief:
         plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
-        _write_once(workdir, "final_metrics.json", json.dumps(
-            {"params_from_step": best.best_step if best_params else step, **final}, indent=2))
+        _write_once(
+            workdir,
+            "final_metrics.json",
+            json.dumps({"params_from_step": best.best_step if best_params else step, **final}, indent=2),
+        )
     return final
 
 

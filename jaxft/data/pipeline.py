@@ -43,18 +43,30 @@ def read_splits(data: ml_collections.ConfigDict, saved_labels: list[str] | None)
     for name in ("train", "eval", "test"):
         path = expand_path(data[f"{name}_path"])
         if path:
-            raw[name] = (path, readers.read_examples(
-                path, text_field=data.text_field, label_field=data.label_field,
-                text_pair_field=data.text_pair_field, fmt=data.format, has_header=data.has_header))
+            raw[name] = (
+                path,
+                readers.read_examples(
+                    path,
+                    text_field=data.text_field,
+                    label_field=data.label_field,
+                    text_pair_field=data.text_pair_field,
+                    fmt=data.format,
+                    has_header=data.has_header,
+                ),
+            )
     if saved_labels is not None:
         names = saved_labels
         if data.labels is not None and [str(x) for x in data.labels] != names:
-            raise UserError(f"data.labels={list(data.labels)} differs from the label set {names} of the run "
-                            "being resumed in this workdir")
+            raise UserError(
+                f"data.labels={list(data.labels)} differs from the label set {names} of the run "
+                "being resumed in this workdir"
+            )
     else:
         names = labels.build_label_vocab(raw["train"][1], data.labels)
-    splits = {name: Split(name, path, examples, labels.encode_labels(examples, names))
-              for name, (path, examples) in raw.items()}
+    splits = {
+        name: Split(name, path, examples, labels.encode_labels(examples, names))
+        for name, (path, examples) in raw.items()
+    }
     if data.positive_label is not None and data.positive_label not in names:
         raise UserError(f"data.positive_label={data.positive_label!r} is not in the label set {names}")
     return names, splits
@@ -64,8 +76,12 @@ def tokenize_splits(splits: dict, tokenizer, data: ml_collections.ConfigDict, ca
     """Fills each split's features, from the cache where the same inputs were tokenised before."""
     for split in splits.values():
         split.features = tokenize.cached_tokenize(
-            split.examples, tokenizer, data.max_seq_length, cache_dir,
-            {"path": os.path.abspath(split.path), "pair": data.text_pair_field is not None})
+            split.examples,
+            tokenizer,
+            data.max_seq_length,
+            cache_dir,
+            {"path": os.path.abspath(split.path), "pair": data.text_pair_field is not None},
+        )
         logging.info("%s: %d examples from %s", split.name, len(split.examples), split.path)
 
 
@@ -84,7 +100,7 @@ def _process_share(split: Split, seq_len: int, indices: np.ndarray, batch_size: 
     per_process = batch_size // jax.process_count()
     share = np.full(batch_size, -1, np.int64)
     share[: len(indices)] = indices
-    share = share[jax.process_index() * per_process: (jax.process_index() + 1) * per_process]
+    share = share[jax.process_index() * per_process : (jax.process_index() + 1) * per_process]
     return batching.make_batch(split.features, split.labels, share[share >= 0], seq_len, per_process)
 
 
@@ -96,8 +112,9 @@ def train_batches(split: Split, bucket_list: list[int], batch_size: int, seed: i
     while True:
         if step // per_epoch != epoch:
             epoch = step // per_epoch
-            plan = batching.train_batch_plan(split.features["length"], bucket_list, batch_size,
-                                             seed=seed, epoch=epoch)
+            plan = batching.train_batch_plan(
+                split.features["length"], bucket_list, batch_size, seed=seed, epoch=epoch
+            )
         seq_len, indices = plan[step % per_epoch]
         yield _process_share(split, seq_len, indices, batch_size)
         step += 1

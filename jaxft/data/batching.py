@@ -1,0 +1,196 @@
+"""Fixed-shape batches: length buckets, batch plans, padding and masks, sharding and prefetch.
+
+A jitted step compiles once per input shape. Examples are therefore grouped into a few length buckets, and
+every batch has exactly `batch_size` rows and one bucket's length: a short final batch is filled with padding
+rows of weight 0 rather than given a new shape. That keeps compilation to one per bucket, while short texts
+are not padded all the way to max_seq_length.
+"""
+
+import collections
+from collections.abc import Callable, Iterable, Iterator
+
+import jax
+import numpy as np
+
+
+def bucket_lengths(max_seq_length: int, num_buckets: int = 4, multiple: int = 16) -> list[int]:
+    """A few increasing sequence lengths, ending at `max_seq_length`.
+
+    Bucket i is max_seq_length * (i + 1) / num_buckets rounded up to a multiple of `multiple` (so
+    accelerators get aligned shapes) and capped at max_seq_length; duplicates are dropped.
+
+    Example: `bucket_lengths(128)` is [32, 64, 96, 128]; `bucket_lengths(100)` is [32, 64, 80, 100].
+
+    Args:
+        max_seq_length: The last and longest bucket, kept even when not a multiple of `multiple`.
+        num_buckets: At most this many buckets; 1 pads everything to max_seq_length.
+        multiple: Each bucket but the last is a multiple of this.
+
+    Returns:
+        Strictly increasing bucket lengths.
+    """
+    if max_seq_length < 1 or num_buckets < 1 or multiple < 1:
+        raise ValueError(f"need positive arguments, got {max_seq_length=}, {num_buckets=}, {multiple=}")
+    buckets = []
+    for i in range(1, num_buckets + 1):
+        length = -(-max_seq_length * i // num_buckets)  # ceiling division
+        length = min(-(-length // multiple) * multiple, max_seq_length)
+        if not buckets or length > buckets[-1]:
+            buckets.append(length)
+    return buckets
+
+
+def assign_buckets(lengths: np.ndarray, buckets: list[int]) -> np.ndarray:
+    """Index of the smallest bucket that holds each length (lengths above the last bucket are an error)."""
+    lengths = np.asarray(lengths)
+    if lengths.size and lengths.max() > buckets[-1]:
+        raise ValueError(f"a length of {lengths.max()} exceeds the largest bucket {buckets[-1]}")
+    return np.searchsorted(np.asarray(buckets), lengths, side="left")
+
+
+def _chop(indices: np.ndarray, batch_size: int, drop_remainder: bool) -> list[np.ndarray]:
+    stop = len(indices) - len(indices) % batch_size if drop_remainder else len(indices)
+    return [indices[i : min(i + batch_size, stop)] for i in range(0, stop, batch_size)]
+
+
+def train_batch_plan(
+    lengths: np.ndarray,
+    buckets: list[int],
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    drop_remainder: bool = False,
+) -> list[tuple[int, np.ndarray]]:
+    """One epoch of training batches, as (bucket length, example indices) pairs.
+
+    The examples are shuffled, grouped by bucket and cut into batches (a bucket's last batch may be short),
+    and then the batch order is shuffled, so that buckets interleave across the epoch. Everything is a pure
+    function of (seed, epoch): a resumed run replays the same order.
+
+    Args:
+        lengths: Token count of each example, shape [N].
+        buckets: From `bucket_lengths`.
+        batch_size: Examples per batch.
+        seed: Data-order seed.
+        epoch: Epoch number; each epoch gets a different order.
+        drop_remainder: Drop each bucket's short last batch (those examples are then skipped this epoch).
+
+    Returns:
+        The batches; without `drop_remainder`, every example is in exactly one.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    bucket_of = assign_buckets(np.asarray(lengths)[order], buckets)
+    plan = []
+    for b, length in enumerate(buckets):
+        plan += [(length, batch) for batch in _chop(order[bucket_of == b], batch_size, drop_remainder)]
+    return [plan[i] for i in rng.permutation(len(plan))]
+
+
+def eval_batch_plan(lengths: np.ndarray, buckets: list[int], batch_size: int) -> list[tuple[int, np.ndarray]]:
+    """Evaluation batches: bucket by bucket, examples in file order within a bucket, each exactly once."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    bucket_of = assign_buckets(lengths, buckets)
+    plan = []
+    for b, length in enumerate(buckets):
+        plan += [(length, batch) for batch in _chop(np.flatnonzero(bucket_of == b), batch_size, False)]
+    return plan
+
+
+def make_batch(
+    features: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    indices: np.ndarray,
+    seq_len: int,
+    batch_size: int,
+) -> dict[str, np.ndarray]:
+    """Gathers examples into one fixed-shape batch, padding it to `batch_size` rows.
+
+    Args:
+        features: From `tokenize`: "input_ids", "token_type_ids" [N, max_seq_length] and "length" [N].
+        labels: int32 class ids [N], or None (prediction), which gives zero labels.
+        indices: The examples of this batch (at most `batch_size`).
+        seq_len: The bucket length; every example must fit.
+        batch_size: Rows of the batch.
+
+    Returns:
+        "input_ids", "token_type_ids", "attention_mask" (int32 [batch_size, seq_len]), "labels" (int32
+        [batch_size]), "weights" (float32 [batch_size]: 1 for a real row, 0 for padding) and "index" (int32
+        [batch_size]: the example index, -1 for padding). Padding rows are all zeros.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    n = len(indices)
+    if n > batch_size:
+        raise ValueError(f"{n} examples do not fit a batch of {batch_size}")
+    lengths = features["length"][indices]
+    if n and lengths.max() > seq_len:
+        raise ValueError(f"an example of {lengths.max()} tokens does not fit seq_len={seq_len}")
+    batch = {
+        "input_ids": np.zeros((batch_size, seq_len), np.int32),
+        "token_type_ids": np.zeros((batch_size, seq_len), np.int32),
+        "attention_mask": np.zeros((batch_size, seq_len), np.int32),
+        "labels": np.zeros(batch_size, np.int32),
+        "weights": np.zeros(batch_size, np.float32),
+        "index": np.full(batch_size, -1, np.int32),
+    }
+    batch["input_ids"][:n] = features["input_ids"][indices, :seq_len]
+    batch["token_type_ids"][:n] = features["token_type_ids"][indices, :seq_len]
+    batch["attention_mask"][:n] = np.arange(seq_len) < lengths[:, None]
+    if labels is not None:
+        batch["labels"][:n] = labels[indices]
+    batch["weights"][:n] = 1.0
+    batch["index"][:n] = indices
+    return batch
+
+
+def _split_leading(batch: dict, parts: int, what: str) -> dict:
+    out = {}
+    for key, value in batch.items():
+        if value.shape[0] % parts:
+            raise ValueError(f"{what}: {key!r} has {value.shape[0]} rows, not divisible by {parts}")
+        out[key] = value.reshape(parts, value.shape[0] // parts, *value.shape[1:])
+    return out
+
+
+def shard(batch: dict, num_shards: int) -> dict:
+    """Reshapes every array from [B, ...] to [num_shards, B // num_shards, ...], one slice per device."""
+    return _split_leading(batch, num_shards, "shard")
+
+
+def stack_microbatches(batch: dict, accum_steps: int) -> dict:
+    """Reshapes every array from [B, ...] to [accum_steps, B // accum_steps, ...] for gradient accumulation.
+
+    Micro-batches are contiguous rows, so a padded batch's padding lands in the last ones: normalise the
+    loss by the total weight of all micro-batches, not per micro-batch.
+    """
+    return _split_leading(batch, accum_steps, "stack_microbatches")
+
+
+def prefetch_to_device(iterator: Iterable, size: int = 2, put: Callable = jax.device_put) -> Iterator:
+    """Yields the items of `iterator` after `put`, keeping `size` of them already transferred.
+
+    `put` starts an asynchronous host-to-device copy, so holding a few items ahead overlaps the copy of
+    the next batch with the current step (as `flax.jax_utils.prefetch_to_device`, without its pmap coupling).
+
+    Args:
+        iterator: Host batches.
+        size: Items transferred ahead of the consumer (at least 1).
+        put: The transfer, applied to items in order (e.g. a sharding `jax.device_put`).
+    """
+    queue = collections.deque()
+    iterator = iter(iterator)
+
+    def enqueue(n):
+        for item in iterator:
+            queue.append(put(item))
+            if len(queue) >= n:
+                return
+
+    enqueue(max(size, 1))
+    while queue:
+        yield queue.popleft()
+        enqueue(max(size, 1))

@@ -1,0 +1,38 @@
+"""Shared pytest fixtures.
+
+The suite runs with 8 forced host CPU devices, so every test exercises the multi-device paths; a test that
+wants one device passes `devices=jax.devices()[:1]`. The flag must be set before jax is first imported.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+
+import pytest  # noqa: E402
+
+# Enough words for the test sentences; anything else becomes [UNK]. "##s" lets "cats" split into word pieces.
+TINY_VOCAB = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+    "the", "a", "cat", "dog", "sat", "on", "mat", "and", "is", "good", "bad", "movie", "film", "very", "not",
+    "it", "was", ".", ",", "!", "?", "##s",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> str:
+    """A directory holding a tiny BERT WordPiece tokenizer that AutoTokenizer loads as a fast tokenizer.
+
+    transformers 5 ignores `vocab_file=`; the vocab path goes in `vocab=`. save_pretrained then writes
+    tokenizer.json and tokenizer_config.json so that AutoTokenizer knows the class.
+    """
+    import transformers
+
+    root = tmp_path_factory.mktemp("tiny_tokenizer")
+    vocab_file = root / "vocab.txt"
+    vocab_file.write_text("\n".join(TINY_VOCAB) + "\n", encoding="utf-8")
+    tokenizer = transformers.BertTokenizerFast(vocab=str(vocab_file))
+    out = root / "tokenizer"
+    tokenizer.save_pretrained(str(out))
+    return str(out)
