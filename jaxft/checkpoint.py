@@ -34,20 +34,32 @@ class Checkpoints:
 
     def __init__(self, workdir: str, *, keep: int = 2, async_save: bool = True):
         root = os.path.join(os.path.abspath(workdir), "checkpoints")
-        self.latest = ocp.CheckpointManager(os.path.join(root, "latest"), options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
-        self.best = ocp.CheckpointManager(os.path.join(root, "best"), options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, enable_async_checkpointing=async_save, create=True))
+        self.latest = ocp.CheckpointManager(
+            os.path.join(root, "latest"),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+            ),
+        )
+        self.best = ocp.CheckpointManager(
+            os.path.join(root, "best"),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, enable_async_checkpointing=async_save, create=True
+            ),
+        )
 
     def save(self, step: int, state, meta: dict) -> None:
         """Saves the full train state (host arrays) and `meta` (JSON) as step `step`."""
-        self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                       meta=ocp.args.JsonSave(meta)))
+        self.latest.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        )
 
     def save_best(self, step: int, params, meta: dict) -> None:
         """Replaces the best checkpoint with `params`; the caller decides what "best" means."""
-        self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                     meta=ocp.args.JsonSave(meta)), force=True)
+        self.best.save(
+            step,
+            args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),
+            force=True,
+        )
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -57,8 +69,12 @@ class Checkpoints:
         step = self.latest.latest_step()
         if step is None:
             return None
-        restored = self.latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(template_state)), meta=ocp.args.JsonRestore()))
+        restored = self.latest.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_abstract(template_state)), meta=ocp.args.JsonRestore()
+            ),
+        )
         return restored.state, restored.meta
 
     def restore_best_params(self, template_params) -> tuple[object, dict] | None:
@@ -66,8 +82,12 @@ class Checkpoints:
         step = self.best.latest_step()
         if step is None:
             return None
-        restored = self.best.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract(template_params)), meta=ocp.args.JsonRestore()))
+        restored = self.best.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(_abstract(template_params)), meta=ocp.args.JsonRestore()
+            ),
+        )
         return restored.params, restored.meta
 
     def wait(self) -> None:
@@ -99,19 +119,27 @@ def params_from_workdir(workdir: str, template_params, log=logging.info):
         raise UserError(f"model.init_from_workdir={workdir}: its checkpoints directory holds no checkpoint")
     try:
         if kind == "best":
-            params = source.restore(step, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(_abstract(template_params)))).params
+            params = source.restore(
+                step, args=ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(template_params)))
+            ).params
         else:
             # Only the parameters of the full state are needed; restore them alone (partial restore).
-            restored = source.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                item={"params": _abstract(template_params)},
-                restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(), {"params": template_params}),
-                partial_restore=True)))
+            restored = source.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        item={"params": _abstract(template_params)},
+                        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(), {"params": template_params}),
+                        partial_restore=True,
+                    )
+                ),
+            )
             params = restored.state["params"]
     except (ValueError, KeyError, TypeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"model.init_from_workdir={workdir}: its parameters do not fit this model "
-                        f"({first_line})") from None
+        raise UserError(
+            f"model.init_from_workdir={workdir}: its parameters do not fit this model ({first_line})"
+        ) from None
     finally:
         source.close()
     log(f"Warm start: parameters from {workdir} ({kind} checkpoint, step {step})")

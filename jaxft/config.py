@@ -20,12 +20,27 @@ _CHOICES = {
     "optimizer.schedule": ("linear", "constant"),
     "training.best_mode": ("max", "min"),
 }
-_POSITIVE = ("data.max_seq_length", "data.num_buckets", "training.batch_size", "training.grad_accum_steps",
-             "training.eval_batch_size", "training.log_every", "training.checkpoint_every",
-             "training.keep_checkpoints")
-_NON_NEGATIVE = ("optimizer.learning_rate", "optimizer.warmup_steps", "optimizer.warmup_ratio",
-                 "optimizer.weight_decay", "optimizer.l2_penalty", "optimizer.max_grad_norm",
-                 "training.eval_every", "training.early_stopping_patience", "training.early_stopping_min_delta")
+_POSITIVE = (
+    "data.max_seq_length",
+    "data.num_buckets",
+    "training.batch_size",
+    "training.grad_accum_steps",
+    "training.eval_batch_size",
+    "training.log_every",
+    "training.checkpoint_every",
+    "training.keep_checkpoints",
+)
+_NON_NEGATIVE = (
+    "optimizer.learning_rate",
+    "optimizer.warmup_steps",
+    "optimizer.warmup_ratio",
+    "optimizer.weight_decay",
+    "optimizer.l2_penalty",
+    "optimizer.max_grad_norm",
+    "training.eval_every",
+    "training.early_stopping_patience",
+    "training.early_stopping_min_delta",
+)
 
 
 def get(config: ml_collections.ConfigDict, dotted: str):
@@ -54,7 +69,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not config.data.train_path:
         raise UserError("config data.train_path is not set (pass --config.data.train_path=FILE)")
     if not config.model.checkpoint and not (config.model.tokenizer or config.model.init_from_workdir):
-        raise UserError("config model.checkpoint is not set, and without it model.tokenizer must name a tokenizer")
+        raise UserError(
+            "config model.checkpoint is not set, and without it model.tokenizer must name a tokenizer"
+        )
     for dropout in ("classifier_dropout", "hidden_dropout", "attention_dropout"):
         value = config.model[dropout]
         if value is not None and not 0 <= value < 1:

@@ -40,8 +40,11 @@ class BestMetric:
         return self.patience > 0 and self.evals_without_improvement >= self.patience
 
     def to_dict(self) -> dict:
-        return {"best": self.best, "best_step": self.best_step,
-                "evals_without_improvement": self.evals_without_improvement}
+        return {
+            "best": self.best,
+            "best_step": self.best_step,
+            "evals_without_improvement": self.evals_without_improvement,
+        }
 
     def load(self, saved: dict) -> None:
         """Restores the counters from `to_dict` output (the config keeps mode, delta and patience)."""

@@ -31,8 +31,11 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
       An optax schedule mapping the update count to a learning rate.
     """
     peak, warmup = opt.learning_rate, warmup_steps(opt, total_steps)
-    after = (optax.constant_schedule(peak) if opt.schedule == "constant"
-             else optax.linear_schedule(peak, 0.0, max(total_steps - warmup, 1)))
+    after = (
+        optax.constant_schedule(peak)
+        if opt.schedule == "constant"
+        else optax.linear_schedule(peak, 0.0, max(total_steps - warmup, 1))
+    )
     if warmup == 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
@@ -52,8 +55,9 @@ def l2_penalty(params, coefficient: float) -> jax.Array:
     """`coefficient * 0.5 * ||w||^2` over the decayed parameters: an L2 term that goes into the loss."""
     if coefficient == 0:
         return jnp.zeros((), jnp.float32)
-    leaves = jax.tree.leaves(jax.tree.map(lambda p, m: jnp.sum(jnp.square(p)) if m else 0.0,
-                                          params, decay_mask(params)))
+    leaves = jax.tree.leaves(
+        jax.tree.map(lambda p, m: jnp.sum(jnp.square(p)) if m else 0.0, params, decay_mask(params))
+    )
     return coefficient * 0.5 * sum(leaves)
 
 
@@ -75,8 +79,11 @@ def create_optimizer(opt: ml_collections.ConfigDict, total_steps: int) -> optax.
     schedule = learning_rate_schedule(opt, total_steps)
     parts = [optax.clip_by_global_norm(opt.max_grad_norm)] if opt.max_grad_norm > 0 else []
     if opt.name == "adamw":
-        parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                                 weight_decay=opt.weight_decay, mask=decay_mask))
+        parts.append(
+            optax.adamw(
+                schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask
+            )
+        )
     else:
         if opt.weight_decay > 0:
             parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))

@@ -50,25 +50,32 @@ def check_batch_size(batch_size: int, accum_steps: int, key: str = "training.bat
         )
 
 
-def eval_batch_size(requested: int) -> int:
+def eval_batch_size(requested: int, devices: int | None = None) -> int:
     """An evaluation batch rounded up to a multiple of the devices; padding rows are masked anyway."""
-    devices = global_devices()
+    devices = devices or global_devices()
     return -(-requested // devices) * devices
 
 
-def replicate(tree):
-    """Copies a host tree onto every local device (leading axis = local devices)."""
-    return jax_utils.replicate(tree)
+def replicate(tree, devices=None):
+    """Copies a host tree onto every device of `devices` (default: all local; leading axis = devices)."""
+    return jax_utils.replicate(tree, devices)
 
 
 def unreplicate(tree):
-    """The first device's copy of a replicated tree, fetched to host NumPy."""
-    return jax.device_get(jax_utils.unreplicate(tree))
+    """The first device's copy of a replicated tree, fetched to host NumPy (only that copy moves)."""
+
+    # flax.jax_utils.unreplicate keeps the device axis when pmap ran on a subset of the local devices.
+    def first(x):
+        if isinstance(x, jax.Array):
+            return np.asarray(x.addressable_shards[0].data)[0]
+        return np.asarray(x)[0]
+
+    return jax.tree.map(first, tree)
 
 
-def split_for_devices(batch: dict) -> dict:
-    """[B, ...] host arrays -> [local devices, B / local devices, ...]."""
-    n = local_devices()
+def split_for_devices(batch: dict, num_devices: int | None = None) -> dict:
+    """[B, ...] host arrays -> [devices, B / devices, ...] (all local devices by default)."""
+    n = num_devices or local_devices()
 
     def split(x):
         if x.shape[0] % n:
@@ -78,14 +85,25 @@ def split_for_devices(batch: dict) -> dict:
     return {k: split(np.asarray(v)) for k, v in batch.items()}
 
 
-def pmap_train_step(step_fn, **static):
-    """Maps `step_fn(state, batch, axis_name=..., **static)` over local devices, donating the state."""
-    return jax.pmap(functools.partial(step_fn, axis_name=AXIS, **static), axis_name=AXIS, donate_argnums=(0,))
+def pmap_train_step(step_fn, devices=None, **static):
+    """Maps `step_fn(state, batch, axis_name=..., **static)` over `devices` (default: all local devices),
+    donating the state."""
+    return jax.pmap(
+        functools.partial(step_fn, axis_name=AXIS, **static),
+        axis_name=AXIS,
+        donate_argnums=(0,),
+        devices=devices,
+    )
 
 
-def pmap_eval_step(step_fn, **static):
-    """Maps `step_fn(params, batch, **static)` over local devices; the host sums per-device outputs."""
-    return jax.pmap(functools.partial(step_fn, **static), axis_name=AXIS)
+def pmap_eval_step(step_fn, devices=None, **static):
+    """Maps `step_fn(params, batch, **static)` over `devices`; the host sums the per-device outputs."""
+    return jax.pmap(functools.partial(step_fn, **static), axis_name=AXIS, devices=devices)
+
+
+def pmap_reduce(fn, devices=None, **static):
+    """Maps `fn(*args, axis_name=..., **static)` over `devices`, for functions that reduce across them."""
+    return jax.pmap(functools.partial(fn, axis_name=AXIS, **static), axis_name=AXIS, devices=devices)
 
 
 def prefetch(batches, size: int = 2):

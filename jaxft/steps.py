@@ -27,14 +27,24 @@ class TrainState:
 
 def create_train_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
     """A fresh state at step 0 for `params`."""
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      key=jax.random.key_data(jax.random.key(seed)))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        key=jax.random.key_data(jax.random.key(seed)),
+    )
 
 
 def _forward(model: nn.Module, params, batch: dict, key, deterministic: bool) -> jax.Array:
     rngs = None if deterministic else {"dropout": key}
-    return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                       batch["token_type_ids"], deterministic=deterministic, rngs=rngs)
+    return model.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["token_type_ids"],
+        deterministic=deterministic,
+        rngs=rngs,
+    )
 
 
 def weighted_loss_sum(model: nn.Module, params, batch: dict, key, deterministic: bool) -> jax.Array:
@@ -44,15 +54,65 @@ def weighted_loss_sum(model: nn.Module, params, batch: dict, key, deterministic:
     return jnp.sum(losses * batch["weights"])
 
 
-def train_step(state: TrainState, batch: dict, *, model: nn.Module, tx: optax.GradientTransformation,
-               axis_name: str, accum_steps: int = 1, l2_coefficient: float = 0.0,
-               deterministic: bool = False) -> tuple[TrainState, dict]:
-    """One optimizer update from this device's share of the global batch.
+def loss_and_grads(
+    params,
+    batch: dict,
+    key,
+    *,
+    model: nn.Module,
+    axis_name: str,
+    accum_steps: int = 1,
+    deterministic: bool = False,
+) -> tuple[jax.Array, dict, jax.Array]:
+    """Mean loss and its gradient over every real example of the global batch.
 
-    The loss is the mean over every real example of the global batch: each device sums its examples' losses
-    and gradients over `accum_steps` micro-batches, the sums and the example count are added across devices,
-    and only then divided. So the update does not depend on how the batch is split over devices or
-    micro-batches, nor on padding rows.
+    Each device sums its examples' losses and gradients over `accum_steps` micro-batches; the sums and the
+    example count are added across devices, and only then divided. So the result does not depend on how
+    the batch is split over devices or micro-batches, nor on padding rows (weight 0).
+
+    Args:
+      params: model parameters.
+      batch: this device's arrays, leading axis B (divisible by `accum_steps`).
+      key: this device's dropout key for the step; micro-batch i uses `fold_in(key, i)`.
+      model: the Flax module producing logits.
+      axis_name: the data-parallel axis to reduce over.
+      accum_steps: micro-batches per update (gradient accumulation).
+      deterministic: turn dropout off.
+
+    Returns:
+      (mean loss, mean gradients, number of real examples), identical on every device.
+    """
+    micro = jax.tree.map(lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
+    grad_fn = jax.value_and_grad(weighted_loss_sum, argnums=1)
+
+    def accumulate(carry, xs):
+        index, micro_batch = xs
+        loss, grads = grad_fn(model, params, micro_batch, jax.random.fold_in(key, index), deterministic)
+        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    if accum_steps == 1:
+        (loss_sum, grad_sum), _ = accumulate(zeros, (0, jax.tree.map(lambda x: x[0], micro)))
+    else:
+        (loss_sum, grad_sum), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum_steps), micro))
+    count = jnp.sum(batch["weights"])
+    loss_sum, grad_sum, count = jax.lax.psum((loss_sum, grad_sum, count), axis_name)
+    denominator = jnp.maximum(count, 1.0)
+    return loss_sum / denominator, jax.tree.map(lambda g: g / denominator, grad_sum), count
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    axis_name: str,
+    accum_steps: int = 1,
+    l2_coefficient: float = 0.0,
+    deterministic: bool = False,
+) -> tuple[TrainState, dict]:
+    """One optimizer update from this device's share of the global batch (see `loss_and_grads`).
 
     Args:
       state: the train state (donated by the caller).
@@ -67,35 +127,27 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module, tx: optax.Gr
     Returns:
       The new state and metrics {"loss", "grad_norm", "examples"} (identical on every device).
     """
-    # Different dropout masks per step, per device and per micro-batch, all derived from one base key.
-    step_key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step),
-                                  jax.lax.axis_index(axis_name))
-    micro = jax.tree.map(lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
-    grad_fn = jax.value_and_grad(weighted_loss_sum, argnums=1)
-
-    def accumulate(carry, xs):
-        index, micro_batch = xs
-        loss, grads = grad_fn(model, state.params, micro_batch, jax.random.fold_in(step_key, index),
-                              deterministic)
-        return jax.tree.map(jnp.add, carry, (loss, grads)), None
-
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-    if accum_steps == 1:
-        (loss_sum, grad_sum), _ = accumulate(zeros, (0, jax.tree.map(lambda x: x[0], micro)))
-    else:
-        (loss_sum, grad_sum), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum_steps), micro))
-    count = jnp.sum(batch["weights"])
-    loss_sum, grad_sum, count = jax.lax.psum((loss_sum, grad_sum, count), axis_name)
-    denominator = jnp.maximum(count, 1.0)
-    loss = loss_sum / denominator
-    grads = jax.tree.map(lambda g: g / denominator, grad_sum)
+    # Different dropout masks per step and per device (and per micro-batch), all from one base key.
+    key = jax.random.fold_in(
+        jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step), jax.lax.axis_index(axis_name)
+    )
+    loss, grads, count = loss_and_grads(
+        state.params,
+        batch,
+        key,
+        model=model,
+        axis_name=axis_name,
+        accum_steps=accum_steps,
+        deterministic=deterministic,
+    )
     if l2_coefficient:
         penalty, penalty_grads = jax.value_and_grad(l2_penalty)(state.params, l2_coefficient)
         loss, grads = loss + penalty, jax.tree.map(jnp.add, grads, penalty_grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              opt_state=opt_state)
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), "examples": count}
+    new_state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+    )
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "examples": count}
 
 
 def eval_step(params, batch: dict, *, model: nn.Module, num_labels: int) -> dict:
@@ -109,7 +161,11 @@ def eval_step(params, batch: dict, *, model: nn.Module, num_labels: int) -> dict
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
     truth = jax.nn.one_hot(batch["labels"], num_labels, dtype=jnp.int32) * weights.astype(jnp.int32)[:, None]
     predicted = jax.nn.one_hot(jnp.argmax(logits, -1), num_labels, dtype=jnp.int32)
-    return {"confusion": truth.T @ predicted, "loss_sum": jnp.sum(losses * weights), "count": jnp.sum(weights)}
+    return {
+        "confusion": truth.T @ predicted,
+        "loss_sum": jnp.sum(losses * weights),
+        "count": jnp.sum(weights),
+    }
 
 
 def predict_step(params, batch: dict, *, model: nn.Module) -> jax.Array:

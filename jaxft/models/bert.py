@@ -1,0 +1,334 @@
+"""A BERT encoder in Flax linen whose parameter tree mirrors Hugging Face names.
+
+The tree is `embeddings/...`, `encoder/layer_{i}/...` and `pooler/dense/...`, one-to-one with the PyTorch
+`BertModel` state dict (`encoder.layer.3.x` <-> `encoder/layer_3/x`), so `convert.py` can map checkpoints by
+renaming and transposing alone. Parameters are always float32; `dtype` only sets the compute dtype, so a
+bfloat16 run keeps float32 master weights for the optimizer.
+
+Attention has three paths that compute the same function:
+
+* `"xla"` (the default): `jax.nn.dot_product_attention` with a boolean key-padding mask, used whenever no
+  attention dropout is applied (evaluation, or `attention_probs_dropout_prob == 0`).
+* the explicit softmax path (`softmax_attention`): the same arithmetic written out so that dropout can be
+  applied to the attention probabilities, as Hugging Face does during training.
+* `"cudnn"`: the fused cuDNN kernel through `jax.nn.dot_product_attention(implementation="cudnn")`. It only
+  runs on NVIDIA GPUs with a bfloat16/float16 `dtype` (elsewhere it raises when traced) and takes the padding
+  as per-row key lengths, so inputs must be right-padded, which is what BERT tokenizers produce. It has no
+  attention dropout, so training with `attention_probs_dropout_prob > 0` still takes the explicit path (the
+  model is unchanged, only slower); set that probability to 0 to train with cuDNN as well.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxft.errors import UserError
+
+_ACTIVATIONS = {
+    # Hugging Face "gelu" is the exact erf form; "gelu_new" and "gelu_pytorch_tanh" are both the tanh
+    # approximation.
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
+_ATTENTION_IMPLS = (None, "xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Architecture hyperparameters, with the names and defaults of Hugging Face `BertConfig`."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+
+    def __post_init__(self):
+        if self.hidden_act not in _ACTIVATIONS:
+            raise UserError(
+                f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}"
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise UserError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                f"{self.num_attention_heads}"
+            )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BertConfig":
+        """Builds a config from a Hugging Face `config.json` dict.
+
+        Keys that are not fields (`model_type`, `architectures`, `use_cache`, ...) are ignored and missing
+        fields take the Hugging Face defaults.
+
+        Args:
+            d: the parsed `config.json`.
+
+        Returns:
+            The config.
+
+        Raises:
+            UserError: the config asks for something this encoder does not implement (relative position
+                embeddings, an unknown activation).
+        """
+        position_type = d.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise UserError(f"position_embedding_type {position_type!r} is not supported; only 'absolute'")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_hf_dict(self) -> dict:
+        """Returns a dict that `transformers.BertConfig(**d)` accepts; the caller adds `architectures`."""
+        return {"model_type": "bert", "position_embedding_type": "absolute", **dataclasses.asdict(self)}
+
+
+def _dense(features: int, config: BertConfig, dtype: Any, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.initializers.normal(stddev=config.initializer_range),
+        name=name,
+    )
+
+
+def _layer_norm(config: BertConfig, dtype: Any) -> nn.LayerNorm:
+    # The two-pass variance matches PyTorch; the fast E[x^2] - E[x]^2 form costs parity at 1e-5.
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,
+        name="LayerNorm",
+    )
+
+
+def softmax_attention(query, key, value, mask, *, dropout_rate=0.0, dropout_rng=None):
+    """Scaled dot-product attention written out, with optional dropout on the probabilities.
+
+    The arithmetic follows the XLA path of `jax.nn.dot_product_attention` (float32 logits and softmax,
+    masked logits replaced by a large negative number), so the two agree when no dropout is applied.
+
+    Args:
+        query: `[B, T, N, H]`.
+        key: `[B, S, N, H]`.
+        value: `[B, S, N, H]`.
+        mask: boolean, broadcastable to `[B, N, T, S]`; True where a query may attend to a key.
+        dropout_rate: probability of zeroing an attention probability; 0 disables dropout.
+        dropout_rng: PRNG key, needed when `dropout_rate > 0`.
+
+    Returns:
+        `[B, T, N, H]` in the dtype of `value`.
+    """
+    scale = 1.0 / jnp.sqrt(query.shape[-1]).astype(jnp.float32)
+    logits = jnp.einsum("btnh,bsnh->bnts", query, key, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("bnts,bsnh->btnh", probs.astype(value.dtype), value)
+
+
+class BertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, then LayerNorm and dropout."""
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+        cfg = self.config
+        init = nn.initializers.normal(stddev=cfg.initializer_range)
+
+        def embed(num, name):
+            # Lookups and the sum stay float32; the LayerNorm casts to the compute dtype.
+            return nn.Embed(num, cfg.hidden_size, embedding_init=init, param_dtype=jnp.float32, name=name)
+
+        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        x = (
+            embed(cfg.vocab_size, "word_embeddings")(input_ids)
+            + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
+            + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
+        )
+        x = _layer_norm(cfg, self.dtype)(x)
+        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention over the unpadded keys (Hugging Face `BertSelfAttention`)."""
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+    attention_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, hidden, attention_mask, deterministic: bool):
+        cfg = self.config
+        batch, length, _ = hidden.shape
+        head_dim = cfg.hidden_size // cfg.num_attention_heads
+
+        def project(name):
+            out = _dense(cfg.hidden_size, cfg, self.dtype, name)(hidden)
+            return out.reshape(batch, length, cfg.num_attention_heads, head_dim)
+
+        q, k, v = project("query"), project("key"), project("value")
+        rate = cfg.attention_probs_dropout_prob
+        apply_dropout = not deterministic and rate > 0.0
+        key_mask = attention_mask.astype(bool)[:, None, None, :]
+        if apply_dropout:
+            # Neither fused kernel takes a dropout RNG, so every implementation trains through this path.
+            rng = self.make_rng("dropout")
+            out = softmax_attention(q, k, v, key_mask, dropout_rate=rate, dropout_rng=rng)
+        elif self.attention_impl == "cudnn":
+            # cuDNN takes key lengths, not a mask; a fully padded row keeps length 1 so it stays finite.
+            lengths = jnp.maximum(attention_mask.sum(axis=-1), 1).astype(jnp.int32)
+            out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=key_mask, implementation="xla")
+        return out.reshape(batch, length, cfg.hidden_size)
+
+
+class BertAddNorm(nn.Module):
+    """Dense, dropout, residual add and LayerNorm (Hugging Face `BertSelfOutput` and `BertOutput`)."""
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, residual, deterministic: bool):
+        cfg = self.config
+        x = _dense(cfg.hidden_size, cfg, self.dtype, "dense")(x)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return _layer_norm(cfg, self.dtype)(x + residual)
+
+
+class BertAttention(nn.Module):
+    """Self-attention followed by its output projection (`attention/self`, `attention/output`)."""
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+    attention_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, hidden, attention_mask, deterministic: bool):
+        x = BertSelfAttention(self.config, self.dtype, self.attention_impl, name="self")(
+            hidden, attention_mask, deterministic
+        )
+        return BertAddNorm(self.config, self.dtype, name="output")(x, hidden, deterministic)
+
+
+class BertIntermediate(nn.Module):
+    """The feed-forward expansion and its activation."""
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden):
+        x = _dense(self.config.intermediate_size, self.config, self.dtype, "dense")(hidden)
+        return _ACTIVATIONS[self.config.hidden_act](x)
+
+
+class BertLayer(nn.Module):
+    """One transformer block: attention/{self,output}, intermediate, output."""
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+    attention_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, hidden, attention_mask, deterministic: bool):
+        cfg = self.config
+        attention = BertAttention(cfg, self.dtype, self.attention_impl, name="attention")
+        hidden = attention(hidden, attention_mask, deterministic)
+        x = BertIntermediate(cfg, self.dtype, name="intermediate")(hidden)
+        return BertAddNorm(cfg, self.dtype, name="output")(x, hidden, deterministic)
+
+
+class BertLayerStack(nn.Module):
+    """The `encoder/layer_{i}` blocks, optionally rematerialised."""
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+    attention_impl: str | None = None
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, hidden, attention_mask, deterministic: bool):
+        # `deterministic` is argument 3 counting `self`; static so remat keeps the Python branches on it.
+        layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.remat else BertLayer
+        for i in range(self.config.num_hidden_layers):
+            layer = layer_cls(self.config, self.dtype, self.attention_impl, name=f"layer_{i}")
+            hidden = layer(hidden, attention_mask, deterministic)
+        return hidden
+
+
+class BertPooler(nn.Module):
+    """tanh(Dense(first token)), the input to Hugging Face classification heads."""
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden):
+        return jnp.tanh(_dense(self.config.hidden_size, self.config, self.dtype, "dense")(hidden[:, 0]))
+
+
+class BertEncoder(nn.Module):
+    """The BERT encoder and pooler; Hugging Face `BertModel` with Flax parameter names.
+
+    Attributes:
+        config: the architecture.
+        dtype: compute dtype (`jnp.bfloat16` for mixed precision); parameters are float32 regardless.
+        attention_impl: None or `"xla"` for the portable path, `"cudnn"` for the fused GPU kernel (see the
+            module docstring for its limits; it raises on CPU).
+        remat: recompute each layer's activations in the backward pass to save memory.
+    """
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+    attention_impl: str | None = None
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
+        """Encodes a batch of token ids.
+
+        Args:
+            input_ids: `[B, L]` int token ids.
+            attention_mask: `[B, L]` with 1 for real tokens and 0 for padding (None: no padding).
+            token_type_ids: `[B, L]` segment ids (None: all zeros).
+            deterministic: disables dropout; when False a `"dropout"` RNG must be provided.
+
+        Returns:
+            `(sequence_output [B, L, H], pooled_output [B, H])`, both in `dtype`.
+        """
+        if self.attention_impl not in _ATTENTION_IMPLS:
+            raise UserError(f"attention_impl {self.attention_impl!r} is not one of {_ATTENTION_IMPLS}")
+        cfg = self.config
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        hidden = BertEmbeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
+
+        hidden = BertLayerStack(cfg, self.dtype, self.attention_impl, self.remat, name="encoder")(
+            hidden, attention_mask, deterministic
+        )
+        pooled = BertPooler(cfg, self.dtype, name="pooler")(hidden)
+        return hidden, pooled

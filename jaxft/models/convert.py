@@ -1,0 +1,298 @@
+"""Hugging Face BERT checkpoints to and from jaxft parameter trees.
+
+A checkpoint directory holds `config.json` and either `model.safetensors` or `pytorch_model.bin`. Names map
+mechanically because the Flax modules mirror Hugging Face's: `bert.encoder.layer.3.output.dense.weight` is
+`bert/encoder/layer_3/output/dense/kernel` (transposed), LayerNorm `weight`/`bias` (or the `gamma`/`beta` of
+old TF-converted checkpoints) are `scale`/`bias`, and embedding `weight` is `embedding`. Pretrained weights
+enter a freshly initialised model through one step, `merge_pretrained`, which logs what was newly
+initialised and refuses tensors the model has no place for.
+"""
+
+import json
+import logging
+import os
+import re
+
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jaxft.errors import UserError
+from jaxft.models.bert import BertConfig
+
+# Without these the config cannot describe the tensors; the rest have Hugging Face defaults.
+_REQUIRED_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+)
+# Non-parameter buffers that some checkpoints carry.
+_BUFFER_SUFFIXES = ("position_ids", "token_type_ids")
+_ENCODER_ROOTS = ("embeddings", "encoder", "pooler")
+_TORCH_TO_SAFETENSORS_HINT = (
+    'python -c "import torch, safetensors.torch as s; '
+    "s.save_file(torch.load('pytorch_model.bin', weights_only=True), 'model.safetensors')\""
+)
+
+
+def load_config(checkpoint_dir: str) -> BertConfig:
+    """Reads a Hugging Face BERT `config.json`.
+
+    Args:
+        checkpoint_dir: the checkpoint directory.
+
+    Returns:
+        The architecture.
+
+    Raises:
+        UserError: no `config.json`, not a BERT config, or a required key is missing.
+    """
+    path = os.path.join(checkpoint_dir, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{checkpoint_dir}: not a BERT checkpoint directory (no config.json)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    architectures = d.get("architectures") or []
+    is_bert = d.get("model_type") == "bert" or any(str(a).startswith("Bert") for a in architectures)
+    if not is_bert:
+        raise UserError(
+            f"{path}: model_type {d.get('model_type')!r} (architectures {architectures}) is not BERT; "
+            "only 'bert' checkpoints are supported"
+        )
+    missing = [k for k in _REQUIRED_KEYS if k not in d]
+    if missing:
+        raise UserError(f"{path}: missing key(s) {', '.join(missing)}")
+    try:
+        return BertConfig.from_dict(d)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def load_state_dict(checkpoint_dir: str) -> dict[str, np.ndarray]:
+    """Reads the checkpoint tensors as float32 NumPy arrays, without running any pickled code.
+
+    `model.safetensors` is preferred. `pytorch_model.bin` is read with `torch.load(weights_only=True)`,
+    which refuses pickles that hold anything but tensors and containers. Buffers that are not parameters
+    (`*.position_ids`) are dropped.
+
+    Args:
+        checkpoint_dir: the checkpoint directory.
+
+    Returns:
+        Hugging Face tensor names to arrays.
+
+    Raises:
+        UserError: no weights file, torch missing for a `.bin`, or a file that cannot be read safely.
+    """
+    st_path = os.path.join(checkpoint_dir, "model.safetensors")
+    bin_path = os.path.join(checkpoint_dir, "pytorch_model.bin")
+    if os.path.isfile(st_path):
+        import safetensors.numpy
+
+        try:
+            raw = safetensors.numpy.load_file(st_path)
+        except Exception as e:  # safetensors raises several types for corrupt files
+            raise UserError(f"{st_path}: cannot read safetensors file: {_first_line(e)}") from None
+    elif os.path.isfile(bin_path):
+        raw = _load_torch_bin(bin_path)
+    else:
+        raise UserError(f"{checkpoint_dir}: no model.safetensors or pytorch_model.bin")
+    return {
+        name: np.asarray(value, dtype=np.float32)
+        for name, value in raw.items()
+        if not name.endswith(_BUFFER_SUFFIXES)
+    }
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _torch_refusal(e: Exception) -> str:
+    """The reason inside torch's weights_only error, without its advice to load the file unsafely."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:Check the documentation|$)", text, re.S)
+    if not found:
+        return _first_line(e)
+    return re.sub(r" was not an allowed global.*", "", " ".join(found.group(1).split()))
+
+
+def _load_torch_bin(path: str) -> dict:
+    try:
+        import torch
+    except ImportError:
+        raise UserError(
+            f"{path}: pytorch_model.bin needs torch to read safely; install torch or convert it to "
+            f"model.safetensors where torch is installed (e.g. `{_TORCH_TO_SAFETENSORS_HINT}`)"
+        ) from None
+    try:
+        # weights_only refuses arbitrary objects instead of executing their pickled constructors.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path}: refused to load (not a plain tensor file): {_torch_refusal(e)}") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path}: expected a dict of tensor names to tensors")
+    return {name: t.detach().to(torch.float32).numpy() for name, t in obj.items()}
+
+
+def _leaf_name(module: str, torch_leaf: str) -> str | None:
+    if module == "LayerNorm":
+        return {"weight": "scale", "gamma": "scale", "bias": "bias", "beta": "bias"}.get(torch_leaf)
+    if module.endswith("_embeddings"):
+        return "embedding" if torch_leaf == "weight" else None
+    return {"weight": "kernel", "bias": "bias"}.get(torch_leaf)
+
+
+def hf_to_flax(state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
+    """Converts a Hugging Face BERT state dict to a nested Flax parameter tree.
+
+    Accepts `BertModel` names (`encoder.layer.0...`) and `BertFor*` names (`bert.encoder.layer.0...`,
+    `classifier.weight`).
+
+    Args:
+        state_dict: tensor name to array (NumPy or anything `np.asarray` takes).
+
+    Returns:
+        `(params, ignored_names)`: `params` is `{"bert": {...}}` plus `"classifier"` when the checkpoint has
+        one, float32; `ignored_names` lists tensors that belong to neither (MLM/NSP heads `cls.*`, buffers),
+        for the caller to report.
+    """
+    flat, ignored = {}, []
+    for name, value in state_dict.items():
+        parts = name.split(".")
+        if parts[0] == "bert":
+            parts = parts[1:]
+        # The sequence/token classification head is `classifier.{weight,bias}`; other heads are not ours.
+        elif parts[0] not in _ENCODER_ROOTS and not (parts[0] == "classifier" and len(parts) == 2):
+            ignored.append(name)
+            continue
+        if parts[-1].endswith(_BUFFER_SUFFIXES) or len(parts) < 2:
+            ignored.append(name)
+            continue
+        path = list(parts[:-1])
+        leaf = _leaf_name(path[-1], parts[-1])
+        if leaf is None:
+            ignored.append(name)
+            continue
+        # `encoder.layer.3` -> `encoder/layer_3`.
+        joined = re.sub(r"(^|/)layer/(\d+)(/|$)", r"\1layer_\2\3", "/".join(path))
+        root = () if path[0] == "classifier" else ("bert",)
+        array = np.asarray(value, dtype=np.float32)
+        flat[(*root, *joined.split("/"), leaf)] = array.T if leaf == "kernel" else array
+    return traverse_util.unflatten_dict(flat), ignored
+
+
+def flax_to_hf(params: dict) -> dict[str, np.ndarray]:
+    """Converts `{"bert": ..., "classifier": ...}` back to Hugging Face `BertFor*` names.
+
+    The inverse of `hf_to_flax`: `bert.`-prefixed names, kernels transposed back, float32 and contiguous
+    (ready for `safetensors.numpy.save_file`).
+
+    Args:
+        params: a parameter tree with top-level keys `bert` and optionally `classifier`.
+
+    Returns:
+        Hugging Face tensor name to array.
+
+    Raises:
+        UserError: a top-level key other than `bert` or `classifier`.
+    """
+    unknown = sorted(set(params) - {"bert", "classifier"})
+    if unknown:
+        raise UserError(
+            f"cannot export parameter group {unknown[0]!r}: only 'bert' and 'classifier' map to BERT"
+        )
+    out = {}
+    for path, value in traverse_util.flatten_dict(params).items():
+        *modules, leaf = path
+        modules = [re.sub(r"^layer_(\d+)$", r"layer.\1", m) for m in modules]
+        array = np.asarray(value, dtype=np.float32)
+        if leaf == "kernel":
+            array = array.T
+        torch_leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(leaf, leaf)
+        out[".".join([*modules, torch_leaf])] = np.ascontiguousarray(array)
+    return out
+
+
+def merge_pretrained(init_params: dict, pretrained: dict, *, log=logging.info) -> dict:
+    """Fills a freshly initialised parameter tree with pretrained values.
+
+    Every leaf of `init_params` found in `pretrained` is replaced by the pretrained value (float32); the
+    others keep their initial values and are listed in one `log` line (usually the task head).
+
+    Args:
+        init_params: the model's initialised parameters, e.g. `{"bert": ..., "classifier": ...}`.
+        pretrained: a nested tree from `hf_to_flax`.
+        log: called once with a one-line message naming the newly initialised paths.
+
+    Returns:
+        A new tree; neither input is modified.
+
+    Raises:
+        UserError: a pretrained tensor the model has no parameter for, or a shape mismatch.
+    """
+    init_flat = traverse_util.flatten_dict(dict(init_params), sep="/")
+    pre_flat = traverse_util.flatten_dict(dict(pretrained), sep="/")
+    unexpected = [p for p in pre_flat if p not in init_flat]
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise UserError(
+            f"unexpected tensor {unexpected[0]} in checkpoint{more}: {_why_unexpected(init_flat)}"
+        )
+    merged, fresh = {}, []
+    for path, value in init_flat.items():
+        if path not in pre_flat:
+            merged[path] = value
+            fresh.append(path)
+            continue
+        new = pre_flat[path]
+        if tuple(new.shape) != tuple(value.shape):
+            raise UserError(
+                f"shape mismatch for {path}: checkpoint has {tuple(new.shape)}, "
+                f"model has {tuple(value.shape)}"
+            )
+        merged[path] = jnp.asarray(new, dtype=jnp.float32)
+    if fresh:
+        log(f"newly initialised (not in checkpoint): {', '.join(fresh)}")
+    else:
+        log("all parameters loaded from checkpoint")
+    return traverse_util.unflatten_dict(merged, sep="/")
+
+
+def _why_unexpected(init_flat: dict) -> str:
+    layers = {m.group(1) for p in init_flat if (m := re.search(r"encoder/layer_(\d+)/", p))}
+    return f"the model has {len(layers)} layers and no parameter of that name"
+
+
+def load_pretrained(checkpoint_dir: str, init_params: dict, *, log=logging.info) -> tuple[dict, BertConfig]:
+    """Loads a Hugging Face BERT checkpoint into an initialised parameter tree.
+
+    Args:
+        checkpoint_dir: directory with `config.json` and `model.safetensors` or `pytorch_model.bin`.
+        init_params: the model's initialised parameters.
+        log: receives one line about ignored checkpoint tensors (if any) and one about new parameters.
+
+    Returns:
+        `(params, config)`.
+
+    Raises:
+        UserError: see `load_config`, `load_state_dict` and `merge_pretrained`.
+    """
+    config = load_config(checkpoint_dir)
+    pretrained, ignored = hf_to_flax(load_state_dict(checkpoint_dir))
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+        log(f"ignoring {len(ignored)} checkpoint tensor(s) this model does not use: {shown}")
+    try:
+        params = merge_pretrained(init_params, pretrained, log=log)
+    except UserError as e:
+        raise UserError(f"{checkpoint_dir}: {e}") from None
+    return params, config

