@@ -6,6 +6,7 @@ status 2, a diverged run with exit status 3.
 
 import logging
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -20,16 +21,55 @@ def _fail(message: str, status: int = 2):
     sys.exit(status)
 
 
+def _unknown_key(argv, error: Exception) -> str:
+    """One line naming the unknown --config.KEY, from the (nested) KeyError that ml_collections raises."""
+    while error.args and isinstance(error.args[0], Exception):  # AttributeError(KeyError(...))
+        error = error.args[0]
+    text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    text = " ".join(text.split())  # "'name'\nDid you mean ...?" -> one line, quotes unescaped
+    keys = [arg.split("=", 1)[0][len("--config.") :] for arg in argv if arg.startswith("--config.")]
+    missing = text.split("'")[1] if text.startswith("'") and text.count("'") >= 2 else None
+    culprits = [key for key in keys if missing in key.split(".")] or keys
+    flags_text = ", ".join(f"--config.{key}" for key in culprits)
+    if len(culprits) == 1:
+        return f"unknown config key {flags_text}: {text}"
+    return f"unknown config key among {flags_text}: {text}"
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as one line; of a message that carries a traceback, its first and last lines."""
+    if isinstance(error, SyntaxError):
+        return f"{error.filename}:{error.lineno}: {error.msg}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "Traceback (most recent call last):" in lines:  # keep the first line and the exception's own lines
+        raised = [i for i, line in enumerate(lines) if re.match(r"[A-Za-z_][\w.]*(: |$)", line)]
+        lines = [lines[0], *lines[raised[-1] if raised else -1 :]]
+    return " ".join(lines) or type(error).__name__
+
+
 def _parse(argv):
     # absl raises a multi-line AttributeError for an unknown --config.KEY: turn it into one line.
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        _fail(str(error).splitlines()[0])
+        _fail(_one_line(error))
     except (AttributeError, KeyError) as error:
-        keys = [arg.split("=", 1)[0][len("--config."):] for arg in argv if arg.startswith("--config.")]
-        hint = str(error).strip("'\"").replace("\\n", " ").replace("\n", " ")
-        _fail(f"unknown config key among {', '.join(keys)}: {hint}")
+        _fail(_unknown_key(argv, error))
+    except Exception as error:  # the config file itself fails to import or run (SyntaxError, NameError, ...)
+        _fail(f"--config: cannot load the config file: {type(error).__name__}: {_one_line(error)}")
+
+
+def _config_or_fail():
+    """The parsed config; a config file that could not be found fails here with one line."""
+    path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
+    if not os.path.isfile(path):
+        _fail(f"--config {path}: no such file")
+    config = _CONFIG.value
+    try:
+        config.keys()  # ml_collections defers a load failure (an OSError) to the first access
+    except OSError as error:
+        _fail(f"--config {path}: {_one_line(error.__cause__ or error)}")
+    return config
 
 
 def main(argv):
@@ -37,6 +77,7 @@ def main(argv):
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         _fail("--config and --workdir are required (see --help)")
+    config = _config_or_fail()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +85,7 @@ def main(argv):
     from jaxft.train import train_and_evaluate
 
     try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        train_and_evaluate(config, _WORKDIR.value)
     except UserError as error:
         _fail(str(error))
     except FloatingPointError as error:

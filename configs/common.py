@@ -14,3 +14,8 @@ def minilm_checkpoint() -> str | None:
     if spec is None or spec.origin is None:
         return None
     return os.path.join(os.path.dirname(spec.origin), "model")
+
+
+def repo_path(relative: str) -> str:
+    """An absolute path to a file shipped in this repository, so configs work from any directory."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), relative)

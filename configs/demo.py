@@ -14,8 +14,8 @@ from configs import common, default
 def get_config():
     config = default.get_config()
     config.model.checkpoint = common.minilm_checkpoint()  # None (and a clear error) if not installed
-    config.data.train_path = "data/demo_sentiment/train.jsonl"
-    config.data.eval_path = "data/demo_sentiment/dev.jsonl"
+    config.data.train_path = common.repo_path("data/demo_sentiment/train.jsonl")
+    config.data.eval_path = common.repo_path("data/demo_sentiment/dev.jsonl")
     config.data.max_seq_length = 64
     config.data.num_buckets = 2
     config.optimizer.learning_rate = 1e-4

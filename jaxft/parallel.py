@@ -58,7 +58,8 @@ def eval_batch_size(requested: int, devices: int | None = None) -> int:
 
 def replicate(tree, devices=None):
     """Copies a host tree onto every device of `devices` (default: all local; leading axis = devices)."""
-    return jax_utils.replicate(tree, devices)
+    # The axis name matters: the same mesh as pmap outputs use, so step 2 hits step 1's compiled program.
+    return jax_utils.replicate(tree, devices, axis_name=AXIS)
 
 
 def unreplicate(tree):

@@ -1,0 +1,231 @@
+"""The step functions on forced host devices: device-count invariance, accumulation, exact evaluation,
+bf16 compute, no recompilation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from jaxft import optim, parallel, steps
+from jaxft.data import batching, pipeline
+from jaxft.models.bert import BertConfig
+from jaxft.models.heads import SequenceClassifier
+from jaxft.train import eval_counts
+
+CONFIG = BertConfig(
+    vocab_size=50,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=32,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+LABELS = 3
+
+
+def _model(dtype=jnp.float32):
+    return SequenceClassifier(CONFIG, num_labels=LABELS, dtype=dtype)
+
+
+def _params(model):
+    dummy = jnp.zeros((1, 8), jnp.int32)
+    return jax.device_get(model.init(jax.random.key(0), dummy, jnp.ones_like(dummy), dummy)["params"])
+
+
+def _batch(size: int, length: int = 12, padding_rows: int = 0, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, length + 1, size)
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+    weights = np.ones(size, np.float32)
+    weights[size - padding_rows :] = 0
+    return {
+        "input_ids": (rng.integers(1, CONFIG.vocab_size, (size, length)) * mask).astype(np.int32),
+        "attention_mask": mask,
+        "token_type_ids": np.zeros((size, length), np.int32),
+        "labels": rng.integers(0, LABELS, size).astype(np.int32),
+        "weights": weights,
+    }
+
+
+def _rel(a, b) -> float:
+    a, b = (
+        np.concatenate([np.ravel(x) for x in jax.tree.leaves(a)]),
+        np.concatenate([np.ravel(x) for x in jax.tree.leaves(b)]),
+    )
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _loss_and_grads(params, batch, num_devices, accum_steps=1):
+    devices = jax.devices()[:num_devices]
+    fn = parallel.pmap_reduce(
+        lambda p, b, axis_name: steps.loss_and_grads(
+            p,
+            b,
+            jax.random.key(0),
+            model=_model(),
+            axis_name=axis_name,
+            accum_steps=accum_steps,
+            deterministic=True,
+        ),
+        devices=devices,
+    )
+    loss, grads, count = fn(
+        parallel.replicate(params, devices), parallel.split_for_devices(batch, num_devices)
+    )
+    return float(loss[0]), parallel.unreplicate(grads), float(count[0])
+
+
+def test_eight_devices_equal_one_device_on_the_same_global_batch():
+    assert jax.device_count() == 8
+    params, batch = _params(_model()), _batch(16, padding_rows=3)
+    loss1, grads1, count1 = _loss_and_grads(params, batch, 1)
+    loss8, grads8, count8 = _loss_and_grads(params, batch, 8)
+    assert count1 == count8 == 13
+    assert abs(loss8 - loss1) <= 1e-6 * abs(loss1)
+    assert _rel(grads8, grads1) <= 1e-6
+    # One full optimizer step on each: the updated models give the same logits.
+    tx = optim.create_optimizer(default.get_config().optimizer, 10)
+    logits = []
+    for n in (1, 8):
+        devices = jax.devices()[:n]
+        p_step = parallel.pmap_train_step(
+            steps.train_step, devices=devices, model=_model(), tx=tx, deterministic=True
+        )
+        state, _ = p_step(
+            parallel.replicate(steps.create_train_state(params, tx, 0), devices),
+            parallel.split_for_devices(batch, n),
+        )
+        new = parallel.unreplicate(state.params)
+        logits.append(
+            _model().apply(
+                {"params": new}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+            )
+        )
+    np.testing.assert_allclose(logits[1], logits[0], atol=1e-5, rtol=0)
+
+
+def test_padding_rows_do_not_change_loss_or_gradients():
+    params, batch = _params(_model()), _batch(16, padding_rows=4)
+    real = {k: v[:12] for k, v in batch.items()}
+    padded_loss, padded_grads, _ = _loss_and_grads(params, batch, 1)
+    real_loss, real_grads, _ = _loss_and_grads(params, {**_batch(12), **real}, 1)
+    assert abs(padded_loss - real_loss) <= 1e-6 * real_loss
+    assert _rel(padded_grads, real_grads) <= 1e-6
+
+
+def test_accumulated_micro_batches_equal_one_large_batch():
+    params, batch = _params(_model()), _batch(16, padding_rows=2)
+    loss1, grads1, _ = _loss_and_grads(params, batch, 1, accum_steps=1)
+    loss4, grads4, _ = _loss_and_grads(params, batch, 1, accum_steps=4)
+    assert abs(loss4 - loss1) <= 1e-6 * loss1
+    assert _rel(grads4, grads1) <= 1e-6
+
+
+@pytest.mark.parametrize("num_devices", [1, 3, 8])
+@pytest.mark.parametrize("num_examples", [23, 24, 25])
+def test_evaluation_counts_every_example_exactly_once(num_devices, num_examples):
+    model, rng = _model(), np.random.default_rng(num_examples)
+    params = _params(model)
+    lengths = rng.integers(2, 20, num_examples).astype(np.int32)
+    ids = rng.integers(1, CONFIG.vocab_size, (num_examples, 20)) * (np.arange(20) < lengths[:, None])
+    features = {
+        "input_ids": ids.astype(np.int32),
+        "token_type_ids": np.zeros_like(ids, np.int32),
+        "length": lengths,
+    }
+    labels = rng.integers(0, LABELS, num_examples).astype(np.int32)
+    split = pipeline.Split("dev", "dev.jsonl", [None] * num_examples, labels, features)
+    devices = jax.devices()[:num_devices]
+    p_eval = parallel.pmap_eval_step(steps.eval_step, devices=devices, model=model, num_labels=LABELS)
+    totals = eval_counts(
+        p_eval,
+        parallel.replicate(params, devices),
+        split,
+        [8, 20],
+        parallel.eval_batch_size(8, num_devices),
+        num_devices,
+    )
+    assert int(totals["count"]) == num_examples == int(totals["confusion"].sum())
+    # Reference: every example alone, on the host, unpadded.
+    reference, margins, loss_sum = np.zeros((LABELS, LABELS), np.int64), [], 0.0
+    for i in range(num_examples):
+        n = lengths[i]
+        logits = np.asarray(
+            model.apply(
+                {"params": params}, ids[i : i + 1, :n], np.ones((1, n), np.int32), np.zeros((1, n), np.int32)
+            )
+        )[0]
+        reference[labels[i], logits.argmax()] += 1
+        margins.append(np.sort(logits)[-1] - np.sort(logits)[-2])
+        loss_sum += float(jax.nn.logsumexp(logits) - logits[labels[i]])
+    assert min(margins) > 1e-3, "examples too close to a decision boundary for an exact comparison"
+    np.testing.assert_array_equal(totals["confusion"], reference)
+    np.testing.assert_allclose(float(totals["loss_sum"]), loss_sum, rtol=1e-5)
+
+
+def test_bf16_computes_in_bf16_and_keeps_float32_state():
+    model = _model(jnp.bfloat16)
+    params = _params(model)
+    assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype(np.float32)}
+    batch = _batch(8)
+    jaxpr = jax.make_jaxpr(
+        lambda p: model.apply(
+            {"params": p}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+        )
+    )(params)
+    dots = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "dot_general"]
+    dots += [
+        e
+        for eqn in jaxpr.jaxpr.eqns
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params)
+        for e in sub.eqns
+        if e.primitive.name == "dot_general"
+    ]
+    assert dots and all(v.aval.dtype == jnp.bfloat16 for eqn in dots for v in eqn.invars)
+    tx = optim.create_optimizer(default.get_config().optimizer, 10)
+    devices = jax.devices()[:1]
+    p_step = parallel.pmap_train_step(steps.train_step, devices=devices, model=model, tx=tx)
+    state, metrics = p_step(
+        parallel.replicate(steps.create_train_state(params, tx, 0), devices),
+        parallel.split_for_devices(batch, 1),
+    )
+    state = parallel.unreplicate(state)
+    float_leaves = [
+        x for x in jax.tree.leaves((state.params, state.opt_state)) if np.issubdtype(x.dtype, np.floating)
+    ]
+    assert float_leaves and all(x.dtype == np.float32 for x in float_leaves)
+    assert np.isfinite(float(metrics["loss"][0]))
+
+
+def test_second_step_does_not_compile():
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, duration, **kw: (
+            compiles.append(event) if event.endswith("backend_compile_duration") else None
+        )
+    )
+    model, tx = _model(), optim.create_optimizer(default.get_config().optimizer, 10)
+    params = _params(model)
+    p_step = parallel.pmap_train_step(steps.train_step, model=model, tx=tx)
+    state = parallel.replicate(steps.create_train_state(params, tx, 0))
+    for seed in range(3):
+        if seed == 1:
+            before = len(compiles)
+        state, metrics = p_step(state, parallel.split_for_devices(_batch(16, seed=seed), 8))
+        metrics["loss"].block_until_ready()
+    assert len(compiles) == before, "a step with the same shapes compiled again"
+
+
+def test_bucketed_and_fully_padded_batches_give_the_same_loss():
+    params, batch = _params(_model()), _batch(16, length=12)
+    wide = {
+        **batch,
+        **{k: np.pad(batch[k], ((0, 0), (0, 20))) for k in ("input_ids", "attention_mask", "token_type_ids")},
+    }
+    narrow_loss, _, _ = _loss_and_grads(params, batch, 1)
+    wide_loss, _, _ = _loss_and_grads(params, wide, 1)
+    assert abs(narrow_loss - wide_loss) <= 1e-5 * narrow_loss
+    assert batching.bucket_lengths(32, 2) == [16, 32]
