@@ -14,6 +14,7 @@ import logging
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxft.errors import UserError
@@ -75,6 +76,7 @@ class Checkpoints:
                 state=ocp.args.StandardRestore(_abstract(template_state)), meta=ocp.args.JsonRestore()
             ),
         )
+        check_shapes(restored.state.params, template_state.params, f"checkpoint step {step} in this workdir")
         return restored.state, restored.meta
 
     def restore_best_params(self, template_params) -> tuple[object, dict] | None:
@@ -101,22 +103,49 @@ class Checkpoints:
         self.best.close()
 
 
+def _read_only(directory: str) -> ocp.CheckpointManager:
+    # Another run's folder is only read: never let Orbax create or clean anything in it.
+    return ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
+    )
+
+
+def find_checkpoint(workdir: str) -> tuple[str, int]:
+    """The checkpoint a warm start takes from another run: ("best" | "latest", step). Reads only.
+
+    Raises:
+      UserError: `workdir` holds no finished jaxft checkpoint.
+    """
+    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    for kind in ("best", "latest"):
+        if os.path.isdir(os.path.join(root, kind)):
+            manager = _read_only(os.path.join(root, kind))
+            step = manager.latest_step()
+            manager.close()
+            if step is not None:
+                return kind, step
+    raise UserError(f"model.init_from_workdir={workdir}: no finished jaxft checkpoint in {root}")
+
+
+def check_shapes(restored, template, what: str) -> None:
+    """Raises `UserError` naming the first parameter whose shape differs from the model's."""
+    expected = dict(jax.tree_util.tree_flatten_with_path(template)[0])
+    for path, value in jax.tree_util.tree_flatten_with_path(restored)[0]:
+        if path not in expected or np.shape(value) != np.shape(expected[path]):
+            name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+            want = np.shape(expected[path]) if path in expected else "absent"
+            raise UserError(f"{what}: parameter {name} has shape {np.shape(value)}, the model expects {want}")
+
+
 def params_from_workdir(workdir: str, template_params, log=logging.info):
     """Fine-tuned parameters of another run, for a warm start: its best checkpoint, else its newest.
 
     Raises:
       UserError: `workdir` holds no jaxft checkpoint, or its parameters do not fit the model.
     """
-    root = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(root):
-        raise UserError(f"model.init_from_workdir={workdir}: no jaxft checkpoints in it ({root} is missing)")
-    source = ocp.CheckpointManager(root + "/best")
-    kind = "best"
-    if source.latest_step() is None:
-        source, kind = ocp.CheckpointManager(root + "/latest"), "latest"
-    step = source.latest_step()
-    if step is None:
-        raise UserError(f"model.init_from_workdir={workdir}: its checkpoints directory holds no checkpoint")
+    kind, step = find_checkpoint(workdir)
+    source = _read_only(os.path.join(os.path.abspath(workdir), "checkpoints", kind))
+    what = f"model.init_from_workdir={workdir}"
     try:
         if kind == "best":
             params = source.restore(
@@ -137,10 +166,9 @@ def params_from_workdir(workdir: str, template_params, log=logging.info):
             params = restored.state["params"]
     except (ValueError, KeyError, TypeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(
-            f"model.init_from_workdir={workdir}: its parameters do not fit this model ({first_line})"
-        ) from None
+        raise UserError(f"{what}: its parameters do not fit this model ({first_line})") from None
     finally:
         source.close()
+    check_shapes(params, template_params, what)
     log(f"Warm start: parameters from {workdir} ({kind} checkpoint, step {step})")
     return params

@@ -53,6 +53,40 @@ def _bert_config(config: ml_collections.ConfigDict, tokenizer) -> BertConfig:
     return dataclasses.replace(bert_config, **{k: v for k, v in overrides.items() if v is not None})
 
 
+MODEL_CONFIG = "model_config.json"  # the encoder's Hugging Face config, written into every workdir
+_SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+
+
+def _check_same_model(workdir: str, bert_config: BertConfig, label_names: list[str], whose: str) -> None:
+    """Refuses to load parameters saved by a model of another shape (read from its workdir's files)."""
+    path = os.path.join(workdir, MODEL_CONFIG)
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: unreadable ({error})") from None
+    ours = bert_config.to_hf_dict()
+    for field in _SHAPE_FIELDS:
+        if saved.get(field) != ours[field]:
+            raise UserError(
+                f"the model's {field}={ours[field]} differs from {saved.get(field)} {whose} "
+                "(change the config back, or use another workdir)"
+            )
+    labels_path = os.path.join(workdir, "labels.json")
+    if os.path.exists(labels_path) and labels_lib.load_label_vocab(labels_path) != label_names:
+        raise UserError(f"the label set {label_names} differs from {labels_path} {whose}")
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     """Reads and checks config, data, tokenizer and checkpoint; raises `UserError` before any write."""
     config_lib.validate(config)
@@ -71,10 +105,13 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
             f"{bert_config.vocab_size}: model.tokenizer does not belong to model.checkpoint"
         )
     parallel.check_batch_size(config.training.batch_size, config.training.grad_accum_steps)
+    _check_same_model(workdir, bert_config, label_names, "of the run being resumed in this workdir")
     if config.model.init_from_workdir:
         init_dir = config_lib.expand_path(config.model.init_from_workdir)
-        if not os.path.isdir(os.path.join(init_dir, "checkpoints")):
-            raise UserError(f"model.init_from_workdir={init_dir}: no jaxft checkpoints in it")
+        checkpoint.find_checkpoint(init_dir)
+        if not os.path.exists(os.path.join(init_dir, MODEL_CONFIG)):
+            raise UserError(f"model.init_from_workdir={init_dir}: not a jaxft workdir (no {MODEL_CONFIG})")
+        _check_same_model(init_dir, bert_config, label_names, f"of model.init_from_workdir={init_dir}")
     pretrained = None
     if checkpoint_dir:
         pretrained, ignored = convert.hf_to_flax(convert.load_state_dict(checkpoint_dir))
@@ -193,6 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.makedirs(workdir, exist_ok=True)
         _write_once(workdir, "config.json", config_lib.to_json(config))
         labels_lib.save_label_vocab(os.path.join(workdir, "labels.json"), setup.label_names)
+        _write_once(workdir, MODEL_CONFIG, json.dumps(setup.bert_config.to_hf_dict(), indent=2))
     pipeline.tokenize_splits(
         setup.splits,
         setup.tokenizer,
