@@ -68,8 +68,8 @@ def unreplicate(tree):
     # flax.jax_utils.unreplicate keeps the device axis when pmap ran on a subset of the local devices.
     def first(x):
         if isinstance(x, jax.Array):
-            return np.asarray(x.addressable_shards[0].data)[0]
-        return np.asarray(x)[0]
+            return np.asarray(x.addressable_shards[0].data)[0, ...]  # [0, ...]: 0-d arrays stay arrays
+        return np.asarray(x)[0, ...]
 
     return jax.tree.map(first, tree)
 
