@@ -63,6 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
     data.label_field = "label"  # column / key holding the label
     data.labels = config_dict.placeholder(tuple)  # label vocabulary in order; default: sorted train labels
     data.positive_label = config_dict.placeholder(str)  # also report this class's F1 as "f1" (GLUE MRPC)
+    data.max_train_examples = 0  # if > 0, train on a fixed random subset of this many (seeded by `seed`)
+    data.max_eval_examples = 0  # if > 0, evaluate eval/test on a fixed random subset of this many
     data.max_seq_length = 128  # tokens per example after truncation, [CLS] and [SEP] included
     data.num_buckets = 4  # length buckets up to max_seq_length; 1 pads everything to max_seq_length
     data.cache = True  # cache tokenised splits in WORKDIR/cache

@@ -40,6 +40,8 @@ _NON_NEGATIVE = (
     "training.eval_every",
     "training.early_stopping_patience",
     "training.early_stopping_min_delta",
+    "data.max_train_examples",
+    "data.max_eval_examples",
 )
 
 

@@ -94,7 +94,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
         raise UserError(f"workdir {workdir} exists and is not a directory")
     labels_path = os.path.join(workdir, "labels.json")
     saved_labels = labels_lib.load_label_vocab(labels_path) if os.path.exists(labels_path) else None
-    label_names, splits = pipeline.read_splits(config.data, saved_labels)
+    label_names, splits = pipeline.read_splits(config.data, saved_labels, config.seed)
     checkpoint_dir = config_lib.expand_path(config.model.checkpoint)
     tokenizer = tokenize.load_tokenizer(config_lib.expand_path(config.model.tokenizer) or checkpoint_dir)
     bert_config = _bert_config(config, tokenizer)

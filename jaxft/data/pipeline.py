@@ -29,12 +29,26 @@ class Split:
     features: dict | None = None
 
 
-def read_splits(data: ml_collections.ConfigDict, saved_labels: list[str] | None) -> tuple[list[str], dict]:
+def subset(examples: list, limit: int, seed: int) -> list:
+    """A fixed random subset of `limit` examples in file order (all of them when `limit` is 0 or more).
+
+    Random, not the first rows: files such as IMDB's are grouped by class.
+    """
+    if limit <= 0 or limit >= len(examples):
+        return examples
+    keep = np.sort(np.random.default_rng(seed).choice(len(examples), limit, replace=False))
+    return [examples[i] for i in keep]
+
+
+def read_splits(
+    data: ml_collections.ConfigDict, saved_labels: list[str] | None, seed: int = 0
+) -> tuple[list[str], dict]:
     """Reads train / eval / test, and encodes their labels.
 
     Args:
       data: the `data` section of the config.
       saved_labels: the label set of the run being resumed (WORKDIR/labels.json), which wins over the config.
+      seed: picks the subsets of `data.max_train_examples` / `data.max_eval_examples`.
 
     Returns:
       (label names, {split name: Split}) with "train" always present.
@@ -43,17 +57,16 @@ def read_splits(data: ml_collections.ConfigDict, saved_labels: list[str] | None)
     for name in ("train", "eval", "test"):
         path = expand_path(data[f"{name}_path"])
         if path:
-            raw[name] = (
+            examples = readers.read_examples(
                 path,
-                readers.read_examples(
-                    path,
-                    text_field=data.text_field,
-                    label_field=data.label_field,
-                    text_pair_field=data.text_pair_field,
-                    fmt=data.format,
-                    has_header=data.has_header,
-                ),
+                text_field=data.text_field,
+                label_field=data.label_field,
+                text_pair_field=data.text_pair_field,
+                fmt=data.format,
+                has_header=data.has_header,
             )
+            limit = data.max_train_examples if name == "train" else data.max_eval_examples
+            raw[name] = (path, subset(examples, limit, seed))
     if saved_labels is not None:
         names = saved_labels
         if data.labels is not None and [str(x) for x in data.labels] != names:

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Real-data accuracy benchmarks (issue 3), one command each; results land in runs/bench/*.json.
+#   bench/accuracy.sh DATA_DIR sst2        jaxft, configs/sst2.py        (~20-25 min on 2 CPU cores)
+#   bench/accuracy.sh DATA_DIR sst2-torch  PyTorch reference, same recipe
+#   bench/accuracy.sh DATA_DIR imdb-cpu    jaxft, configs/imdb.py:cpu    (5k/5k subset at 256 tokens)
+#   bench/accuracy.sh DATA_DIR imdb-torch  PyTorch reference on the same subset
+# DATA_DIR holds sst2/ and imdb/ (e.g. ../shared/data). Not run by CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=$(cd "$1" && pwd); job=$2
+py=${PYTHON:-.venv/bin/python}
+out=runs/bench; mkdir -p "$out"
+export JAXFT_DATA=$data HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+jaxft() {  # name config
+  rm -rf "runs/bench_$1"
+  local start=$(date +%s)
+  "$py" train.py --config "$2" --workdir "runs/bench_$1" --config.training.progress_bar=false
+  local wall=$(( $(date +%s) - start ))
+  "$py" - "$1" "$wall" <<'PY'
+import json, sys
+name, wall = sys.argv[1], int(sys.argv[2])
+final = json.load(open(f"runs/bench_{name}/final_metrics.json"))
+result = {"impl": "jaxft", "job": name, "wall_s": wall, **final}
+json.dump(result, open(f"runs/bench/{name}.json", "w"), indent=2)
+print(json.dumps(result))
+PY
+}
+case $job in
+  sst2) jaxft sst2 configs/sst2.py ;;
+  imdb-cpu) jaxft imdb_cpu configs/imdb.py:cpu ;;
+  sst2-torch) "$py" bench/torch_reference.py --train "$data/sst2/train.tsv" --eval "$data/sst2/dev.tsv" \
+      --text-field sentence --max-seq-length 64 --epochs 1 --out "$out/sst2_torch.json" ;;
+  imdb-torch) "$py" bench/torch_reference.py --train "$data/imdb/train.jsonl.gz" --eval "$data/imdb/test.jsonl.gz" \
+      --max-seq-length 256 --max-train-examples 5000 --max-eval-examples 5000 --epochs 1 --out "$out/imdb_torch.json" ;;
+  *) echo "unknown job $job (sst2, sst2-torch, imdb-cpu, imdb-torch)" >&2; exit 2 ;;
+esac

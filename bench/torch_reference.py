@@ -1,0 +1,136 @@
+"""PyTorch reference for the SST-2 / IMDB benchmarks: the same checkpoint and recipe with transformers'
+`BertForSequenceClassification`, printing the figures jaxft prints (accuracy, macro-F1, report).
+
+    python bench/torch_reference.py --train ../shared/data/sst2/train.tsv --eval ../shared/data/sst2/dev.tsv \
+        --text-field sentence --max-seq-length 64 --epochs 1 --out runs/torch_sst2.json
+
+Recipe (as configs/sst2.py): AdamW (torch.optim, weight decay 0.01 off for biases and LayerNorm), lr 5e-5,
+linear warm-up over 6% of the steps then linear decay, clipping 1.0, batch 32, dropout as in the
+checkpoint, seed 0, batches padded to their longest member. Needs torch (`pip install torch==2.13.0`).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import common  # noqa: E402
+from jaxft.data import labels as labels_lib  # noqa: E402
+from jaxft.data import pipeline, readers  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--eval", required=True)
+    parser.add_argument("--text-field", default="text")
+    parser.add_argument("--label-field", default="label")
+    parser.add_argument("--max-seq-length", type=int, default=64)
+    parser.add_argument("--max-train-examples", type=int, default=0)
+    parser.add_argument("--max-eval-examples", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--warmup-ratio", type=float, default=0.06)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", default=common.minilm_checkpoint())
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    import torch
+    import transformers
+    from sklearn.metrics import classification_report
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(os.cpu_count())
+    start = time.time()
+    read = {}
+    for name, path, limit in (
+        ("train", args.train, args.max_train_examples),
+        ("eval", args.eval, args.max_eval_examples),
+    ):
+        examples = readers.read_examples(path, text_field=args.text_field, label_field=args.label_field)
+        read[name] = pipeline.subset(examples, limit, args.seed)
+    names = labels_lib.build_label_vocab(read["train"])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(args.checkpoint)
+    model = transformers.BertForSequenceClassification.from_pretrained(args.checkpoint, num_labels=len(names))
+
+    def encode(examples):
+        enc = tokenizer([e.text for e in examples], truncation=True, max_length=args.max_seq_length)
+        return enc["input_ids"], labels_lib.encode_labels(examples, names)
+
+    train_ids, train_labels = encode(read["train"])
+    eval_ids, eval_labels = encode(read["eval"])
+
+    def collate(ids_list):
+        width = max(map(len, ids_list))
+        ids = torch.zeros((len(ids_list), width), dtype=torch.long)
+        for i, ids_row in enumerate(ids_list):
+            ids[i, : len(ids_row)] = torch.tensor(ids_row)
+        return ids, (ids != 0).long()
+
+    steps_per_epoch = -(-len(train_ids) // args.batch_size)
+    total = steps_per_epoch * args.epochs
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        eps=1e-8,
+    )
+    warmup = int(np.ceil(args.warmup_ratio * total))
+    schedule = transformers.get_linear_schedule_with_warmup(optimizer, warmup, total)
+    generator = torch.Generator().manual_seed(args.seed)
+    train_start = time.time()
+    model.train()
+    for epoch in range(args.epochs):
+        order = torch.randperm(len(train_ids), generator=generator).tolist()
+        for step in range(steps_per_epoch):
+            rows = order[step * args.batch_size : (step + 1) * args.batch_size]
+            ids, mask = collate([train_ids[i] for i in rows])
+            out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor(train_labels[rows]).long())
+            optimizer.zero_grad()
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            if step % 100 == 0:
+                print(f"epoch {epoch} step {step}/{steps_per_epoch} loss {out.loss.item():.4f}", flush=True)
+    train_s = time.time() - train_start
+    model.eval()
+    predictions = []
+    with torch.no_grad():
+        for i in range(0, len(eval_ids), 128):
+            ids, mask = collate(eval_ids[i : i + 128])
+            predictions.extend(model(input_ids=ids, attention_mask=mask).logits.argmax(-1).tolist())
+    report = classification_report(
+        eval_labels, predictions, target_names=names, digits=4, output_dict=True, zero_division=0
+    )
+    print(classification_report(eval_labels, predictions, target_names=names, digits=4, zero_division=0))
+    result = {
+        "impl": "torch",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "train_examples": len(train_ids),
+        "eval_examples": len(eval_ids),
+        "steps": total,
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro avg"]["f1-score"],
+        "train_s": round(train_s, 1),
+        "wall_s": round(time.time() - start, 1),
+        "report": report,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "report"}))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

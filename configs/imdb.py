@@ -1,0 +1,42 @@
+"""IMDB movie reviews (the seed's own benchmark): classify the review, not its tokens.
+
+GPU recipe (the default here; run where a GPU is available): full 25,000 train / 25,000 test at 512 tokens.
+
+    JAXFT_DATA=../shared/data python train.py --config configs/imdb.py --workdir runs/imdb
+
+CPU recipe (what README reports): a fixed, reproducible 5,000 / 5,000 subset at 256 tokens, 1 epoch.
+
+    JAXFT_DATA=../shared/data python train.py --config configs/imdb.py:cpu --workdir runs/imdb_cpu
+
+Files are gzipped JSON lines (`text` with raw `<br />` tags, `label` 0/1), grouped by class in the file: the
+subsets are random (seeded by `seed`), and training batches are shuffled every epoch.
+"""
+
+from configs import common, default
+
+
+def get_config(variant: str = "gpu"):
+    config = default.get_config()
+    config.model.checkpoint = common.minilm_checkpoint()
+    config.data.train_path = "$JAXFT_DATA/imdb/train.jsonl.gz"
+    config.data.eval_path = "$JAXFT_DATA/imdb/test.jsonl.gz"
+    config.data.text_field = "text"
+    config.data.label_field = "label"
+    config.optimizer.learning_rate = 5e-5
+    config.optimizer.warmup_ratio = 0.06
+    config.training.log_every = 50
+    config.training.checkpoint_every = 1000
+    if variant == "cpu":
+        config.data.max_train_examples = 5000
+        config.data.max_eval_examples = 5000
+        config.data.max_seq_length = 256
+        config.training.batch_size = 32
+        config.training.num_epochs = 1
+        config.training.eval_batch_size = 128
+    else:
+        config.data.max_seq_length = 512
+        config.model.dtype = "bfloat16"
+        config.training.batch_size = 32
+        config.training.num_epochs = 2
+        config.training.eval_batch_size = 256
+    return config
