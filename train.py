@@ -82,6 +82,7 @@ def main(argv):
     logging.getLogger("absl").setLevel(logging.WARNING)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from jaxft.errors import UserError
+    from jaxft.preemption import Preempted
     from jaxft.train import train_and_evaluate
 
     try:
@@ -90,6 +91,8 @@ def main(argv):
         _fail(str(error))
     except FloatingPointError as error:
         _fail(str(error), status=3)
+    except Preempted as error:
+        _fail(str(error), status=143)  # 128 + SIGTERM, as if the signal had ended the process
 
 
 if __name__ == "__main__":

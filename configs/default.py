@@ -100,6 +100,9 @@ def get_config() -> ml_collections.ConfigDict:
     training.best_mode = "max"  # "max" or "min" (e.g. for "loss")
     training.early_stopping_patience = 0  # stop after this many evaluations without improvement; 0 = off
     training.early_stopping_min_delta = 0.0  # smallest change that counts as an improvement
+    training.max_nonfinite_steps = (
+        0  # stop once more steps than this had a non-finite loss (they are skipped)
+    )
     training.async_checkpoints = True  # write checkpoints in the background
     training.progress_bar = True  # show a progress bar with loss, learning rate and examples/s
     training.tensorboard = True  # write TensorBoard event files to WORKDIR/tensorboard

@@ -31,22 +31,23 @@ class Checkpoints:
       workdir: the run's directory; checkpoints go to `workdir/checkpoints`.
       keep: how many of the newest full-state checkpoints to keep.
       async_save: write in the background (the step loop goes on; `wait` blocks until written).
+      read_only: only read (another run's workdir, prediction, export): Orbax creates and deletes nothing.
     """
 
-    def __init__(self, workdir: str, *, keep: int = 2, async_save: bool = True):
+    def __init__(self, workdir: str, *, keep: int = 2, async_save: bool = True, read_only: bool = False):
         root = os.path.join(os.path.abspath(workdir), "checkpoints")
-        self.latest = ocp.CheckpointManager(
-            os.path.join(root, "latest"),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=async_save, create=True
-            ),
-        )
-        self.best = ocp.CheckpointManager(
-            os.path.join(root, "best"),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, enable_async_checkpointing=async_save, create=True
-            ),
-        )
+
+        def manager(kind: str, max_to_keep: int) -> ocp.CheckpointManager:
+            if read_only:
+                options = ocp.CheckpointManagerOptions(create=False, read_only=True, save_interval_steps=0)
+            else:
+                options = ocp.CheckpointManagerOptions(
+                    max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+                )
+            return ocp.CheckpointManager(os.path.join(root, kind), options=options)
+
+        self.latest = manager("latest", keep)
+        self.best = manager("best", 1)
 
     def save(self, step: int, state, meta: dict) -> None:
         """Saves the full train state (host arrays) and `meta` (JSON) as step `step`."""
@@ -90,7 +91,36 @@ class Checkpoints:
                 params=ocp.args.StandardRestore(_abstract(template_params)), meta=ocp.args.JsonRestore()
             ),
         )
+        check_shapes(restored.params, template_params, f"best checkpoint step {step}")
         return restored.params, restored.meta
+
+    def restore_latest_params(self, template_params):
+        """Only the parameters of the newest full state (Adam moments stay on disk)."""
+        step = self.latest.latest_step()
+        restored = self.latest.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item={"params": _abstract(template_params)},
+                    restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(), {"params": template_params}),
+                    partial_restore=True,
+                )
+            ),
+        )
+        params = restored.state["params"]
+        check_shapes(params, template_params, f"checkpoint step {step}")
+        return params
+
+    def best_params_or_latest(self, template_params) -> tuple[object, str, int]:
+        """The parameters a finished run is used with: its best evaluation, else its newest state.
+
+        Returns:
+          (params, "best" | "latest", step).
+        """
+        best = self.restore_best_params(template_params)
+        if best is not None:
+            return best[0], "best", self.best.latest_step()
+        return self.restore_latest_params(template_params), "latest", self.latest.latest_step()
 
     def wait(self) -> None:
         """Blocks until background saves are on disk."""
@@ -103,28 +133,21 @@ class Checkpoints:
         self.best.close()
 
 
-def _read_only(directory: str) -> ocp.CheckpointManager:
-    # Another run's folder is only read: never let Orbax create or clean anything in it.
-    return ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
-    )
-
-
-def find_checkpoint(workdir: str) -> tuple[str, int]:
-    """The checkpoint a warm start takes from another run: ("best" | "latest", step). Reads only.
+def find_checkpoint(workdir: str, key: str = "model.init_from_workdir") -> tuple[str, int]:
+    """The checkpoint another run would be used from: ("best" | "latest", step). Reads only.
 
     Raises:
       UserError: `workdir` holds no finished jaxft checkpoint.
     """
     root = os.path.join(os.path.abspath(workdir), "checkpoints")
-    for kind in ("best", "latest"):
-        if os.path.isdir(os.path.join(root, kind)):
-            manager = _read_only(os.path.join(root, kind))
-            step = manager.latest_step()
-            manager.close()
+    if os.path.isdir(root):
+        ckpts = Checkpoints(workdir, read_only=True)
+        steps = {"best": ckpts.best.latest_step(), "latest": ckpts.latest.latest_step()}
+        ckpts.close()
+        for kind, step in steps.items():
             if step is not None:
                 return kind, step
-    raise UserError(f"model.init_from_workdir={workdir}: no finished jaxft checkpoint in {root}")
+    raise UserError(f"{key}={workdir}: no finished jaxft checkpoint in {root}")
 
 
 def check_shapes(restored, template, what: str) -> None:
@@ -137,38 +160,23 @@ def check_shapes(restored, template, what: str) -> None:
             raise UserError(f"{what}: parameter {name} has shape {np.shape(value)}, the model expects {want}")
 
 
-def params_from_workdir(workdir: str, template_params, log=logging.info):
-    """Fine-tuned parameters of another run, for a warm start: its best checkpoint, else its newest.
+def params_from_workdir(
+    workdir: str, template_params, key: str = "model.init_from_workdir", log=logging.info
+):
+    """Fine-tuned parameters of another run (its best checkpoint, else its newest), for a warm start,
+    prediction or export.
 
     Raises:
       UserError: `workdir` holds no jaxft checkpoint, or its parameters do not fit the model.
     """
-    kind, step = find_checkpoint(workdir)
-    source = _read_only(os.path.join(os.path.abspath(workdir), "checkpoints", kind))
-    what = f"model.init_from_workdir={workdir}"
+    find_checkpoint(workdir, key)
+    ckpts = Checkpoints(workdir, read_only=True)
     try:
-        if kind == "best":
-            params = source.restore(
-                step, args=ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(template_params)))
-            ).params
-        else:
-            # Only the parameters of the full state are needed; restore them alone (partial restore).
-            restored = source.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(
-                        item={"params": _abstract(template_params)},
-                        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(), {"params": template_params}),
-                        partial_restore=True,
-                    )
-                ),
-            )
-            params = restored.state["params"]
+        params, kind, step = ckpts.best_params_or_latest(template_params)
     except (ValueError, KeyError, TypeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{what}: its parameters do not fit this model ({first_line})") from None
+        raise UserError(f"{key}={workdir}: its parameters do not fit this model ({first_line})") from None
     finally:
-        source.close()
-    check_shapes(params, template_params, what)
-    log(f"Warm start: parameters from {workdir} ({kind} checkpoint, step {step})")
+        ckpts.close()
+    log(f"Parameters from {workdir} ({kind} checkpoint, step {step})")
     return params

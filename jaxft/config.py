@@ -42,6 +42,7 @@ _NON_NEGATIVE = (
     "training.early_stopping_min_delta",
     "data.max_train_examples",
     "data.max_eval_examples",
+    "training.max_nonfinite_steps",
 )
 
 

@@ -23,6 +23,7 @@ class TrainState:
     params: Any
     opt_state: Any
     key: jax.Array  # base PRNG key (uint32[2]); dropout keys are derived from it, never split off it
+    nonfinite_steps: jax.Array  # steps whose loss or gradients were not finite (their update was skipped)
 
 
 def create_train_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -32,6 +33,7 @@ def create_train_state(params, tx: optax.GradientTransformation, seed: int) -> T
         params=params,
         opt_state=tx.init(params),
         key=jax.random.key_data(jax.random.key(seed)),
+        nonfinite_steps=jnp.zeros((), jnp.int32),
     )
 
 
@@ -144,10 +146,18 @@ def train_step(
         penalty, penalty_grads = jax.value_and_grad(l2_penalty)(state.params, l2_coefficient)
         loss, grads = loss + penalty, jax.tree.map(jnp.add, grads, penalty_grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    # A non-finite loss or gradient leaves parameters and optimizer state as they were, so no checkpoint
+    # ever holds NaNs; the host decides from `nonfinite_steps` whether to stop.
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # the norm is finite only if every gradient is
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+        step=state.step + 1,
+        params=keep(optax.apply_updates(state.params, updates), state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
     )
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "examples": count}
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "examples": count}
 
 
 def eval_step(params, batch: dict, *, model: nn.Module, num_labels: int) -> dict:

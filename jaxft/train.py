@@ -6,6 +6,7 @@ checkpoints, early stopping) off the step count; what each piece does lives in i
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from jaxft.errors import UserError
 from jaxft.models import convert
 from jaxft.models.bert import BertConfig
 from jaxft.models.heads import SequenceClassifier
+from jaxft.preemption import Preempted, PreemptionGuard
 from jaxft.writers import MetricWriter, ProgressBar, plot_curves
 
 
@@ -54,6 +56,7 @@ def _bert_config(config: ml_collections.ConfigDict, tokenizer) -> BertConfig:
 
 
 MODEL_CONFIG = "model_config.json"  # the encoder's Hugging Face config, written into every workdir
+TOKENIZER_DIR = "tokenizer"  # the tokenizer, saved so that prediction and export need only the workdir
 _SHAPE_FIELDS = (
     "vocab_size",
     "hidden_size",
@@ -145,7 +148,9 @@ def initial_params(setup: Setup, model) -> dict:
     params = jax.jit(model.init)(jax.random.key(config.seed), dummy, jnp.ones_like(dummy), dummy)["params"]
     params = jax.device_get(params)
     if config.model.init_from_workdir:
-        return checkpoint.params_from_workdir(config_lib.expand_path(config.model.init_from_workdir), params)
+        source = config_lib.expand_path(config.model.init_from_workdir)
+        logging.info("Warm start: a new run from the fine-tuned parameters of %s", source)
+        return checkpoint.params_from_workdir(source, params)
     if setup.pretrained is not None:
         pretrained = dict(setup.pretrained)
         head = pretrained.get("classifier")
@@ -213,6 +218,97 @@ def run_evaluation(p_eval, params, split, config, label_names, step, writer, eva
     return metrics
 
 
+def _write_run_files(setup: Setup) -> None:
+    workdir = setup.workdir
+    os.makedirs(workdir, exist_ok=True)
+    _write_once(workdir, "config.json", config_lib.to_json(setup.config))
+    labels_lib.save_label_vocab(os.path.join(workdir, "labels.json"), setup.label_names)
+    _write_once(workdir, MODEL_CONFIG, json.dumps(setup.bert_config.to_hf_dict(), indent=2))
+    setup.tokenizer.save_pretrained(os.path.join(workdir, TOKENIZER_DIR))
+
+
+def _start_state(
+    setup: Setup, model, tx, ckpts: checkpoint.Checkpoints, best: BestMetric
+) -> steps.TrainState:
+    """Resume > warm start > pretrained > random: the state the loop starts from (host arrays)."""
+    config = setup.config
+    if ckpts.latest_step() is None:
+        return steps.create_train_state(initial_params(setup, model), tx, config.seed)
+    params_shape = jax.eval_shape(lambda: initial_params_shape(model, config))
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_shape)
+    state, meta = ckpts.restore(jax.device_get(steps.create_train_state(zeros, tx, config.seed)))
+    best.load(meta["best"])
+    logging.info("Resuming from step %d in %s (epoch %d)", meta["step"], setup.workdir, meta["epoch"])
+    return state
+
+
+def _log_train(step, metrics, state, *, config, schedule, writer, progress, since) -> None:
+    """Writes the train scalars of `step`; stops the run when too many steps were not finite."""
+    tc = config.training
+    scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+    _check_finite(state, step, tc.max_nonfinite_steps)
+    del scalars["examples"]
+    scalars["learning_rate"] = float(schedule(step - 1))
+    # Global batch rows per second (a length bucket's last batch counts its padding rows too).
+    scalars["examples_per_s"] = (step - since[0]) * tc.batch_size / max(time.time() - since[1], 1e-9)
+    writer.write_scalars(step, scalars)
+    progress.update(
+        step - since[0], loss=scalars["loss"], lr=scalars["learning_rate"], ex_per_s=scalars["examples_per_s"]
+    )
+    if not tc.progress_bar:  # batch jobs without a terminal still see progress in their log
+        logging.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+
+
+def _check_finite(state, step: int, limit: int) -> None:
+    bad = int(np.asarray(state.nonfinite_steps.addressable_shards[0].data)[0])
+    if bad > limit:
+        raise FloatingPointError(
+            f"non-finite loss or gradients in {bad} step(s) by step {step} (training.max_nonfinite_steps="
+            f"{limit}); those updates were skipped, so the saved checkpoints hold finite parameters"
+        )
+
+
+def _evaluate_and_track(p_eval, state, split, setup, step, writer, ckpts, best) -> None:
+    """Evaluates, keeps the best parameters by `training.best_metric`, and updates early stopping."""
+    tc = setup.config.training
+    eval_dir = os.path.join(setup.workdir, "eval")
+    metrics = run_evaluation(
+        p_eval, state.params, split, setup.config, setup.label_names, step, writer, eval_dir
+    )
+    if tc.best_metric not in metrics:
+        raise UserError(
+            f"config training.best_metric={tc.best_metric!r} is not an eval metric; "
+            f"choose from {', '.join(sorted(metrics))}"
+        )
+    if best.update(metrics[tc.best_metric], step):
+        ckpts.save_best(step, parallel.unreplicate(state.params), {"step": step, **metrics})
+    logging.info("step %d %s: %s", step, split.name, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+
+def _final_reports(p_eval, state, setup, writer, ckpts, best, step) -> dict:
+    """Evaluates the best parameters (else the last) on eval and test, prints and writes their reports."""
+    eval_dir = os.path.join(setup.workdir, "eval")
+    best_params = ckpts.restore_best_params(parallel.unreplicate(state.params))
+    params = parallel.replicate(best_params[0]) if best_params else state.params
+    final = {}
+    for name in ("eval", "test"):
+        if name in setup.splits:
+            final[name] = run_evaluation(
+                p_eval, params, setup.splits[name], setup.config, setup.label_names, None, writer, eval_dir
+            )
+            if parallel.is_chief():
+                with open(os.path.join(eval_dir, evaluate.report_name(name, None) + ".txt")) as f:
+                    print(f.read())
+    if parallel.is_chief():
+        final_from = best.best_step if best_params else step
+        _write_once(
+            setup.workdir,
+            "final_metrics.json",
+            json.dumps({"params_from_step": final_from, **final}, indent=2),
+        )
+    return final
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Fine-tunes as `config` says, writing checkpoints, metrics and reports to `workdir`.
 
@@ -222,44 +318,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Returns:
       The final evaluation metrics by split ({"eval": {...}, "test": {...}}), empty without eval data.
+
+    Raises:
+      UserError: bad input (nothing was written), FloatingPointError: too many non-finite steps,
+      Preempted: SIGTERM arrived (a checkpoint of the current step was written first).
     """
     setup = prepare(config, workdir)
-    chief = parallel.is_chief()
     tc = config.training
-    if chief:
-        os.makedirs(workdir, exist_ok=True)
-        _write_once(workdir, "config.json", config_lib.to_json(config))
-        labels_lib.save_label_vocab(os.path.join(workdir, "labels.json"), setup.label_names)
-        _write_once(workdir, MODEL_CONFIG, json.dumps(setup.bert_config.to_hf_dict(), indent=2))
-    pipeline.tokenize_splits(
-        setup.splits,
-        setup.tokenizer,
-        config.data,
-        os.path.join(workdir, "cache") if config.data.cache else None,
-    )
-    train_split = setup.splits["train"]
-    bucket_list = pipeline.buckets(config.data)
+    if parallel.is_chief():
+        _write_run_files(setup)
+    cache_dir = os.path.join(workdir, "cache") if config.data.cache else None
+    pipeline.tokenize_splits(setup.splits, setup.tokenizer, config.data, cache_dir)
+    train_split, bucket_list = setup.splits["train"], pipeline.buckets(config.data)
     per_epoch = pipeline.steps_per_epoch(train_split, bucket_list, tc.batch_size)
     total_steps = tc.num_train_steps if tc.num_train_steps > 0 else tc.num_epochs * per_epoch
     model = create_model(config, setup.bert_config, len(setup.label_names))
     tx = optim.create_optimizer(config.optimizer, total_steps)
-    schedule = optim.learning_rate_schedule(config.optimizer, total_steps)
     ckpts = checkpoint.Checkpoints(workdir, keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
     best = BestMetric(tc.best_mode, tc.early_stopping_min_delta, tc.early_stopping_patience)
-
-    template = model_state = None
-    if ckpts.latest_step() is not None:
-        params_shape = jax.eval_shape(lambda: initial_params_shape(model, config))
-        template = steps.create_train_state(
-            jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_shape), tx, config.seed
-        )
-        model_state, meta = ckpts.restore(jax.device_get(template))
-        best.load(meta["best"])
-        logging.info("Resuming from step %d in %s (epoch %d)", meta["step"], workdir, meta["epoch"])
-    else:
-        model_state = steps.create_train_state(initial_params(setup, model), tx, config.seed)
-    start_step = int(model_state.step)
-
+    state = _start_state(setup, model, tx, ckpts, best)
+    start_step = int(state.step)
+    state = parallel.replicate(state)
     p_train = parallel.pmap_train_step(
         steps.train_step,
         model=model,
@@ -268,17 +347,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         l2_coefficient=config.optimizer.l2_penalty,
     )
     p_eval = parallel.pmap_eval_step(steps.eval_step, model=model, num_labels=len(setup.label_names))
-    state = parallel.replicate(model_state)
-    del model_state, template
     batches = parallel.prefetch(
         map(
             parallel.split_for_devices,
             pipeline.train_batches(train_split, bucket_list, tc.batch_size, config.seed, start_step),
         )
     )
-    eval_split = setup.splits.get("eval")
-    eval_every = tc.eval_every or per_epoch
-    eval_dir = os.path.join(workdir, "eval")
+    eval_split, eval_every = setup.splits.get("eval"), tc.eval_every or per_epoch
     logging.info(
         "Training %d steps (%d per epoch, global batch %d on %d devices) from step %d",
         total_steps,
@@ -289,6 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
 
     def save(step):
+        _check_finite(state, step, tc.max_nonfinite_steps)
         meta = {
             "step": step,
             "epoch": step // per_epoch,
@@ -298,91 +374,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         }
         ckpts.save(step, parallel.unreplicate(state), meta)
 
-    writer = MetricWriter(workdir, enabled=chief, tensorboard=tc.tensorboard)
-    progress = ProgressBar(total_steps, initial=start_step, enabled=chief and tc.progress_bar)
-    sync = parallel.sync_every_step()
-    window_start = time.time()
-    step = last_logged = start_step
-    for step in range(start_step + 1, total_steps + 1):
-        state, metrics = p_train(state, next(batches))
-        if sync:
-            metrics["loss"].block_until_ready()
-        if step % tc.log_every == 0 or step == total_steps:
-            scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
-            if not np.isfinite(scalars["loss"]):
-                raise FloatingPointError(
-                    f"non-finite loss {scalars['loss']} at step {step}; the last good "
-                    f"checkpoint is step {ckpts.latest_step()}"
-                )
-            del scalars["examples"]
-            scalars["learning_rate"] = float(schedule(step - 1))
-            # Global batch rows per second (the last batch of a length bucket counts its padding rows too).
-            scalars["examples_per_s"] = (
-                (step - last_logged) * tc.batch_size / max(time.time() - window_start, 1e-9)
-            )
-            writer.write_scalars(step, scalars)
-            progress.update(
-                step - last_logged,
-                loss=scalars["loss"],
-                lr=scalars["learning_rate"],
-                ex_per_s=scalars["examples_per_s"],
-            )
-            window_start, last_logged = time.time(), step
-        stop = False
-        if eval_split is not None and (step % eval_every == 0 or step == total_steps):
-            metrics_now = run_evaluation(
-                p_eval, state.params, eval_split, config, setup.label_names, step, writer, eval_dir
-            )
-            value = metrics_now[tc.best_metric] if tc.best_metric in metrics_now else None
-            if value is None:
-                raise UserError(
-                    f"config training.best_metric={tc.best_metric!r} is not an eval metric; "
-                    f"choose from {', '.join(sorted(metrics_now))}"
-                )
-            if best.update(value, step):
-                ckpts.save_best(step, parallel.unreplicate(state.params), {"step": step, **metrics_now})
-            logging.info(
-                "step %d %s: %s",
-                step,
-                eval_split.name,
-                " ".join(f"{k}={v:.4f}" for k, v in metrics_now.items()),
-            )
-            stop = best.should_stop
-        if step % tc.checkpoint_every == 0 or step == total_steps or stop:
-            save(step)
-        if stop:
-            logging.info(
-                "Early stopping at step %d: no %s improvement in %d evaluations (best %.4f at %d)",
-                step,
-                tc.best_metric,
-                best.patience,
-                best.best,
-                best.best_step,
-            )
-            break
+    writer = MetricWriter(workdir, enabled=parallel.is_chief(), tensorboard=tc.tensorboard)
+    progress = ProgressBar(total_steps, initial=start_step, enabled=parallel.is_chief() and tc.progress_bar)
+    log = functools.partial(
+        _log_train,
+        config=config,
+        schedule=optim.learning_rate_schedule(config.optimizer, total_steps),
+        writer=writer,
+        progress=progress,
+    )
+    sync, since, step = parallel.sync_every_step(), (start_step, time.time()), start_step
+    try:
+        with PreemptionGuard() as preemption:
+            for step in range(start_step + 1, total_steps + 1):
+                state, metrics = p_train(state, next(batches))
+                if sync:  # CPU: collectives deadlock when ~100 steps are in flight
+                    metrics["loss"].block_until_ready()
+                if step % tc.log_every == 0 or step == total_steps:
+                    log(step, metrics, state, since=since)
+                    since = (step, time.time())
+                if eval_split is not None and (step % eval_every == 0 or step == total_steps):
+                    _evaluate_and_track(p_eval, state, eval_split, setup, step, writer, ckpts, best)
+                preempted = preemption.should_stop(step)
+                if step % tc.checkpoint_every == 0 or step == total_steps or best.should_stop or preempted:
+                    save(step)
+                if preempted:
+                    raise Preempted(step)
+                if best.should_stop:
+                    logging.info(
+                        "Early stopping at step %d: no %s improvement in %d evaluations (best %.4f at %d)",
+                        step,
+                        tc.best_metric,
+                        best.patience,
+                        best.best,
+                        best.best_step,
+                    )
+                    break
+    except BaseException:
+        # Whatever stops the loop (a signal, a non-finite loss, Ctrl-C), saves already started finish.
+        progress.close()
+        writer.close()
+        ckpts.close()
+        raise
     progress.close()
     if ckpts.latest_step() != step:
         save(step)
     ckpts.wait()
-    final = {}
-    best_params = ckpts.restore_best_params(parallel.unreplicate(state.params))
-    params = parallel.replicate(best_params[0]) if best_params else state.params
-    for name in ("eval", "test"):
-        if name in setup.splits:
-            final[name] = run_evaluation(
-                p_eval, params, setup.splits[name], config, setup.label_names, None, writer, eval_dir
-            )
-            if chief:
-                print(open(os.path.join(eval_dir, evaluate.report_name(name, None) + ".txt")).read())
+    final = _final_reports(p_eval, state, setup, writer, ckpts, best, step)
     writer.close()
     ckpts.close()
-    if chief:
+    if parallel.is_chief():
         plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
-        _write_once(
-            workdir,
-            "final_metrics.json",
-            json.dumps({"params_from_step": best.best_step if best_params else step, **final}, indent=2),
-        )
     return final
 
 

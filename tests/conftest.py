@@ -36,3 +36,14 @@ def tiny_tokenizer_dir(tmp_path_factory) -> str:
     out = root / "tokenizer"
     tokenizer.save_pretrained(str(out))
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One finished run of configs/tiny.py (12 steps, evaluations at 6 and 12), shared read-only."""
+    from configs import tiny
+    from jaxft import train
+
+    workdir = tmp_path_factory.mktemp("tiny") / "run"
+    final = train.train_and_evaluate(tiny.get_config(), str(workdir))
+    return workdir, final

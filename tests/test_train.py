@@ -25,13 +25,6 @@ def _final_params(workdir):
     return step, restored["state"]["params"]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tiny") / "run"
-    final = train.train_and_evaluate(tiny.get_config(), str(workdir))
-    return workdir, final
-
-
 def test_end_to_end_writes_everything_a_user_relies_on(tiny_run):
     workdir, final = tiny_run
     for name in (

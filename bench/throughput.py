@@ -1,0 +1,201 @@
+"""Training-step throughput of jaxft and the transformers PyTorch peer on whatever device is present.
+
+    python bench/throughput.py                       # CPU: MiniLM, batch 32, seq 128, float32 (< 5 min)
+    python bench/throughput.py --model base --batch 32 256 --dtype bfloat16 --impl jaxft   # e.g. on a GPU
+
+Prints one JSON line per measurement (impl, device, model, batch, seq_len, dtype, seq_per_s, tokens_per_s,
+step_ms, compile_s, mfu, peak_mem_gib), then a table. Steady state: median of --steps timed steps after
+--warmup steps, each step synchronised. The same random batch (full attention mask) for both; the PyTorch
+peer is pinned: float32 (or AMP bf16 on GPU), torch.set_num_threads(os.cpu_count()), default AdamW.
+MFU counts 6 x matmul parameters x tokens plus the attention matmuls, against --peak-tflops
+(default: 0.285 on CPU, the f32 matmul rate measured here; 792 on an H200, bf16).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+MODELS = {  # hidden, layers, heads, intermediate, vocab
+    "minilm": (384, 6, 12, 1536, 30522),
+    "base": (768, 12, 12, 3072, 30522),
+}
+
+
+def flops_per_sequence(model: str, seq_len: int, labels: int = 2) -> float:
+    """Training FLOPs of one sequence: 6 x matmul parameters x tokens + attention score/value matmuls."""
+    hidden, layers, _, inter, _ = MODELS[model]
+    matmul_params = layers * (4 * hidden * hidden + 2 * hidden * inter) + hidden * hidden + hidden * labels
+    attention = layers * 2 * 2 * seq_len * seq_len * hidden * 3  # QK^T and AV, forward + backward (x3)
+    return 6 * matmul_params * seq_len + attention
+
+
+def _batch(batch: int, seq_len: int, vocab: int) -> dict:
+    rng = np.random.default_rng(0)
+    return {
+        "input_ids": rng.integers(1000, vocab, (batch, seq_len)).astype(np.int32),
+        "attention_mask": np.ones((batch, seq_len), np.int32),
+        "token_type_ids": np.zeros((batch, seq_len), np.int32),
+        "labels": rng.integers(0, 2, batch).astype(np.int32),
+        "weights": np.ones(batch, np.float32),
+    }
+
+
+def _bert_config(model: str, checkpoint: str | None):
+    from jaxft.models import convert
+    from jaxft.models.bert import BertConfig
+
+    if model == "minilm" and checkpoint:
+        return convert.load_config(checkpoint)
+    hidden, layers, heads, inter, vocab = MODELS[model]
+    return BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+    )
+
+
+def measure_jaxft(model: str, batch: int, seq_len: int, dtype: str, steps: int, warmup: int, checkpoint):
+    import jax
+    import jax.numpy as jnp
+
+    from configs import default
+    from jaxft import optim, parallel
+    from jaxft import steps as steps_lib
+    from jaxft.models.heads import SequenceClassifier
+
+    bert_config = _bert_config(model, checkpoint)
+    attention = "cudnn" if jax.default_backend() == "gpu" and dtype == "bfloat16" else "xla"
+    net = SequenceClassifier(
+        bert_config,
+        num_labels=2,
+        attention_impl=attention,
+        dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32,
+    )
+    dummy = jnp.zeros((1, 8), jnp.int32)
+    params = net.init(jax.random.key(0), dummy, jnp.ones_like(dummy), dummy)["params"]
+    tx = optim.create_optimizer(default.get_config().optimizer, 10_000)
+    devices = jax.devices()[:1]
+    p_step = parallel.pmap_train_step(steps_lib.train_step, devices=devices, model=net, tx=tx)
+    state = parallel.replicate(steps_lib.create_train_state(params, tx, 0), devices)
+    data = jax.device_put(parallel.split_for_devices(_batch(batch, seq_len, bert_config.vocab_size), 1))
+    start = time.perf_counter()
+    state, metrics = p_step(state, data)
+    metrics["loss"].block_until_ready()
+    compile_s = time.perf_counter() - start
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        state, metrics = p_step(state, data)
+        metrics["loss"].block_until_ready()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    stats = devices[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return statistics.median(times), compile_s, (peak / 2**30 if peak else None), jax.default_backend()
+
+
+def measure_torch(model: str, batch: int, seq_len: int, dtype: str, steps: int, warmup: int, checkpoint):
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = _bert_config(model, checkpoint)
+    hf = transformers.BertConfig(
+        **{k: v for k, v in config.to_hf_dict().items() if k != "model_type"}, num_labels=2
+    )
+    net = transformers.BertForSequenceClassification(hf).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=5e-5)
+    data = {
+        k: torch.tensor(v, dtype=torch.long, device=device)
+        for k, v in _batch(batch, seq_len, config.vocab_size).items()
+        if k not in ("weights",)
+    }
+    amp = device == "cuda" and dtype == "bfloat16"
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            loss = net(**data).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    start = time.perf_counter()
+    step()
+    compile_s = time.perf_counter() - start
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    return statistics.median(times), compile_s, peak, device
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impl", nargs="+", default=["jaxft", "torch"], choices=["jaxft", "torch"])
+    parser.add_argument("--model", default="minilm", choices=sorted(MODELS))
+    parser.add_argument("--batch", type=int, nargs="+", default=[32])
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--out", default=None, help="append JSON lines to this file as they are measured")
+    args = parser.parse_args()
+    from configs import common
+
+    checkpoint = common.minilm_checkpoint()
+    rows = []
+    for batch in args.batch:
+        for impl in args.impl:
+            fn = measure_jaxft if impl == "jaxft" else measure_torch
+            step_s, compile_s, peak, device = fn(
+                args.model, batch, args.seq_len, args.dtype, args.steps, args.warmup, checkpoint
+            )
+            peak_tflops = args.peak_tflops or (0.285 if device == "cpu" else 792.0)
+            seq_per_s = batch / step_s
+            row = {
+                "impl": impl,
+                "device": device,
+                "model": args.model,
+                "batch": batch,
+                "seq_len": args.seq_len,
+                "dtype": args.dtype,
+                "seq_per_s": round(seq_per_s, 2),
+                "tokens_per_s": round(seq_per_s * args.seq_len, 1),
+                "step_ms": round(step_s * 1e3, 2),
+                "compile_s": round(compile_s, 2),
+                "mfu": round(
+                    seq_per_s * flops_per_sequence(args.model, args.seq_len) / (peak_tflops * 1e12), 4
+                ),
+                "peak_mem_gib": round(peak, 2) if peak else None,
+            }
+            print(json.dumps(row), flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            rows.append(row)
+    print(f"\n{'impl':6} {'device':6} {'batch':>5} {'seq/s':>9} {'step ms':>9} {'compile s':>9} {'MFU':>7}")
+    for r in rows:
+        print(
+            f"{r['impl']:6} {r['device']:6} {r['batch']:5d} {r['seq_per_s']:9.2f} {r['step_ms']:9.2f} "
+            f"{r['compile_s']:9.2f} {r['mfu']:7.2%}"
+        )
+
+
+if __name__ == "__main__":
+    main()

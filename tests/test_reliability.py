@@ -1,0 +1,105 @@
+"""Bad days: a non-finite loss, and SIGTERM (pre-emption) in the middle of a run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from jaxft import checkpoint, train
+from jaxft.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _poison_step(monkeypatch, bad_step: int):
+    """Makes the training batch of `bad_step` carry a NaN weight, so its loss and gradients are NaN."""
+    real, calls = pipeline.train_batches, []
+
+    def poisoned(*args, **kwargs):
+        for step, batch in enumerate(real(*args, **kwargs), start=1):
+            calls.append(step)
+            if step == bad_step:
+                batch = {**batch, "weights": batch["weights"] * np.float32("nan")}
+            yield batch
+
+    monkeypatch.setattr(pipeline, "train_batches", poisoned)
+
+
+def _latest(workdir):
+    ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
+    step = ckpts.latest_step()
+    restored = ckpts.latest.restore(step)
+    ckpts.close()
+    return step, restored["state"]
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_checkpoints_finite(tmp_path, monkeypatch):
+    _poison_step(monkeypatch, 3)
+    config = tiny.get_config()
+    config.training.checkpoint_every = 2
+    with pytest.raises(FloatingPointError, match=r"1 step\(s\) by step 4"):
+        train.train_and_evaluate(config, str(tmp_path))
+    step, state = _latest(tmp_path)
+    assert step == 2
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_skip_policy_skips_a_non_finite_step_and_finishes(tmp_path, monkeypatch):
+    _poison_step(monkeypatch, 3)
+    config = tiny.get_config()
+    config.training.max_nonfinite_steps = 1
+    train.train_and_evaluate(config, str(tmp_path))
+    step, state = _latest(tmp_path)
+    assert step == 12 and int(state["nonfinite_steps"]) == 1
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_exits_non_zero_and_the_rerun_resumes(tmp_path):
+    workdir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "train.py",
+        "--config",
+        "configs/tiny.py",
+        "--workdir",
+        str(workdir),
+        "--config.training.num_train_steps=100000",
+        "--config.training.eval_every=100000",
+        "--config.training.checkpoint_every=100000",
+        "--config.training.log_every=1",
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()[1][-2000:]
+    sent = time.time()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert time.time() - sent < 30
+    assert process.returncode == 143, stderr[-2000:]
+    assert "pre-empted" in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+    step, _ = _latest(workdir)
+    assert step >= 3  # the step it was on when the signal came, not an older one
+    rerun = subprocess.run(
+        command[:6] + ["--config.training.num_train_steps=" + str(step + 2)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"Resuming from step {step}" in rerun.stderr
+    assert _latest(workdir)[0] == step + 2
