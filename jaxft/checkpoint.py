@@ -12,6 +12,7 @@ Where a run starts from, in order: resume from `latest` in its own workdir > par
 
 import logging
 import os
+import time
 
 import jax
 import numpy as np
@@ -67,18 +68,58 @@ class Checkpoints:
         return self.latest.latest_step()
 
     def restore(self, template_state) -> tuple[object, dict] | None:
-        """The newest full state, shaped like `template_state`, and its meta; None when there is none."""
-        step = self.latest.latest_step()
-        if step is None:
-            return None
-        restored = self.latest.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract(template_state)), meta=ocp.args.JsonRestore()
-            ),
-        )
-        check_shapes(restored.state.params, template_state.params, f"checkpoint step {step} in this workdir")
-        return restored.state, restored.meta
+        """The newest full state that reads back whole, shaped like `template_state`, and its meta.
+
+        A damaged newest checkpoint (truncated or partly deleted files) is skipped with a warning and the one
+        before it is used. Orbax writes into a temporary directory and renames it when complete, so a
+        half-written async save is never among the steps tried.
+
+        Returns:
+          (state, meta), or None when there is no checkpoint.
+
+        Raises:
+          UserError: checkpoints exist but none of them can be read.
+        """
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                restored = self.latest.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(_abstract(template_state)), meta=ocp.args.JsonRestore()
+                    ),
+                )
+            except UserError:
+                raise
+            except Exception as error:  # tensorstore and Orbax raise many types for a damaged directory
+                logging.warning(
+                    "checkpoint step %d is damaged (%s); trying an older one", step, _first_line(error)
+                )
+                continue
+            check_shapes(
+                restored.state.params, template_state.params, f"checkpoint step {step} in this workdir"
+            )
+            if restored.meta is None or "step" not in restored.meta:
+                logging.warning("checkpoint step %d has no meta; trying an older one", step)
+                continue
+            self._set_aside([s for s in steps if s > step])
+            return restored.state, restored.meta
+        if steps:
+            raise UserError(f"none of the checkpoints {steps} in {self.latest.directory} can be read")
+        return None
+
+    def _set_aside(self, damaged: list[int]) -> None:
+        # Moved, not deleted (they may still matter to someone), and out of Orbax's way: the resumed run
+        # saves those step numbers again.
+        if not damaged or jax.process_index() != 0:
+            return
+        aside = os.path.join(os.path.dirname(str(self.latest.directory)), "damaged")
+        os.makedirs(aside, exist_ok=True)
+        for step in damaged:
+            target = os.path.join(aside, f"{step}-{int(time.time())}")
+            os.replace(os.path.join(str(self.latest.directory), str(step)), target)
+            logging.warning("moved damaged checkpoint step %d to %s", step, target)
+        self.latest.reload()
 
     def restore_best_params(self, template_params) -> tuple[object, dict] | None:
         """The best parameters and their meta; None when no evaluation has been saved."""
@@ -133,6 +174,11 @@ class Checkpoints:
         self.best.close()
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def find_checkpoint(workdir: str, key: str = "model.init_from_workdir") -> tuple[str, int]:
     """The checkpoint another run would be used from: ("best" | "latest", step). Reads only.
 
@@ -174,8 +220,9 @@ def params_from_workdir(
     try:
         params, kind, step = ckpts.best_params_or_latest(template_params)
     except (ValueError, KeyError, TypeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{key}={workdir}: its parameters do not fit this model ({first_line})") from None
+        raise UserError(
+            f"{key}={workdir}: its parameters do not fit this model ({_first_line(error)})"
+        ) from None
     finally:
         ckpts.close()
     log(f"Parameters from {workdir} ({kind} checkpoint, step {step})")

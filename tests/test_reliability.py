@@ -103,3 +103,59 @@ def test_sigterm_saves_the_current_step_exits_non_zero_and_the_rerun_resumes(tmp
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"Resuming from step {step}" in rerun.stderr
     assert _latest(workdir)[0] == step + 2
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, tmp_path, caplog):
+    import shutil
+
+    workdir, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    for path in sorted((copy / "checkpoints/latest/12/state").rglob("*")):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncate every data file
+    with caplog.at_level("INFO"):
+        train.train_and_evaluate(tiny.get_config(), str(copy))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("checkpoint step 12 is damaged" in m for m in messages)
+    assert any("Resuming from step 8" in m for m in messages)
+    _, expected = _latest(workdir)
+    _, resumed = _latest(copy)
+    jax.tree.map(np.testing.assert_array_equal, resumed["params"], expected["params"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [3, 6, 10])
+def test_sigkill_then_resume_is_bit_identical(tiny_run, tmp_path, kill_after):
+    """Killed without warning at three points; the resumed run ends exactly where an uninterrupted one did."""
+    workdir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "train.py",
+        "--config",
+        "configs/tiny.py",
+        "--workdir",
+        str(workdir),
+        "--config.training.checkpoint_every=2",
+        "--config.training.log_every=1",
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= kill_after:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "Resuming from step" in rerun.stderr
+    step, resumed = _latest(workdir)
+    _, expected = _latest(tiny_run[0])
+    assert step == 12
+    jax.tree.map(np.testing.assert_array_equal, resumed["params"], expected["params"])
+    jax.tree.map(np.testing.assert_array_equal, resumed["opt_state"], expected["opt_state"])

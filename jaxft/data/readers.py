@@ -52,6 +52,7 @@ def read_examples(
 
     Args:
         path: File path; environment variables and `~` are expanded. A ".gz" suffix means gzip.
+            `tfds:NAME[/CONFIG]:SPLIT` reads a prepared TensorFlow Datasets split (see `tfds_source`).
         text_field: Column name (or 0-based column index as a string when `has_header` is False) or JSON key
             of the text.
         label_field: Column or key of the label; None when the file has no labels.
@@ -67,6 +68,16 @@ def read_examples(
     Raises:
         UserError: For any problem with the file, naming the file and line.
     """
+    if path.startswith("tfds:"):
+        from jaxft.data import tfds_source  # deferred: TFDS is optional
+
+        return tfds_source.read_tfds(
+            path,
+            text_field=text_field,
+            label_field=label_field,
+            text_pair_field=text_pair_field,
+            require_label=require_label,
+        )
     path = os.path.expanduser(os.path.expandvars(path))
     fmt = _resolve_format(path, fmt)
     if os.path.isdir(path):
