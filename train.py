@@ -1,7 +1,9 @@
 """Command line: `python train.py --config configs/X.py --workdir DIR [--config.KEY=VALUE ...]`.
 
 Flags only; the job is `jaxft.train.train_and_evaluate`. Bad input ends with one line on stderr and exit
-status 2, a diverged run with exit status 3.
+status 2, a diverged run with exit status 3, a pre-empted one (SIGTERM; checkpoint saved) with 143.
+Several hosts: start the same command on each with `--distributed` (and, where JAX cannot detect the cluster,
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`).
 """
 
 import logging
@@ -14,6 +16,14 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file, e.g. configs/default.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() first (multi-host; auto-detects SLURM, TPU pods, ...).",
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, for --distributed.")
 
 
 def _fail(message: str, status: int = 2):
@@ -81,6 +91,16 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    if _DISTRIBUTED.value:
+        import jax
+
+        # Before anything touches a device. Afterwards JAX itself catches SIGTERM (its preemption notifier);
+        # the loop then stops at a step all processes agree on.
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
     from jaxft.errors import UserError
     from jaxft.preemption import Preempted
     from jaxft.train import train_and_evaluate
