@@ -37,7 +37,9 @@ def load_tokenizer(path: str):
     """
     import transformers  # deferred: importing transformers takes seconds and most callers never need it
 
-    path = os.path.expanduser(os.path.expandvars(path))
+    from jaxft.models.convert import resolve_model_dir
+
+    path = resolve_model_dir(os.path.expanduser(os.path.expandvars(path)))
     if not os.path.isdir(path):
         raise UserError(f"{path}: no such tokenizer directory (model.tokenizer / model.checkpoint)")
     try:

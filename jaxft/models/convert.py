@@ -37,6 +37,43 @@ _TORCH_TO_SAFETENSORS_HINT = (
 )
 
 
+_HUB_FILES = [
+    "config.json",
+    "model.safetensors",
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+]
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_model_dir(name: str) -> str:
+    """A local directory for a checkpoint: `name` itself, or a Hugging Face hub model id such as
+    `google-bert/bert-base-uncased`, fetched through the huggingface_hub cache.
+
+    With `HF_HUB_OFFLINE=1` (or no network) only the cache is used. Nothing but the config, safetensors
+    weights and tokenizer files is downloaded.
+
+    Raises:
+        UserError: not a directory, and the hub (or its cache) cannot provide it.
+    """
+    if os.path.isdir(name) or not _HUB_NAME.match(name) or os.path.exists(name):
+        return name
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        raise UserError(f"{name}: no such directory") from None
+    try:
+        return snapshot_download(name, allow_patterns=_HUB_FILES)
+    except Exception as e:  # offline, unknown repo, gated repo, network errors: many types
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else _first_line(e)
+        raise UserError(
+            f"{name}: no such directory, and the Hugging Face hub cannot provide it ({why})"
+        ) from None
+
+
 def load_config(checkpoint_dir: str) -> BertConfig:
     """Reads a Hugging Face BERT `config.json`.
 
@@ -49,6 +86,7 @@ def load_config(checkpoint_dir: str) -> BertConfig:
     Raises:
         UserError: no `config.json`, not a BERT config, or a required key is missing.
     """
+    checkpoint_dir = resolve_model_dir(checkpoint_dir)
     path = os.path.join(checkpoint_dir, "config.json")
     if not os.path.isfile(path):
         raise UserError(f"{checkpoint_dir}: not a BERT checkpoint directory (no config.json)")
@@ -91,6 +129,7 @@ def load_state_dict(checkpoint_dir: str) -> dict[str, np.ndarray]:
     Raises:
         UserError: no weights file, torch missing for a `.bin`, or a file that cannot be read safely.
     """
+    checkpoint_dir = resolve_model_dir(checkpoint_dir)
     st_path = os.path.join(checkpoint_dir, "model.safetensors")
     bin_path = os.path.join(checkpoint_dir, "pytorch_model.bin")
     if os.path.isfile(st_path):
