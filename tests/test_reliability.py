@@ -159,3 +159,22 @@ def test_sigkill_then_resume_is_bit_identical(tiny_run, tmp_path, kill_after):
     assert step == 12
     jax.tree.map(np.testing.assert_array_equal, resumed["params"], expected["params"])
     jax.tree.map(np.testing.assert_array_equal, resumed["opt_state"], expected["opt_state"])
+
+
+def test_a_warm_start_never_writes_into_the_other_run(tiny_run, tmp_path):
+    import hashlib
+
+    source, _ = tiny_run
+
+    def snapshot():
+        return {
+            str(p.relative_to(source)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(source.rglob("*"))
+        }
+
+    before = snapshot()
+    config = tiny.get_config()
+    config.model.init_from_workdir = str(source)
+    config.training.num_train_steps = 2
+    train.train_and_evaluate(config, str(tmp_path / "warm"))
+    assert snapshot() == before
