@@ -1,6 +1,7 @@
 """Default fine-tuning config: text (or text-pair) classification on any CSV, TSV or JSONL file.
 
-Every field is documented here; task configs start from this one and change what they need.
+Every field is documented here, the task-specific ones too (`task.*`: regression, multi-label, NER); task
+configs start from this one and change what they need (configs/mrpc.py, stsb.py, multilabel.py, conll03.py).
 
 Run (paths come from the command line or environment variables, never a default outside the repo):
 
@@ -19,6 +20,26 @@ from ml_collections import config_dict
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # seeds parameter init of new layers, dropout and the data order
+
+    # ---- task ---------------------------------------------------------------------------------------------
+    # What is learnt from the labels (jaxft/tasks/): the head, the loss, the evaluation report.
+    config.task = task = ml_collections.ConfigDict()
+    # "classification" (one label per text or pair; softmax cross-entropy; sklearn report),
+    # "regression" (one float per text or pair; MSE; Pearson / Spearman / MSE report),
+    # "multilabel" (any subset of the labels; sigmoid + binary cross-entropy; sklearn multi-label report),
+    # "ner" (a tag per word of CoNLL column files; token cross-entropy; seqeval entity-level report),
+    # "qa" (see below).
+    task.name = "classification"
+    task.threshold = 0.5  # multilabel: a label is predicted when its sigmoid probability exceeds this
+    task.label_separator = ","  # multilabel: joins an example's labels in a CSV/TSV cell (JSONL: a list)
+    task.subword_labels = "first"  # ner: train on a word's first sub-token ("first") or all of them ("all")
+    task.tag_scheme = "iob2"  # ner: the files' tags: "iob2" (B- starts every entity) or "iob1" (CoNLL-2003)
+    task.tag_column = -1  # ner: 0-based column of the tag in the CoNLL file; -1 = the last
+    # "qa" (an answer span per question of SQuAD v1.1 JSON files; start/end cross-entropy; official EM / F1):
+    task.doc_stride = 128  # qa: tokens shared by consecutive windows of a long context (HF `stride`)
+    task.max_query_length = 64  # qa: a question is cut to this many tokens
+    task.max_answer_length = 30  # qa: the longest answer span, in tokens
+    task.n_best = 20  # qa: start and end candidates per window when decoding the answer
 
     # ---- model --------------------------------------------------------------------------------------------
     config.model = model = ml_collections.ConfigDict()
@@ -53,7 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = data = ml_collections.ConfigDict()
     data.train_path = config_dict.placeholder(
         str
-    )  # CSV / TSV / JSONL (optionally .gz) with labelled examples
+    )  # CSV / TSV / JSONL (optionally .gz) with labelled examples; ner: a CoNLL column file
     data.eval_path = config_dict.placeholder(str)  # evaluated every training.eval_every steps and at the end
     data.test_path = config_dict.placeholder(str)  # evaluated once at the end (labelled), if given
     data.format = "auto"  # "auto" (by extension), "csv", "tsv" or "jsonl"
@@ -61,13 +82,15 @@ def get_config() -> ml_collections.ConfigDict:
     data.text_field = "text"  # column / key holding the text
     data.text_pair_field = config_dict.placeholder(str)  # second text for sentence-pair tasks (token type 1)
     data.label_field = "label"  # column / key holding the label
-    data.labels = config_dict.placeholder(tuple)  # label vocabulary in order; default: sorted train labels
+    data.labels = config_dict.placeholder(
+        tuple
+    )  # label (ner: tag) vocabulary in order; default: sorted train labels (ner: "O", then B-/I- per type)
     data.positive_label = config_dict.placeholder(str)  # also report this class's F1 as "f1" (GLUE MRPC)
     data.max_train_examples = 0  # if > 0, train on a fixed random subset of this many (seeded by `seed`)
     data.max_eval_examples = 0  # if > 0, evaluate eval/test on a fixed random subset of this many
     data.max_seq_length = 128  # tokens per example after truncation, [CLS] and [SEP] included
     data.num_buckets = 4  # length buckets up to max_seq_length; 1 pads everything to max_seq_length
-    data.cache = True  # cache tokenised splits in WORKDIR/cache
+    data.cache = True  # cache tokenised splits in WORKDIR/cache (ner and qa splits are tokenised anew)
 
     # ---- optimizer ----------------------------------------------------------------------------------------
     config.optimizer = opt = ml_collections.ConfigDict()
@@ -96,7 +119,9 @@ def get_config() -> ml_collections.ConfigDict:
     training.log_every = 50  # write train metrics every N steps
     training.checkpoint_every = 500  # save the full train state every N steps (and at the end)
     training.keep_checkpoints = 2  # latest checkpoints kept (the best one is kept separately)
-    training.best_metric = "accuracy"  # eval metric that picks the best checkpoint and drives early stopping
+    # Eval metric that picks the best checkpoint and drives early stopping; "auto" = the task's own:
+    # accuracy (classification), pearson (regression), micro_f1 (multilabel), f1 (ner: entity micro F1).
+    training.best_metric = "auto"
     training.best_mode = "max"  # "max" or "min" (e.g. for "loss")
     training.early_stopping_patience = 0  # stop after this many evaluations without improvement; 0 = off
     training.early_stopping_min_delta = 0.0  # smallest change that counts as an improvement

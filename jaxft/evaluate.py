@@ -231,6 +231,38 @@ def write_report(
     plot_confusion_matrix(confusion, label_names, os.path.join(eval_dir, f"{name}_confusion.png"))
 
 
+def write_result(eval_dir: str, name: str, result, label_names: list[str], extra: dict, task: str) -> None:
+    """Writes one evaluation of task `task` (a `jaxft.tasks.TaskReport`): `write_report` when it has a
+    confusion matrix (classification, files as they always were), else `write_task_report`."""
+    if result.confusion is not None:
+        write_report(eval_dir, name, result.report, result.text, result.confusion, label_names, extra)
+    else:
+        extra = {"task": task, **result.extra, **extra}
+        write_task_report(eval_dir, name, result.report, result.text, label_names, extra)
+
+
+def write_task_report(
+    eval_dir: str, name: str, report: dict, text: str, label_names: list[str], extra: dict | None = None
+) -> None:
+    """Writes `<name>.json` and `<name>.txt` for a task without a confusion matrix (regression, multi-label,
+    NER, QA): the report dict under "report", the label set under "labels", and `extra` as more top-level
+    keys (its scalars also listed as `key: value` lines at the end of the text)."""
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & {"report", "labels"})
+    if clash:
+        raise ValueError(f"extra keys {clash} would overwrite the report's own")
+    os.makedirs(eval_dir, exist_ok=True)
+    payload = {"report": report, "labels": list(label_names), **extra}
+    _atomic_write(
+        os.path.join(eval_dir, f"{name}.json"), json.dumps(payload, indent=2, default=_json_default) + "\n"
+    )
+    parts = [text.rstrip("\n")]
+    scalars = {key: value for key, value in extra.items() if not isinstance(value, dict | list)}
+    if scalars:  # collections (QA's predictions) are in the JSON only
+        parts += [""] + [f"{key}: {value}" for key, value in scalars.items()]
+    _atomic_write(os.path.join(eval_dir, f"{name}.txt"), "\n".join(parts) + "\n")
+
+
 def plot_confusion_matrix(confusion, label_names: list[str], path: str) -> None:
     """Draws the matrix as an annotated heat map and saves it as a PNG.
 

@@ -1,8 +1,11 @@
 """Export a trained run to Hugging Face format: `python -m jaxft.export --workdir W --out DIR`.
 
-Writes `config.json` (BertForSequenceClassification, with the run's labels as id2label / label2id),
-`model.safetensors` and the tokenizer files, so that transformers' PyTorch classes load the model directly
-and give the probabilities `jaxft.predict` gives. Uses the run's best checkpoint, else its newest.
+Writes `config.json`, `model.safetensors` and the tokenizer files, so that transformers' PyTorch classes load
+the model directly and give the outputs `jaxft.predict` gives. The architecture follows the run's task:
+`BertForSequenceClassification` with `problem_type` "single_label_classification", "regression" or
+"multi_label_classification", `BertForTokenClassification` (NER) or `BertForQuestionAnswering` (QA); the
+last two have no pooler, nor do our models.
+The run's labels are id2label / label2id. Uses the run's best checkpoint, else its newest.
 """
 
 import argparse
@@ -10,6 +13,7 @@ import json
 import os
 import sys
 
+from jaxft import tasks
 from jaxft.errors import UserError
 from jaxft.models import convert
 
@@ -27,14 +31,16 @@ def export(workdir: str, out: str) -> str:
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UserError(f"--out {out}: exists and is not an empty directory (choose a new one)")
     run = load_run(workdir)
-    tensors = convert.flax_to_hf(run.params)
+    params = dict(run.params)
+    qa_head = params.pop("qa_outputs", None)
+    if qa_head is not None:  # converted as a classifier, then named as BertForQuestionAnswering names it
+        params["classifier"] = qa_head
+    tensors = convert.flax_to_hf(params)
+    if qa_head is not None:
+        tensors = {name.replace("classifier.", "qa_outputs.", 1): value for name, value in tensors.items()}
     config = {
         **run.bert_config.to_hf_dict(),
-        "architectures": ["BertForSequenceClassification"],
-        "num_labels": len(run.label_names),
-        "id2label": dict(enumerate(run.label_names)),
-        "label2id": {name: i for i, name in enumerate(run.label_names)},
-        "problem_type": "single_label_classification",
+        **tasks.from_config(run.config).export_config(run.label_names),
         "classifier_dropout": run.config.model.classifier_dropout,
     }
     tmp = out.rstrip("/") + ".tmp-export"

@@ -1,8 +1,17 @@
 """Inference with a trained run: `python -m jaxft.predict --workdir W --input F.jsonl|.csv --output P.jsonl`.
 
-Writes one JSON object per input example, in input order: its text (and text pair), the predicted label
-and a `probabilities` mapping from every label to its probability. Uses the run's best checkpoint (else its
-newest), its label set and its saved tokenizer, so a workdir is all it needs.
+Writes one JSON object per input example, in input order, by task:
+- classification: the text (and text pair), the predicted `label` and `probabilities` of every label;
+- regression: the text (pair) and the predicted value, under the name of the run's label field;
+- multilabel: the text (pair), the predicted `labels` (probability above task.threshold) and `probabilities`;
+- ner: the `words`, a tag per word (`tags`; words beyond max_seq_length get "O") and the `entities` (type,
+  first word, last word + 1, text). Input: a CoNLL file (first column = word; tags, if any, are ignored), or
+  CSV / TSV / JSONL whose text field is split on whitespace.
+- qa: the question `id`, `question`, `answer` (text), its character `start` in the context and `score`.
+  Input: a SQuAD JSON file, or CSV / TSV / JSONL with the question in data.text_field and the context in
+  data.text_pair_field.
+Uses the run's best checkpoint (else its newest), its label set and its saved tokenizer, so a workdir is all
+it needs.
 """
 
 import argparse
@@ -16,8 +25,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxft import checkpoint, parallel, steps
-from jaxft.data import batching, readers, tokenize
+from jaxft import checkpoint, parallel, steps, tasks
+from jaxft.data import batching, tokenize
 from jaxft.data import labels as labels_lib
 from jaxft.errors import UserError
 from jaxft.models.bert import BertConfig
@@ -49,6 +58,8 @@ def load_run(workdir: str) -> TrainedRun:
             raise UserError(f"{workdir}: not a jaxft workdir ({os.path.basename(path)} is missing)")
     with open(paths["config.json"]) as f:
         config = ml_collections.ConfigDict(json.load(f))
+    if "task" not in config:  # a run from before tasks existed: classification
+        config.task = ml_collections.ConfigDict(tasks.DEFAULTS)
     with open(paths[train.MODEL_CONFIG]) as f:
         bert_config = BertConfig.from_dict(json.load(f))
     label_names = labels_lib.load_label_vocab(paths["labels.json"])
@@ -61,26 +72,41 @@ def load_run(workdir: str) -> TrainedRun:
     return TrainedRun(config, label_names, bert_config, params, tokenizer, step)
 
 
-def predict_probabilities(
+def predict_outputs(
     run: TrainedRun, examples: list, batch_size: int = 128, progress: bool = False
-) -> np.ndarray:
-    """Class probabilities [N, labels] for `examples`, in their order."""
+) -> tuple[np.ndarray, dict]:
+    """The task's outputs for `examples` in their order, and their features.
+
+    Outputs: class probabilities [N, labels] (classification), values [N] (regression), label probabilities
+    [N, labels] (multilabel), predicted tag ids per position [N, max_seq_length] (ner), start / end logits
+    per window and position [windows, max_seq_length, 2] (qa).
+    """
     from jaxft import train
 
+    task = tasks.from_config(run.config)
     model = train.create_model(run.config, run.bert_config, len(run.label_names))
-    features, _ = tokenize.tokenize(examples, run.tokenizer, run.config.data.max_seq_length)
+    features = task.features_for_prediction(examples, run.tokenizer, run.config.data.max_seq_length)
     buckets = batching.bucket_lengths(run.config.data.max_seq_length, run.config.data.num_buckets)
     batch_size = parallel.eval_batch_size(batch_size)
-    p_predict = parallel.pmap_eval_step(steps.predict_step, model=model)
+    p_predict = parallel.pmap_eval_step(steps.predict_step, model=model, task=task)
     params = parallel.replicate(run.params)
-    out = np.zeros((len(examples), len(run.label_names)), np.float32)
+    out = None
     plan = batching.eval_batch_plan(features["length"], buckets, batch_size)
     for seq_len, indices in tqdm.tqdm(plan, desc="predict", unit="batch", disable=not progress):
         batch = batching.make_batch(features, None, indices, seq_len, batch_size)
-        probabilities = p_predict(params, parallel.split_for_devices(batch))
-        probabilities = np.asarray(probabilities).reshape(batch_size, -1)
-        out[indices] = probabilities[: len(indices)]
-    return out
+        outputs = np.asarray(p_predict(params, parallel.split_for_devices(batch)))
+        outputs = outputs.reshape(batch_size, *outputs.shape[2:])  # [devices, rows, ...] -> [rows, ...]
+        if out is None:  # one row per example (QA: per context window)
+            out = np.zeros((len(features["length"]), *outputs.shape[1:]), outputs.dtype)
+        out[indices] = outputs[: len(indices)]
+    return out, features
+
+
+def predict_probabilities(
+    run: TrainedRun, examples: list, batch_size: int = 128, progress: bool = False
+) -> np.ndarray:
+    """Class probabilities [N, labels] for `examples`, in their order (a classification run)."""
+    return predict_outputs(run, examples, batch_size, progress)[0]
 
 
 def main(argv=None) -> int:
@@ -92,28 +118,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         run = load_run(args.workdir)
-        data = run.config.data
-        examples = readers.read_examples(
-            args.input,
-            text_field=data.text_field,
-            label_field=None,
-            text_pair_field=data.text_pair_field,
-            fmt=data.format,
-            has_header=data.has_header,
-            require_label=False,
-        )
-        probabilities = predict_probabilities(run, examples, args.batch_size, progress=True)
+        task = tasks.from_config(run.config)
+        examples = task.read(args.input, run.config.data, require_label=False)
+        outputs, features = predict_outputs(run, examples, args.batch_size, progress=True)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     tmp = args.output + ".tmp"
     with open(tmp, "w") as f:
-        for example, row in zip(examples, probabilities, strict=True):
-            record = {"text": example.text}
-            if example.text_pair is not None:
-                record["text_pair"] = example.text_pair
-            record["label"] = run.label_names[int(row.argmax())]
-            record["probabilities"] = {name: float(p) for name, p in zip(run.label_names, row, strict=True)}
+        for record in task.prediction_records(examples, outputs, features, run.label_names):
             f.write(json.dumps(record) + "\n")
     os.replace(tmp, args.output)
     print(f"wrote {len(examples)} predictions to {args.output} (parameters of step {run.step})")

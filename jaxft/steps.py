@@ -1,7 +1,9 @@
 """The train state and the pure per-device steps: `train_step` and `eval_step`.
 
 Both are plain functions of arrays. `jaxft.parallel` maps them over devices; nothing here knows how many
-devices there are, only the name of the axis to reduce over.
+devices there are, only the name of the axis to reduce over. What differs between tasks (the loss, what an
+evaluation returns) comes from a `jaxft.tasks.Task`, a static argument like the model; without one the task
+is single-label classification.
 """
 
 from typing import Any
@@ -13,6 +15,10 @@ import jax.numpy as jnp
 import optax
 
 from jaxft.optim import l2_penalty
+from jaxft.tasks import Task
+from jaxft.tasks.classification import Classification
+
+_CLASSIFICATION = Classification()
 
 
 @flax.struct.dataclass
@@ -49,11 +55,15 @@ def _forward(model: nn.Module, params, batch: dict, key, deterministic: bool) ->
     )
 
 
-def weighted_loss_sum(model: nn.Module, params, batch: dict, key, deterministic: bool) -> jax.Array:
-    """Sum over real examples of the cross-entropy; padding rows have weight 0 and contribute nothing."""
-    logits = _forward(model, params, batch, key, deterministic)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-    return jnp.sum(losses * batch["weights"])
+def weighted_loss_sum(
+    model: nn.Module, params, batch: dict, key, deterministic: bool, task: Task = _CLASSIFICATION
+) -> tuple[jax.Array, jax.Array]:
+    """(Sum of the task's losses, sum of their weights) over this batch.
+
+    The weights are the rows' (padding rows 0) for sequence tasks, and the labelled positions' for token
+    tasks (padding and ignored positions 0), so neither padding nor ignored positions contribute.
+    """
+    return task.loss(_forward(model, params, batch, key, deterministic), batch)
 
 
 def loss_and_grads(
@@ -65,12 +75,13 @@ def loss_and_grads(
     axis_name: str,
     accum_steps: int = 1,
     deterministic: bool = False,
+    task: Task = _CLASSIFICATION,
 ) -> tuple[jax.Array, dict, jax.Array]:
-    """Mean loss and its gradient over every real example of the global batch.
+    """Mean loss and its gradient over every real example (or labelled position) of the global batch.
 
-    Each device sums its examples' losses and gradients over `accum_steps` micro-batches; the sums and the
-    example count are added across devices, and only then divided. So the result does not depend on how
-    the batch is split over devices or micro-batches, nor on padding rows (weight 0).
+    Each device sums its losses, their weights and the gradients over `accum_steps` micro-batches; the sums
+    and the weight are added across devices, and only then divided. So the result does not depend on how
+    the batch is split over devices or micro-batches, nor on padding rows or ignored positions (weight 0).
 
     Args:
       params: model parameters.
@@ -80,24 +91,27 @@ def loss_and_grads(
       axis_name: the data-parallel axis to reduce over.
       accum_steps: micro-batches per update (gradient accumulation).
       deterministic: turn dropout off.
+      task: the loss (default: single-label classification).
 
     Returns:
-      (mean loss, mean gradients, number of real examples), identical on every device.
+      (mean loss, mean gradients, total weight: real examples, or labelled positions for token tasks),
+      identical on every device.
     """
     micro = jax.tree.map(lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
-    grad_fn = jax.value_and_grad(weighted_loss_sum, argnums=1)
+    grad_fn = jax.value_and_grad(weighted_loss_sum, argnums=1, has_aux=True)
 
     def accumulate(carry, xs):
         index, micro_batch = xs
-        loss, grads = grad_fn(model, params, micro_batch, jax.random.fold_in(key, index), deterministic)
-        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+        (loss, count), grads = grad_fn(
+            model, params, micro_batch, jax.random.fold_in(key, index), deterministic, task
+        )
+        return jax.tree.map(jnp.add, carry, (loss, count, grads)), None
 
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
     if accum_steps == 1:
-        (loss_sum, grad_sum), _ = accumulate(zeros, (0, jax.tree.map(lambda x: x[0], micro)))
+        (loss_sum, count, grad_sum), _ = accumulate(zeros, (0, jax.tree.map(lambda x: x[0], micro)))
     else:
-        (loss_sum, grad_sum), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum_steps), micro))
-    count = jnp.sum(batch["weights"])
+        (loss_sum, count, grad_sum), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum_steps), micro))
     loss_sum, grad_sum, count = jax.lax.psum((loss_sum, grad_sum, count), axis_name)
     denominator = jnp.maximum(count, 1.0)
     return loss_sum / denominator, jax.tree.map(lambda g: g / denominator, grad_sum), count
@@ -113,6 +127,7 @@ def train_step(
     accum_steps: int = 1,
     l2_coefficient: float = 0.0,
     deterministic: bool = False,
+    task: Task = _CLASSIFICATION,
 ) -> tuple[TrainState, dict]:
     """One optimizer update from this device's share of the global batch (see `loss_and_grads`).
 
@@ -125,9 +140,11 @@ def train_step(
       accum_steps: micro-batches per update (gradient accumulation).
       l2_coefficient: L2 penalty added to the loss (see `optim.l2_penalty`).
       deterministic: turn dropout off (parity tests).
+      task: the loss (default: single-label classification).
 
     Returns:
-      The new state and metrics {"loss", "grad_norm", "examples"} (identical on every device).
+      The new state and metrics {"loss", "grad_norm", "examples"} (identical on every device; "examples" is
+      the loss's total weight: labelled positions for token tasks).
     """
     # Different dropout masks per step and per device (and per micro-batch), all from one base key.
     key = jax.random.fold_in(
@@ -141,6 +158,7 @@ def train_step(
         axis_name=axis_name,
         accum_steps=accum_steps,
         deterministic=deterministic,
+        task=task,
     )
     if l2_coefficient:
         penalty, penalty_grads = jax.value_and_grad(l2_penalty)(state.params, l2_coefficient)
@@ -160,24 +178,29 @@ def train_step(
     return new_state, {"loss": loss, "grad_norm": grad_norm, "examples": count}
 
 
-def eval_step(params, batch: dict, *, model: nn.Module, num_labels: int) -> dict:
-    """Counts for one batch on one device: confusion matrix, loss sum and example count.
+def eval_step(
+    params, batch: dict, *, model: nn.Module, num_labels: int | None = None, task: Task = _CLASSIFICATION
+) -> dict:
+    """What one batch on one device contributes to an evaluation: the task's sums and per-example outputs.
 
-    No collective: the host sums the per-device counts, so evaluation cannot deadlock and every real
-    example (weight 1) is counted exactly once whatever the padding.
+    For classification: a confusion matrix, a loss sum and an example count. Per-example outputs (the
+    `"per_example"` key: regression values, multi-label and token predictions) keep a leading row axis; the
+    host places them by example index. No collective: the host sums the per-device outputs, so evaluation
+    cannot deadlock and every real example (weight 1) is counted exactly once whatever the padding.
+
+    Args:
+      params: model parameters.
+      batch: this device's arrays.
+      model: the Flax module producing logits.
+      num_labels: for classification, the number of classes (the logits' width; checked when given).
+      task: what to return (default: single-label classification).
     """
     logits = _forward(model, params, batch, None, deterministic=True)
-    weights = batch["weights"]
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-    truth = jax.nn.one_hot(batch["labels"], num_labels, dtype=jnp.int32) * weights.astype(jnp.int32)[:, None]
-    predicted = jax.nn.one_hot(jnp.argmax(logits, -1), num_labels, dtype=jnp.int32)
-    return {
-        "confusion": truth.T @ predicted,
-        "loss_sum": jnp.sum(losses * weights),
-        "count": jnp.sum(weights),
-    }
+    if num_labels is not None and logits.shape[-1] != num_labels:
+        raise ValueError(f"the model gives {logits.shape[-1]} logits, not num_labels={num_labels}")
+    return task.eval_outputs(logits, batch)
 
 
-def predict_step(params, batch: dict, *, model: nn.Module) -> jax.Array:
-    """Class probabilities for one batch on one device."""
-    return jax.nn.softmax(_forward(model, params, batch, None, deterministic=True), axis=-1)
+def predict_step(params, batch: dict, *, model: nn.Module, task: Task = _CLASSIFICATION) -> jax.Array:
+    """The task's per-example outputs for one batch on one device (class probabilities for classification)."""
+    return task.predict_outputs(_forward(model, params, batch, None, deterministic=True))

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import time
 
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxft import checkpoint, evaluate, optim, parallel, steps
+from jaxft import checkpoint, evaluate, optim, parallel, steps, tasks
 from jaxft import config as config_lib
 from jaxft.data import labels as labels_lib
 from jaxft.data import pipeline, tokenize
@@ -25,7 +26,7 @@ from jaxft.early_stopping import BestMetric
 from jaxft.errors import UserError
 from jaxft.models import convert
 from jaxft.models.bert import BertConfig
-from jaxft.models.heads import SequenceClassifier
+from jaxft.models.heads import SequenceClassifier, SpanExtractor, TokenClassifier
 from jaxft.preemption import Preempted, PreemptionGuard
 from jaxft.writers import MetricWriter, ProgressBar, plot_curves
 
@@ -41,6 +42,7 @@ class Setup:
     tokenizer: object
     bert_config: BertConfig
     pretrained: dict | None  # converted Hugging Face tensors, when starting from a checkpoint
+    task: tasks.Task  # what the labels are, the loss, the evaluation (config.task)
 
 
 def _bert_config(config: ml_collections.ConfigDict, tokenizer) -> BertConfig:
@@ -68,16 +70,33 @@ _SHAPE_FIELDS = (
 )
 
 
-def _check_same_model(workdir: str, bert_config: BertConfig, label_names: list[str], whose: str) -> None:
-    """Refuses to load parameters saved by a model of another shape (read from its workdir's files)."""
-    path = os.path.join(workdir, MODEL_CONFIG)
+def _saved_json(workdir: str, name: str) -> dict | None:
+    """A JSON file a run wrote into its workdir; None when it is not there."""
+    path = os.path.join(workdir, name)
     if not os.path.exists(path):
-        return
+        return None
     try:
         with open(path) as f:
-            saved = json.load(f)
+            return json.load(f)
     except (OSError, ValueError) as error:
         raise UserError(f"{path}: unreadable ({error})") from None
+
+
+def _check_same_task(workdir: str, task: tasks.Task, whose: str) -> None:
+    """Refuses to resume or warm-start across tasks (their heads and labels mean different things)."""
+    saved = _saved_json(workdir, "config.json")
+    saved_task = ((saved or {}).get("task") or {}).get("name", "classification")
+    if saved is not None and saved_task != task.name:
+        raise UserError(
+            f"task.name={task.name!r} differs from {saved_task!r} {whose} (or use another workdir)"
+        )
+
+
+def _check_same_model(workdir: str, bert_config: BertConfig, label_names: list[str], whose: str) -> None:
+    """Refuses to load parameters saved by a model of another shape (read from its workdir's files)."""
+    saved = _saved_json(workdir, MODEL_CONFIG)
+    if saved is None:
+        return
     ours = bert_config.to_hf_dict()
     for field in _SHAPE_FIELDS:
         if saved.get(field) != ours[field]:
@@ -93,11 +112,14 @@ def _check_same_model(workdir: str, bert_config: BertConfig, label_names: list[s
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     """Reads and checks config, data, tokenizer and checkpoint; raises `UserError` before any write."""
     config_lib.validate(config)
+    tasks.validate(config)
+    task = tasks.from_config(config)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError(f"workdir {workdir} exists and is not a directory")
+    _check_same_task(workdir, task, "of the run being resumed in this workdir")
     labels_path = os.path.join(workdir, "labels.json")
     saved_labels = labels_lib.load_label_vocab(labels_path) if os.path.exists(labels_path) else None
-    label_names, splits = pipeline.read_splits(config.data, saved_labels, config.seed)
+    label_names, splits = pipeline.read_splits(config.data, saved_labels, config.seed, task)
     checkpoint_dir = config_lib.expand_path(config.model.checkpoint)
     tokenizer = tokenize.load_tokenizer(config_lib.expand_path(config.model.tokenizer) or checkpoint_dir)
     bert_config = _bert_config(config, tokenizer)
@@ -114,23 +136,31 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
         checkpoint.find_checkpoint(init_dir)
         if not os.path.exists(os.path.join(init_dir, MODEL_CONFIG)):
             raise UserError(f"model.init_from_workdir={init_dir}: not a jaxft workdir (no {MODEL_CONFIG})")
+        _check_same_task(init_dir, task, f"of model.init_from_workdir={init_dir}")
         _check_same_model(init_dir, bert_config, label_names, f"of model.init_from_workdir={init_dir}")
     pretrained = None
     if checkpoint_dir:
         pretrained, ignored = convert.hf_to_flax(convert.load_state_dict(checkpoint_dir))
         if ignored:
             logging.info("Not used from %s: %s", checkpoint_dir, ", ".join(sorted(ignored)))
-    return Setup(config, workdir, label_names, splits, tokenizer, bert_config, pretrained)
+    return Setup(config, workdir, label_names, splits, tokenizer, bert_config, pretrained, task)
 
 
 def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num_labels: int):
-    """The classifier the config asks for (compute dtype, attention implementation, remat)."""
+    """The head the task asks for with `num_labels` outputs (compute dtype, attention implementation, remat).
+
+    Sequence tasks (classification, regression, multi-label) use `SequenceClassifier`, NER `TokenClassifier`,
+    QA `SpanExtractor`.
+    """
     attention = config.model.attention
     if attention == "auto":
         # cuDNN's fused attention takes bf16/fp16 only; float32 runs use XLA's attention.
         fused = jax.default_backend() == "gpu" and config.model.dtype == "bfloat16"
         attention = "cudnn" if fused else "xla"
-    return SequenceClassifier(
+    head = {"sequence": SequenceClassifier, "token": TokenClassifier, "span": SpanExtractor}[
+        tasks.from_config(config).head
+    ]
+    return head(
         config=bert_config,
         num_labels=num_labels,
         dtype=jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32,
@@ -153,8 +183,14 @@ def initial_params(setup: Setup, model) -> dict:
         return checkpoint.params_from_workdir(source, params)
     if setup.pretrained is not None:
         pretrained = dict(setup.pretrained)
+        if "pooler" not in params["bert"] and "pooler" in pretrained.get("bert", {}):
+            logging.info("The token classifier has no pooler: the checkpoint's bert.pooler is not used")
+            pretrained["bert"] = {k: v for k, v in pretrained["bert"].items() if k != "pooler"}
         head = pretrained.get("classifier")
-        if head is not None and head["kernel"].shape != params["classifier"]["kernel"].shape:
+        if head is not None and "classifier" not in params:
+            logging.info("The checkpoint's classifier is not used: this task's head is another")
+            del pretrained["classifier"]
+        elif head is not None and head["kernel"].shape != params["classifier"]["kernel"].shape:
             logging.info(
                 "The checkpoint's classifier has %d labels, this task %d: the head starts anew",
                 head["kernel"].shape[-1],
@@ -173,22 +209,54 @@ def _write_once(workdir: str, name: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
+def _place_by_index(placed: list, num_examples: int) -> dict:
+    """Per-example outputs of every batch as [N, ...] host arrays in example order, plus how often each
+    example was seen ("seen": 0 for the rows of other processes, which add theirs)."""
+    out, seen = {}, np.zeros(num_examples, np.int64)
+    for index, per_example in placed:
+        keep = index >= 0  # padding rows carry index -1
+        rows = index[keep]
+        np.add.at(seen, rows, 1)
+        for key, value in jax.device_get(per_example).items():
+            value = np.asarray(value).reshape(-1, *value.shape[2:])  # [devices, rows, ...] -> [rows, ...]
+            if key not in out:
+                out[key] = np.zeros((num_examples, *value.shape[1:]), value.dtype)
+            out[key][rows] = value[keep]
+    return {**out, "seen": seen}
+
+
 def eval_counts(p_eval, params, split, bucket_list: list[int], batch_size: int, num_devices: int) -> dict:
-    """Counts summed over every batch, device and process: each example of `split` counted once."""
-    totals = None
+    """Counts summed over every batch, device and process: each example of `split` counted once.
+
+    A task's per-example outputs (`tasks.PER_EXAMPLE`) are not summed but placed by row index (the example,
+    or for QA the context window), into arrays [rows, ...] under the same key; every row must have been
+    placed exactly once.
+    """
+    totals, placed = None, []
     for batch in pipeline.eval_batches(split, bucket_list, batch_size):
-        counts = p_eval(params, parallel.split_for_devices(batch, num_devices))
+        counts = dict(p_eval(params, parallel.split_for_devices(batch, num_devices)))
+        per_example = counts.pop(tasks.PER_EXAMPLE, None)
+        if per_example is not None:
+            placed.append((batch["index"], per_example))
         totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
     totals = jax.tree.map(lambda x: np.asarray(x).sum(0), jax.device_get(totals))
+    if placed:
+        # Each process placed its own rows; zeros elsewhere, so the sum over processes below assembles them.
+        totals[tasks.PER_EXAMPLE] = _place_by_index(placed, len(split.features["length"]))  # rows
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         totals = jax.tree.map(lambda x: np.asarray(x).sum(0), multihost_utils.process_allgather(totals))
+    if placed:
+        seen = totals[tasks.PER_EXAMPLE].pop("seen")
+        if (seen != 1).any():
+            raise RuntimeError(f"{int((seen != 1).sum())} examples were evaluated other than exactly once")
     return totals
 
 
 def run_evaluation(p_eval, params, split, config, label_names, step, writer, eval_dir) -> dict:
     """Evaluates `split` exactly (every example once), writes its report, returns summary metrics."""
+    task = tasks.from_config(config)
     totals = eval_counts(
         p_eval,
         params,
@@ -197,25 +265,14 @@ def run_evaluation(p_eval, params, split, config, label_names, step, writer, eva
         parallel.eval_batch_size(config.training.eval_batch_size),
         parallel.local_devices(),
     )
-    confusion = totals["confusion"].astype(np.int64)
-    report, text = evaluate.classification_report(confusion, label_names)
-    metrics = evaluate.summary_metrics(
-        report, float(totals["loss_sum"]), int(totals["count"]), config.data.positive_label
-    )
+    result = task.report(totals, split, label_names, config.data)
     if parallel.is_chief():
         name = evaluate.report_name(split.name, step)
-        evaluate.write_report(
-            eval_dir,
-            name,
-            report,
-            text,
-            confusion,
-            label_names,
-            {"step": step, "split": split.name, "loss": metrics["loss"]},
-        )
+        extra = {"step": step, "split": split.name, "loss": result.metrics["loss"]}
+        evaluate.write_result(eval_dir, name, result, label_names, extra, task.name)
         if step is not None:
-            writer.write_eval(step, split.name, metrics)
-    return metrics
+            writer.write_eval(step, split.name, result.metrics)
+    return result.metrics
 
 
 def _write_run_files(setup: Setup) -> None:
@@ -275,12 +332,16 @@ def _evaluate_and_track(p_eval, state, split, setup, step, writer, ckpts, best) 
     metrics = run_evaluation(
         p_eval, state.params, split, setup.config, setup.label_names, step, writer, eval_dir
     )
-    if tc.best_metric not in metrics:
+    name = tasks.best_metric(setup.config, setup.task)
+    if name not in metrics:
         raise UserError(
-            f"config training.best_metric={tc.best_metric!r} is not an eval metric; "
+            f"config training.best_metric={name!r} is not an eval metric of task {setup.task.name!r}; "
             f"choose from {', '.join(sorted(metrics))}"
         )
-    if best.update(metrics[tc.best_metric], step):
+    value = metrics[name]
+    if not math.isfinite(value):  # a correlation of constant predictions is NaN: count it as the worst
+        value = -math.inf if tc.best_mode == "max" else math.inf
+    if best.update(value, step):
         ckpts.save_best(step, parallel.unreplicate(state.params), {"step": step, **metrics})
     logging.info("step %d %s: %s", step, split.name, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
@@ -328,7 +389,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if parallel.is_chief():
         _write_run_files(setup)
     cache_dir = os.path.join(workdir, "cache") if config.data.cache else None
-    pipeline.tokenize_splits(setup.splits, setup.tokenizer, config.data, cache_dir)
+    pipeline.tokenize_splits(
+        setup.splits, setup.tokenizer, config.data, cache_dir, setup.task, setup.label_names
+    )
     train_split, bucket_list = setup.splits["train"], pipeline.buckets(config.data)
     per_epoch = pipeline.steps_per_epoch(train_split, bucket_list, tc.batch_size)
     total_steps = tc.num_train_steps if tc.num_train_steps > 0 else tc.num_epochs * per_epoch
@@ -345,8 +408,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         tx=tx,
         accum_steps=tc.grad_accum_steps,
         l2_coefficient=config.optimizer.l2_penalty,
+        task=setup.task,
     )
-    p_eval = parallel.pmap_eval_step(steps.eval_step, model=model, num_labels=len(setup.label_names))
+    p_eval = parallel.pmap_eval_step(steps.eval_step, model=model, task=setup.task)
     batches = parallel.prefetch(
         map(
             parallel.split_for_devices,
@@ -404,7 +468,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     logging.info(
                         "Early stopping at step %d: no %s improvement in %d evaluations (best %.4f at %d)",
                         step,
-                        tc.best_metric,
+                        tasks.best_metric(config, setup.task),
                         best.patience,
                         best.best,
                         best.best_step,

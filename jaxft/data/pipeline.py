@@ -1,8 +1,9 @@
 """From config to batches: read and check every split, fix the label set, tokenise, and plan batches.
 
 Reading (`read_splits`) writes nothing, so a bad file fails before the workdir is touched; tokenisation
-(`tokenize_splits`) may write its cache. Batches are host NumPy arrays of fixed shapes (one per length
-bucket); each process takes its own rows of every global batch.
+(`tokenize_splits`) may write its cache. What a file holds and how its labels become targets is the task's
+business (`jaxft.tasks`; classification by default). Batches are host NumPy arrays of fixed shapes (one per
+length bucket); each process takes its own rows of every global batch.
 """
 
 import dataclasses
@@ -14,13 +15,25 @@ import ml_collections
 import numpy as np
 
 from jaxft.config import expand_path
-from jaxft.data import batching, labels, readers, tokenize
+from jaxft.data import batching
 from jaxft.errors import UserError
+from jaxft.tasks import IGNORE, Task
+from jaxft.tasks.classification import Classification
 
 
 @dataclasses.dataclass
 class Split:
-    """One labelled split: its examples, class ids and (after tokenisation) features."""
+    """One labelled split: its examples, targets and (after tokenisation) features.
+
+    Attributes:
+      name: "train", "eval" or "test".
+      path: the file it was read from.
+      examples: what the task's reader returned, in file order.
+      labels: the task's targets, one row per example (class ids, floats, multi-hot rows). Targets that
+        depend on tokenisation are features instead: per-token `features["labels"]` (NER; `labels` then
+        holds the word tags) or per-row `features["targets"]` (QA, whose rows are context windows).
+      features: tokenised arrays (`jaxft.data.tokenize`), filled by `tokenize_splits`.
+    """
 
     name: str
     path: str
@@ -41,7 +54,7 @@ def subset(examples: list, limit: int, seed: int) -> list:
 
 
 def read_splits(
-    data: ml_collections.ConfigDict, saved_labels: list[str] | None, seed: int = 0
+    data: ml_collections.ConfigDict, saved_labels: list[str] | None, seed: int = 0, task: Task | None = None
 ) -> tuple[list[str], dict]:
     """Reads train / eval / test, and encodes their labels.
 
@@ -49,22 +62,17 @@ def read_splits(
       data: the `data` section of the config.
       saved_labels: the label set of the run being resumed (WORKDIR/labels.json), which wins over the config.
       seed: picks the subsets of `data.max_train_examples` / `data.max_eval_examples`.
+      task: reads the files and encodes their labels (default: single-label classification).
 
     Returns:
       (label names, {split name: Split}) with "train" always present.
     """
+    task = task or Classification()
     raw = {}
     for name in ("train", "eval", "test"):
         path = expand_path(data[f"{name}_path"])
         if path:
-            examples = readers.read_examples(
-                path,
-                text_field=data.text_field,
-                label_field=data.label_field,
-                text_pair_field=data.text_pair_field,
-                fmt=data.format,
-                has_header=data.has_header,
-            )
+            examples = task.read(path, data)
             limit = data.max_train_examples if name == "train" else data.max_eval_examples
             raw[name] = (path, subset(examples, limit, seed))
     if saved_labels is not None:
@@ -74,26 +82,32 @@ def read_splits(
                 f"data.labels={list(data.labels)} differs from the label set {names} of the run "
                 "being resumed in this workdir"
             )
+        task.check_label_names(names, data)
     else:
-        names = labels.build_label_vocab(raw["train"][1], data.labels)
+        names = task.label_names(raw["train"][1], data)
     splits = {
-        name: Split(name, path, examples, labels.encode_labels(examples, names))
+        name: Split(name, path, examples, task.encode(examples, names))
         for name, (path, examples) in raw.items()
     }
-    if data.positive_label is not None and data.positive_label not in names:
-        raise UserError(f"data.positive_label={data.positive_label!r} is not in the label set {names}")
     return names, splits
 
 
-def tokenize_splits(splits: dict, tokenizer, data: ml_collections.ConfigDict, cache_dir: str | None) -> None:
-    """Fills each split's features, from the cache where the same inputs were tokenised before."""
+def tokenize_splits(
+    splits: dict,
+    tokenizer,
+    data: ml_collections.ConfigDict,
+    cache_dir: str | None,
+    task: Task | None = None,
+    label_names: list[str] | None = None,
+) -> None:
+    """Fills each split's features, from the cache where the same inputs were tokenised before.
+
+    Token tasks also need `label_names`, to turn word tags into per-token labels.
+    """
+    task = task or Classification()
     for split in splits.values():
-        split.features = tokenize.cached_tokenize(
-            split.examples,
-            tokenizer,
-            data.max_seq_length,
-            cache_dir,
-            {"path": os.path.abspath(split.path), "pair": data.text_pair_field is not None},
+        split.features = task.tokenize(
+            split.examples, tokenizer, data, cache_dir, os.path.abspath(split.path), label_names
         )
         logging.info("%s: %d examples from %s", split.name, len(split.examples), split.path)
 
@@ -114,7 +128,23 @@ def _process_share(split: Split, seq_len: int, indices: np.ndarray, batch_size: 
     share = np.full(batch_size, -1, np.int64)
     share[: len(indices)] = indices
     share = share[jax.process_index() * per_process : (jax.process_index() + 1) * per_process]
-    return batching.make_batch(split.features, split.labels, share[share >= 0], seq_len, per_process)
+    indices = share[share >= 0]
+    batch = batching.make_batch(split.features, None, indices, seq_len, per_process)
+    batch["labels"] = _batch_labels(split, indices, seq_len, per_process)
+    return batch
+
+
+def _batch_labels(split: Split, indices: np.ndarray, seq_len: int, rows: int) -> np.ndarray:
+    """The targets of `indices`, padded to `rows` (0, or IGNORE for per-token labels, on padding rows)."""
+    if "labels" in split.features:  # per-token labels, cut to the bucket like the token ids
+        out = np.full((rows, seq_len), IGNORE, np.int32)
+        out[: len(indices)] = split.features["labels"][indices, :seq_len]
+        return out
+    # Targets made by tokenisation, one per row (QA: a window's answer span), else the split's own.
+    labels = split.features["targets"] if "targets" in split.features else np.asarray(split.labels)
+    out = np.zeros((rows, *labels.shape[1:]), labels.dtype)
+    out[: len(indices)] = labels[indices]
+    return out
 
 
 def train_batches(split: Split, bucket_list: list[int], batch_size: int, seed: int, start_step: int):

@@ -1,8 +1,16 @@
-"""Task heads on top of `BertEncoder`, named like their Hugging Face counterparts.
+"""Task heads on top of the BERT encoder, named like their Hugging Face counterparts.
 
-`SequenceClassifier` has the top-level parameter keys `bert` and `classifier`, the names of
-`BertForSequenceClassification` (`bert.*`, `classifier.weight`, `classifier.bias`), so a fine-tuned checkpoint
-from either library converts to the other by renaming alone.
+Both heads have the top-level parameter keys `bert` and `classifier`, the names of
+`BertForSequenceClassification` and `BertForTokenClassification` (`bert.*`, `classifier.weight`,
+`classifier.bias`), so a fine-tuned checkpoint from either library converts to the other by renaming alone.
+
+- `SequenceClassifier`: pooled [CLS] -> one logit per label. The same module serves single-label
+  classification, regression (`num_labels=1`) and multi-label classification (one logit per label): as in
+  Hugging Face, where one class covers the three `problem_type`s, only the loss differs (see `jaxft.tasks`).
+- `TokenClassifier`: every position -> one logit per tag. Like `BertForTokenClassification` it has no pooler
+  (`bert.pooler.*` of a pretrained checkpoint is left out when loading).
+- `SpanExtractor`: every position -> a start and an end logit, as `BertForQuestionAnswering` (no pooler, no
+  dropout before the head, which is named `qa_outputs`).
 """
 
 from typing import Any
@@ -10,7 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxft.models.bert import BertConfig, BertEncoder
+from jaxft.models.bert import BertConfig, BertEmbeddings, BertEncoder, BertLayerStack
 
 
 class SequenceClassifier(nn.Module):
@@ -59,3 +67,93 @@ class SequenceClassifier(nn.Module):
         )(pooled)
         # Losses and metrics want float32 even when the encoder runs in bfloat16.
         return logits.astype(jnp.float32)
+
+
+def _classifier(num_labels: int, config: BertConfig, dtype) -> nn.Dense:
+    return nn.Dense(
+        num_labels,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.initializers.normal(stddev=config.initializer_range),
+        name="classifier",
+    )
+
+
+class _EncoderWithoutPooler(nn.Module):
+    """`BertEncoder` without its pooler (Hugging Face's `add_pooling_layer=False`); same parameter names."""
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+    attention_impl: str | None = None
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool):
+        hidden = BertEmbeddings(self.config, self.dtype, name="embeddings")(
+            input_ids, token_type_ids, deterministic
+        )
+        return BertLayerStack(self.config, self.dtype, self.attention_impl, self.remat, name="encoder")(
+            hidden, attention_mask, deterministic
+        )
+
+
+class TokenClassifier(nn.Module):
+    """Sequence output -> dropout -> Dense(num_labels) at every position, as `BertForTokenClassification`.
+
+    Attributes: as `SequenceClassifier`.
+    """
+
+    config: BertConfig
+    num_labels: int
+    dtype: Any = jnp.float32
+    classifier_dropout: float | None = None
+    attention_impl: str | None = None
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
+        """Computes per-position logits.
+
+        Args: as `SequenceClassifier`.
+
+        Returns:
+            `[B, L, num_labels]` float32 logits (padding positions too; the loss masks them).
+        """
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        encoder = _EncoderWithoutPooler(self.config, self.dtype, self.attention_impl, self.remat, name="bert")
+        hidden = encoder(input_ids, attention_mask, token_type_ids, deterministic)
+        rate = self.config.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
+        hidden = nn.Dropout(rate)(hidden, deterministic=deterministic)
+        return _classifier(self.num_labels, self.config, self.dtype)(hidden).astype(jnp.float32)
+
+
+class SpanExtractor(nn.Module):
+    """Sequence output -> Dense(2) (`qa_outputs`) at every position, as `BertForQuestionAnswering`.
+
+    Attributes: as `SequenceClassifier` (`num_labels` is 2: start and end; no classifier dropout, as in
+    Hugging Face).
+    """
+
+    config: BertConfig
+    num_labels: int = 2
+    dtype: Any = jnp.float32
+    classifier_dropout: float | None = None
+    attention_impl: str | None = None
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
+        """Computes `[B, L, 2]` float32 start (`[..., 0]`) and end (`[..., 1]`) logits."""
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        encoder = _EncoderWithoutPooler(self.config, self.dtype, self.attention_impl, self.remat, name="bert")
+        hidden = encoder(input_ids, attention_mask, token_type_ids, deterministic)
+        head = nn.Dense(
+            self.num_labels,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=nn.initializers.normal(stddev=self.config.initializer_range),
+            name="qa_outputs",
+        )
+        return head(hidden).astype(jnp.float32)

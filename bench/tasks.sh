@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Real-data task benchmarks (issue 4), one command each; results land in runs/bench/<job>.json.
+#   bench/tasks.sh DATA_DIR mrpc     jaxft, configs/mrpc.py: MiniLM, sentence pairs, 3 epochs; dev + MSR test
+#                                    (classification report + F1 of class "1")
+#   bench/tasks.sh DATA_DIR conll03  jaxft, configs/conll03.py: MiniLM, NER, 3 epochs; dev (testa) + test
+#                                    (testb), seqeval strict IOB2 entity F1 + token accuracy
+#   bench/tasks.sh DATA_DIR squad    jaxft, configs/squad.py: MiniLM, extractive QA, 2 epochs, official EM/F1;
+#                                    SQuAD v1.1 dev split by article (38 articles train / 10 eval), as only
+#                                    dev is available (a GPU job: 384-token windows)
+# DATA_DIR holds mrpc/, conll2003/, squad_v1.1/ (e.g. ../shared/data). Extra arguments go to train.py
+# (e.g. --config.training.num_epochs=1). Not run by CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=$(cd "$1" && pwd); job=$2; shift 2
+py=${PYTHON:-.venv/bin/python}
+out=runs/bench; mkdir -p "$out"
+export JAXFT_DATA=$data HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+case $job in
+  mrpc) config=configs/mrpc.py ;;
+  conll03) config=configs/conll03.py ;;
+  squad) config=configs/squad.py
+    mkdir -p runs/bench_data/squad
+    "$py" - "$data/squad_v1.1/dev-v1.1.json" runs/bench_data/squad <<'PY'
+import json, sys
+source, out = sys.argv[1], sys.argv[2]
+dev = json.load(open(source))
+for name, articles in (("train", dev["data"][:38]), ("dev", dev["data"][38:])):
+    json.dump({"version": dev["version"], "data": articles}, open(f"{out}/{name}.json", "w"))
+PY
+    export JAXFT_DATA=$(pwd)/runs/bench_data ;;
+  *) echo "unknown job $job (mrpc, conll03, squad)" >&2; exit 2 ;;
+esac
+rm -rf "runs/bench_$job"
+start=$(date +%s)
+"$py" train.py --config "$config" --workdir "runs/bench_$job" --config.training.progress_bar=false "$@"
+wall=$(( $(date +%s) - start ))
+"$py" - "$job" "$wall" "$config" <<'PY'
+import json, platform, sys, time
+name, wall, config = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+final = json.load(open(f"runs/bench_{name}/final_metrics.json"))
+result = {
+    "impl": "jaxft", "job": name, "config": config, "wall_s": wall,
+    "date": time.strftime("%Y-%m-%d"), "machine": platform.node(), **final,
+}
+json.dump(result, open(f"runs/bench/{name}.json", "w"), indent=2)
+print(json.dumps(result))
+PY

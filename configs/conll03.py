@@ -1,0 +1,42 @@
+"""CoNLL-2003 English NER (token classification) with MiniLM-L6: seqeval's strict entity-level F1.
+
+    JAXFT_DATA=../shared/data python train.py --config configs/conll03.py --workdir runs/conll03
+    JAXFT_DATA=../shared/data python train.py --config configs/conll03.py:tiny --workdir runs/ner  # smoke
+
+Files (`$JAXFT_DATA/conll2003/`): eng.train (14,041 sentences), eng.testa (dev, 3,250), eng.testb (test,
+3,453); columns `token POS chunk NER`, `-DOCSTART-` lines, a blank line between sentences. Tags are IOB1 and
+are converted to IOB2 on reading (task.tag_scheme="iob1"); the tag set is O and B-/I- of LOC, MISC, ORG, PER.
+Only a word's first sub-token is trained and read (task.subword_labels="first"); words cut off by
+max_seq_length are predicted "O" (so they still count). Recipe: max_seq_length 128, batch 32, AdamW lr 5e-5
+with 10% warm-up, weight decay 0.01, 3 epochs (1,317 steps), evaluated every epoch; best checkpoint by
+entity micro-F1 on dev, reported on dev and test. Result: see README "Results" (`bench/tasks.sh DATA
+conll03`). `:tiny` is the same data on configs/tiny.py's random 2-layer model: a pipeline check only.
+"""
+
+from configs import common, default, tiny
+
+
+def get_config(variant: str = "default"):
+    if variant not in ("default", "tiny"):
+        raise ValueError(f"unknown variant {variant!r} (default, tiny)")
+    config = tiny.get_config() if variant == "tiny" else default.get_config()
+    config.task.name = "ner"
+    config.task.tag_scheme = "iob1"
+    config.task.subword_labels = "first"
+    config.task.tag_column = -1
+    if variant == "default":
+        config.model.checkpoint = common.minilm_checkpoint()
+        config.data.max_seq_length = 128
+        config.optimizer.learning_rate = 5e-5
+        config.optimizer.warmup_ratio = 0.1
+        config.training.batch_size = 32
+        config.training.num_epochs = 3
+        config.training.eval_every = 0  # every epoch
+        config.training.log_every = 50
+        config.training.checkpoint_every = 1000
+        config.training.eval_batch_size = 128
+    config.data.train_path = "$JAXFT_DATA/conll2003/eng.train"
+    config.data.eval_path = "$JAXFT_DATA/conll2003/eng.testa"
+    config.data.test_path = "$JAXFT_DATA/conll2003/eng.testb"
+    config.training.best_metric = "auto"  # f1 (entity-level micro average)
+    return config

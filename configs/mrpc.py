@@ -1,0 +1,42 @@
+"""GLUE MRPC paraphrase detection (sentence pairs) with MiniLM-L6; the report adds F1 of the class "1".
+
+    JAXFT_DATA=../shared/data python train.py --config configs/mrpc.py --workdir runs/mrpc
+    JAXFT_DATA=../shared/data python train.py --config configs/mrpc.py:tiny --workdir runs/mrpc_tiny  # smoke
+
+Files (`$JAXFT_DATA/mrpc/`): GLUE's TSVs, UTF-8 with a byte-order mark, tab-only, no quoting, header
+`Quality<TAB>#1 ID<TAB>#2 ID<TAB>#1 String<TAB>#2 String`; train 3,668 / dev 408 / the labelled MSR test
+1,725. The second sentence gets token type 1. Recipe: max_seq_length 128 (4 length buckets), batch 32,
+AdamW lr 5e-5 with 10% warm-up and linear decay, weight decay 0.01, clipping 1.0, 3 epochs (345 steps),
+evaluated every epoch; the best checkpoint is picked by "f1" (F1 of class "1", GLUE's MRPC metric) and
+evaluated on dev and test at the end. Result: see README "Results" (measured by `bench/tasks.sh DATA mrpc`).
+`:tiny` is the same data on configs/tiny.py's random 2-layer model: a pipeline check, not a result.
+"""
+
+from configs import common, default, tiny
+
+
+def get_config(variant: str = "default"):
+    if variant not in ("default", "tiny"):
+        raise ValueError(f"unknown variant {variant!r} (default, tiny)")
+    config = tiny.get_config() if variant == "tiny" else default.get_config()
+    if variant == "default":
+        config.model.checkpoint = common.minilm_checkpoint()
+        config.data.max_seq_length = 128
+        config.optimizer.learning_rate = 5e-5
+        config.optimizer.warmup_ratio = 0.1
+        config.training.batch_size = 32
+        config.training.num_epochs = 3
+        config.training.eval_every = 0  # every epoch
+        config.training.log_every = 20
+        config.training.checkpoint_every = 1000
+        config.training.eval_batch_size = 128
+    config.data.train_path = "$JAXFT_DATA/mrpc/train.tsv"
+    config.data.eval_path = "$JAXFT_DATA/mrpc/dev.tsv"
+    config.data.test_path = "$JAXFT_DATA/mrpc/msr_paraphrase_test.txt"
+    config.data.format = "tsv"
+    config.data.text_field = "#1 String"
+    config.data.text_pair_field = "#2 String"
+    config.data.label_field = "Quality"
+    config.data.positive_label = "1"
+    config.training.best_metric = "f1"
+    return config

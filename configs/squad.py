@@ -1,0 +1,45 @@
+"""SQuAD v1.1 extractive QA with MiniLM-L6: start / end logits over context windows, official EM / F1.
+
+    JAXFT_DATA=DIR python train.py --config configs/squad.py --workdir runs/squad
+    JAXFT_DATA=DIR python train.py --config configs/squad.py:tiny --workdir runs/squad_tiny  # smoke
+
+Files: SQuAD v1.1 JSON, `$JAXFT_DATA/squad/train.json` and `$JAXFT_DATA/squad/dev.json`. The project's
+shared data has only the official dev set (48 articles, 10,570 questions): `bench/tasks.sh DATA squad`
+splits it by article (first 38 articles to train, last 10 to evaluate) into `runs/bench_data/squad/`.
+Windows of 384 tokens sharing 128 (task.doc_stride, Hugging Face's `stride`), questions cut at 64 tokens,
+answers of at most 30 tokens from the 20 best starts and ends per window. Recipe: batch 32, AdamW lr 5e-5
+with 10% warm-up, weight decay 0.01, 2 epochs; best checkpoint by F1. Result: see README "Results" (not
+measured yet). `:tiny` runs configs/tiny.py's random 2-layer model with 32-token windows: a pipeline check.
+"""
+
+from configs import common, default, tiny
+
+
+def get_config(variant: str = "default"):
+    if variant not in ("default", "tiny"):
+        raise ValueError(f"unknown variant {variant!r} (default, tiny)")
+    config = tiny.get_config() if variant == "tiny" else default.get_config()
+    config.task.name = "qa"
+    if variant == "default":
+        config.model.checkpoint = common.minilm_checkpoint()
+        config.data.max_seq_length = 384
+        config.task.doc_stride = 128
+        config.task.max_query_length = 64
+        config.optimizer.learning_rate = 5e-5
+        config.optimizer.warmup_ratio = 0.1
+        config.training.batch_size = 32
+        config.training.num_epochs = 2
+        config.training.eval_every = 0  # every epoch
+        config.training.log_every = 50
+        config.training.checkpoint_every = 1000
+        config.training.eval_batch_size = 128
+    else:  # 32-token windows: a question of at most 12 tokens leaves 17 context tokens, 8 of them shared
+        config.task.doc_stride = 8
+        config.task.max_query_length = 12
+        config.task.max_answer_length = 10
+    config.data.train_path = "$JAXFT_DATA/squad/train.json"
+    config.data.eval_path = "$JAXFT_DATA/squad/dev.json"
+    config.data.text_field = "question"  # prediction input as JSONL / CSV / TSV lines
+    config.data.text_pair_field = "context"
+    config.training.best_metric = "auto"  # f1
+    return config

@@ -1,0 +1,38 @@
+"""GLUE STS-B sentence similarity as regression (one float, MSE loss) with MiniLM-L6: Pearson / Spearman.
+
+    JAXFT_DATA=DIR python train.py --config configs/stsb.py --workdir runs/stsb
+    JAXFT_DATA=DIR python train.py --config configs/stsb.py:tiny --workdir runs/stsb_tiny  # smoke
+
+STS-B is not among the project's shared data: `$JAXFT_DATA/stsb/{train,dev}.tsv` are GLUE's files (header
+`index genre filename year old_index source1 source2 sentence1 sentence2 score`, tab-only, scores 0-5;
+train 5,749 / dev 1,500). Recipe: max_seq_length 128, batch 32, AdamW lr 5e-5 with 10% warm-up, weight decay
+0.01, 3 epochs, evaluated every epoch; the best checkpoint is picked by Pearson (training.best_metric=auto).
+The report is SciPy's Pearson and Spearman correlation and scikit-learn's MSE. Not measured here (no data).
+"""
+
+from configs import common, default, tiny
+
+
+def get_config(variant: str = "default"):
+    if variant not in ("default", "tiny"):
+        raise ValueError(f"unknown variant {variant!r} (default, tiny)")
+    config = tiny.get_config() if variant == "tiny" else default.get_config()
+    config.task.name = "regression"
+    if variant == "default":
+        config.model.checkpoint = common.minilm_checkpoint()
+        config.data.max_seq_length = 128
+        config.optimizer.learning_rate = 5e-5
+        config.optimizer.warmup_ratio = 0.1
+        config.training.batch_size = 32
+        config.training.num_epochs = 3
+        config.training.eval_every = 0  # every epoch
+        config.training.log_every = 20
+        config.training.checkpoint_every = 1000
+    config.data.train_path = "$JAXFT_DATA/stsb/train.tsv"
+    config.data.eval_path = "$JAXFT_DATA/stsb/dev.tsv"
+    config.data.format = "tsv"
+    config.data.text_field = "sentence1"
+    config.data.text_pair_field = "sentence2"
+    config.data.label_field = "score"
+    config.training.best_metric = "auto"  # pearson
+    return config

@@ -1,0 +1,109 @@
+"""Tasks: one module per task, chosen by `config.task.name`, on the same encoder, steps and loop.
+
+    classification  one label per text (pair): softmax cross-entropy, sklearn report
+    regression      one float per text (pair): MSE, Pearson / Spearman (SciPy), MSE
+    multilabel      a label subset per text: sigmoid + BCE, sklearn multi-label report
+    ner             a tag per word (CoNLL files): token cross-entropy, seqeval entity F1
+    qa              an answer span per question (SQuAD v1.1): start/end cross-entropy, official EM / F1
+
+`from_config` builds the task object the steps take as a static argument; `validate` checks the task keys
+of a config before anything is read.
+"""
+
+import ml_collections
+
+from jaxft.errors import UserError
+from jaxft.tasks.base import IGNORE, PER_EXAMPLE, Task, TaskReport
+from jaxft.tasks.classification import Classification
+from jaxft.tasks.multilabel import MultiLabel
+from jaxft.tasks.ner import Ner
+from jaxft.tasks.qa import QuestionAnswering
+from jaxft.tasks.regression import Regression
+
+__all__ = ["IGNORE", "PER_EXAMPLE", "Task", "TaskReport", "best_metric", "from_config", "validate"]
+
+NAMES = ("classification", "regression", "multilabel", "ner", "qa")
+# The task section of configs written before tasks existed (an old workdir's config.json): classification.
+DEFAULTS = {
+    "name": "classification",
+    "threshold": 0.5,
+    "label_separator": ",",
+    "subword_labels": "first",
+    "tag_scheme": "iob2",
+    "tag_column": -1,
+    "doc_stride": 128,
+    "max_query_length": 64,
+    "max_answer_length": 30,
+    "n_best": 20,
+}
+_CHOICES = {"name": NAMES, "subword_labels": ("first", "all"), "tag_scheme": ("iob1", "iob2")}
+
+
+def _section(config: ml_collections.ConfigDict) -> dict:
+    given = config.get("task") or {}
+    return {**DEFAULTS, **(given.to_dict() if hasattr(given, "to_dict") else dict(given))}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises `UserError` naming the first task key (or task-dependent data key) that cannot work."""
+    task = _section(config)
+    for key, choices in _CHOICES.items():
+        if task[key] not in choices:
+            raise UserError(f"config task.{key}={task[key]!r} must be one of {', '.join(choices)}")
+    if not 0 < task["threshold"] < 1:
+        raise UserError(f"config task.threshold={task['threshold']} must be in (0, 1)")
+    if not task["label_separator"]:
+        raise UserError("config task.label_separator must not be empty")
+    name, data = task["name"], config.data
+    if name != "classification" and data.positive_label is not None:
+        raise UserError(f"config data.positive_label applies to task.name='classification', not {name!r}")
+    if name == "regression" and data.labels is not None:
+        raise UserError("config data.labels does not apply to task.name='regression' (one float target)")
+    if name == "ner" and data.text_pair_field is not None:
+        raise UserError(
+            "config data.text_pair_field does not apply to task.name='ner' (one sentence of words)"
+        )
+    for key in ("max_query_length", "max_answer_length", "n_best"):
+        if task[key] < 1:
+            raise UserError(f"config task.{key}={task[key]} must be positive")
+    room = data.max_seq_length - task["max_query_length"] - 3  # context tokens a window is sure to hold
+    if name == "qa" and not 0 <= task["doc_stride"] < room:
+        raise UserError(
+            f"config task.doc_stride={task['doc_stride']} must be in [0, {room}): windows of "
+            f"data.max_seq_length={data.max_seq_length} hold at least {room} context tokens after a question "
+            f"of task.max_query_length={task['max_query_length']} and [CLS] [SEP] [SEP]"
+        )
+
+
+def from_config(config: ml_collections.ConfigDict) -> Task:
+    """The task object of `config` (a config without a task section is classification)."""
+    task = _section(config)
+    name = task["name"]
+    if name == "classification":
+        return Classification()
+    if name == "regression":
+        return Regression()
+    if name == "multilabel":
+        return MultiLabel(threshold=float(task["threshold"]), separator=str(task["label_separator"]))
+    if name == "ner":
+        return Ner(
+            subword_labels=task["subword_labels"],
+            tag_scheme=task["tag_scheme"],
+            tag_column=int(task["tag_column"]),
+            max_seq_length=int(config.data.max_seq_length),
+        )
+    if name == "qa":
+        return QuestionAnswering(
+            doc_stride=int(task["doc_stride"]),
+            max_query_length=int(task["max_query_length"]),
+            max_answer_length=int(task["max_answer_length"]),
+            n_best=int(task["n_best"]),
+            max_seq_length=int(config.data.max_seq_length),
+        )
+    raise UserError(f"config task.name={name!r} must be one of {', '.join(NAMES)}")
+
+
+def best_metric(config: ml_collections.ConfigDict, task: Task) -> str:
+    """`training.best_metric`, "auto" resolved to the task's own (accuracy, pearson, micro_f1, f1, f1)."""
+    chosen = config.training.best_metric
+    return task.default_metric if chosen == "auto" else chosen

@@ -1,0 +1,146 @@
+"""What every task provides, and the text-task defaults that classification, regression and multi-label share.
+
+A task is a small frozen dataclass built from the config (`jaxft.tasks.from_config`). It is hashable, so the
+pmapped steps take it as a static argument, like the model: the train state stays arrays only. One object
+answers every task-specific question along the data flow:
+
+    read -> label_names / encode -> tokenize -> (batches) -> loss / eval_outputs -> report -> files
+
+Device side, `loss` returns a *sum* and a *weight* (examples, or labelled positions for token tasks) so the
+step can add both over micro-batches and devices before dividing; `eval_outputs` returns sums, plus
+`"per_example"` arrays that the host places by row index (`jaxft.train.eval_counts`), so that every
+example (QA: every context window) is counted exactly once on any device count. Host side, `report` turns
+those totals into the report (built by scikit-learn, SciPy, seqeval or the official SQuAD v1.1 evaluation)
+and the summary metrics.
+"""
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxft.data import readers, tokenize
+from jaxft.errors import UserError
+
+IGNORE = -100  # label of a position that neither the loss nor any metric counts (Hugging Face's convention)
+PER_EXAMPLE = "per_example"  # key of eval outputs placed by example index instead of summed
+
+
+@dataclasses.dataclass
+class TaskReport:
+    """One evaluation's result on the host.
+
+    Attributes:
+        report: the library's report dict (sklearn / seqeval `output_dict`, or the regression numbers).
+        text: the same as a text table.
+        metrics: the few numbers logged per evaluation and used to pick the best checkpoint.
+        confusion: the confusion matrix, for single-label classification only.
+        extra: more top-level keys for the JSON file (e.g. token accuracy).
+    """
+
+    report: dict
+    text: str
+    metrics: dict
+    confusion: np.ndarray | None = None
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Base class; the defaults read text (pairs) with `jaxft.data.readers` and tokenise with its cache."""
+
+    name: ClassVar[str] = ""
+    default_metric: ClassVar[str] = ""  # training.best_metric="auto" picks this one
+    head: ClassVar[str] = "sequence"  # "sequence" (pooled output) or "token" (every position)
+
+    # ---- host: data --------------------------------------------------------------------------------------
+    def read(self, path: str, data: ml_collections.ConfigDict, *, require_label: bool = True) -> list:
+        """The examples of one file (labels required for training and evaluation, not for prediction)."""
+        return readers.read_examples(
+            path,
+            text_field=data.text_field,
+            label_field=data.label_field if require_label else None,
+            text_pair_field=data.text_pair_field,
+            fmt=data.format,
+            has_header=data.has_header,
+            require_label=require_label,
+        )
+
+    def label_names(self, examples: list, data: ml_collections.ConfigDict) -> list[str]:
+        """The label set (saved as WORKDIR/labels.json): one name per model output."""
+        raise NotImplementedError
+
+    def check_label_names(self, names: list[str], data: ml_collections.ConfigDict) -> None:
+        """Checks a label set that came from a resumed run against the config (default: nothing to check)."""
+
+    def encode(self, examples: list, names: list[str]) -> np.ndarray:
+        """Targets [N, ...] that batches take rows of; raises `UserError` naming the file and line."""
+        raise NotImplementedError
+
+    def tokenize(self, examples: list, tokenizer, data, cache_dir: str | None, path: str, names) -> dict:
+        """Features of `tokenize.tokenize` (plus per-token "labels" for token tasks), cached when allowed."""
+        return tokenize.cached_tokenize(
+            examples,
+            tokenizer,
+            data.max_seq_length,
+            cache_dir,
+            {"path": path, "pair": data.text_pair_field is not None},
+        )
+
+    def features_for_prediction(self, examples: list, tokenizer, max_seq_length: int) -> dict:
+        return tokenize.tokenize(examples, tokenizer, max_seq_length)[0]
+
+    # ---- device: pure functions of arrays ----------------------------------------------------------------
+    def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
+        """(sum of losses, sum of weights) over this device's rows; padding carries weight 0."""
+        raise NotImplementedError
+
+    def eval_outputs(self, logits: jax.Array, batch: dict) -> dict:
+        """Sums over this device's rows, plus `PER_EXAMPLE` arrays with a leading row axis."""
+        raise NotImplementedError
+
+    def predict_outputs(self, logits: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    # ---- host: reports, predictions, export --------------------------------------------------------------
+    def report(self, totals: dict, split, names: list[str], data: ml_collections.ConfigDict) -> TaskReport:
+        raise NotImplementedError
+
+    def prediction_record(self, example, output: np.ndarray, names: list[str]) -> dict:
+        """One line of `jaxft.predict`'s output for one example and its row of `predict_outputs`."""
+        raise NotImplementedError
+
+    def prediction_records(self, examples: list, outputs: np.ndarray, features: dict, names: list[str]):
+        """The lines of `jaxft.predict`'s output, in input order."""
+        for example, output in zip(examples, outputs, strict=True):
+            yield self.prediction_record(example, output, names)
+
+    def export_config(self, names: list[str]) -> dict:
+        """Keys of the exported Hugging Face config.json that say which head this is."""
+        return {
+            "architectures": ["BertForSequenceClassification"],
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {name: i for i, name in enumerate(names)},
+        }
+
+
+def text_record(example) -> dict:
+    """The input part of a prediction record of a text (pair) task."""
+    record = {"text": example.text}
+    if example.text_pair is not None:
+        record["text_pair"] = example.text_pair
+    return record
+
+
+def where_of(source: str) -> tuple[str, int]:
+    """("path", line) of an example's "path:line" source (paths may contain colons)."""
+    path, line = source.rsplit(":", 1)
+    return path, int(line)
+
+
+def refuse_given_labels(data: ml_collections.ConfigDict, task_name: str) -> None:
+    if data.labels is not None:
+        raise UserError(f"config data.labels does not apply to task.name={task_name!r}")

@@ -1,0 +1,206 @@
+"""Multi-label classification: any subset of the labels per example; sigmoid + binary cross-entropy.
+
+Labels in the files: a JSON list (`{"text": ..., "labels": ["sports", "politics"]}`) in JSONL, or one string
+joined by `task.label_separator` in CSV/TSV (`sports,politics`; an empty cell is the empty set). A label is
+predicted when its sigmoid probability exceeds `task.threshold`. The device returns each example's 0/1
+predictions, placed by example index on the host, and the report is scikit-learn's multi-label
+`classification_report` (per label, micro / macro / weighted / samples averages) on them. The head is the
+sequence classifier with one output per label, exported as `BertForSequenceClassification` with
+`problem_type="multi_label_classification"`.
+"""
+
+import dataclasses
+import gzip
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import sklearn.metrics
+
+from jaxft.data import readers
+from jaxft.errors import UserError
+from jaxft.tasks.base import PER_EXAMPLE, Task, TaskReport, text_record, where_of
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiLabelExample:
+    """A text (pair) with its set of raw labels (in file order, without duplicates)."""
+
+    text: str
+    text_pair: str | None
+    labels: tuple[str, ...] | None
+    source: str
+
+
+def _is_jsonl(path: str, fmt: str) -> bool:
+    if fmt != "auto":
+        return fmt in ("jsonl", "json")
+    stem = path[: -len(".gz")] if path.endswith(".gz") else path
+    return os.path.splitext(stem)[1].lower() in (".jsonl", ".json")
+
+
+def _json_label_values(path: str, field: str, lines: set[int]) -> dict[int, object]:
+    """The raw `field` value of the JSON object on each of `lines` (the reader has checked the JSON)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    values = {}
+    with opener(path, "rt", encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, start=1):
+            if number in lines:
+                record = json.loads(line)
+                if field not in record:
+                    keys = ", ".join(map(repr, record)) or "none"
+                    raise UserError(
+                        f"{path}:{number}: no key {field!r} (data.label_field); the keys are {keys}"
+                    )
+                values[number] = record[field]
+    return values
+
+
+def _split_labels(where: str, value, separator: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        parts = value.split(separator)
+    elif isinstance(value, list) and all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
+        parts = [str(v) for v in value]
+    else:
+        raise UserError(
+            f"{where}: the labels (data.label_field) must be a list of strings or a string joined by "
+            f"task.label_separator={separator!r}, found {json.dumps(value)[:60]}"
+        )
+    labels = [part.strip() for part in parts]
+    return tuple(dict.fromkeys(label for label in labels if label))  # order kept, duplicates and blanks gone
+
+
+def multilabel_report(truth, predictions, names: list[str], digits: int = 4) -> tuple[dict, str]:
+    """scikit-learn's multi-label classification report (dict and text) on 0/1 indicator arrays [N, L]."""
+    truth, predictions = np.asarray(truth, np.int64), np.asarray(predictions, np.int64)
+    if not len(truth):
+        raise ValueError("no examples to evaluate")
+    kwargs = dict(labels=list(range(len(names))), target_names=list(names), digits=digits, zero_division=0)
+    report = sklearn.metrics.classification_report(truth, predictions, output_dict=True, **kwargs)
+    text = sklearn.metrics.classification_report(truth, predictions, output_dict=False, **kwargs)
+    return report, text
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiLabel(Task):
+    """Any subset of the labels per example.
+
+    Attributes:
+        threshold: a label is predicted when its probability exceeds this (task.threshold).
+        separator: joins the labels of one example in a CSV/TSV cell or JSON string (task.label_separator).
+    """
+
+    threshold: float = 0.5
+    separator: str = ","
+
+    name = "multilabel"
+    default_metric = "micro_f1"
+
+    def read(self, path: str, data: ml_collections.ConfigDict, *, require_label: bool = True) -> list:
+        jsonl = _is_jsonl(path, data.format)
+        # The shared reader checks the texts; labels are read here, since they are lists (JSON) or may be
+        # empty (the empty set), which the single-label reader refuses.
+        examples = readers.read_examples(
+            path,
+            text_field=data.text_field,
+            label_field=None if jsonl or not require_label else data.label_field,
+            text_pair_field=data.text_pair_field,
+            fmt=data.format,
+            has_header=data.has_header,
+            require_label=False,
+        )
+        if not require_label:
+            return [MultiLabelExample(e.text, e.text_pair, None, e.source) for e in examples]
+        if jsonl:
+            values = _json_label_values(path, data.label_field, {where_of(e.source)[1] for e in examples})
+            raw = [values[where_of(e.source)[1]] for e in examples]
+        else:
+            raw = [e.label or "" for e in examples]
+            if not any(e.label for e in examples):
+                raise UserError(
+                    f"{path}: no labels found: the column {data.label_field!r} (data.label_field) is "
+                    "missing or empty in every row"
+                )
+        return [
+            MultiLabelExample(e.text, e.text_pair, _split_labels(e.source, value, self.separator), e.source)
+            for e, value in zip(examples, raw, strict=True)
+        ]
+
+    def label_names(self, examples: list, data: ml_collections.ConfigDict) -> list[str]:
+        if data.labels is not None:
+            names = [str(label) for label in data.labels]
+            if len(set(names)) != len(names):
+                raise UserError(f"data.labels={names} lists a label twice")
+            if not names:
+                raise UserError("data.labels must list at least 1 label")
+            return names
+        unique = {label for example in examples for label in example.labels}
+        if not unique:
+            raise UserError(f"{where_of(examples[0].source)[0]}: no example has a label")
+        if all(_INTEGER.fullmatch(label) for label in unique):
+            return sorted(unique, key=lambda label: (int(label), label))
+        return sorted(unique)
+
+    def encode(self, examples: list, names: list[str]) -> np.ndarray:
+        ids = {name: i for i, name in enumerate(names)}
+        out = np.zeros((len(examples), len(names)), np.float32)
+        for row, example in enumerate(examples):
+            for label in example.labels:
+                if label not in ids:
+                    shown = ", ".join(map(repr, names[:20])) + (", ..." if len(names) > 20 else "")
+                    raise UserError(
+                        f"{example.source}: label {label!r} is not in the label set [{shown}] "
+                        "(labels come from the train split or data.labels)"
+                    )
+                out[row, ids[label]] = 1.0
+        return out
+
+    def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
+        # Mean over labels per example, so the batch mean equals Hugging Face's BCEWithLogitsLoss.
+        losses = optax.sigmoid_binary_cross_entropy(logits, batch["labels"]).mean(-1)
+        return jnp.sum(losses * batch["weights"]), jnp.sum(batch["weights"])
+
+    def eval_outputs(self, logits: jax.Array, batch: dict) -> dict:
+        loss_sum, count = self.loss(logits, batch)
+        predicted = (jax.nn.sigmoid(logits) > self.threshold).astype(jnp.int32)
+        return {"loss_sum": loss_sum, "count": count, PER_EXAMPLE: {"prediction": predicted}}
+
+    def predict_outputs(self, logits: jax.Array) -> jax.Array:
+        return jax.nn.sigmoid(logits)
+
+    def report(self, totals: dict, split, names: list[str], data: ml_collections.ConfigDict) -> TaskReport:
+        predictions = totals[PER_EXAMPLE]["prediction"]
+        report, text = multilabel_report(split.labels, predictions, names)
+        count = int(totals["count"])
+        if count != len(split.labels):
+            raise ValueError(f"loss counted {count} examples but the split has {len(split.labels)}")
+        subset_accuracy = float(sklearn.metrics.accuracy_score(split.labels.astype(np.int64), predictions))
+        metrics = {
+            "micro_f1": float(report["micro avg"]["f1-score"]),
+            "macro_f1": float(report["macro avg"]["f1-score"]),
+            "weighted_f1": float(report["weighted avg"]["f1-score"]),
+            "samples_f1": float(report["samples avg"]["f1-score"]),
+            "subset_accuracy": subset_accuracy,
+            "loss": float(totals["loss_sum"]) / count,
+            "num_examples": count,
+        }
+        text += f"\nsubset accuracy (exact match): {subset_accuracy:.4f} of {count} examples\n"
+        return TaskReport(report, text, metrics, extra={"subset_accuracy": subset_accuracy})
+
+    def prediction_record(self, example, output: np.ndarray, names: list[str]) -> dict:
+        chosen = output > np.float32(self.threshold)  # the device's float32 comparison
+        return {
+            **text_record(example),
+            "labels": [name for name, keep in zip(names, chosen, strict=True) if keep],
+            "probabilities": {name: float(p) for name, p in zip(names, output, strict=True)},
+        }
+
+    def export_config(self, names: list[str]) -> dict:
+        return {**super().export_config(names), "problem_type": "multi_label_classification"}

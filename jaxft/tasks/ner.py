@@ -1,0 +1,162 @@
+"""Token classification (named-entity recognition, e.g. CoNLL-2003): a tag per word, entity-level F1.
+
+Data: CoNLL column files (`jaxft.tasks.tagging`); tags IOB2, or IOB1 converted (`task.tag_scheme`). The head
+is a dense layer on every position (`TokenClassifier`, exported as `BertForTokenClassification`). The loss
+is the mean cross-entropy over *labelled positions* of the global batch: padding rows, padding positions,
+[CLS]/[SEP] and (with `task.subword_labels="first"`) later sub-tokens carry the label IGNORE and weight 0,
+and the step adds sums and position counts over micro-batches and devices before dividing.
+
+Evaluation: each device returns its sentences' per-position predictions (padded to max_seq_length), placed
+by example index on the host; predictions are read at each word's first sub-token, words beyond truncation
+are predicted "O" (see `tagging`), and the report is seqeval's `classification_report(mode="strict",
+scheme=IOB2)` on the word tags, plus seqeval's token (word) accuracy.
+"""
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import seqeval.metrics
+from seqeval.scheme import IOB2, Entities
+
+from jaxft.tasks import tagging
+from jaxft.tasks.base import IGNORE, PER_EXAMPLE, Task, TaskReport
+
+_TEXT_EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv")
+
+
+def entity_report(truth: list[list[str]], predictions: list[list[str]], digits: int = 4) -> tuple[dict, str]:
+    """seqeval's entity-level report (strict IOB2: an entity counts only with its exact span and type)."""
+    kwargs = dict(mode="strict", scheme=IOB2, digits=digits, zero_division=0)
+    report = seqeval.metrics.classification_report(truth, predictions, output_dict=True, **kwargs)
+    text = seqeval.metrics.classification_report(truth, predictions, **kwargs)
+    return report, text
+
+
+def entities(tags: list[str]) -> list[tuple[str, int, int]]:
+    """(type, first word, last word + 1) of each strict IOB2 entity in `tags`."""
+    return [(e.tag, e.start, e.end) for e in Entities([list(tags)], IOB2).entities[0]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Ner(Task):
+    """A tag per word.
+
+    Attributes:
+        subword_labels: "first" (only a word's first sub-token is trained) or "all" (task.subword_labels).
+        tag_scheme: the files' tags, "iob1" (converted to IOB2) or "iob2" (task.tag_scheme).
+        tag_column: the CoNLL column holding the tag (task.tag_column; -1: the last).
+        max_seq_length: width predictions are padded to on the device, so every batch returns one shape.
+    """
+
+    subword_labels: str = "first"
+    tag_scheme: str = "iob2"
+    tag_column: int = -1
+    max_seq_length: int = 128
+
+    name = "ner"
+    default_metric = "f1"
+    head = "token"
+
+    def read(self, path: str, data: ml_collections.ConfigDict, *, require_label: bool = True) -> list:
+        stem = path[: -len(".gz")] if path.endswith(".gz") else path
+        if not require_label and os.path.splitext(stem)[1].lower() in _TEXT_EXTENSIONS:
+            # Prediction on plain text: words are the whitespace-separated tokens of data.text_field.
+            examples = super().read(path, data, require_label=False)
+            return [tagging.Sentence(tuple(e.text.split()), None, e.source) for e in examples]
+        return tagging.read_conll(
+            path, tag_column=self.tag_column, scheme=self.tag_scheme, require_tags=require_label
+        )
+
+    def label_names(self, examples: list, data: ml_collections.ConfigDict) -> list[str]:
+        return tagging.tag_vocab(examples, data.labels)
+
+    def encode(self, examples: list, names: list[str]) -> np.ndarray:
+        encoded = tagging.encode_tags(examples, names)
+        out = np.empty(len(encoded), object)  # ragged: one array of word tags per sentence
+        out[:] = encoded
+        return out
+
+    def tokenize(self, examples: list, tokenizer, data, cache_dir: str | None, path: str, names) -> dict:
+        # Not cached: word-level tokenisation of CoNLL-2003's 14k training sentences takes about a second.
+        return tagging.tokenize_words(
+            examples,
+            tokenizer,
+            data.max_seq_length,
+            tagging.encode_tags(examples, names),
+            subword_labels=self.subword_labels,
+            continuation=tagging.continuation_ids(names),
+        )
+
+    def features_for_prediction(self, examples: list, tokenizer, max_seq_length: int) -> dict:
+        return tagging.tokenize_words(examples, tokenizer, max_seq_length, None)
+
+    def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
+        labels = batch["labels"]
+        # A position counts with its row's weight when labelled; IGNORE positions and padding rows weigh 0.
+        weights = jnp.where(labels != IGNORE, batch["weights"][:, None], 0.0)
+        losses = optax.softmax_cross_entropy_with_integer_labels(
+            logits, jnp.where(labels == IGNORE, 0, labels)
+        )
+        return jnp.sum(losses * weights), jnp.sum(weights)
+
+    def _padded_predictions(self, logits: jax.Array) -> jax.Array:
+        predictions = jnp.argmax(logits, -1).astype(jnp.int32)
+        return jnp.pad(predictions, ((0, 0), (0, self.max_seq_length - predictions.shape[1])))
+
+    def eval_outputs(self, logits: jax.Array, batch: dict) -> dict:
+        loss_sum, count = self.loss(logits, batch)
+        return {
+            "loss_sum": loss_sum,
+            "count": count,
+            PER_EXAMPLE: {"prediction": self._padded_predictions(logits)},
+        }
+
+    def predict_outputs(self, logits: jax.Array) -> jax.Array:
+        return self._padded_predictions(logits)
+
+    def word_tags(self, examples: list, predictions: np.ndarray, features: dict, names: list[str]) -> list:
+        return [
+            tagging.word_predictions(sentence, predictions[i], features["word_index"][i], names)
+            for i, sentence in enumerate(examples)
+        ]
+
+    def report(self, totals: dict, split, names: list[str], data: ml_collections.ConfigDict) -> TaskReport:
+        predicted = self.word_tags(split.examples, totals[PER_EXAMPLE]["prediction"], split.features, names)
+        truth = [list(sentence.tags) for sentence in split.examples]
+        if not truth:
+            raise ValueError("no examples to evaluate")
+        report, text = entity_report(truth, predicted)
+        accuracy = float(seqeval.metrics.accuracy_score(truth, predicted))
+        count = float(totals["count"])
+        micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
+        metrics = {
+            "f1": float(micro["f1-score"]),
+            "precision": float(micro["precision"]),
+            "recall": float(micro["recall"]),
+            "accuracy": accuracy,
+            "loss": float(totals["loss_sum"]) / max(count, 1.0),
+            "num_examples": len(truth),
+        }
+        num_words = sum(map(len, truth))
+        text += f"\ntoken accuracy: {accuracy:.4f} of {num_words} words in {len(truth)} sentences\n"
+        extra = {"accuracy": accuracy, "num_words": num_words, "num_entities": int(micro["support"])}
+        return TaskReport(report, text, metrics, extra=extra)
+
+    def prediction_records(self, examples: list, outputs: np.ndarray, features: dict, names: list[str]):
+        for sentence, tags in zip(examples, self.word_tags(examples, outputs, features, names), strict=True):
+            yield {
+                "words": list(sentence.words),
+                "tags": tags,
+                "entities": [
+                    {"type": kind, "start": start, "end": end, "text": " ".join(sentence.words[start:end])}
+                    for kind, start, end in entities(tags)
+                ],
+            }
+
+    def export_config(self, names: list[str]) -> dict:
+        return {**super().export_config(names), "architectures": ["BertForTokenClassification"]}
