@@ -8,9 +8,6 @@ from jaxft.data.batching import (
     bucket_lengths,
     eval_batch_plan,
     make_batch,
-    prefetch_to_device,
-    shard,
-    stack_microbatches,
     train_batch_plan,
 )
 
@@ -132,44 +129,3 @@ def test_make_batch_without_labels_and_bad_sizes():
         make_batch(features, None, np.array([1]), 16, 2)
     with pytest.raises(ValueError, match="do not fit"):
         make_batch(features, None, np.array([0, 0, 0]), 16, 2)
-
-
-def test_shard_and_stack_microbatches():
-    batch = make_batch(features_for([5, 3, 7]), None, np.arange(3), seq_len=16, batch_size=8)
-    sharded = shard(batch, 4)
-    assert sharded["input_ids"].shape == (4, 2, 16) and sharded["weights"].shape == (4, 2)
-    np.testing.assert_array_equal(sharded["input_ids"].reshape(8, 16), batch["input_ids"])
-    stacked = stack_microbatches(batch, 2)
-    assert stacked["attention_mask"].shape == (2, 4, 16) and stacked["index"].shape == (2, 4)
-    with pytest.raises(ValueError, match="divisible"):
-        shard(batch, 3)
-    with pytest.raises(ValueError, match="divisible"):
-        stack_microbatches(batch, 3)
-
-
-def test_prefetch_keeps_size_items_ahead():
-    pulled, put_calls = [], []
-
-    def source():
-        for i in range(5):
-            pulled.append(i)
-            yield i
-
-    def put(x):
-        put_calls.append(x)
-        return x * 10
-
-    stream = prefetch_to_device(source(), size=2, put=put)
-    assert next(stream) == 0 and pulled == [0, 1]  # one already transferred beyond the item handed out
-    assert next(stream) == 10 and pulled == [0, 1, 2]
-    assert list(stream) == [20, 30, 40]
-    assert put_calls == [0, 1, 2, 3, 4]
-
-
-def test_prefetch_to_device_with_jax():
-    import jax
-
-    batches = [{"x": np.full((2, 3), i, np.int32)} for i in range(3)]
-    out = list(prefetch_to_device(iter(batches)))
-    assert [int(b["x"][0, 0]) for b in out] == [0, 1, 2]
-    assert all(isinstance(b["x"], jax.Array) for b in out)

@@ -1,4 +1,4 @@
-"""Fixed-shape batches: length buckets, batch plans, padding and masks, sharding and prefetch.
+"""Fixed-shape batches: length buckets, batch plans, padding and masks (devices: see jaxft.parallel).
 
 A jitted step compiles once per input shape. Examples are therefore grouped into a few length buckets, and
 every batch has exactly `batch_size` rows and one bucket's length: a short final batch is filled with padding
@@ -6,10 +6,6 @@ rows of weight 0 rather than given a new shape. That keeps compilation to one pe
 are not padded all the way to max_seq_length.
 """
 
-import collections
-from collections.abc import Callable, Iterable, Iterator
-
-import jax
 import numpy as np
 
 
@@ -145,52 +141,3 @@ def make_batch(
     batch["weights"][:n] = 1.0
     batch["index"][:n] = indices
     return batch
-
-
-def _split_leading(batch: dict, parts: int, what: str) -> dict:
-    out = {}
-    for key, value in batch.items():
-        if value.shape[0] % parts:
-            raise ValueError(f"{what}: {key!r} has {value.shape[0]} rows, not divisible by {parts}")
-        out[key] = value.reshape(parts, value.shape[0] // parts, *value.shape[1:])
-    return out
-
-
-def shard(batch: dict, num_shards: int) -> dict:
-    """Reshapes every array from [B, ...] to [num_shards, B // num_shards, ...], one slice per device."""
-    return _split_leading(batch, num_shards, "shard")
-
-
-def stack_microbatches(batch: dict, accum_steps: int) -> dict:
-    """Reshapes every array from [B, ...] to [accum_steps, B // accum_steps, ...] for gradient accumulation.
-
-    Micro-batches are contiguous rows, so a padded batch's padding lands in the last ones: normalise the
-    loss by the total weight of all micro-batches, not per micro-batch.
-    """
-    return _split_leading(batch, accum_steps, "stack_microbatches")
-
-
-def prefetch_to_device(iterator: Iterable, size: int = 2, put: Callable = jax.device_put) -> Iterator:
-    """Yields the items of `iterator` after `put`, keeping `size` of them already transferred.
-
-    `put` starts an asynchronous host-to-device copy, so holding a few items ahead overlaps the copy of
-    the next batch with the current step (as `flax.jax_utils.prefetch_to_device`, without its pmap coupling).
-
-    Args:
-        iterator: Host batches.
-        size: Items transferred ahead of the consumer (at least 1).
-        put: The transfer, applied to items in order (e.g. a sharding `jax.device_put`).
-    """
-    queue = collections.deque()
-    iterator = iter(iterator)
-
-    def enqueue(n):
-        for item in iterator:
-            queue.append(put(item))
-            if len(queue) >= n:
-                return
-
-    enqueue(max(size, 1))
-    while queue:
-        yield queue.popleft()
-        enqueue(max(size, 1))
