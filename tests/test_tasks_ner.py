@@ -56,11 +56,12 @@ def _write(path, text):
 
 
 def test_read_conll_converts_iob1_and_skips_docstart(tmp_path):
-    text = "-DOCSTART- -X- -X- O\n\nEU NNP I-NP I-ORG\nrejects VBZ I-VP O\nGerman JJ I-NP I-MISC\n\n"
-    text += "Peter NNP I-NP I-PER\nBlackburn NNP I-NP I-PER\nI-PER NNP I-NP B-PER\n"
+    # Invented sentences in CoNLL-2003's column layout (the real corpus is never copied into the repo).
+    text = "-DOCSTART- -X- -X- O\n\nAcme NNP I-NP I-ORG\nhires VBZ I-VP O\nDanish JJ I-NP I-MISC\n\n"
+    text += "Mara NNP I-NP I-PER\nQuist NNP I-NP I-PER\nI-PER NNP I-NP B-PER\n"
     path = _write(tmp_path / "eng.train", text)
     sentences = tagging.read_conll(path, scheme="iob1")
-    assert [s.words for s in sentences] == [("EU", "rejects", "German"), ("Peter", "Blackburn", "I-PER")]
+    assert [s.words for s in sentences] == [("Acme", "hires", "Danish"), ("Mara", "Quist", "I-PER")]
     assert sentences[0].tags == ("B-ORG", "O", "B-MISC")
     assert sentences[1].tags == ("B-PER", "I-PER", "B-PER")
     assert sentences[1].source == f"{path}:7" and sentences[1].where(2) == f"{path}:9"
