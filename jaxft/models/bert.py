@@ -298,12 +298,15 @@ class BertEncoder(nn.Module):
         attention_impl: None or `"xla"` for the portable path, `"cudnn"` for the fused GPU kernel (see the
             module docstring for its limits; it raises on CPU).
         remat: recompute each layer's activations in the backward pass to save memory.
+        add_pooling_layer: False leaves the pooler out (its parameters too), as Hugging Face's argument of
+            that name, for heads that read every position.
     """
 
     config: BertConfig
     dtype: Any = jnp.float32
     attention_impl: str | None = None
     remat: bool = False
+    add_pooling_layer: bool = True
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
@@ -316,7 +319,8 @@ class BertEncoder(nn.Module):
             deterministic: disables dropout; when False a `"dropout"` RNG must be provided.
 
         Returns:
-            `(sequence_output [B, L, H], pooled_output [B, H])`, both in `dtype`.
+            `(sequence_output [B, L, H], pooled_output [B, H])`, both in `dtype`; pooled_output is None
+            without the pooling layer.
         """
         if self.attention_impl not in _ATTENTION_IMPLS:
             raise UserError(f"attention_impl {self.attention_impl!r} is not one of {_ATTENTION_IMPLS}")
@@ -330,5 +334,6 @@ class BertEncoder(nn.Module):
         hidden = BertLayerStack(cfg, self.dtype, self.attention_impl, self.remat, name="encoder")(
             hidden, attention_mask, deterministic
         )
-        pooled = BertPooler(cfg, self.dtype, name="pooler")(hidden)
-        return hidden, pooled
+        if not self.add_pooling_layer:
+            return hidden, None
+        return hidden, BertPooler(cfg, self.dtype, name="pooler")(hidden)

@@ -18,7 +18,17 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxft.models.bert import BertConfig, BertEmbeddings, BertEncoder, BertLayerStack
+from jaxft.models.bert import BertConfig, BertEncoder
+
+
+def _classifier(num_labels: int, config: BertConfig, dtype) -> nn.Dense:
+    return nn.Dense(
+        num_labels,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.initializers.normal(stddev=config.initializer_range),
+        name="classifier",
+    )
 
 
 class SequenceClassifier(nn.Module):
@@ -58,43 +68,9 @@ class SequenceClassifier(nn.Module):
         _, pooled = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
         rate = self.config.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
         pooled = nn.Dropout(rate)(pooled, deterministic=deterministic)
-        logits = nn.Dense(
-            self.num_labels,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=nn.initializers.normal(stddev=self.config.initializer_range),
-            name="classifier",
-        )(pooled)
+        logits = _classifier(self.num_labels, self.config, self.dtype)(pooled)
         # Losses and metrics want float32 even when the encoder runs in bfloat16.
         return logits.astype(jnp.float32)
-
-
-def _classifier(num_labels: int, config: BertConfig, dtype) -> nn.Dense:
-    return nn.Dense(
-        num_labels,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.initializers.normal(stddev=config.initializer_range),
-        name="classifier",
-    )
-
-
-class _EncoderWithoutPooler(nn.Module):
-    """`BertEncoder` without its pooler (Hugging Face's `add_pooling_layer=False`); same parameter names."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
-    attention_impl: str | None = None
-    remat: bool = False
-
-    @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool):
-        hidden = BertEmbeddings(self.config, self.dtype, name="embeddings")(
-            input_ids, token_type_ids, deterministic
-        )
-        return BertLayerStack(self.config, self.dtype, self.attention_impl, self.remat, name="encoder")(
-            hidden, attention_mask, deterministic
-        )
 
 
 class TokenClassifier(nn.Module):
@@ -119,10 +95,10 @@ class TokenClassifier(nn.Module):
         Returns:
             `[B, L, num_labels]` float32 logits (padding positions too; the loss masks them).
         """
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
-        encoder = _EncoderWithoutPooler(self.config, self.dtype, self.attention_impl, self.remat, name="bert")
-        hidden = encoder(input_ids, attention_mask, token_type_ids, deterministic)
+        encoder = BertEncoder(
+            self.config, self.dtype, self.attention_impl, self.remat, add_pooling_layer=False, name="bert"
+        )
+        hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
         rate = self.config.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
         hidden = nn.Dropout(rate)(hidden, deterministic=deterministic)
         return _classifier(self.num_labels, self.config, self.dtype)(hidden).astype(jnp.float32)
@@ -145,10 +121,10 @@ class SpanExtractor(nn.Module):
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
         """Computes `[B, L, 2]` float32 start (`[..., 0]`) and end (`[..., 1]`) logits."""
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
-        encoder = _EncoderWithoutPooler(self.config, self.dtype, self.attention_impl, self.remat, name="bert")
-        hidden = encoder(input_ids, attention_mask, token_type_ids, deterministic)
+        encoder = BertEncoder(
+            self.config, self.dtype, self.attention_impl, self.remat, add_pooling_layer=False, name="bert"
+        )
+        hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
         head = nn.Dense(
             self.num_labels,
             dtype=self.dtype,
