@@ -44,9 +44,7 @@ def test_squad_scores_take_the_best_gold_answer_and_average_over_questions():
     scores = squad.squad_scores(predictions, examples)
     # EM: 1, 0, 0. F1: 1; P 2/2 R 2/3 -> 0.8; 0.
     assert scores == {"exact_match": pytest.approx(100 / 3), "f1": pytest.approx(60.0), "num_questions": 3}
-    assert squad.squad_scores({"1": "Red Kites"}, examples)["f1"] == pytest.approx(
-        100 / 3
-    )  # unanswered: 0
+    assert squad.squad_scores({"1": "Red Kites"}, examples)["f1"] == pytest.approx(100 / 3)  # unanswered: 0
 
 
 # ---- reading, windows, decoding ------------------------------------------------------------------------
