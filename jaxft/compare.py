@@ -1,0 +1,408 @@
+"""Compare fine-tuning strategies: strategies x hyperparameter grid x seeds, in one command.
+
+    python -m jaxft.compare --config configs/sst2.py --strategies full,bitfit,lora,adapter,prompt \\
+        --seeds 0,1,2 --grid optimizer.learning_rate=1e-5,3e-5,1e-4 --workdir runs/cmp
+
+(also installed as `jaxft-compare`). A strategy is a named set of config overrides (`STRATEGIES`); `+`
+composes them ("lora+fgm"). Every combination of a strategy, a grid point (the cartesian product of all
+--grid flags) and a seed is a cell, trained by `python -m jaxft.main` in its own process in
+WORKDIR/cells/<strategy>__<key=value,...>__seed<k>/, so that a crash of one cell does not end the others and
+its peak memory is its own. A cell whose final_metrics.json exists is done and not run again; an unfinished
+one resumes from its checkpoints. Each cell's record (cell.json) holds the task metric, all final metrics,
+trainable parameters, wall time and peak memory; WORKDIR/results.csv, results.md and results.png hold the
+mean and standard deviation over seeds per strategy and grid point (jaxft/compare_runner.py runs
+the cells, jaxft/compare_results.py writes the tables).
+
+Cluster job arrays: `--list` prints the cells with their index, `--cell INDEX` runs only that one, and
+`--aggregate_only` writes the tables once they have all finished. Any --config.KEY=VALUE is passed on to
+every cell. Bad input (an unknown strategy or config key, a malformed --grid or --seeds) ends with one line
+on stderr and exit status 2 before anything is written; a failed cell makes the exit status 1.
+"""
+
+import dataclasses
+import itertools
+import os
+import re
+import shlex
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxft import compare_results, compare_runner
+from jaxft import config as config_lib
+from jaxft import main as main_lib
+from jaxft.errors import UserError
+
+# Each value must be of its key's type in configs/default.py: cells receive it as --config.KEY=VALUE text.
+STRATEGIES = {
+    "full": {},
+    "bitfit": {"peft.method": "bitfit"},
+    "lora": {"peft.method": "lora"},
+    "adapter": {"peft.method": "adapter"},
+    "prompt": {"peft.method": "prompt"},
+    "prefix": {"peft.method": "prefix"},
+    "fgm": {"adversarial.method": "fgm"},
+    "pgd": {"adversarial.method": "pgd"},
+    "freelb": {"adversarial.method": "freelb"},
+    "rdrop": {"regularization.rdrop_alpha": 1.0},
+    "smoothing": {"regularization.label_smoothing": 0.1},
+    "llrd": {"optimizer.layer_decay": 0.9},
+    "eda": {"augment.eda_ops": ("synonym", "insert", "swap", "delete")},
+}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")  # anything else in a cell name becomes "_"
+_MAX_NAME = 200  # longer cell names end in a hash instead (most filesystems allow 255 bytes)
+
+
+def _strategy_help() -> str:
+    listed = "; ".join(
+        f"{name}: {', '.join(f'{k}={v!r}' for k, v in overrides.items()) or 'no override'}"
+        for name, overrides in STRATEGIES.items()
+    )
+    return f"Comma-separated strategies; '+' composes them (lora+fgm). Known: {listed}."
+
+
+_STRATEGIES = flags.DEFINE_string("strategies", "full", _strategy_help())
+_SEEDS = flags.DEFINE_string("seeds", "0", "Comma-separated integer seeds (config key `seed`) per cell.")
+_GRID = flags.DEFINE_multi_string(
+    "grid",
+    [],
+    "KEY=V1,V2,... : a config key and the values to try, written as for --config.KEY=V; repeat for a "
+    "cartesian product. Commas inside brackets or quotes do not split: "
+    "--grid \"augment.eda_ops=('swap',),('swap','delete')\"",
+)
+_CELL = flags.DEFINE_integer("cell", None, "Run only the cell with this index (see --list): one array job.")
+_LIST = flags.DEFINE_bool("list", False, "Print the cells with their index and exit; runs nothing.")
+_AGGREGATE_ONLY = flags.DEFINE_bool(
+    "aggregate_only", False, "Run nothing; write results.csv/md/png from the cells that have finished."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One training run of the comparison: a strategy at one grid point with one seed.
+
+    Attributes:
+      index: position in the expansion order (strategy, then grid point, then seed); `--cell` takes it.
+      strategy: the strategy name as given, e.g. "lora+fgm".
+      grid_point: (config key, value text as given on the command line) per --grid flag, in flag order.
+      seed: the value of config key `seed`.
+      overrides: the strategy's config overrides (Python values).
+      metric: the eval metric that decides (the cell config's `training.best_metric`, "auto" resolved).
+      best_mode: "max" or "min": which way `metric` is better.
+    """
+
+    index: int
+    strategy: str
+    grid_point: tuple[tuple[str, str], ...]
+    seed: int
+    overrides: dict
+    metric: str | None = None
+    best_mode: str = "max"
+
+    @property
+    def name(self) -> str:
+        """The cell's directory name: <strategy>__<key=value,...>__seed<k>, filesystem-safe."""
+        return cell_name(self.strategy, self.grid_point, self.seed)
+
+    def config_args(self) -> list[str]:
+        """The --config.KEY=VALUE arguments that make this cell (seed, strategy overrides, grid point)."""
+        args = [f"--config.seed={self.seed}"]
+        args += [f"--config.{key}={flag_text(value)}" for key, value in self.overrides.items()]
+        return args + [f"--config.{key}={value}" for key, value in self.grid_point]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything a comparison runs, checked: the config file, the options passed on, the cells.
+
+    `trainer` is the command that trains one cell, given --config, --workdir and --config.KEY=VALUE as
+    `jaxft.main` takes them (tests put a stand-in there).
+    """
+
+    config_path: str
+    config_args: tuple[str, ...]
+    grid_keys: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    trainer: tuple[str, ...] = (sys.executable, "-m", "jaxft.main")
+
+
+def cell_name(strategy: str, grid_point: Sequence[tuple[str, str]], seed: int) -> str:
+    """<strategy>__<key=value,...>__seed<k> (no middle part without --grid), unsafe characters as "_"."""
+    parts = [strategy, ",".join(f"{key}={value}" for key, value in grid_point), f"seed{seed}"]
+    name = _UNSAFE.sub("_", "__".join(part for part in parts if part))
+    if len(name) > _MAX_NAME:
+        import hashlib
+
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        name = f"{name[: _MAX_NAME - 13]}-{digest}"
+    return name
+
+
+def flag_text(value) -> str:
+    """A Python value as the text of --config.KEY=TEXT that ml_collections parses back to the same value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float | tuple):
+        return repr(value)
+    raise TypeError(f"no command-line form for {value!r}")
+
+
+def strategy_overrides(strategy: str) -> dict:
+    """The config overrides of a strategy name; "a+b" merges a's and b's.
+
+    Raises:
+      UserError: an unknown name, or two parts that set one key to different values.
+    """
+    merged, setter = {}, {}
+    for part in strategy.split("+"):
+        if part not in STRATEGIES:
+            raise UserError(
+                f"--strategies: unknown strategy {part!r} in {strategy!r}; known: {', '.join(STRATEGIES)}"
+            )
+        for key, value in STRATEGIES[part].items():
+            if key in merged and merged[key] != value:
+                raise UserError(
+                    f"--strategies: {strategy!r} sets {key} twice ({setter[key]}: {merged[key]!r}, "
+                    f"{part}: {value!r})"
+                )
+            merged[key], setter[key] = value, part
+    return merged
+
+
+def parse_seeds(text: str) -> list[int]:
+    """ "0,1,2" -> [0, 1, 2]; raises UserError for anything but distinct integers."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(re.fullmatch(r"[+-]?\d+", item) for item in items):
+        raise UserError(f"--seeds={text!r}: expected comma-separated integers, e.g. --seeds=0,1,2")
+    seeds = [int(item) for item in items]
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds={text!r}: a seed is repeated")
+    return seeds
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Splits on commas outside brackets and quotes, so a tuple value keeps its commas."""
+    items, depth, quote, start = [], 0, None, 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    return [*items, text[start:]]
+
+
+def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """--grid flags ["KEY=V1,V2", ...] -> [(KEY, [V1, V2]), ...]; values stay text, parsed as by --config.
+
+    Raises:
+      UserError: a flag without KEY=, an empty value, a repeated key or value.
+    """
+    grid = []
+    for spec in specs:
+        key, sep, values_text = spec.partition("=")
+        key = key.strip().removeprefix("config.")
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
+            raise UserError(f"--grid={spec!r}: expected KEY=V1,V2,... e.g. optimizer.learning_rate=1e-5,3e-5")
+        values = [value.strip() for value in _split_top_level(values_text)]
+        if not all(values):
+            raise UserError(f"--grid={spec!r}: an empty value (a stray comma?)")
+        if len(set(values)) != len(values):
+            raise UserError(f"--grid={spec!r}: a value is repeated")
+        if key in dict(grid):
+            raise UserError(f"--grid: key {key} is given twice; put all its values in one --grid flag")
+        grid.append((key, values))
+    return grid
+
+
+def expand_cells(strategies: Sequence[str], grid: Sequence[tuple[str, list[str]]], seeds: Sequence[int]):
+    """All cells in order: strategy, then grid point (cartesian product, last --grid fastest), then seed."""
+    points = list(itertools.product(*[[(key, value) for value in values] for key, values in grid]))
+    combos = itertools.product(strategies, points, seeds)
+    return [
+        Cell(index, strategy, tuple(point), seed, strategy_overrides(strategy))
+        for index, (strategy, point, seed) in enumerate(combos)
+    ]
+
+
+def _override_keys(config_args: Sequence[str]) -> list[str]:
+    return [m.group(2) for arg in config_args if (m := re.match(r"--(no)?config\.([^=]+)", arg))]
+
+
+def parse_cell_config(config_path: str, args: Sequence[str]):
+    """The config a cell's `jaxft.main` will see: the same file and overrides, parsed the same way.
+
+    Raises:
+      UserError: an unknown key or a value that does not parse, in one line naming the key.
+    """
+    values = flags.FlagValues()
+    argv = ["jaxft.main", f"--config={config_path}", *args]
+    holder = config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+    try:
+        values(argv)
+        config = holder.value
+        config.keys()  # ml_collections defers a load failure to the first access
+    except flags.Error as error:
+        raise UserError(main_lib._one_line(error)) from None
+    except (AttributeError, KeyError) as error:
+        raise UserError(main_lib._unknown_key(argv, error)) from None
+    except Exception as error:  # the config file itself fails to import or run
+        raise UserError(f"--config: cannot load {config_path}: {main_lib._one_line(error)}") from None
+    return config
+
+
+def _decisive_metric(config) -> str | None:
+    """The cell's `training.best_metric` with "auto" resolved; None where the trainer will refuse the task."""
+    from jaxft import tasks  # imports jax: only once a plan is made, never for --help
+
+    try:
+        return tasks.best_metric(config, tasks.from_config(config))
+    except UserError:  # the cell's own run reports it and is recorded as failed
+        return None
+
+
+def _check_set_once(cell: Cell, given: set[str]) -> None:
+    """Raises UserError for a config key that two sources set: a cell's value would hang on flag order
+    (and two values of a tuple key would even be joined)."""
+    sources = {"seed": ["--seeds"]}
+    for key in given:
+        sources.setdefault(key, []).append(f"--config.{key}")
+    for key in cell.overrides:
+        sources.setdefault(key, []).append(f"strategy {cell.strategy!r}")
+    for key, _ in cell.grid_point:
+        sources.setdefault(key, []).append("--grid")
+    for key, setters in sources.items():
+        if len(setters) > 1:
+            raise UserError(f"config key {key} is set by both {' and '.join(setters)}; set it in one place")
+
+
+def make_plan(
+    config_path: str, config_args: Sequence[str], strategies: str, grid: Sequence[str], seeds: str
+) -> Plan:
+    """Checks the whole comparison and lists its cells; writes nothing.
+
+    Args:
+      config_path: the --config file (with its ":args" if any), as `jaxft.main` takes it.
+      config_args: --config.KEY=VALUE options passed on to every cell unchanged.
+      strategies: "full,lora,lora+fgm": comma-separated strategy names (see `STRATEGIES`).
+      grid: --grid flags, each "KEY=V1,V2,...".
+      seeds: "0,1,2".
+
+    Returns:
+      The plan; each cell's config was parsed as its run will parse it.
+
+    Raises:
+      UserError: bad input, in one line.
+    """
+    names = [name.strip() for name in strategies.split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise UserError(f"--strategies={strategies!r}: an empty or repeated strategy")
+    parsed_grid = parse_grid(grid)
+    cells = expand_cells(names, parsed_grid, parse_seeds(seeds))
+    base = parse_cell_config(config_path, config_args)
+    for key, _ in parsed_grid:
+        try:
+            config_lib.get(base, key)
+        except (KeyError, AttributeError, TypeError):
+            raise UserError(f"--grid: unknown config key {key} (not in {config_path})") from None
+    given, seen, checked = set(_override_keys(config_args)), {}, []
+    for cell in cells:
+        _check_set_once(cell, given)
+        if seen.setdefault(cell.name, cell) is not cell:
+            raise UserError(f"--grid: two cells get the same directory name {cell.name}; change a value")
+        try:
+            config = parse_cell_config(config_path, [*config_args, *cell.config_args()])
+        except UserError as error:
+            raise UserError(f"{error} (cell {cell.name})") from None
+        for key, value in cell.overrides.items():
+            if config_lib.get(config, key) != value:  # a STRATEGIES value of the wrong type
+                raise UserError(
+                    f"strategy {cell.strategy!r}: --config.{key}={flag_text(value)} reads back as "
+                    f"{config_lib.get(config, key)!r}, not {value!r}"
+                )
+        checked.append(
+            dataclasses.replace(cell, metric=_decisive_metric(config), best_mode=config.training.best_mode)
+        )
+    keys = tuple(key for key, _ in parsed_grid)
+    return Plan(config_path, tuple(config_args), keys, tuple(checked))
+
+
+def _forwarded_config_args(argv: Sequence[str]) -> list[str]:
+    """The --config.KEY[=VALUE] options of the command line, to pass on to every cell as they were given."""
+    forwarded, i = [], 1
+    while i < len(argv):
+        arg = argv[i]
+        match = re.match(r"--(no)?(config\.[^=]+)", arg)
+        if match:
+            forwarded.append(arg)
+            flag = flags.FLAGS[match.group(2)] if match.group(2) in flags.FLAGS else None
+            if "=" not in arg and flag is not None and not flag.boolean and i + 1 < len(argv):
+                forwarded.append(argv[i + 1])  # "--config.KEY VALUE"
+                i += 1
+        i += 1
+    return forwarded
+
+
+def main(argv):
+    if len(argv) > 1:
+        main_lib._fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if main_lib._CONFIG.value is None or main_lib._WORKDIR.value is None:
+        main_lib._fail("--config and --workdir are required (see --help)")
+    if main_lib._DISTRIBUTED.value:
+        main_lib._fail("--distributed is for jaxft.main; run one cell per job with --cell INDEX instead")
+    main_lib._config_or_fail()
+    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+    workdir = main_lib._WORKDIR.value
+    try:
+        plan = make_plan(
+            config_path, _forwarded_config_args(sys.argv), _STRATEGIES.value, _GRID.value, _SEEDS.value
+        )
+        if _CELL.value is not None and not 0 <= _CELL.value < len(plan.cells):
+            count = len(plan.cells)
+            raise UserError(f"--cell={_CELL.value}: there are {count} cells, 0 to {count - 1} (see --list)")
+    except UserError as error:
+        main_lib._fail(str(error))
+    if _LIST.value:
+        for cell in plan.cells:
+            print(f"{cell.index}\t{cell.name}")
+        return
+    if _CELL.value is not None:  # one job of an array: the tables come later from --aggregate_only
+        [(record, _)] = compare_runner.run_cells(plan, workdir, [plan.cells[_CELL.value]])
+        sys.exit(0 if record["status"] == "done" else 1)
+    results = [] if _AGGREGATE_ONLY.value else compare_runner.run_cells(plan, workdir)
+    command = shlex.join(["python", "-m", "jaxft.compare", *sys.argv[1:]])
+    rows = compare_runner.write_results(plan, workdir, command)
+    print(f"{len(rows)} rows -> {os.path.join(workdir, compare_results.RESULTS_MD)}")
+    failed = [record["cell"] for record, _ in results if record["status"] != "done"]
+    if failed:
+        print(f"{len(failed)} cell(s) failed: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
+    if len(results) < len(plan.cells) and not _AGGREGATE_ONLY.value:
+        sys.exit(143)  # stopped by SIGTERM before the last cell
+
+
+def run():
+    """Entry point of `python -m jaxft.compare` and the `jaxft-compare` console script."""
+    for root in main_lib._config_package_roots(sys.argv):
+        if root not in sys.path:
+            sys.path.insert(0, root)
+    # absl's --help lists the key flags of the module named by argv[0] under __main__'s docstring: the same
+    # for `python -m jaxft.compare` and the console script.
+    sys.modules["__main__"].__doc__ = __doc__
+    for name in ("config", "workdir", "strategies", "seeds", "grid", "cell", "list", "aggregate_only"):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+    app.run(main, flags_parser=main_lib._parse)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,205 @@
+"""Running the cells of a comparison (`jaxft.compare`), each in its own process, and their records.
+
+A cell is trained by `python -m jaxft.main` in WORKDIR/cells/<cell name>/, with its output in compare.log
+there. Its own process means that a crash ends only that cell and that its peak memory (the child's
+`ru_maxrss`, from `os.wait4`) is its own. A cell is done when its final_metrics.json exists and is not run
+again; an unfinished one is started again and the trainer resumes it from its checkpoints. After each run
+the cell's record (cell.json) holds what `cell_record` lists; the wall time is that of the last attempt.
+SIGTERM is passed on to the running cell (which saves a checkpoint and exits) and no further cell starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from jaxft import compare_results
+
+if TYPE_CHECKING:  # not at run time: `python -m jaxft.compare` would define its flags a second time
+    from jaxft.compare import Cell, Plan
+
+CELLS_DIR = "cells"
+CELL_RECORD = "cell.json"
+CELL_LOG = "compare.log"
+FINAL_METRICS = "final_metrics.json"
+
+
+def cell_dir(workdir: str, cell: Cell) -> str:
+    return os.path.join(os.path.abspath(workdir), CELLS_DIR, cell.name)
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f, parse_constant=lambda _: None)  # NaN (a constant prediction's correlation)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: str, payload: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(payload, f, indent=2, allow_nan=False)
+    os.replace(path + ".tmp", path)
+
+
+def _error_line(log_path: str, exit_status: int) -> str:
+    """The child's own error line ("error: ..."), else the last line it printed, with its exit status."""
+    try:
+        with open(log_path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        lines = []
+    errors = [line for line in lines if line.startswith("error: ")]
+    last = errors[-1] if errors else (lines[-1] if lines else "no output")
+    if exit_status < 0:
+        return f"killed by {signal.Signals(-exit_status).name} (out of memory?); last output: {last}"
+    return f"exit status {exit_status}: {last}"
+
+
+def cell_record(cell: Cell, directory: str, command: list[str], run: dict) -> dict:
+    """A cell's record (cell.json) from its final_metrics.json, if any, and what was measured around it."""
+    final = _read_json(os.path.join(directory, FINAL_METRICS))
+    final_split = ((final.get("eval") or final.get("test")) if final else None) or {}
+    value = final_split.get(cell.metric) if cell.metric else None
+    device_peak = final.get("device_peak_bytes") if final else None
+    return {
+        "cell": cell.name,
+        "index": cell.index,
+        "strategy": cell.strategy,
+        "grid": dict(cell.grid_point),
+        "seed": cell.seed,
+        "overrides": {**cell.overrides, **dict(cell.grid_point)},
+        "status": "done" if final is not None else "failed",
+        "metric": cell.metric,
+        "metric_value": value if compare_results.is_number(value) else None,
+        "final_metrics": final,
+        "trainable_params": final.get("trainable_params") if final else None,
+        "total_params": final.get("total_params") if final else None,
+        "peak_device_memory_gib": device_peak / 2**30 if device_peak is not None else None,
+        "command": shlex.join(command),
+        **run,
+    }
+
+
+def _peak_rss_gib(usage) -> float:
+    # ru_maxrss is in KiB on Linux, in bytes on macOS.
+    return usage.ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+class _ForwardSigterm:
+    """While a cell runs, SIGTERM goes on to it (it saves a checkpoint and exits); no cell starts after."""
+
+    def __init__(self):
+        self.child, self.received = None, False
+
+    def __enter__(self):
+        # Python lets only the main thread install handlers; elsewhere SIGTERM keeps its default.
+        self._installed = threading.current_thread() is threading.main_thread()
+        if self._installed:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = True
+        if self.child is not None:
+            self.child.send_signal(signum)
+
+    def __exit__(self, *exc):
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def run_cell(plan: Plan, cell: Cell, workdir: str, sigterm: _ForwardSigterm | None = None):
+    """Trains one cell in its own process unless it is done; writes and returns its record.
+
+    Returns:
+      (record, ran): `ran` is False for a cell that had finished before (its record is read, not rerun).
+    """
+    directory = cell_dir(workdir, cell)
+    command = [
+        *plan.trainer, f"--config={plan.config_path}", f"--workdir={directory}",
+        *plan.config_args, *cell.config_args(),
+    ]  # fmt: skip
+    if os.path.exists(os.path.join(directory, FINAL_METRICS)):
+        record = _read_json(os.path.join(directory, CELL_RECORD))
+        if record is None or record.get("status") != "done":  # finished, but compare did not see it end
+            unmeasured = {"wall_time_s": None, "peak_host_memory_gib": None}
+            record = cell_record(cell, directory, command, unmeasured)
+            _write_json(os.path.join(directory, CELL_RECORD), record)
+        return record, False
+    os.makedirs(directory, exist_ok=True)
+    log_path = os.path.join(directory, CELL_LOG)
+    with open(log_path, "a") as log:
+        log.write(f"$ {shlex.join(command)}\n")
+        log.flush()
+        start = time.monotonic()
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        if sigterm is not None:
+            sigterm.child = child
+        _, status, usage = os.wait4(child.pid, 0)  # rusage of this child alone: its own peak memory
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if sigterm is not None:
+            sigterm.child = None
+    measured = {"wall_time_s": time.monotonic() - start, "peak_host_memory_gib": _peak_rss_gib(usage)}
+    record = cell_record(cell, directory, command, measured)
+    record["exit_status"] = child.returncode
+    if record["status"] == "failed" or child.returncode != 0:
+        record["status"] = "failed"
+        record["error"] = _error_line(log_path, child.returncode)
+    _write_json(os.path.join(directory, CELL_RECORD), record)
+    return record, True
+
+
+def _describe(record: dict, ran: bool) -> str:
+    if not ran:
+        return "done before"
+    if record["status"] != "done":
+        return f"FAILED: {record['error']}"
+    value = record["metric_value"]
+    shown = f"{record['metric']}={value:.4f}" if value is not None else f"{record['metric']}=n/a"
+    memory = record["peak_host_memory_gib"]
+    return f"{shown} in {record['wall_time_s']:.1f} s, peak host memory {memory:.2f} GiB"
+
+
+def run_cells(plan: Plan, workdir: str, cells: Sequence[Cell] | None = None) -> list[tuple[dict, bool]]:
+    """Runs the cells one after another (each in its own process); a failed cell does not stop the rest.
+
+    Returns:
+      (record, ran) per cell run or found done; a SIGTERM stops before the next cell.
+    """
+    cells = plan.cells if cells is None else cells
+    results = []
+    with _ForwardSigterm() as sigterm:
+        for cell in cells:
+            print(f"[{cell.index + 1}/{len(plan.cells)}] {cell.name} ...", flush=True)
+            record, ran = run_cell(plan, cell, workdir, sigterm)
+            print(f"[{cell.index + 1}/{len(plan.cells)}] {cell.name}: {_describe(record, ran)}", flush=True)
+            results.append((record, ran))
+            if sigterm.received:
+                print("SIGTERM: stopping; run the same command again to go on", flush=True)
+                break
+    return results
+
+
+def read_records(plan: Plan, workdir: str) -> list[dict]:
+    """The cell.json of every cell of the plan that has one (done or failed), in cell order."""
+    records = (_read_json(os.path.join(cell_dir(workdir, cell), CELL_RECORD)) for cell in plan.cells)
+    return [record for record in records if record is not None]
+
+
+def write_results(plan: Plan, workdir: str, command: str) -> list[dict]:
+    """Writes WORKDIR/results.csv, results.md and results.png from the cells' records; returns the rows."""
+    records = read_records(plan, workdir)
+    rows = compare_results.aggregate(records, plan.grid_keys)
+    mode = plan.cells[0].best_mode if plan.cells else "max"
+    failures = [(r["cell"], r.get("error", "")) for r in records if r["status"] != "done"]
+    compare_results.write_all(workdir, rows, plan.grid_keys, command, mode, failures)
+    return rows
