@@ -17,6 +17,7 @@ import numpy as np
 from jaxft.config import expand_path
 from jaxft.data import batching
 from jaxft.errors import UserError
+from jaxft.strategies import augment, fewshot
 from jaxft.tasks import IGNORE, Task
 from jaxft.tasks.classification import Classification
 
@@ -54,15 +55,20 @@ def subset(examples: list, limit: int, seed: int) -> list:
 
 
 def read_splits(
-    data: ml_collections.ConfigDict, saved_labels: list[str] | None, seed: int = 0, task: Task | None = None
+    data: ml_collections.ConfigDict,
+    saved_labels: list[str] | None,
+    seed: int = 0,
+    task: Task | None = None,
+    augment_config: ml_collections.ConfigDict | None = None,
 ) -> tuple[list[str], dict]:
     """Reads train / eval / test, and encodes their labels.
 
     Args:
       data: the `data` section of the config.
       saved_labels: the label set of the run being resumed (WORKDIR/labels.json), which wins over the config.
-      seed: picks the subsets of `data.max_train_examples` / `data.max_eval_examples`.
+      seed: picks the subsets of `data.max_train_examples` / `data.max_eval_examples` and `data.k_shot`.
       task: reads the files and encodes their labels (default: single-label classification).
+      augment_config: the `augment` section of the config: new train examples (`jaxft.strategies.augment`).
 
     Returns:
       (label names, {split name: Split}) with "train" always present.
@@ -89,6 +95,14 @@ def read_splits(
         name: Split(name, path, examples, task.encode(examples, names))
         for name, (path, examples) in raw.items()
     }
+    if data.get("k_shot", 0):  # few-shot: k train examples per class, drawn once the label set is fixed
+        train = splits["train"]
+        examples, labels = fewshot.k_shot_subset(
+            train.examples, train.labels, data.k_shot, seed, task.name, names
+        )
+        splits["train"] = dataclasses.replace(train, examples=examples, labels=labels)
+    # Data augmentation: copies of the (sampled) train examples only, labels encoded with them.
+    splits["train"] = augment.augment_split(splits["train"], augment_config, seed, task, names)
     return names, splits
 
 

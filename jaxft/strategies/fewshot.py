@@ -1,0 +1,355 @@
+"""Few-shot learning: k examples per class, sentence-embedding zero-shot, and SetFit-style few-shot.
+
+Three pieces, each usable alone:
+
+* `sample_per_class` draws k training examples per class (seeded, in file order); `data.k_shot` applies it to
+  the train split in `jaxft.data.pipeline.read_splits`, so any trainer run can be a few-shot run.
+* Sentence embeddings from jaxft's own `BertEncoder`: mean pooling of the last hidden states over the
+  attention mask, then L2 normalisation, which is what sentence-transformers' all-MiniLM-L6-v2 computes
+  (Transformer -> Pooling(mean) -> Normalize). `zero_shot_predict` gives each text the class whose
+  description ("This is a positive review.") is nearest in cosine similarity: no training example at all.
+* SetFit (Tunstall et al. 2022, "Efficient Few-Shot Learning Without Prompts"): contrastive pairs from the
+  k-shot examples (same class -> target 1, different -> 0), the encoder fine-tuned so that the cosine
+  similarity of a pair's embeddings regresses onto its target (sentence-transformers' CosineSimilarityLoss,
+  an MSE), then scikit-learn's `LogisticRegression` fitted on the tuned embeddings of the same examples.
+
+Everything here runs on one device: a few-shot set is a few dozen examples, and the batches are the pairs.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from jaxft.data import batching, readers, tokenize
+from jaxft.errors import UserError
+from jaxft.models import convert
+from jaxft.models.bert import BertConfig, BertEncoder
+from jaxft.optim import decay_mask
+
+# Tasks whose targets are one class id per example, so "k per class" means something.
+K_SHOT_TASKS = ("classification", "pet", "relation")
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+# ---- k examples per class ----------------------------------------------------------------------------------
+def sample_per_class(
+    examples: list, labels: np.ndarray, k: int, seed: int, *, label_names: list[str] | None = None
+) -> np.ndarray:
+    """Indices of k examples of every class, drawn without replacement; the same for the same seed.
+
+    Args:
+      examples: the examples the labels belong to (one per label; the first one's file names the error).
+      labels: int class ids [N].
+      k: examples per class.
+      seed: seeds the draw (each class draws from one generator, in class order).
+      label_names: the label set; every class in it must have k examples (default: the classes present).
+
+    Returns:
+      int64 indices into `examples`, sorted, so the subset keeps file order; k * classes of them.
+
+    Raises:
+      UserError: k < 1, or a class with fewer than k examples (naming `data.k_shot` and the class).
+    """
+    labels = np.asarray(labels)
+    if len(examples) != len(labels):
+        raise ValueError(f"{len(examples)} examples but {len(labels)} labels")
+    if k < 1:
+        raise UserError(f"config data.k_shot={k} must be positive (0 turns few-shot sampling off)")
+    classes = range(len(label_names)) if label_names is not None else np.unique(labels)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        if len(members) < k:
+            name = label_names[c] if label_names is not None else str(c)
+            where = f" in {examples[0].source.rsplit(':', 1)[0]}" if examples else ""
+            raise UserError(
+                f"config data.k_shot={k}: class {name!r} has only {len(members)} training examples{where}"
+            )
+        chosen.append(rng.choice(members, k, replace=False))
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def k_shot_subset(
+    examples: list, labels: np.ndarray, k: int, seed: int, task_name: str, label_names: list[str]
+) -> tuple[list, np.ndarray]:
+    """The train split cut to k examples per class (`data.k_shot`), examples and labels kept aligned.
+
+    Raises:
+      UserError: a task without one class per example (regression, multilabel, ner, qa), or see
+        `sample_per_class`.
+    """
+    if task_name not in K_SHOT_TASKS:
+        raise UserError(
+            f"config data.k_shot applies to task.name in {', '.join(K_SHOT_TASKS)} (one class per "
+            f"example), not {task_name!r}"
+        )
+    keep = sample_per_class(examples, labels, k, seed, label_names=label_names)
+    return [examples[i] for i in keep], np.asarray(labels)[keep]
+
+
+# ---- sentence embeddings -----------------------------------------------------------------------------------
+def encoder(bert_config: BertConfig) -> BertEncoder:
+    """The encoder without its pooler: sentence embeddings pool every position, not [CLS]."""
+    return BertEncoder(bert_config, add_pooling_layer=False)
+
+
+def load_encoder(checkpoint_dir: str) -> tuple[dict, BertConfig]:
+    """The encoder parameters (no pooler) and config of a Hugging Face BERT checkpoint directory."""
+    bert_config = convert.load_config(checkpoint_dir)
+    pretrained, _ = convert.hf_to_flax(convert.load_state_dict(checkpoint_dir))
+    bert = {name: tree for name, tree in pretrained["bert"].items() if name != "pooler"}
+    dummy = jnp.zeros((1, 8), jnp.int32)
+    shapes = jax.eval_shape(encoder(bert_config).init, jax.random.key(0), dummy, jnp.ones_like(dummy))
+    init = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"])
+    missing = set(traverse_util.flatten_dict(init)) - set(traverse_util.flatten_dict(bert))
+    if missing:  # every encoder weight must come from the checkpoint: no random part in an embedding
+        raise UserError(f"{checkpoint_dir}: no {'/'.join(sorted(missing)[0])} in the checkpoint")
+    return convert.merge_pretrained(init, bert, log=lambda _: None), bert_config
+
+
+def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Mean of hidden states [B, L, H] over real tokens (count clamped at 1e-9, as sentence-transformers)."""
+    mask = attention_mask.astype(hidden.dtype)[..., None]
+    return jnp.sum(hidden * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1e-9)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """x / max(||x||, eps) per row (torch's F.normalize), written so a zero row has a finite gradient."""
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))
+
+
+def sentence_embeddings(params, batch: dict, bert_config: BertConfig, dropout_rng=None) -> jax.Array:
+    """Unit-norm embeddings [B, H] of a batch; dropout (the config's rates) only when given a key."""
+    hidden, _ = encoder(bert_config).apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["token_type_ids"],
+        deterministic=dropout_rng is None,
+        rngs={} if dropout_rng is None else {"dropout": dropout_rng},
+    )
+    return l2_normalize(mean_pool(hidden.astype(jnp.float32), batch["attention_mask"]))
+
+
+@functools.partial(jax.jit, static_argnames="bert_config")
+def embed(params, batch: dict, bert_config: BertConfig) -> jax.Array:
+    """Jitted `sentence_embeddings` without dropout; compiles once per batch shape."""
+    return sentence_embeddings(params, batch, bert_config)
+
+
+def tokenize_texts(texts: list[str], tokenizer, max_len: int) -> dict[str, np.ndarray]:
+    """`jaxft.data.tokenize.tokenize` features of plain texts (truncated to `max_len` tokens)."""
+    examples = [readers.Example(text, None, None, f"text {i}") for i, text in enumerate(texts)]
+    return tokenize.tokenize(examples, tokenizer, max_len)[0]
+
+
+def embed_features(
+    features: dict, params, bert_config: BertConfig, max_len: int, batch_size: int = 64, num_buckets: int = 4
+) -> np.ndarray:
+    """Embeddings [N, H] of tokenised texts, in order; fixed-shape batches, one shape per length bucket."""
+    out = np.zeros((len(features["length"]), bert_config.hidden_size), np.float32)
+    plan = batching.eval_batch_plan(
+        features["length"], batching.bucket_lengths(max_len, num_buckets), batch_size
+    )
+    for seq_len, indices in plan:
+        batch = batching.make_batch(features, None, indices, seq_len, batch_size)
+        rows = embed(params, {key: batch[key] for key in _MODEL_INPUTS}, bert_config)
+        out[indices] = np.asarray(rows)[: len(indices)]  # padding rows (weight 0) are dropped here
+    return out
+
+
+def embed_texts(
+    texts: list[str], tokenizer, params, bert_config: BertConfig, max_len: int, batch_size: int = 64
+) -> np.ndarray:
+    """Unit-norm sentence embeddings [N, H] of `texts`, in order (see `embed_features`)."""
+    return embed_features(tokenize_texts(texts, tokenizer, max_len), params, bert_config, max_len, batch_size)
+
+
+# ---- zero-shot ---------------------------------------------------------------------------------------------
+def zero_shot_predict(text_embeddings: np.ndarray, label_description_embeddings: np.ndarray) -> np.ndarray:
+    """The class id [N] whose description embedding [C, H] has the highest cosine similarity to each text."""
+    texts = np.asarray(l2_normalize(jnp.asarray(text_embeddings, jnp.float32)))
+    labels = np.asarray(l2_normalize(jnp.asarray(label_description_embeddings, jnp.float32)))
+    return np.argmax(texts @ labels.T, axis=-1)
+
+
+# ---- SetFit ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SetFitRecipe:
+    """Contrastive fine-tuning hyperparameters; the defaults are SetFit's (setfit 1.x `TrainingArguments`)."""
+
+    iterations: int = 20  # R: pair-generation rounds; each gives every example one positive and one negative
+    epochs: int = 1  # passes over the pairs
+    batch_size: int = 16  # pairs per step
+    learning_rate: float = 2e-5  # peak AdamW learning rate of the encoder
+    weight_decay: float = 0.01  # AdamW decoupled decay (not on biases / LayerNorm)
+    warmup_ratio: float = 0.1  # linear warm-up over this fraction of the steps, then linear decay to 0
+    max_grad_norm: float = 1.0  # clip gradients to this global norm
+    max_len: int = 64  # tokens per text
+    num_buckets: int = 4  # length buckets of the pair batches (one compilation each)
+    seed: int = 0  # pairs, their order, dropout and the logistic regression
+
+
+def contrastive_pairs(
+    labels: np.ndarray, iterations: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SetFit's pair generation: per round, every example with a random same-class and other-class partner.
+
+    The same-class partner is another example of the class (the example itself only when it is alone).
+
+    Returns:
+      (first, second, targets): example indices [2 * iterations * N] each, and float32 targets (1 for a
+      same-class pair, 0 otherwise); a round's pairs are (i, positive), (i, negative) for i in order.
+
+    Raises:
+      UserError: fewer than two classes (no negative pair exists).
+    """
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        raise UserError("SetFit needs examples of at least two classes to build negative pairs")
+    rng = np.random.default_rng(seed)
+    same = [
+        np.flatnonzero((labels == label) & (np.arange(len(labels)) != i)) for i, label in enumerate(labels)
+    ]
+    other = [np.flatnonzero(labels != label) for label in labels]
+    first, second = [], []
+    for _ in range(iterations):
+        for i in range(len(labels)):
+            first += [i, i]
+            second += [rng.choice(same[i]) if len(same[i]) else i, rng.choice(other[i])]
+    targets = np.tile(np.array([1.0, 0.0], np.float32), iterations * len(labels))
+    return np.asarray(first, np.int64), np.asarray(second, np.int64), targets
+
+
+def cosine_similarity_loss(first: jax.Array, second: jax.Array, targets: jax.Array, weights: jax.Array):
+    """Weighted mean of (cos(first_i, second_i) - target_i)^2: CosineSimilarityLoss without padding rows."""
+    cosine = jnp.sum(l2_normalize(first) * l2_normalize(second), axis=-1)
+    return jnp.sum(weights * jnp.square(cosine - targets)) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def _pair_loss(params, batch: dict, bert_config: BertConfig, dropout_rng) -> jax.Array:
+    both = sentence_embeddings(params, batch, bert_config, dropout_rng)  # first halves, then second halves
+    first, second = jnp.split(both, 2)
+    return cosine_similarity_loss(first, second, batch["targets"], batch["weights"])
+
+
+def contrastive_step(params, opt_state, batch: dict, step, key, *, tx, bert_config: BertConfig):
+    """One AdamW update on a batch of pairs, dropout from `fold_in(key, step)`: (params, opt_state, loss)."""
+    loss, grads = jax.value_and_grad(_pair_loss)(params, batch, bert_config, jax.random.fold_in(key, step))
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+def pair_batch(features: dict, first, second, targets, buckets: list[int], batch_size: int) -> dict:
+    """Fixed-shape batch of `batch_size` pairs: rows [0, B) hold the first texts, [B, 2B) the second ones."""
+    length = int(max(features["length"][first].max(), features["length"][second].max()))
+    seq_len = buckets[int(batching.assign_buckets(np.array([length]), buckets)[0])]
+    halves = [batching.make_batch(features, None, side, seq_len, batch_size) for side in (first, second)]
+    batch = {key: np.concatenate([h[key] for h in halves]) for key in _MODEL_INPUTS}
+    batch["targets"] = np.zeros(batch_size, np.float32)
+    batch["targets"][: len(targets)] = targets
+    batch["weights"] = halves[0]["weights"]
+    return batch
+
+
+def contrastive_finetune(
+    params, bert_config: BertConfig, features: dict, labels: np.ndarray, recipe: SetFitRecipe
+) -> tuple[dict, list[float]]:
+    """Fine-tunes the encoder on contrastive pairs of the examples; returns (params, loss of every step)."""
+    first, second, targets = contrastive_pairs(labels, recipe.iterations, recipe.seed)
+    steps_per_epoch = -(-len(first) // recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs
+    warmup = int(np.ceil(recipe.warmup_ratio * total))
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, recipe.learning_rate, max(warmup, 1)),
+         optax.linear_schedule(recipe.learning_rate, 0.0, max(total - warmup, 1))],
+        [warmup],
+    )  # fmt: skip
+    tx = optax.chain(
+        optax.clip_by_global_norm(recipe.max_grad_norm),
+        optax.adamw(schedule, weight_decay=recipe.weight_decay, mask=decay_mask),
+    )
+    step_fn = jax.jit(
+        functools.partial(contrastive_step, tx=tx, bert_config=bert_config), donate_argnums=(0, 1)
+    )
+    params = jax.tree.map(jnp.array, params)  # a copy: the step donates its input buffers
+    opt_state, key = tx.init(params), jax.random.key(recipe.seed)
+    buckets = batching.bucket_lengths(recipe.max_len, recipe.num_buckets)
+    rng, losses = np.random.default_rng(recipe.seed), []
+    for epoch in range(recipe.epochs):
+        order = rng.permutation(len(first))
+        for b in range(steps_per_epoch):
+            rows = order[b * recipe.batch_size : (b + 1) * recipe.batch_size]
+            batch = pair_batch(features, first[rows], second[rows], targets[rows], buckets, recipe.batch_size)
+            step = epoch * steps_per_epoch + b
+            params, opt_state, loss = step_fn(params, opt_state, batch, step, key)
+            losses.append(float(loss))  # blocks on every step, as jaxft's loop does on CPU
+    return params, losses
+
+
+def classification_scores(labels: np.ndarray, predictions: np.ndarray) -> dict:
+    """Accuracy and macro-F1 (scikit-learn)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "macro_f1": float(f1_score(labels, predictions, average="macro")),
+    }
+
+
+def logistic_head_predict(
+    train_embeddings: np.ndarray, train_labels: np.ndarray, eval_embeddings: np.ndarray, seed: int
+) -> np.ndarray:
+    """SetFit's head: scikit-learn `LogisticRegression` fitted on train embeddings, predicting eval ones."""
+    from sklearn.linear_model import LogisticRegression
+
+    head = LogisticRegression(max_iter=1000, random_state=seed).fit(train_embeddings, train_labels)
+    return head.predict(eval_embeddings)
+
+
+@dataclasses.dataclass
+class SetFitResult:
+    """What `setfit` returns: eval predictions, their scores (when eval labels were given), step losses."""
+
+    predictions: np.ndarray
+    scores: dict | None
+    losses: list[float]
+    params: dict
+
+
+def setfit(
+    train_texts: list[str],
+    train_labels: np.ndarray,
+    eval_texts: list[str],
+    eval_labels: np.ndarray | None,
+    tokenizer,
+    params,
+    bert_config: BertConfig,
+    recipe: SetFitRecipe = SetFitRecipe(),
+) -> SetFitResult:
+    """SetFit: contrastive fine-tuning on the few-shot texts, then logistic regression on their embeddings.
+
+    Args:
+      train_texts, train_labels: the few-shot examples and their class ids.
+      eval_texts, eval_labels: texts to predict, and their class ids to score against (or None).
+      tokenizer: a fast tokenizer of the encoder.
+      params, bert_config: the encoder (`load_encoder`); not modified.
+      recipe: the fine-tuning hyperparameters.
+
+    Returns:
+      A `SetFitResult`; scores hold "accuracy" and "macro_f1".
+    """
+    train_labels = np.asarray(train_labels)
+    features = tokenize_texts(train_texts, tokenizer, recipe.max_len)
+    tuned, losses = contrastive_finetune(params, bert_config, features, train_labels, recipe)
+    train_embeddings = embed_features(features, tuned, bert_config, recipe.max_len)
+    eval_embeddings = embed_texts(eval_texts, tokenizer, tuned, bert_config, recipe.max_len)
+    predictions = logistic_head_predict(train_embeddings, train_labels, eval_embeddings, recipe.seed)
+    scores = None if eval_labels is None else classification_scores(np.asarray(eval_labels), predictions)
+    return SetFitResult(predictions, scores, losses, tuned)
