@@ -40,6 +40,13 @@ def get_config() -> ml_collections.ConfigDict:
     task.max_query_length = 64  # qa: a question is cut to this many tokens
     task.max_answer_length = 30  # qa: the longest answer span, in tokens
     task.n_best = 20  # qa: start and end candidates per window when decoding the answer
+    # "pet" (prompt-based classification through the checkpoint's masked-LM head, PET / LM-BFF style):
+    task.template = "{text} It was [MASK]."  # pet: {text} (and {text_pair}) filled in; one [MASK]
+    task.verbalizer = config_dict.placeholder(tuple)  # pet: one single-token word per label, in label order
+    # "relation" (the relation between two marked entities of a text; softmax cross-entropy; sklearn report):
+    task.head_field = "head"  # relation: JSONL key of the first entity's [start, end) character span
+    task.tail_field = "tail"  # relation: JSONL key of the second entity's [start, end) character span
+    task.relation_pooling = "markers"  # relation: "markers" (the two start markers' vectors) or "cls"
 
     # ---- model --------------------------------------------------------------------------------------------
     config.model = model = ml_collections.ConfigDict()
@@ -90,6 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.max_eval_examples = 0  # if > 0, evaluate eval/test on a fixed random subset of this many
     data.max_seq_length = 128  # tokens per example after truncation, [CLS] and [SEP] included
     data.num_buckets = 4  # length buckets up to max_seq_length; 1 pads everything to max_seq_length
+    data.k_shot = 0  # if > 0, train on k examples per class (seeded by `seed`): few-shot experiments
     data.cache = True  # cache tokenised splits in WORKDIR/cache (ner and qa splits are tokenised anew)
 
     # ---- optimizer ----------------------------------------------------------------------------------------
@@ -107,6 +115,35 @@ def get_config() -> ml_collections.ConfigDict:
     opt.momentum = 0.9  # SGD momentum
     opt.nesterov = False  # SGD Nesterov momentum
     opt.max_grad_norm = 1.0  # clip gradients to this global norm; 0 disables clipping
+    opt.layer_decay = 1.0  # layer-wise lr decay: layer i of n gets lr * decay^(n - i); 1.0 = off
+
+    # ---- strategies (jaxft/strategies/): each a switch on the same trainer, composable ---------------------
+    # Parameter-efficient fine-tuning: what trains (the task head always does); checkpoints hold only that.
+    config.peft = peft = ml_collections.ConfigDict()
+    peft.method = "none"  # "none" (everything trains), "bitfit", "lora", "adapter", "prompt" or "prefix"
+    peft.lora_rank = 8  # lora: rank r of the update B @ A
+    peft.lora_alpha = 16.0  # lora: the update is scaled by alpha / r
+    peft.lora_dropout = 0.0  # lora: dropout on the input of the low-rank path
+    peft.lora_targets = ("query", "value")  # lora: names of the Dense layers adapted in every BERT layer
+    peft.adapter_size = 64  # adapter: bottleneck width of each Houlsby adapter
+    peft.num_virtual_tokens = 20  # prompt / prefix: trainable virtual tokens
+    # Adversarial training on the embedding output (Miyato et al. FGM, Madry et al. PGD, Zhu et al. FreeLB).
+    config.adversarial = adversarial = ml_collections.ConfigDict()
+    adversarial.method = "none"  # "none", "fgm", "pgd" or "freelb"
+    adversarial.epsilon = 1.0  # L2 bound of each example's perturbation (0 = plain training, exactly)
+    adversarial.step_size = 0.3  # pgd / freelb: ascent step size
+    adversarial.steps = 3  # pgd / freelb: ascent steps K
+    # Regularisation beyond weight decay and dropout.
+    config.regularization = regularization = ml_collections.ConfigDict()
+    regularization.label_smoothing = 0.0  # classification: targets (1 - s) one-hot + s / classes
+    regularization.rdrop_alpha = 0.0  # R-Drop: weight of the symmetric KL between two dropout passes
+    # Data augmentation of the train split only (jaxft/strategies/augment.py), seeded by `seed`.
+    config.augment = augment = ml_collections.ConfigDict()
+    augment.eda_ops = ()  # EDA operations: any of "synonym", "insert", "swap", "delete"; () = off
+    augment.eda_alpha = 0.1  # EDA: fraction of an example's words each operation changes
+    augment.num_augmented = 1  # new examples per training example (EDA and paraphrases)
+    augment.synonyms = config_dict.placeholder(str)  # EDA synonym file; default: the one jaxft ships
+    augment.paraphrases_path = config_dict.placeholder(str)  # JSONL {"text", "paraphrases": [...]}
 
     # ---- training -----------------------------------------------------------------------------------------
     config.training = training = ml_collections.ConfigDict()

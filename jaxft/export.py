@@ -4,7 +4,12 @@ Writes `config.json`, `model.safetensors` and the tokenizer files, so that trans
 the model directly and give the outputs `jaxft.predict` gives. The architecture follows the run's task:
 `BertForSequenceClassification` with `problem_type` "single_label_classification", "regression" or
 "multi_label_classification", `BertForTokenClassification` (NER) or `BertForQuestionAnswering` (QA); the
-last two have no pooler, nor do our models.
+last two have no pooler, nor do our models. A pet run becomes `BertForMaskedLM` (its masked-LM head, decoder
+tied to the word embeddings); config.json's `jaxft_prompt` holds the template, the labels and their
+verbaliser words: the label probabilities are the softmax of its logits at the [MASK] over those words'
+tokens, for the template filled in as `jaxft.tasks.pet` does. A relation run exports with
+`task.relation_pooling="cls"` only (as `BertForSequenceClassification`, whose inputs carry the entity
+markers, which the exported tokenizer holds); "markers" pooling has no Hugging Face class and is refused.
 The run's labels are id2label / label2id. Uses the run's best checkpoint, else its newest.
 """
 
@@ -16,6 +21,7 @@ import sys
 from jaxft import tasks
 from jaxft.errors import UserError
 from jaxft.models import convert
+from jaxft.strategies import peft as peft_lib
 
 
 def export(workdir: str, out: str) -> str:
@@ -31,7 +37,13 @@ def export(workdir: str, out: str) -> str:
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UserError(f"--out {out}: exists and is not an empty directory (choose a new one)")
     run = load_run(workdir)
-    params = dict(run.params)
+    peft = peft_lib.from_config(run.config)
+    if peft.method in ("adapter", "prompt", "prefix"):
+        raise UserError(
+            f"peft.method={peft.method!r} adds layers or inputs that a plain Hugging Face BERT lacks; "
+            "use jaxft.predict with this workdir (lora and bitfit runs export)"
+        )
+    params = dict(peft_lib.merge_lora(run.params, peft))  # LoRA folded into the kernels
     qa_head = params.pop("qa_outputs", None)
     if qa_head is not None:  # converted as a classifier, then named as BertForQuestionAnswering names it
         params["classifier"] = qa_head

@@ -9,6 +9,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxft.strategies import peft as peft_lib
+from jaxft.strategies.regularization import scale_by_layer
+
 
 def warmup_steps(opt: ml_collections.ConfigDict, total_steps: int) -> int:
     """Warm-up length in steps: `warmup_steps` if set, else `warmup_ratio` of `total_steps` (rounded up)."""
@@ -61,16 +64,21 @@ def l2_penalty(params, coefficient: float) -> jax.Array:
     return coefficient * 0.5 * sum(leaves)
 
 
-def create_optimizer(opt: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+def create_optimizer(
+    opt: ml_collections.ConfigDict, total_steps: int, peft: peft_lib.PeftConfig | None = None
+) -> optax.GradientTransformation:
     """Builds the optimizer named by `opt.name` on the schedule of `learning_rate_schedule`.
 
     Args:
       opt: the `optimizer` section of the config.
       total_steps: number of optimizer updates in the run (the schedule decays to 0 there).
+      peft: which parameters train; the others get no update and no optimizer state.
 
     Returns:
       `clip_by_global_norm` (when `max_grad_norm` > 0) chained with AdamW (decoupled, masked weight decay) or
-      SGD with momentum (masked weight decay added to the gradient).
+      SGD with momentum (masked weight decay added to the gradient), then layer-wise learning-rate decay
+      (when `layer_decay` < 1); under PEFT all of it applies to the trained parameters only (their gradient
+      norm is the one clipped).
 
     Example:
       >>> tx = create_optimizer(get_config().optimizer, total_steps=1000)
@@ -88,4 +96,11 @@ def create_optimizer(opt: ml_collections.ConfigDict, total_steps: int) -> optax.
         if opt.weight_decay > 0:
             parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
         parts.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
-    return optax.chain(*parts)
+    if opt.get("layer_decay", 1.0) != 1.0:
+        parts.append(scale_by_layer(opt.layer_decay))
+    tx = optax.chain(*parts)
+    if peft is None or peft.method == "none":
+        return tx
+    return optax.multi_transform(
+        {"train": tx, "frozen": optax.set_to_zero()}, peft_lib.optimizer_labels(peft)
+    )

@@ -2,6 +2,7 @@
 
 Writes one JSON object per input example, in input order, by task:
 - classification: the text (and text pair), the predicted `label` and `probabilities` of every label;
+- pet: the same as classification (the texts are written into the run's task.template first);
 - regression: the text (pair) and the predicted value, under the name of the run's label field;
 - multilabel: the text (pair), the predicted `labels` (probability above task.threshold) and `probabilities`;
 - ner: the `words`, a tag per word (`tags`; words beyond max_seq_length get "O") and the `entities` (type,
@@ -10,6 +11,8 @@ Writes one JSON object per input example, in input order, by task:
 - qa: the question `id`, `question`, `answer` (text), its character `start` in the context and `score`.
   Input: a SQuAD JSON file, or CSV / TSV / JSONL with the question in data.text_field and the context in
   data.text_pair_field.
+- relation: the `text`, the `head` and `tail` spans, the predicted `label` and `probabilities`. Input: JSONL
+  as for training (the label may be absent).
 Uses the run's best checkpoint (else its newest), its label set and its saved tokenizer, so a workdir is all
 it needs.
 """
@@ -25,7 +28,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxft import checkpoint, parallel, steps, tasks
+from jaxft import checkpoint, parallel, steps, tasks, trained
 from jaxft.data import batching, tokenize
 from jaxft.data import labels as labels_lib
 from jaxft.errors import UserError
@@ -64,11 +67,12 @@ def load_run(workdir: str) -> TrainedRun:
         bert_config = BertConfig.from_dict(json.load(f))
     label_names = labels_lib.load_label_vocab(paths["labels.json"])
     tokenizer = tokenize.load_tokenizer(os.path.join(workdir, train.TOKENIZER_DIR))
-    model = train.create_model(config, bert_config, len(label_names))
+    tasks.from_config(config).prepare_tokenizer(tokenizer)  # no-op: the saved tokenizer has them already
+    model = train.create_model(config, bert_config, len(label_names), tokenizer)
     template = jax.device_get(train.initial_params_shape(model, config))
     template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
     _, step = checkpoint.find_checkpoint(workdir, key="--workdir")
-    params = checkpoint.params_from_workdir(workdir, template, key="--workdir")
+    params = trained.load_params(workdir, template, model, key="--workdir")
     return TrainedRun(config, label_names, bert_config, params, tokenizer, step)
 
 
@@ -84,7 +88,7 @@ def predict_outputs(
     from jaxft import train
 
     task = tasks.from_config(run.config)
-    model = train.create_model(run.config, run.bert_config, len(run.label_names))
+    model = train.create_model(run.config, run.bert_config, len(run.label_names), run.tokenizer)
     features = task.features_for_prediction(examples, run.tokenizer, run.config.data.max_seq_length)
     buckets = batching.bucket_lengths(run.config.data.max_seq_length, run.config.data.num_buckets)
     batch_size = parallel.eval_batch_size(batch_size)

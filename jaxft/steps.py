@@ -3,7 +3,8 @@
 Both are plain functions of arrays. `jaxft.parallel` maps them over devices; nothing here knows how many
 devices there are, only the name of the axis to reduce over. What differs between tasks (the loss, what an
 evaluation returns) comes from a `jaxft.tasks.Task`, a static argument like the model; without one the task
-is single-label classification.
+is single-label classification. The training strategies (`jaxft.strategies`: which parameters train,
+adversarial perturbations, R-Drop) are static arguments too; their defaults are plain fine-tuning.
 """
 
 from typing import Any
@@ -15,10 +16,15 @@ import jax.numpy as jnp
 import optax
 
 from jaxft.optim import l2_penalty
+from jaxft.strategies import adversarial as adversarial_lib
+from jaxft.strategies import peft as peft_lib
+from jaxft.strategies.regularization import symmetric_kl
 from jaxft.tasks import Task
 from jaxft.tasks.classification import Classification
 
 _CLASSIFICATION = Classification()
+_NO_PEFT = peft_lib.PeftConfig()
+_NO_ADVERSARIAL = adversarial_lib.AdversarialConfig()
 
 
 @flax.struct.dataclass
@@ -43,10 +49,13 @@ def create_train_state(params, tx: optax.GradientTransformation, seed: int) -> T
     )
 
 
-def _forward(model: nn.Module, params, batch: dict, key, deterministic: bool) -> jax.Array:
+def _forward(model: nn.Module, params, batch: dict, key, deterministic: bool, perturbations=None):
     rngs = None if deterministic else {"dropout": key}
+    variables = {"params": params}
+    if perturbations is not None:
+        variables["perturbations"] = perturbations
     return model.apply(
-        {"params": params},
+        variables,
         batch["input_ids"],
         batch["attention_mask"],
         batch["token_type_ids"],
@@ -56,14 +65,30 @@ def _forward(model: nn.Module, params, batch: dict, key, deterministic: bool) ->
 
 
 def weighted_loss_sum(
-    model: nn.Module, params, batch: dict, key, deterministic: bool, task: Task = _CLASSIFICATION
+    model: nn.Module,
+    params,
+    batch: dict,
+    key,
+    deterministic: bool,
+    task: Task = _CLASSIFICATION,
+    perturbations=None,
+    rdrop_alpha: float = 0.0,
 ) -> tuple[jax.Array, jax.Array]:
     """(Sum of the task's losses, sum of their weights) over this batch.
 
     The weights are the rows' (padding rows 0) for sequence tasks, and the labelled positions' for token
-    tasks (padding and ignored positions 0), so neither padding nor ignored positions contribute.
+    tasks (padding and ignored positions 0), so neither padding nor ignored positions contribute. With
+    `rdrop_alpha` > 0 (R-Drop, sequence tasks), a second pass with other dropout masks is made and the sum is
+    of the two passes' mean loss plus `rdrop_alpha` times their symmetric KL divergence.
     """
-    return task.loss(_forward(model, params, batch, key, deterministic), batch)
+    logits = _forward(model, params, batch, key, deterministic, perturbations)
+    loss, weight = task.loss(logits, batch)
+    if rdrop_alpha:
+        other = _forward(model, params, batch, jax.random.fold_in(key, 1), deterministic, perturbations)
+        loss = (loss + task.loss(other, batch)[0]) / 2 + rdrop_alpha * symmetric_kl(
+            logits, other, batch["weights"]
+        )
+    return loss, weight
 
 
 def loss_and_grads(
@@ -76,6 +101,9 @@ def loss_and_grads(
     accum_steps: int = 1,
     deterministic: bool = False,
     task: Task = _CLASSIFICATION,
+    peft: peft_lib.PeftConfig = _NO_PEFT,
+    adversarial: adversarial_lib.AdversarialConfig = _NO_ADVERSARIAL,
+    rdrop_alpha: float = 0.0,
 ) -> tuple[jax.Array, dict, jax.Array]:
     """Mean loss and its gradient over every real example (or labelled position) of the global batch.
 
@@ -92,19 +120,33 @@ def loss_and_grads(
       accum_steps: micro-batches per update (gradient accumulation).
       deterministic: turn dropout off.
       task: the loss (default: single-label classification).
+      peft: which parameters train (the others get no gradient: zeros, never computed).
+      adversarial: adversarial training on the embedding output (`jaxft.strategies.adversarial`).
+      rdrop_alpha: R-Drop's KL weight (0: off).
 
     Returns:
       (mean loss, mean gradients, total weight: real examples, or labelled positions for token tasks),
       identical on every device.
     """
     micro = jax.tree.map(lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
-    grad_fn = jax.value_and_grad(weighted_loss_sum, argnums=1, has_aux=True)
+
+    def micro_loss_and_grads(micro_batch, micro_key):
+        def loss_fn(p, perturbations=None):
+            return weighted_loss_sum(
+                model, peft_lib.freeze(p, peft), micro_batch, micro_key, deterministic, task, perturbations,
+                rdrop_alpha,
+            )  # fmt: skip
+
+        if adversarial.method == "none":
+            return jax.value_and_grad(loss_fn, has_aux=True)(params)
+        zeros = adversarial_lib.zero_perturbations(model, params, micro_batch)
+        return adversarial_lib.loss_and_grads(
+            loss_fn, params, zeros, adversarial, jax.random.fold_in(micro_key, 2)
+        )
 
     def accumulate(carry, xs):
         index, micro_batch = xs
-        (loss, count), grads = grad_fn(
-            model, params, micro_batch, jax.random.fold_in(key, index), deterministic, task
-        )
+        (loss, count), grads = micro_loss_and_grads(micro_batch, jax.random.fold_in(key, index))
         return jax.tree.map(jnp.add, carry, (loss, count, grads)), None
 
     zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
@@ -128,6 +170,9 @@ def train_step(
     l2_coefficient: float = 0.0,
     deterministic: bool = False,
     task: Task = _CLASSIFICATION,
+    peft: peft_lib.PeftConfig = _NO_PEFT,
+    adversarial: adversarial_lib.AdversarialConfig = _NO_ADVERSARIAL,
+    rdrop_alpha: float = 0.0,
 ) -> tuple[TrainState, dict]:
     """One optimizer update from this device's share of the global batch (see `loss_and_grads`).
 
@@ -141,6 +186,7 @@ def train_step(
       l2_coefficient: L2 penalty added to the loss (see `optim.l2_penalty`).
       deterministic: turn dropout off (parity tests).
       task: the loss (default: single-label classification).
+      peft, adversarial, rdrop_alpha: training strategies (see `loss_and_grads`).
 
     Returns:
       The new state and metrics {"loss", "grad_norm", "examples"} (identical on every device; "examples" is
@@ -159,6 +205,9 @@ def train_step(
         accum_steps=accum_steps,
         deterministic=deterministic,
         task=task,
+        peft=peft,
+        adversarial=adversarial,
+        rdrop_alpha=rdrop_alpha,
     )
     if l2_coefficient:
         penalty, penalty_grads = jax.value_and_grad(l2_penalty)(state.params, l2_coefficient)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxft import checkpoint, evaluate, optim, parallel, steps, tasks
+from jaxft import checkpoint, evaluate, optim, parallel, steps, tasks, trained
 from jaxft import config as config_lib
 from jaxft.data import labels as labels_lib
 from jaxft.data import pipeline, tokenize
@@ -26,8 +26,16 @@ from jaxft.early_stopping import BestMetric
 from jaxft.errors import UserError
 from jaxft.models import convert
 from jaxft.models.bert import BertConfig
-from jaxft.models.heads import SequenceClassifier, SpanExtractor, TokenClassifier
+from jaxft.models.heads import (
+    MaskedLMClassifier,
+    RelationClassifier,
+    SequenceClassifier,
+    SpanExtractor,
+    TokenClassifier,
+)
 from jaxft.preemption import Preempted, PreemptionGuard
+from jaxft.strategies import checks as strategy_checks
+from jaxft.strategies import peft as peft_lib
 from jaxft.writers import MetricWriter, ProgressBar, plot_curves
 
 
@@ -114,16 +122,23 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     config_lib.validate(config)
     tasks.validate(config)
     task = tasks.from_config(config)
+    strategy_checks.validate(config, task.name)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError(f"workdir {workdir} exists and is not a directory")
     _check_same_task(workdir, task, "of the run being resumed in this workdir")
     labels_path = os.path.join(workdir, "labels.json")
     saved_labels = labels_lib.load_label_vocab(labels_path) if os.path.exists(labels_path) else None
-    label_names, splits = pipeline.read_splits(config.data, saved_labels, config.seed, task)
+    label_names, splits = pipeline.read_splits(
+        config.data, saved_labels, config.seed, task, augment_config=config.get("augment")
+    )
     checkpoint_dir = config_lib.expand_path(config.model.checkpoint)
     tokenizer = tokenize.load_tokenizer(config_lib.expand_path(config.model.tokenizer) or checkpoint_dir)
+    task_tokens = task.prepare_tokenizer(tokenizer)  # relation: its entity markers, new rows of the vocab
     bert_config = _bert_config(config, tokenizer)
+    grown = convert.vocab_size_with(tokenizer, task_tokens, bert_config.vocab_size)
+    bert_config = dataclasses.replace(bert_config, vocab_size=grown)
     tokenize.check_max_seq_length(config.data.max_seq_length, bert_config.max_position_embeddings)
+    strategy_checks.check_positions(config, bert_config.max_position_embeddings)
     if len(tokenizer) > bert_config.vocab_size:
         raise UserError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
@@ -131,6 +146,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
         )
     parallel.check_batch_size(config.training.batch_size, config.training.grad_accum_steps)
     _check_same_model(workdir, bert_config, label_names, "of the run being resumed in this workdir")
+    if task.head == "mlm":
+        task.token_ids(tokenizer)  # a verbaliser word that is not one token fails here, before any write
     if config.model.init_from_workdir:
         init_dir = config_lib.expand_path(config.model.init_from_workdir)
         checkpoint.find_checkpoint(init_dir)
@@ -140,26 +157,42 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
         _check_same_model(init_dir, bert_config, label_names, f"of model.init_from_workdir={init_dir}")
     pretrained = None
     if checkpoint_dir:
-        pretrained, ignored = convert.hf_to_flax(convert.load_state_dict(checkpoint_dir))
+        mlm = task.head == "mlm"
+        pretrained, ignored = convert.hf_to_flax(convert.load_state_dict(checkpoint_dir), mlm_head=mlm)
+        if mlm and not convert.has_mlm_head(pretrained):
+            raise UserError(
+                f"model.checkpoint has no masked-LM head (cls.predictions.*): task.name={task.name!r} "
+                "needs one"
+            )
         if ignored:
             logging.info("Not used from %s: %s", checkpoint_dir, ", ".join(sorted(ignored)))
     return Setup(config, workdir, label_names, splits, tokenizer, bert_config, pretrained, task)
 
 
-def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num_labels: int):
+def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num_labels: int, tokenizer=None):
     """The head the task asks for with `num_labels` outputs (compute dtype, attention implementation, remat).
 
     Sequence tasks (classification, regression, multi-label) use `SequenceClassifier`, NER `TokenClassifier`,
-    QA `SpanExtractor`.
+    QA `SpanExtractor`, pet `MaskedLMClassifier`, whose verbaliser and mask token ids come from `tokenizer`,
+    relation `RelationClassifier`, whose entity-marker ids do too (`tokenizer` is needed for those two only).
     """
     attention = config.model.attention
     if attention == "auto":
         # cuDNN's fused attention takes bf16/fp16 only; float32 runs use XLA's attention.
         fused = jax.default_backend() == "gpu" and config.model.dtype == "bfloat16"
         attention = "cudnn" if fused else "xla"
-    head = {"sequence": SequenceClassifier, "token": TokenClassifier, "span": SpanExtractor}[
-        tasks.from_config(config).head
-    ]
+    task = tasks.from_config(config)
+    heads = {"sequence": SequenceClassifier, "token": TokenClassifier, "span": SpanExtractor}
+    head = {**heads, "mlm": MaskedLMClassifier, "relation": RelationClassifier}[task.head]
+    if task.head == "relation":  # the entity markers' ids, which the model looks for in the input
+        if tokenizer is None:
+            raise ValueError(f"task.name={task.name!r}: create_model needs the tokenizer")
+        head = functools.partial(head, **task.model_kwargs(tokenizer))
+    if task.head == "mlm":
+        if tokenizer is None:
+            raise ValueError(f"task.name={task.name!r}: create_model needs the tokenizer")
+        verbalizer_ids, mask_token_id = task.token_ids(tokenizer)
+        head = functools.partial(head, verbalizer_ids=verbalizer_ids, mask_token_id=mask_token_id)
     return head(
         config=bert_config,
         num_labels=num_labels,
@@ -167,6 +200,7 @@ def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num
         classifier_dropout=config.model.classifier_dropout,
         attention_impl=attention,
         remat=config.model.remat,
+        peft=peft_lib.from_config(config),
     )
 
 
@@ -180,11 +214,11 @@ def initial_params(setup: Setup, model) -> dict:
     if config.model.init_from_workdir:
         source = config_lib.expand_path(config.model.init_from_workdir)
         logging.info("Warm start: a new run from the fine-tuned parameters of %s", source)
-        return checkpoint.params_from_workdir(source, params)
+        return trained.load_params(source, params, model)
     if setup.pretrained is not None:
-        pretrained = dict(setup.pretrained)
+        pretrained = convert.grow_word_embeddings(dict(setup.pretrained), params)  # tokens a task added
         if "pooler" not in params["bert"] and "pooler" in pretrained.get("bert", {}):
-            logging.info("The token classifier has no pooler: the checkpoint's bert.pooler is not used")
+            logging.info("This task's head has no pooler: the checkpoint's bert.pooler is not used")
             pretrained["bert"] = {k: v for k, v in pretrained["bert"].items() if k != "pooler"}
         head = pretrained.get("classifier")
         if head is not None and "classifier" not in params:
@@ -197,9 +231,10 @@ def initial_params(setup: Setup, model) -> dict:
                 params["classifier"]["kernel"].shape[-1],
             )
             del pretrained["classifier"]
-        return convert.merge_pretrained(params, pretrained)
-    logging.info("No model.checkpoint: the encoder starts from random weights")
-    return params
+        params = convert.merge_pretrained(params, pretrained)
+    else:
+        logging.info("No model.checkpoint: the encoder starts from random weights")
+    return peft_lib.init_prompt_from_vocab(params, config.seed)
 
 
 def _write_once(workdir: str, name: str, text: str) -> None:
@@ -287,16 +322,32 @@ def _write_run_files(setup: Setup) -> None:
 def _start_state(
     setup: Setup, model, tx, ckpts: checkpoint.Checkpoints, best: BestMetric
 ) -> steps.TrainState:
-    """Resume > warm start > pretrained > random: the state the loop starts from (host arrays)."""
+    """Resume > warm start > pretrained > random: the state the loop starts from (host arrays).
+
+    A PEFT run's checkpoints hold only the trained parameters; resuming completes them with the base, which
+    is rebuilt as at the start and checked against the fingerprint the run recorded.
+    """
     config = setup.config
-    if ckpts.latest_step() is None:
-        return steps.create_train_state(initial_params(setup, model), tx, config.seed)
-    params_shape = jax.eval_shape(lambda: initial_params_shape(model, config))
-    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_shape)
-    state, meta = ckpts.restore(jax.device_get(steps.create_train_state(zeros, tx, config.seed)))
+    peft = peft_lib.from_config(config)
+    fresh = ckpts.latest_step() is None
+    if fresh or peft.method != "none":
+        base = initial_params(setup, model)
+        trainable, total = peft_lib.count(base, peft)
+        logging.info("Trainable parameters: %d of %d (%.4f%%)", trainable, total, 100 * trainable / total)
+    if fresh:
+        if parallel.is_chief():
+            trained.write_base(setup.workdir, config, base, peft)
+        return steps.create_train_state(base, tx, config.seed)
+    if peft.method == "none":
+        params_shape = jax.eval_shape(lambda: initial_params_shape(model, config))
+        base = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_shape)
+    else:
+        trained.check_base(setup.workdir, base, peft)
+    template = jax.device_get(steps.create_train_state(base, tx, config.seed))
+    state, meta = ckpts.restore(peft_lib.saved_state(template, peft))
     best.load(meta["best"])
     logging.info("Resuming from step %d in %s (epoch %d)", meta["step"], setup.workdir, meta["epoch"])
-    return state
+    return state.replace(params=peft_lib.merge(base, state.params, peft))
 
 
 def _log_train(step, metrics, state, *, config, schedule, writer, progress, since) -> None:
@@ -342,15 +393,21 @@ def _evaluate_and_track(p_eval, state, split, setup, step, writer, ckpts, best) 
     if not math.isfinite(value):  # a correlation of constant predictions is NaN: count it as the worst
         value = -math.inf if tc.best_mode == "max" else math.inf
     if best.update(value, step):
-        ckpts.save_best(step, parallel.unreplicate(state.params), {"step": step, **metrics})
+        peft = peft_lib.from_config(setup.config)
+        saved = peft_lib.trained_subset(parallel.unreplicate(state.params), peft)
+        ckpts.save_best(step, saved, {"step": step, **metrics})
     logging.info("step %d %s: %s", step, split.name, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
 
 def _final_reports(p_eval, state, setup, writer, ckpts, best, step) -> dict:
     """Evaluates the best parameters (else the last) on eval and test, prints and writes their reports."""
     eval_dir = os.path.join(setup.workdir, "eval")
-    best_params = ckpts.restore_best_params(parallel.unreplicate(state.params))
-    params = parallel.replicate(best_params[0]) if best_params else state.params
+    peft, current = peft_lib.from_config(setup.config), parallel.unreplicate(state.params)
+    best_params = ckpts.restore_best_params(peft_lib.trained_subset(current, peft))
+    # The frozen parameters never change, so the current ones complete the best trained subset exactly.
+    params = (
+        parallel.replicate(peft_lib.merge(current, best_params[0], peft)) if best_params else state.params
+    )
     final = {}
     for name in ("eval", "test"):
         if name in setup.splits:
@@ -365,9 +422,19 @@ def _final_reports(p_eval, state, setup, writer, ckpts, best, step) -> dict:
         _write_once(
             setup.workdir,
             "final_metrics.json",
-            json.dumps({"params_from_step": final_from, **final}, indent=2),
+            json.dumps({"params_from_step": final_from, **_run_facts(current, peft), **final}, indent=2),
         )
     return final
+
+
+def _run_facts(params, peft) -> dict:
+    """Trainable and total parameter counts, and the device's peak memory where the backend reports it."""
+    trainable, total = peft_lib.count(params, peft)
+    facts = {"trainable_params": trainable, "total_params": total}
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        facts["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+    return facts
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -395,8 +462,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_split, bucket_list = setup.splits["train"], pipeline.buckets(config.data)
     per_epoch = pipeline.steps_per_epoch(train_split, bucket_list, tc.batch_size)
     total_steps = tc.num_train_steps if tc.num_train_steps > 0 else tc.num_epochs * per_epoch
-    model = create_model(config, setup.bert_config, len(setup.label_names))
-    tx = optim.create_optimizer(config.optimizer, total_steps)
+    model = create_model(config, setup.bert_config, len(setup.label_names), setup.tokenizer)
+    peft = peft_lib.from_config(config)
+    tx = optim.create_optimizer(config.optimizer, total_steps, peft)
     ckpts = checkpoint.Checkpoints(workdir, keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
     best = BestMetric(tc.best_mode, tc.early_stopping_min_delta, tc.early_stopping_patience)
     state = _start_state(setup, model, tx, ckpts, best)
@@ -409,6 +477,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         accum_steps=tc.grad_accum_steps,
         l2_coefficient=config.optimizer.l2_penalty,
         task=setup.task,
+        **strategy_checks.step_options(config),
     )
     p_eval = parallel.pmap_eval_step(steps.eval_step, model=model, task=setup.task)
     batches = parallel.prefetch(
@@ -436,7 +505,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "best": best.to_dict(),
             "labels": setup.label_names,
         }
-        ckpts.save(step, parallel.unreplicate(state), meta)
+        ckpts.save(step, peft_lib.saved_state(parallel.unreplicate(state), peft), meta)
 
     writer = MetricWriter(workdir, enabled=parallel.is_chief(), tensorboard=tc.tensorboard)
     progress = ProgressBar(total_steps, initial=start_step, enabled=parallel.is_chief() and tc.progress_bar)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxft.errors import UserError
+from jaxft.strategies.peft import Adapter, LoraDelta, PeftConfig
 
 _ACTIVATIONS = {
     # Hugging Face "gelu" is the exact erf form; "gelu_new" and "gelu_pytorch_tanh" are both the tanh
@@ -37,6 +38,7 @@ _ACTIVATIONS = {
     "relu": jax.nn.relu,
 }
 _ATTENTION_IMPLS = (None, "xla", "cudnn")
+_NO_PEFT = PeftConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,10 +147,15 @@ def softmax_attention(query, key, value, mask, *, dropout_rate=0.0, dropout_rng=
 
 
 class BertEmbeddings(nn.Module):
-    """Word + position + token-type embeddings, then LayerNorm and dropout."""
+    """Word + position + token-type embeddings, then LayerNorm and dropout.
+
+    With prompt tuning, the trainable `prompt_embeddings` are inserted among the word embeddings right after
+    [CLS] (token type 0), so the output is `num_virtual_tokens` positions longer than the input.
+    """
 
     config: BertConfig
     dtype: Any = jnp.float32
+    peft: PeftConfig = _NO_PEFT
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids, deterministic: bool):
@@ -159,9 +166,17 @@ class BertEmbeddings(nn.Module):
             # Lookups and the sum stay float32; the LayerNorm casts to the compute dtype.
             return nn.Embed(num, cfg.hidden_size, embedding_init=init, param_dtype=jnp.float32, name=name)
 
-        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        words = embed(cfg.vocab_size, "word_embeddings")(input_ids)
+        if self.peft.method == "prompt":
+            shape = (self.peft.num_virtual_tokens, cfg.hidden_size)
+            prompt = self.param("prompt_embeddings", init, shape, jnp.float32)
+            prompt = jnp.broadcast_to(prompt, (words.shape[0], *shape))
+            words = jnp.concatenate([words[:, :1], prompt, words[:, 1:]], axis=1)
+            zeros = jnp.zeros((words.shape[0], shape[0]), token_type_ids.dtype)
+            token_type_ids = jnp.concatenate([token_type_ids[:, :1], zeros, token_type_ids[:, 1:]], axis=1)
+        positions = jnp.arange(words.shape[1])[None, :]
         x = (
-            embed(cfg.vocab_size, "word_embeddings")(input_ids)
+            words
             + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
             + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
         )
@@ -170,23 +185,44 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head self-attention over the unpadded keys (Hugging Face `BertSelfAttention`)."""
+    """Multi-head self-attention over the unpadded keys (Hugging Face `BertSelfAttention`).
+
+    PEFT: LoRA paths beside the query / key / value projections it targets; prefix tuning prepends
+    trainable keys and values that every query attends to.
+    """
 
     config: BertConfig
     dtype: Any = jnp.float32
     attention_impl: str | None = None
+    peft: PeftConfig = _NO_PEFT
 
     @nn.compact
     def __call__(self, hidden, attention_mask, deterministic: bool):
         cfg = self.config
         batch, length, _ = hidden.shape
-        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        heads, head_dim = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
 
         def project(name):
             out = _dense(cfg.hidden_size, cfg, self.dtype, name)(hidden)
-            return out.reshape(batch, length, cfg.num_attention_heads, head_dim)
+            if self.peft.lora_on(name):
+                out = out + LoraDelta(cfg.hidden_size, self.peft, self.dtype, name=f"{name}_lora")(
+                    hidden, deterministic
+                )
+            return out.reshape(batch, length, heads, head_dim)
 
         q, k, v = project("query"), project("key"), project("value")
+        if self.peft.method == "prefix":
+            shape = (self.peft.num_virtual_tokens, heads, head_dim)
+            init = nn.initializers.normal(stddev=cfg.initializer_range)
+
+            def prepend(name, x):
+                prefix = self.param(name, init, shape, jnp.float32).astype(x.dtype)
+                return jnp.concatenate([jnp.broadcast_to(prefix, (batch, *shape)), x], axis=1)
+
+            k, v = prepend("prefix_key", k), prepend("prefix_value", v)
+            attention_mask = jnp.concatenate(
+                [jnp.ones((batch, shape[0]), attention_mask.dtype), attention_mask], axis=1
+            )
         rate = cfg.attention_probs_dropout_prob
         apply_dropout = not deterministic and rate > 0.0
         key_mask = attention_mask.astype(bool)[:, None, None, :]
@@ -204,17 +240,26 @@ class BertSelfAttention(nn.Module):
 
 
 class BertAddNorm(nn.Module):
-    """Dense, dropout, residual add and LayerNorm (Hugging Face `BertSelfOutput` and `BertOutput`)."""
+    """Dense, dropout, residual add and LayerNorm (Hugging Face `BertSelfOutput` and `BertOutput`).
+
+    PEFT: a LoRA path beside the Dense when `lora_target` is targeted; a Houlsby adapter before the residual.
+    """
 
     config: BertConfig
     dtype: Any = jnp.float32
+    peft: PeftConfig = _NO_PEFT
+    lora_target: str = "output"  # "attention_output" or "output": the name `peft.lora_targets` uses
 
     @nn.compact
     def __call__(self, x, residual, deterministic: bool):
         cfg = self.config
-        x = _dense(cfg.hidden_size, cfg, self.dtype, "dense")(x)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
-        return _layer_norm(cfg, self.dtype)(x + residual)
+        out = _dense(cfg.hidden_size, cfg, self.dtype, "dense")(x)
+        if self.peft.lora_on(self.lora_target):
+            out = out + LoraDelta(cfg.hidden_size, self.peft, self.dtype, name="dense_lora")(x, deterministic)
+        out = nn.Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic)
+        if self.peft.method == "adapter":
+            out = Adapter(self.peft.adapter_size, self.dtype, name="adapter")(out)
+        return _layer_norm(cfg, self.dtype)(out + residual)
 
 
 class BertAttention(nn.Module):
@@ -223,13 +268,15 @@ class BertAttention(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
     attention_impl: str | None = None
+    peft: PeftConfig = _NO_PEFT
 
     @nn.compact
     def __call__(self, hidden, attention_mask, deterministic: bool):
-        x = BertSelfAttention(self.config, self.dtype, self.attention_impl, name="self")(
+        x = BertSelfAttention(self.config, self.dtype, self.attention_impl, self.peft, name="self")(
             hidden, attention_mask, deterministic
         )
-        return BertAddNorm(self.config, self.dtype, name="output")(x, hidden, deterministic)
+        output = BertAddNorm(self.config, self.dtype, self.peft, "attention_output", name="output")
+        return output(x, hidden, deterministic)
 
 
 class BertIntermediate(nn.Module):
@@ -237,10 +284,14 @@ class BertIntermediate(nn.Module):
 
     config: BertConfig
     dtype: Any = jnp.float32
+    peft: PeftConfig = _NO_PEFT
 
     @nn.compact
-    def __call__(self, hidden):
-        x = _dense(self.config.intermediate_size, self.config, self.dtype, "dense")(hidden)
+    def __call__(self, hidden, deterministic: bool = True):
+        size = self.config.intermediate_size
+        x = _dense(size, self.config, self.dtype, "dense")(hidden)
+        if self.peft.lora_on("intermediate"):
+            x = x + LoraDelta(size, self.peft, self.dtype, name="dense_lora")(hidden, deterministic)
         return _ACTIVATIONS[self.config.hidden_act](x)
 
 
@@ -250,14 +301,15 @@ class BertLayer(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
     attention_impl: str | None = None
+    peft: PeftConfig = _NO_PEFT
 
     @nn.compact
     def __call__(self, hidden, attention_mask, deterministic: bool):
         cfg = self.config
-        attention = BertAttention(cfg, self.dtype, self.attention_impl, name="attention")
+        attention = BertAttention(cfg, self.dtype, self.attention_impl, self.peft, name="attention")
         hidden = attention(hidden, attention_mask, deterministic)
-        x = BertIntermediate(cfg, self.dtype, name="intermediate")(hidden)
-        return BertAddNorm(cfg, self.dtype, name="output")(x, hidden, deterministic)
+        x = BertIntermediate(cfg, self.dtype, self.peft, name="intermediate")(hidden, deterministic)
+        return BertAddNorm(cfg, self.dtype, self.peft, "output", name="output")(x, hidden, deterministic)
 
 
 class BertLayerStack(nn.Module):
@@ -267,13 +319,14 @@ class BertLayerStack(nn.Module):
     dtype: Any = jnp.float32
     attention_impl: str | None = None
     remat: bool = False
+    peft: PeftConfig = _NO_PEFT
 
     @nn.compact
     def __call__(self, hidden, attention_mask, deterministic: bool):
         # `deterministic` is argument 3 counting `self`; static so remat keeps the Python branches on it.
         layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.remat else BertLayer
         for i in range(self.config.num_hidden_layers):
-            layer = layer_cls(self.config, self.dtype, self.attention_impl, name=f"layer_{i}")
+            layer = layer_cls(self.config, self.dtype, self.attention_impl, self.peft, name=f"layer_{i}")
             hidden = layer(hidden, attention_mask, deterministic)
         return hidden
 
@@ -307,6 +360,7 @@ class BertEncoder(nn.Module):
     attention_impl: str | None = None
     remat: bool = False
     add_pooling_layer: bool = True
+    peft: PeftConfig = _NO_PEFT
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
@@ -329,11 +383,21 @@ class BertEncoder(nn.Module):
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        hidden = BertEmbeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
-
-        hidden = BertLayerStack(cfg, self.dtype, self.attention_impl, self.remat, name="encoder")(
+        hidden = BertEmbeddings(cfg, self.dtype, self.peft, name="embeddings")(
+            input_ids, token_type_ids, deterministic
+        )
+        # Adversarial training perturbs the embedding output through this (a no-op unless the caller passes
+        # a "perturbations" collection; see jaxft.strategies.adversarial).
+        hidden = self.perturb("embedding_output", hidden)
+        virtual = self.peft.extra_positions
+        if virtual:  # prompt tuning: the virtual tokens after [CLS] are attended to like real ones
+            ones = jnp.ones((attention_mask.shape[0], virtual), attention_mask.dtype)
+            attention_mask = jnp.concatenate([attention_mask[:, :1], ones, attention_mask[:, 1:]], axis=1)
+        hidden = BertLayerStack(cfg, self.dtype, self.attention_impl, self.remat, self.peft, name="encoder")(
             hidden, attention_mask, deterministic
         )
+        if virtual:  # position i of the output is input token i again
+            hidden = jnp.concatenate([hidden[:, :1], hidden[:, 1 + virtual :]], axis=1)
         if not self.add_pooling_layer:
             return hidden, None
         return hidden, BertPooler(cfg, self.dtype, name="pooler")(hidden)

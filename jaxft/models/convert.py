@@ -190,7 +190,7 @@ def _leaf_name(module: str, torch_leaf: str) -> str | None:
     return {"weight": "kernel", "bias": "bias"}.get(torch_leaf)
 
 
-def hf_to_flax(state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
+def hf_to_flax(state_dict: dict[str, np.ndarray], *, mlm_head: bool = False) -> tuple[dict, list[str]]:
     """Converts a Hugging Face BERT state dict to a nested Flax parameter tree.
 
     Accepts `BertModel` names (`encoder.layer.0...`) and `BertFor*` names (`bert.encoder.layer.0...`,
@@ -198,15 +198,27 @@ def hf_to_flax(state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
 
     Args:
         state_dict: tensor name to array (NumPy or anything `np.asarray` takes).
+        mlm_head: also convert the masked-LM head of `BertForMaskedLM` / `BertForPreTraining`
+            (`cls.predictions.*`) into `"cls"`, for `MaskedLMClassifier`. Its decoder weight is the word
+            embedding matrix (tied), so it is not kept.
 
     Returns:
         `(params, ignored_names)`: `params` is `{"bert": {...}}` plus `"classifier"` when the checkpoint has
-        one, float32; `ignored_names` lists tensors that belong to neither (MLM/NSP heads `cls.*`, buffers),
-        for the caller to report.
+        one (and `"cls"` with `mlm_head`), float32; `ignored_names` lists tensors that belong to none of them
+        (MLM/NSP heads `cls.*`, buffers), for the caller to report.
+
+    Raises:
+        UserError: with `mlm_head`, a decoder weight that is not the word embedding matrix (untied).
     """
     flat, ignored = {}, []
     for name, value in state_dict.items():
         parts = name.split(".")
+        if mlm_head and name in _MLM_NAMES:
+            flat[_MLM_NAMES[name]] = _mlm_tensor(name, value, state_dict)
+            continue
+        if mlm_head and name == _MLM_DECODER:
+            _check_tied_decoder(value, state_dict)
+            continue
         if parts[0] == "bert":
             parts = parts[1:]
         # The sequence/token classification head is `classifier.{weight,bias}`; other heads are not ours.
@@ -229,25 +241,68 @@ def hf_to_flax(state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
     return traverse_util.unflatten_dict(flat), ignored
 
 
+_MLM = ("cls", "predictions")
+# `cls.predictions.*` of BertForMaskedLM / BertForPreTraining -> the `cls` tree of `MaskedLMClassifier`.
+_MLM_NAMES = {
+    "cls.predictions.transform.dense.weight": (*_MLM, "transform", "dense", "kernel"),
+    "cls.predictions.transform.dense.bias": (*_MLM, "transform", "dense", "bias"),
+    "cls.predictions.transform.LayerNorm.weight": (*_MLM, "transform", "LayerNorm", "scale"),
+    "cls.predictions.transform.LayerNorm.gamma": (*_MLM, "transform", "LayerNorm", "scale"),
+    "cls.predictions.transform.LayerNorm.bias": (*_MLM, "transform", "LayerNorm", "bias"),
+    "cls.predictions.transform.LayerNorm.beta": (*_MLM, "transform", "LayerNorm", "bias"),
+    "cls.predictions.bias": (*_MLM, "bias"),
+    # Hugging Face ties the decoder's bias to `cls.predictions.bias`; some files hold only this name.
+    "cls.predictions.decoder.bias": (*_MLM, "bias"),
+}
+_MLM_DECODER = "cls.predictions.decoder.weight"
+_WORD_EMBEDDINGS = ("bert.embeddings.word_embeddings.weight", "embeddings.word_embeddings.weight")
+
+
+def has_mlm_head(params: dict) -> bool:
+    """Whether a tree from `hf_to_flax(..., mlm_head=True)` holds the whole masked-LM head."""
+    wanted = {path[2:] for path in _MLM_NAMES.values()}
+    found = set(traverse_util.flatten_dict(params.get("cls", {}).get("predictions", {})))
+    return wanted <= found
+
+
+def _mlm_tensor(name: str, value, state_dict: dict) -> np.ndarray:
+    if name == "cls.predictions.decoder.bias" and "cls.predictions.bias" in state_dict:
+        value = state_dict["cls.predictions.bias"]  # the same tensor; take the canonical name's copy
+    array = np.asarray(value, dtype=np.float32)
+    return array.T if name.endswith("dense.weight") else array
+
+
+def _check_tied_decoder(decoder, state_dict: dict) -> None:
+    for name in _WORD_EMBEDDINGS:
+        if name in state_dict and not np.array_equal(
+            np.asarray(decoder, np.float32), np.asarray(state_dict[name], np.float32)
+        ):
+            raise UserError(
+                f"{_MLM_DECODER} differs from {name}: jaxft's masked-LM head ties the decoder to the word "
+                "embeddings, as BERT does (tie_word_embeddings=True)"
+            )
+
+
 def flax_to_hf(params: dict) -> dict[str, np.ndarray]:
     """Converts `{"bert": ..., "classifier": ...}` back to Hugging Face `BertFor*` names.
 
     The inverse of `hf_to_flax`: `bert.`-prefixed names, kernels transposed back, float32 and contiguous
-    (ready for `safetensors.numpy.save_file`).
+    (ready for `safetensors.numpy.save_file`). A masked-LM head (`cls`) becomes `cls.predictions.*`
+    without a decoder weight, which `BertForMaskedLM` ties to the word embeddings.
 
     Args:
-        params: a parameter tree with top-level keys `bert` and optionally `classifier`.
+        params: a parameter tree with top-level keys `bert` and optionally `classifier` or `cls`.
 
     Returns:
         Hugging Face tensor name to array.
 
     Raises:
-        UserError: a top-level key other than `bert` or `classifier`.
+        UserError: a top-level key other than `bert`, `classifier` or `cls`.
     """
-    unknown = sorted(set(params) - {"bert", "classifier"})
+    unknown = sorted(set(params) - {"bert", "classifier", "cls"})
     if unknown:
         raise UserError(
-            f"cannot export parameter group {unknown[0]!r}: only 'bert' and 'classifier' map to BERT"
+            f"cannot export parameter group {unknown[0]!r}: only 'bert', 'classifier' and 'cls' map to BERT"
         )
     out = {}
     for path, value in traverse_util.flatten_dict(params).items():
@@ -335,3 +390,46 @@ def load_pretrained(checkpoint_dir: str, init_params: dict, *, log=logging.info)
     except UserError as e:
         raise UserError(f"{checkpoint_dir}: {e}") from None
     return params, config
+
+
+def vocab_size_with(tokenizer, new_tokens, vocab_size: int) -> int:
+    """The vocabulary size a model needs once a task has added `new_tokens` to `tokenizer`.
+
+    `vocab_size` (the checkpoint's), grown to `len(tokenizer)` when some of `new_tokens` got ids beyond the
+    embedding table and the rest of the tokenizer fits it. Otherwise unchanged, so a tokenizer that does not
+    belong to the checkpoint is still caught by the caller's `len(tokenizer) > vocab_size` check.
+    """
+    beyond = [i for i in tokenizer.convert_tokens_to_ids(list(new_tokens)) if i >= vocab_size]
+    if beyond and len(tokenizer) - len(beyond) <= vocab_size:
+        return len(tokenizer)
+    return vocab_size
+
+
+def grow_word_embeddings(pretrained: dict, init_params: dict, *, log=logging.info) -> dict:
+    """`pretrained` with as many word-embedding rows as `init_params` has (tokens a task added).
+
+    A new row is the mean of the pretrained rows plus the model's own freshly initialised row, drawn from
+    N(0, initializer_range): it starts among the pretrained embeddings (Hewitt 2021, "Initializing new word
+    embeddings for pretrained language models") instead of far from them, and the new tokens differ from
+    each other. Pretrained rows are unchanged. Trees whose tables agree (or lack one) come back as they are.
+
+    Args:
+        pretrained: a tree from `hf_to_flax`.
+        init_params: the model's initialised parameters.
+        log: receives one line naming how many rows were added.
+
+    Returns:
+        A new tree (`pretrained` is not modified).
+    """
+    path = ("bert", "embeddings", "word_embeddings", "embedding")
+    flat_pre = traverse_util.flatten_dict(dict(pretrained))
+    flat_init = traverse_util.flatten_dict(dict(init_params))
+    if path not in flat_pre or path not in flat_init:
+        return pretrained
+    old, fresh = np.asarray(flat_pre[path], np.float32), np.asarray(flat_init[path], np.float32)
+    if fresh.shape[0] <= old.shape[0] or fresh.shape[1:] != old.shape[1:]:
+        return pretrained  # nothing to add; merge_pretrained reports any other mismatch
+    added = fresh[old.shape[0] :] + old.mean(axis=0, keepdims=True)
+    log(f"word_embeddings: {len(added)} new row(s) for added tokens, each the pretrained rows' mean + noise")
+    flat_pre[path] = np.concatenate([old, added])
+    return traverse_util.unflatten_dict(flat_pre)

@@ -11,6 +11,11 @@ Both heads have the top-level parameter keys `bert` and `classifier`, the names 
   (`bert.pooler.*` of a pretrained checkpoint is left out when loading).
 - `SpanExtractor`: every position -> a start and an end logit, as `BertForQuestionAnswering` (no pooler, no
   dropout before the head, which is named `qa_outputs`).
+- `MaskedLMClassifier`: the masked-LM head of `BertForMaskedLM` (`cls.predictions.*`, decoder tied to the
+  word embeddings) read at the [MASK] position, restricted to one verbaliser token per label: prompt-based
+  classification (PET / LM-BFF, `jaxft.tasks.pet`). Its tree is `bert` (no pooler) and `cls`.
+- `RelationClassifier`: the vectors at the [E1] and [E2] entity markers (or the pooled [CLS]) -> one logit
+  per relation (`jaxft.tasks.relation`).
 """
 
 from typing import Any
@@ -18,7 +23,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxft.models.bert import BertConfig, BertEncoder
+from jaxft.models.bert import _ACTIVATIONS, BertConfig, BertEncoder, _dense, _layer_norm
+from jaxft.strategies.peft import PeftConfig
 
 
 def _classifier(num_labels: int, config: BertConfig, dtype) -> nn.Dense:
@@ -50,6 +56,7 @@ class SequenceClassifier(nn.Module):
     classifier_dropout: float | None = None
     attention_impl: str | None = None
     remat: bool = False
+    peft: PeftConfig = PeftConfig()  # which encoder parameters train (jaxft.strategies.peft)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
@@ -64,7 +71,9 @@ class SequenceClassifier(nn.Module):
         Returns:
             `[B, num_labels]` float32 logits.
         """
-        encoder = BertEncoder(self.config, self.dtype, self.attention_impl, self.remat, name="bert")
+        encoder = BertEncoder(
+            self.config, self.dtype, self.attention_impl, self.remat, peft=self.peft, name="bert"
+        )
         _, pooled = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
         rate = self.config.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
         pooled = nn.Dropout(rate)(pooled, deterministic=deterministic)
@@ -85,6 +94,7 @@ class TokenClassifier(nn.Module):
     classifier_dropout: float | None = None
     attention_impl: str | None = None
     remat: bool = False
+    peft: PeftConfig = PeftConfig()  # which encoder parameters train (jaxft.strategies.peft)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
@@ -96,7 +106,13 @@ class TokenClassifier(nn.Module):
             `[B, L, num_labels]` float32 logits (padding positions too; the loss masks them).
         """
         encoder = BertEncoder(
-            self.config, self.dtype, self.attention_impl, self.remat, add_pooling_layer=False, name="bert"
+            self.config,
+            self.dtype,
+            self.attention_impl,
+            self.remat,
+            add_pooling_layer=False,
+            peft=self.peft,
+            name="bert",
         )
         hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
         rate = self.config.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
@@ -117,12 +133,19 @@ class SpanExtractor(nn.Module):
     classifier_dropout: float | None = None
     attention_impl: str | None = None
     remat: bool = False
+    peft: PeftConfig = PeftConfig()  # which encoder parameters train (jaxft.strategies.peft)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
         """Computes `[B, L, 2]` float32 start (`[..., 0]`) and end (`[..., 1]`) logits."""
         encoder = BertEncoder(
-            self.config, self.dtype, self.attention_impl, self.remat, add_pooling_layer=False, name="bert"
+            self.config,
+            self.dtype,
+            self.attention_impl,
+            self.remat,
+            add_pooling_layer=False,
+            peft=self.peft,
+            name="bert",
         )
         hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
         head = nn.Dense(
@@ -133,3 +156,163 @@ class SpanExtractor(nn.Module):
             name="qa_outputs",
         )
         return head(hidden).astype(jnp.float32)
+
+
+class MlmTransform(nn.Module):
+    """Dense -> activation -> LayerNorm before the vocabulary projection (`cls.predictions.transform`)."""
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden):
+        hidden = _dense(self.config.hidden_size, self.config, self.dtype, "dense")(hidden)
+        hidden = _ACTIVATIONS[self.config.hidden_act](hidden)
+        return _layer_norm(self.config, self.dtype)(hidden)
+
+
+class MlmPredictions(nn.Module):
+    """`cls.predictions`: the transform, then the tied decoder plus a bias per vocabulary token.
+
+    Only the rows of `token_ids` are projected: the logits of every other token would be thrown away.
+    """
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden, word_embeddings, token_ids: tuple[int, ...]):
+        hidden = MlmTransform(self.config, self.dtype, name="transform")(hidden)
+        bias = self.param("bias", nn.initializers.zeros, (self.config.vocab_size,), jnp.float32)
+        ids = jnp.asarray(token_ids, jnp.int32)
+        decoder = word_embeddings[ids].astype(self.dtype)  # [labels, H]
+        return hidden @ decoder.T + bias[ids].astype(self.dtype)
+
+
+class MlmHead(nn.Module):
+    """The `cls` scope of `BertForMaskedLM` (`BertOnlyMLMHead`), which holds `predictions`."""
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden, word_embeddings, token_ids: tuple[int, ...]):
+        return MlmPredictions(self.config, self.dtype, name="predictions")(hidden, word_embeddings, token_ids)
+
+
+class MaskedLMClassifier(nn.Module):
+    """Encoder -> hidden state at the [MASK] -> masked-LM head -> the verbaliser tokens' logits.
+
+    Equal to `BertForMaskedLM`'s logits at each row's first [MASK] position, indexed by `verbalizer_ids`.
+
+    Attributes:
+        config: the encoder architecture.
+        num_labels: number of labels; `verbalizer_ids` holds one token per label.
+        verbalizer_ids: the token id that stands for each label, in label order.
+        mask_token_id: the tokenizer's [MASK] id; each row is read at its first [MASK] (position 0 in a row
+            without one, i.e. a padding row, whose weight is 0).
+        dtype: compute dtype; logits are returned as float32.
+        classifier_dropout: unused (Hugging Face's masked-LM head has no dropout); kept so every head takes
+            the same arguments.
+        attention_impl: passed to `BertEncoder`.
+        remat: passed to `BertEncoder`.
+        peft: passed to `BertEncoder`.
+    """
+
+    config: BertConfig
+    num_labels: int
+    verbalizer_ids: tuple[int, ...] = ()
+    mask_token_id: int = 103
+    dtype: Any = jnp.float32
+    classifier_dropout: float | None = None
+    attention_impl: str | None = None
+    remat: bool = False
+    peft: PeftConfig = PeftConfig()  # which encoder parameters train (jaxft.strategies.peft)
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
+        """Computes `[B, num_labels]` float32 logits of the verbaliser tokens at the [MASK] position.
+
+        Args: as `SequenceClassifier`.
+        """
+        if len(self.verbalizer_ids) != self.num_labels:
+            raise ValueError(f"{len(self.verbalizer_ids)} verbaliser tokens for {self.num_labels} labels")
+        encoder = BertEncoder(
+            self.config,
+            self.dtype,
+            self.attention_impl,
+            self.remat,
+            add_pooling_layer=False,
+            peft=self.peft,
+            name="bert",
+        )
+        hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
+        position = jnp.argmax(input_ids == self.mask_token_id, axis=-1)  # the first True
+        at_mask = jnp.take_along_axis(hidden, position[:, None, None], axis=1)[:, 0]  # [B, H]
+        word_embeddings = encoder.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
+        logits = MlmHead(self.config, self.dtype, name="cls")(at_mask, word_embeddings, self.verbalizer_ids)
+        return logits.astype(jnp.float32)
+
+
+class RelationClassifier(nn.Module):
+    """The relation between two marked entities: encoder -> pair vector -> dropout -> Dense(num_labels).
+
+    The text carries entity markers (`jaxft.tasks.relation`): [E1] ... [/E1] around the head entity and
+    [E2] ... [/E2] around the tail. The pair vector is, by `pooling`:
+
+    - "markers": the hidden states at the first [E1] and the first [E2], concatenated ([B, 2H]): the "entity
+      start" representation of Baldini Soares et al. 2019. The encoder then has no pooler.
+    - "cls": the pooled [CLS] output; the module is then `SequenceClassifier`, parameters and outputs alike
+      (so it exports as `BertForSequenceClassification`).
+
+    The model finds the markers in `input_ids` itself (their ids are attributes), so batches need no extra
+    feature. A row without a marker (only padding rows: tokenisation keeps both markers) reads position 0.
+
+    Attributes:
+        config: the encoder architecture (its vocabulary holds the marker tokens).
+        num_labels: number of relation labels.
+        pooling: "markers" or "cls" (`task.relation_pooling`).
+        marker_ids: the token ids of [E1] and [E2], read with pooling "markers".
+        dtype, classifier_dropout, attention_impl, remat, peft: as `SequenceClassifier`.
+    """
+
+    config: BertConfig
+    num_labels: int
+    pooling: str = "markers"
+    marker_ids: tuple[int, int] = (-1, -1)
+    dtype: Any = jnp.float32
+    classifier_dropout: float | None = None
+    attention_impl: str | None = None
+    remat: bool = False
+    peft: PeftConfig = PeftConfig()  # which encoder parameters train (jaxft.strategies.peft)
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
+        """Computes `[B, num_labels]` float32 relation logits.
+
+        Args: as `SequenceClassifier`.
+        """
+        if self.pooling not in ("markers", "cls"):
+            raise ValueError(f"pooling {self.pooling!r} is not 'markers' or 'cls'")
+        if self.pooling == "markers" and min(self.marker_ids) < 0:
+            raise ValueError("pooling 'markers' needs the token ids of [E1] and [E2] (marker_ids)")
+        encoder = BertEncoder(
+            self.config,
+            self.dtype,
+            self.attention_impl,
+            self.remat,
+            add_pooling_layer=self.pooling == "cls",
+            peft=self.peft,
+            name="bert",
+        )
+        hidden, pooled = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
+        if self.pooling == "cls":
+            pair = pooled
+        else:
+            is_marker = input_ids[:, :, None] == jnp.asarray(self.marker_ids, input_ids.dtype)  # [B, L, 2]
+            positions = jnp.argmax(is_marker, axis=1)  # [B, 2]: each marker's first position
+            starts = jnp.take_along_axis(hidden, positions[:, :, None], axis=1)  # [B, 2, H]
+            pair = starts.reshape(starts.shape[0], -1)  # [B, 2H]: head start, then tail start
+        rate = self.config.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
+        pair = nn.Dropout(rate)(pair, deterministic=deterministic)
+        return _classifier(self.num_labels, self.config, self.dtype)(pair).astype(jnp.float32)

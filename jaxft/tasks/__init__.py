@@ -5,6 +5,10 @@
     multilabel      a label subset per text: sigmoid + BCE, sklearn multi-label report
     ner             a tag per word (CoNLL files): token cross-entropy, seqeval entity F1
     qa              an answer span per question (SQuAD v1.1): start/end cross-entropy, official EM / F1
+    pet             one label per text (pair), read by the masked-LM head at a template's [MASK] as one
+                    verbaliser word per label (PET / LM-BFF): softmax cross-entropy, sklearn report
+    relation        a relation label per entity pair marked in a text ([E1] [E2] markers): softmax
+                    cross-entropy, sklearn report
 
 `from_config` builds the task object the steps take as a static argument; `validate` checks the task keys
 of a config before anything is read.
@@ -17,12 +21,14 @@ from jaxft.tasks.base import IGNORE, PER_EXAMPLE, Task, TaskReport
 from jaxft.tasks.classification import Classification
 from jaxft.tasks.multilabel import MultiLabel
 from jaxft.tasks.ner import Ner
+from jaxft.tasks.pet import Pet, check_template
 from jaxft.tasks.qa import QuestionAnswering
 from jaxft.tasks.regression import Regression
+from jaxft.tasks.relation import Relation
 
 __all__ = ["IGNORE", "PER_EXAMPLE", "Task", "TaskReport", "best_metric", "from_config", "validate"]
 
-NAMES = ("classification", "regression", "multilabel", "ner", "qa")
+NAMES = ("classification", "regression", "multilabel", "ner", "qa", "pet", "relation")
 # The task section of configs written before tasks existed (an old workdir's config.json): classification.
 DEFAULTS = {
     "name": "classification",
@@ -35,8 +41,18 @@ DEFAULTS = {
     "max_query_length": 64,
     "max_answer_length": 30,
     "n_best": 20,
+    "template": "{text} It was [MASK].",
+    "verbalizer": None,
+    "head_field": "head",
+    "tail_field": "tail",
+    "relation_pooling": "markers",
 }
-_CHOICES = {"name": NAMES, "subword_labels": ("first", "all"), "tag_scheme": ("iob1", "iob2")}
+_CHOICES = {
+    "name": NAMES,
+    "subword_labels": ("first", "all"),
+    "tag_scheme": ("iob1", "iob2"),
+    "relation_pooling": ("markers", "cls"),
+}
 
 
 def _section(config: ml_collections.ConfigDict) -> dict:
@@ -55,7 +71,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not task["label_separator"]:
         raise UserError("config task.label_separator must not be empty")
     name, data = task["name"], config.data
-    if name != "classification" and data.positive_label is not None:
+    if name not in ("classification", "pet", "relation") and data.positive_label is not None:
         raise UserError(f"config data.positive_label applies to task.name='classification', not {name!r}")
     if name == "regression" and data.labels is not None:
         raise UserError("config data.labels does not apply to task.name='regression' (one float target)")
@@ -63,6 +79,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise UserError(
             "config data.text_pair_field does not apply to task.name='ner' (one sentence of words)"
         )
+    if name == "pet":
+        if not task["verbalizer"]:
+            raise UserError("config task.verbalizer must give one word per label for task.name='pet'")
+        check_template(task["template"], data.text_pair_field is not None)
+    if name == "relation" and data.text_pair_field is not None:
+        raise UserError("config data.text_pair_field does not apply to task.name='relation' (one text)")
+    if name == "relation" and task["head_field"] == task["tail_field"]:
+        raise UserError(f"config task.head_field and task.tail_field are both {task['head_field']!r}")
     for key in ("max_query_length", "max_answer_length", "n_best"):
         if task[key] < 1:
             raise UserError(f"config task.{key}={task[key]} must be positive")
@@ -79,8 +103,10 @@ def from_config(config: ml_collections.ConfigDict) -> Task:
     """The task object of `config` (a config without a task section is classification)."""
     task = _section(config)
     name = task["name"]
+    regularization = config.get("regularization")
+    smoothing = float(regularization.label_smoothing) if regularization is not None else 0.0
     if name == "classification":
-        return Classification()
+        return Classification(label_smoothing=smoothing)
     if name == "regression":
         return Regression()
     if name == "multilabel":
@@ -99,6 +125,19 @@ def from_config(config: ml_collections.ConfigDict) -> Task:
             max_answer_length=int(task["max_answer_length"]),
             n_best=int(task["n_best"]),
             max_seq_length=int(config.data.max_seq_length),
+        )
+    if name == "pet":
+        return Pet(
+            template=str(task["template"]),
+            verbalizer=tuple(task["verbalizer"] or ()),
+            label_smoothing=smoothing,
+        )
+    if name == "relation":
+        return Relation(
+            head_field=str(task["head_field"]),
+            tail_field=str(task["tail_field"]),
+            pooling=str(task["relation_pooling"]),
+            label_smoothing=smoothing,
         )
     raise UserError(f"config task.name={name!r} must be one of {', '.join(NAMES)}")
 

@@ -92,6 +92,19 @@ class Task:
     def features_for_prediction(self, examples: list, tokenizer, max_seq_length: int) -> dict:
         return tokenize.tokenize(examples, tokenizer, max_seq_length)[0]
 
+    def prepare_tokenizer(self, tokenizer) -> tuple[str, ...]:
+        """Adds the tokens this task writes into its inputs to `tokenizer` (in place); returns them.
+
+        Called wherever a tokenizer is loaded, before the model's vocabulary size is fixed; adding tokens
+        already there changes nothing. Default: none. Relation extraction adds its entity markers, and the
+        model's vocabulary grows to hold them (`jaxft.models.convert.vocab_size_with`).
+        """
+        return ()
+
+    def model_kwargs(self, tokenizer) -> dict:
+        """Attributes of this task's head that depend on the tokenizer (relation: the marker ids)."""
+        return {}
+
     # ---- device: pure functions of arrays ----------------------------------------------------------------
     def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
         """(sum of losses, sum of weights) over this device's rows; padding carries weight 0."""

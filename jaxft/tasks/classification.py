@@ -26,6 +26,8 @@ class Classification(Task):
 
     name = "classification"
     default_metric = "accuracy"
+    # Training targets (1 - s) * one-hot + s / classes (Szegedy et al. 2016); the reported eval loss is plain.
+    label_smoothing: float = 0.0
 
     def label_names(self, examples: list, data: ml_collections.ConfigDict) -> list[str]:
         names = labels_lib.build_label_vocab(examples, data.labels)
@@ -40,7 +42,12 @@ class Classification(Task):
         return labels_lib.encode_labels(examples, names)
 
     def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+        if self.label_smoothing:
+            targets = jax.nn.one_hot(batch["labels"], logits.shape[-1], dtype=logits.dtype)
+            targets = optax.smooth_labels(targets, self.label_smoothing)
+            losses = optax.softmax_cross_entropy(logits, targets)
+        else:
+            losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
         return jnp.sum(losses * batch["weights"]), jnp.sum(batch["weights"])
 
     def eval_outputs(self, logits: jax.Array, batch: dict) -> dict:

@@ -1,0 +1,40 @@
+"""Prompt-based sentiment classification through the masked-LM head (PET / LM-BFF) on the demo data.
+
+    python train.py --config configs/pet.py --workdir runs/pet \
+        --config.model.checkpoint=PATH_TO_BERT_WITH_MLM_HEAD
+    python train.py --config configs/pet.py:tiny --workdir runs/pet_tiny  # smoke: random tiny model
+
+Each text is written into `task.template` ("{text} It was [MASK].") and the label is read from the
+masked-LM logits of its verbaliser word at the [MASK]: "terrible" for negative, "great" for positive (the
+labels sort as negative, positive; `task.verbalizer` follows that order). This needs a checkpoint WITH
+masked-LM weights (`cls.predictions.*`: a `BertForMaskedLM` or `BertForPreTraining` save, such as
+google-bert/bert-base-uncased, given as a directory or a hub id already in the local cache); the default is
+that hub id. The offline all-MiniLM-L6-v2 that `make demo` installs is a sentence-embedding model without
+them, and is refused ("model.checkpoint has no masked-LM head"). Recipe after LM-BFF (Gao et al. 2021):
+AdamW lr 1e-5, batch 8, no warm-up, 1000 steps, evaluated every 100; add `--config.data.k_shot=16` for
+their 16-examples-per-class setting. Not measured here (no such checkpoint offline).
+`:tiny` is configs/tiny.py's random 2-layer model with verbaliser "bad" / "good": a pipeline check only.
+"""
+
+from configs import common, default, tiny
+
+
+def get_config(variant: str = "default"):
+    if variant not in ("default", "tiny"):
+        raise ValueError(f"unknown variant {variant!r} (default, tiny)")
+    config = tiny.get_config() if variant == "tiny" else default.get_config()
+    config.task.name = "pet"
+    config.task.template = "{text} It was [MASK]."
+    config.task.verbalizer = ("bad", "good") if variant == "tiny" else ("terrible", "great")
+    if variant == "default":
+        config.model.checkpoint = "google-bert/bert-base-uncased"
+        config.data.train_path = common.repo_path("data/demo_sentiment/train.jsonl")
+        config.data.eval_path = common.repo_path("data/demo_sentiment/dev.jsonl")
+        config.data.max_seq_length = 128
+        config.optimizer.learning_rate = 1e-5
+        config.training.batch_size = 8
+        config.training.num_train_steps = 1000
+        config.training.eval_every = 100
+        config.training.log_every = 20
+        config.training.checkpoint_every = 1000
+    return config

@@ -1,0 +1,232 @@
+"""Relation extraction as classification of a marked entity pair (Baldini Soares et al. 2019, "entity start").
+
+Data: JSONL, one object per line: the text (`data.text_field`), the [start, end) character spans of the head
+and tail entities (`task.head_field`, `task.tail_field`) and the relation label (`data.label_field`), e.g.
+`{"text": "Ada moved to Lyon.", "head": [0, 3], "tail": [13, 17], "label": "lives_in"}`. Spans must lie in
+the text, cover more than whitespace and not overlap, and the text must not hold a marker itself; anything
+else is a `UserError` naming file:line.
+
+Marker tokens [E1] [/E1] (head) and [E2] [/E2] (tail) are written around the spans before tokenisation. The
+task adds them to the tokenizer as special tokens (never split, never lower-cased), so the model's
+vocabulary grows by four rows (`jaxft.models.convert.grow_word_embeddings` says how they start) and the
+tokenizer saved in the workdir carries them for prediction and export. `RelationClassifier` classifies the
+hidden states at [E1] and [E2] (`task.relation_pooling="markers"`) or the pooled [CLS] ("cls").
+
+Truncation never drops a marker: a text longer than `data.max_seq_length` keeps the window of tokens
+centred on the two entities; entities too far apart to fit any window are a `UserError` naming the line.
+Splits are tokenised anew on every run (no token cache). Loss, evaluation and report are single-label
+classification's. Export: only pooling "cls" maps to `BertForSequenceClassification` (whose inputs must
+then carry the markers too); "markers" pooling has no Hugging Face class and is refused.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+
+import ml_collections
+import numpy as np
+
+from jaxft.data import readers
+from jaxft.errors import UserError
+from jaxft.tasks.classification import Classification
+
+HEAD_START, HEAD_END, TAIL_START, TAIL_END = MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
+
+
+@dataclasses.dataclass(frozen=True)
+class RelationExample(readers.Example):
+    """An `Example` (text as in the file, no text pair) with its two entity spans.
+
+    Attributes:
+        head: [start, end) character offsets of the head entity in `text`.
+        tail: [start, end) character offsets of the tail entity in `text`.
+    """
+
+    head: tuple[int, int]
+    tail: tuple[int, int]
+
+
+def mark_entities(text: str, head: tuple[int, int], tail: tuple[int, int]) -> str:
+    """`text` with [E1] ... [/E1] around the head span and [E2] ... [/E2] around the tail span."""
+    (first, (open_1, close_1)), (second, (open_2, close_2)) = sorted(
+        [(tuple(head), (HEAD_START, HEAD_END)), (tuple(tail), (TAIL_START, TAIL_END))]
+    )
+    return (
+        f"{text[: first[0]]}{open_1} {text[first[0] : first[1]]} {close_1}"
+        f"{text[first[1] : second[0]]}{open_2} {text[second[0] : second[1]]} {close_2}{text[second[1] :]}"
+    )
+
+
+def _span(where: str, record: dict, key: str, option: str, text: str) -> tuple[int, int]:
+    if key not in record:
+        keys = ", ".join(map(repr, record)) or "none"
+        raise UserError(f"{where}: no key {key!r} ({option}); the keys are {keys}")
+    value = record[key]
+    is_pair = isinstance(value, list) and len(value) == 2
+    if not is_pair or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        raise UserError(
+            f"{where}: {key!r} ({option}) must be [start, end] character offsets, found {value!r}"
+        )
+    start, end = value
+    if not 0 <= start < end <= len(text):
+        why = "is empty" if 0 <= end <= start else f"is outside the text of {len(text)} characters"
+        raise UserError(f"{where}: {key!r} ({option}) span [{start}, {end}) {why}")
+    if not text[start:end].strip():
+        raise UserError(f"{where}: {key!r} ({option}) span [{start}, {end}) holds only whitespace")
+    return start, end
+
+
+def read_relations(
+    path: str, data: ml_collections.ConfigDict, head_field: str, tail_field: str, *, require_label: bool
+) -> list[RelationExample]:
+    """The examples of a relation JSONL file (optionally .gz); raises `UserError` naming file:line."""
+    path = os.path.expanduser(os.path.expandvars(path))
+    if path.startswith("tfds:") or readers._resolve_format(path, data.format) != "jsonl":
+        raise UserError(f"{path}: task.name='relation' reads JSONL files (data.format='jsonl')")
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    if require_label and data.label_field is None:
+        raise UserError(f"{path}: labels are required but data.label_field is not set")
+    examples = []
+    for line, raw in readers._numbered_lines(path):
+        if not raw.strip():
+            continue
+        where = f"{path}:{line}"
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: expected a JSON object, found {readers._json_type(record)}")
+        # Offsets count characters of the text as stored, so it is kept unstripped.
+        text = readers._json_string(where, record, data.text_field, "data.text_field", True)
+        if text is None or not text.strip():
+            raise UserError(f"{where}: the text ({data.text_field!r}, data.text_field) is null or empty")
+        written = [marker for marker in MARKERS if marker in text]
+        if written:  # the model reads the first [E1] / [E2]: one in the text would stand for an entity
+            raise UserError(
+                f"{where}: the text contains {written[0]}, a marker this task writes around entities"
+            )
+        label = readers._json_string(where, record, data.label_field, "data.label_field", require_label)
+        label = None if label is None else label.strip() or None
+        if label is None and require_label:
+            raise UserError(
+                f"{where}: the label ({data.label_field!r}, data.label_field) is missing or empty"
+            )
+        head = _span(where, record, head_field, "task.head_field", text)
+        tail = _span(where, record, tail_field, "task.tail_field", text)
+        if max(head[0], tail[0]) < min(head[1], tail[1]):
+            raise UserError(f"{where}: the head span {list(head)} and the tail span {list(tail)} overlap")
+        examples.append(RelationExample(text, None, label, where, head, tail))
+    if not examples:
+        raise UserError(f"{path}: the file contains no examples")
+    return examples
+
+
+def tokenize_relations(
+    examples: list[RelationExample], tokenizer, max_seq_length: int, *, batch_size: int = 1000
+) -> dict[str, np.ndarray]:
+    """Marks and tokenises `examples` into the features of `jaxft.data.tokenize.tokenize`.
+
+    A row is [CLS] tokens [SEP], as the tokenizer writes it. A marked text with more tokens than fit keeps
+    the window centred on the span from its first to its last marker.
+
+    Raises:
+        UserError: the markers are missing from the tokenizer, or two entities lie too far apart for
+            `max_seq_length`; names the file and line.
+    """
+    marker_ids = tokenizer.convert_tokens_to_ids(list(MARKERS))
+    if tokenizer.unk_token_id in marker_ids or None in marker_ids:
+        raise ValueError("the tokenizer lacks the entity markers: call Relation.prepare_tokenizer first")
+    room = max_seq_length - 2  # [CLS] and [SEP]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    n = len(examples)
+    input_ids = np.full((n, max_seq_length), pad_id, np.int32)
+    lengths = np.zeros(n, np.int32)
+    num_truncated = 0
+    for start in range(0, n, batch_size):
+        chunk = examples[start : start + batch_size]
+        texts = [mark_entities(e.text, e.head, e.tail) for e in chunk]
+        encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        for row, (example, ids) in enumerate(zip(chunk, encoded, strict=True), start=start):
+            positions = [ids.index(marker) for marker in marker_ids]
+            first, last = min(positions), max(positions)
+            if last - first + 1 > room:
+                raise UserError(
+                    f"{example.source}: the marked entities span {last - first + 1} tokens, more than the "
+                    f"{room} that data.max_seq_length={max_seq_length} leaves: raise data.max_seq_length"
+                )
+            if len(ids) > room:
+                left = min(max(0, first - (room - (last - first + 1)) // 2), len(ids) - room)
+                ids = ids[left : left + room]
+                num_truncated += 1
+            ids = [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id]
+            input_ids[row, : len(ids)] = ids
+            lengths[row] = len(ids)
+    if n:
+        logging.info(
+            "Tokenized %d relation examples; %d cut to the %d tokens around their entities",
+            n,
+            num_truncated,
+            max_seq_length,
+        )
+    # One text per example: token type 0 throughout, as the tokenizer writes it.
+    return {"input_ids": input_ids, "token_type_ids": np.zeros_like(input_ids), "length": lengths}
+
+
+@dataclasses.dataclass(frozen=True)
+class Relation(Classification):
+    """One relation label per marked entity pair.
+
+    Attributes:
+        head_field: JSONL key of the head entity's span (task.head_field).
+        tail_field: JSONL key of the tail entity's span (task.tail_field).
+        pooling: "markers" or "cls" (task.relation_pooling), passed to `RelationClassifier`.
+    """
+
+    name = "relation"
+    head = "relation"
+
+    head_field: str = "head"
+    tail_field: str = "tail"
+    pooling: str = "markers"
+
+    def read(self, path: str, data: ml_collections.ConfigDict, *, require_label: bool = True) -> list:
+        return read_relations(path, data, self.head_field, self.tail_field, require_label=require_label)
+
+    def prepare_tokenizer(self, tokenizer) -> tuple[str, ...]:
+        """Adds the entity markers as special tokens (kept whole and cased); a no-op when present."""
+        from tokenizers import AddedToken  # deferred like transformers: a dependency of the tokenizer
+
+        tokenizer.add_tokens(
+            [AddedToken(m, special=True, normalized=False) for m in MARKERS], special_tokens=True
+        )
+        return MARKERS
+
+    def model_kwargs(self, tokenizer) -> dict:
+        e1, e2 = tokenizer.convert_tokens_to_ids([HEAD_START, TAIL_START])
+        return {"pooling": self.pooling, "marker_ids": (int(e1), int(e2))}
+
+    def tokenize(self, examples: list, tokenizer, data, cache_dir: str | None, path: str, names) -> dict:
+        return tokenize_relations(examples, tokenizer, data.max_seq_length)
+
+    def features_for_prediction(self, examples: list, tokenizer, max_seq_length: int) -> dict:
+        return tokenize_relations(examples, tokenizer, max_seq_length)
+
+    def prediction_record(self, example, output: np.ndarray, names: list[str]) -> dict:
+        return {
+            "text": example.text,
+            "head": list(example.head),
+            "tail": list(example.tail),
+            "label": names[int(output.argmax())],
+            "probabilities": {name: float(p) for name, p in zip(names, output, strict=True)},
+        }
+
+    def export_config(self, names: list[str]) -> dict:
+        if self.pooling != "cls":
+            raise UserError(
+                f"task.relation_pooling={self.pooling!r} cannot be exported: BertForSequenceClassification "
+                "reads the pooled [CLS], not the [E1]/[E2] vectors (train with task.relation_pooling='cls')"
+            )
+        return super().export_config(names)

@@ -1,0 +1,97 @@
+"""A run's parameters as a full tree, whether it fine-tuned everything or only a PEFT subset.
+
+A full fine-tuning run's checkpoints hold every parameter. A PEFT run's hold only what trained
+(`jaxft.strategies.peft`): the rest is its base, the model as the run initialised it from its config and
+`model.checkpoint`. The run records the base's fingerprint in WORKDIR/peft_base.json; whoever rebuilds the
+base (a resume, a warm start, prediction, export) checks it, so a base checkpoint that changed since is
+refused instead of silently giving other outputs.
+"""
+
+import json
+import os
+import types
+
+import ml_collections
+
+from jaxft import checkpoint
+from jaxft import config as config_lib
+from jaxft.errors import UserError
+from jaxft.models import convert
+from jaxft.strategies import peft as peft_lib
+
+BASE_FILE = "peft_base.json"
+
+
+def write_base(workdir: str, config: ml_collections.ConfigDict, base, peft: peft_lib.PeftConfig) -> None:
+    """Records what a PEFT run's checkpoints complete (nothing for full fine-tuning)."""
+    if peft.method == "none":
+        return
+    trained, total = peft_lib.count(base, peft)
+    record = {
+        "method": peft.method,
+        "checkpoint": config.model.checkpoint,
+        "init_from_workdir": config.model.init_from_workdir,
+        "seed": config.seed,
+        "fingerprint": peft_lib.fingerprint(base, peft),
+        "trained_params": trained,
+        "total_params": total,
+    }
+    path = os.path.join(workdir, BASE_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def check_base(workdir: str, base, peft: peft_lib.PeftConfig) -> None:
+    """Raises `UserError` when `base` is not the base the PEFT run in `workdir` was trained on."""
+    path = os.path.join(workdir, BASE_FILE)
+    try:
+        with open(path) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: unreadable, so the PEFT run's base cannot be checked ({error})") from None
+    if recorded.get("fingerprint") != peft_lib.fingerprint(base, peft):
+        raise UserError(
+            f"{workdir}: the base parameters (model.checkpoint={recorded.get('checkpoint')}) differ from "
+            f"those its {peft.method} weights were trained on; restore that checkpoint to use this run"
+        )
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def base_params(config: ml_collections.ConfigDict, model) -> dict:
+    """The parameters a run with `config` starts from (its pretrained checkpoint, warm start or seed)."""
+    from jaxft import train  # deferred: train imports this module
+
+    checkpoint_dir = config_lib.expand_path(config.model.checkpoint)
+    pretrained = None
+    if checkpoint_dir:
+        pretrained, _ = convert.hf_to_flax(convert.load_state_dict(checkpoint_dir))
+    return train.initial_params(types.SimpleNamespace(config=config, pretrained=pretrained), model)
+
+
+def load_params(workdir: str, template, model, key: str = "model.init_from_workdir", log=None):
+    """The full parameter tree of the run in `workdir` (best checkpoint, else newest), shaped like `template`.
+
+    Args:
+      workdir: a jaxft run's directory.
+      template: the full parameter tree of the run's model (shapes and dtypes).
+      model: the run's model, to rebuild a PEFT run's base.
+      key: names the source in error messages.
+      log: where to say which checkpoint was used (default: logging.info).
+    """
+    kwargs = {"log": log} if log is not None else {}
+    config = saved_config(workdir)
+    peft = peft_lib.from_config(config) if config is not None else peft_lib.PeftConfig()
+    if peft.method == "none":
+        return checkpoint.params_from_workdir(workdir, template, key, **kwargs)
+    base = base_params(config, model)
+    check_base(workdir, base, peft)
+    trained = checkpoint.params_from_workdir(workdir, peft_lib.trained_subset(template, peft), key, **kwargs)
+    return peft_lib.merge(base, trained, peft)

@@ -1,0 +1,274 @@
+"""Parameter-efficient fine-tuning (jaxft.strategies.peft): each method's mechanism, exactly.
+
+LoRA and adapters start as the base model; prompt tuning equals the base model reading the virtual tokens
+as words; prefix tuning equals attention over the prepended keys and values; only the chosen parameters
+move; a PEFT checkpoint holds only those and restores the run exactly; LoRA merges for export.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import tiny
+from jaxft import optim, parallel, steps, train, trained
+from jaxft.errors import UserError
+from jaxft.models.bert import BertConfig, BertEncoder, BertSelfAttention
+from jaxft.models.heads import SequenceClassifier
+from jaxft.strategies import peft as peft_lib
+from jaxft.strategies.peft import PeftConfig
+
+CONFIG = BertConfig(
+    vocab_size=40,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=40,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+LORA_ALL = PeftConfig(method="lora", lora_targets=peft_lib.LORA_TARGETS, lora_rank=4)
+
+
+def _inputs(batch=3, length=10, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = np.array([length, length - 3, 4][:batch])
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+    ids = rng.integers(5, CONFIG.vocab_size, (batch, length)).astype(np.int32) * mask
+    return jnp.asarray(ids), jnp.asarray(mask), jnp.zeros_like(jnp.asarray(ids))
+
+
+def _init(module, length=10):
+    dummy = jnp.zeros((1, length), jnp.int32)
+    return jax.device_get(module.init(jax.random.key(1), dummy, jnp.ones_like(dummy), dummy)["params"])
+
+
+def _with_base(params, base):
+    """`params` whose base leaves (those `base` has) are `base`'s."""
+    return peft_lib.merge(params, base, PeftConfig(method="lora"))
+
+
+@pytest.mark.parametrize(
+    "peft", [LORA_ALL, PeftConfig(method="adapter", adapter_size=4)], ids=["lora", "adapter"]
+)
+def test_lora_and_adapters_start_as_the_base_model(peft):
+    base_model, model = SequenceClassifier(CONFIG, 3), SequenceClassifier(CONFIG, 3, peft=peft)
+    base = _init(base_model)
+    params = _with_base(_init(model), base)
+    new = set(_flatten(params)) - set(_flatten(base))
+    assert new  # the method added parameters
+    x = _inputs()
+    np.testing.assert_array_equal(model.apply({"params": params}, *x), base_model.apply({"params": base}, *x))
+
+
+def test_lora_targets_every_named_dense_and_merges_into_the_kernels():
+    model = SequenceClassifier(CONFIG, 3, peft=LORA_ALL)
+    params = _init(model)
+    flat = {"/".join(k) for k in _flatten(params)}
+    layer = "bert/encoder/layer_0/"
+    for name in ("attention/self/query_lora", "attention/self/key_lora", "attention/self/value_lora",
+                 "attention/output/dense_lora", "intermediate/dense_lora", "output/dense_lora"):  # fmt: skip
+        assert f"{layer}{name}/lora_a" in flat and f"{layer}{name}/lora_b" in flat
+    # Non-zero B: the LoRA model differs from its base, and the merged plain model equals it.
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: rng.normal(0, 0.1, v.shape).astype(np.float32) if p[-1].key == "lora_b" else v, params
+    )
+    merged = peft_lib.merge_lora(params, LORA_ALL)
+    assert not any("lora" in "/".join(k) for k in _flatten(merged))
+    x = _inputs()
+    lora_logits = model.apply({"params": params}, *x)
+    merged_logits = SequenceClassifier(CONFIG, 3).apply({"params": merged}, *x)
+    base_logits = SequenceClassifier(CONFIG, 3).apply(
+        {"params": peft_lib.merge_lora(params, PeftConfig())}, *x
+    )
+    np.testing.assert_allclose(merged_logits, lora_logits, rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(base_logits) - np.asarray(lora_logits)).max() > 1e-3
+
+
+def _flatten(tree):
+    from flax import traverse_util
+
+    return traverse_util.flatten_dict(tree)
+
+
+def test_prompt_tuning_equals_the_base_model_reading_the_virtual_tokens_as_words():
+    virtual = np.array([7, 9, 11], np.int32)
+    peft = PeftConfig(method="prompt", num_virtual_tokens=len(virtual))
+    base_encoder, encoder = BertEncoder(CONFIG), BertEncoder(CONFIG, peft=peft)
+    base = _init(base_encoder)
+    params = _with_base(_init(encoder), base)
+    params["embeddings"]["prompt_embeddings"] = base["embeddings"]["word_embeddings"]["embedding"][virtual]
+    ids, mask, types = _inputs()
+    hidden, pooled = encoder.apply({"params": params}, ids, mask, types)
+    assert hidden.shape == (*ids.shape, CONFIG.hidden_size)  # the virtual positions are dropped
+    # The same computation as words: [CLS] v1 v2 v3 tok1 ... with the virtual positions always attended to.
+    n = ids.shape[0]
+    long_ids = jnp.concatenate([ids[:, :1], jnp.broadcast_to(virtual, (n, 3)), ids[:, 1:]], 1)
+    long_mask = jnp.concatenate([mask[:, :1], jnp.ones((n, 3), mask.dtype), mask[:, 1:]], 1)
+    ref_hidden, ref_pooled = base_encoder.apply(
+        {"params": base}, long_ids, long_mask, jnp.zeros_like(long_ids)
+    )
+    ref_hidden = jnp.concatenate([ref_hidden[:, :1], ref_hidden[:, 4:]], 1)
+    np.testing.assert_allclose(hidden, ref_hidden, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pooled, ref_pooled, rtol=1e-5, atol=1e-5)
+
+
+def test_prompt_starts_from_vocabulary_embeddings():
+    params = {"bert": {"embeddings": {"word_embeddings": {"embedding": np.arange(40.0).reshape(20, 2)},
+                                      "prompt_embeddings": np.zeros((4, 2))}}}  # fmt: skip
+    out = peft_lib.init_prompt_from_vocab(params, seed=3)["bert"]["embeddings"]["prompt_embeddings"]
+    rows = out[:, 0] / 2
+    assert len(set(rows)) == 4 and all(np.allclose(out[i], [2 * r, 2 * r + 1]) for i, r in enumerate(rows))
+
+
+def test_prefix_tuning_attends_to_the_prepended_keys_and_values():
+    peft = PeftConfig(method="prefix", num_virtual_tokens=2)
+    layer = BertSelfAttention(CONFIG, peft=peft)
+    hidden = jax.random.normal(jax.random.key(0), (2, 5, CONFIG.hidden_size))
+    mask = jnp.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    params = jax.device_get(layer.init(jax.random.key(1), hidden, mask, True)["params"])
+    out = np.asarray(layer.apply({"params": params}, hidden, mask, True))
+    heads, dim = CONFIG.num_attention_heads, CONFIG.hidden_size // CONFIG.num_attention_heads
+
+    def project(name):
+        p = params[name]
+        return (np.asarray(hidden) @ p["kernel"] + p["bias"]).reshape(2, 5, heads, dim)
+
+    q = project("query")
+    k = np.concatenate([np.broadcast_to(params["prefix_key"], (2, 2, heads, dim)), project("key")], 1)
+    v = np.concatenate([np.broadcast_to(params["prefix_value"], (2, 2, heads, dim)), project("value")], 1)
+    keep = np.concatenate([np.ones((2, 2)), np.asarray(mask)], 1).astype(bool)
+    logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(dim)
+    logits = np.where(keep[:, None, None, :], logits, -np.inf)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    expected = np.einsum("bnts,bsnh->btnh", probs, v).reshape(2, 5, -1)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "method, trains",
+    [
+        ("bitfit", lambda path: path[-1] == "bias" or path[0] == "classifier" or "pooler" in path),
+        ("lora", lambda path: "_lora" in "/".join(path) or path[0] == "classifier" or "pooler" in path),
+        ("adapter", lambda p: "adapter" in p or "LayerNorm" in p or p[0] == "classifier" or "pooler" in p),
+        ("prompt", lambda p: p[-1] == "prompt_embeddings" or p[0] == "classifier" or "pooler" in p),
+        ("prefix", lambda p: p[-1].startswith("prefix_") or p[0] == "classifier" or "pooler" in p),
+    ],
+)
+def test_only_the_chosen_parameters_train_and_the_head_always_does(method, trains):
+    peft = PeftConfig(method=method, num_virtual_tokens=2, adapter_size=4)
+    model = SequenceClassifier(CONFIG, 3, peft=peft)
+    params = _init(model)
+    tx = optim.create_optimizer(tiny.get_config().optimizer, 10, peft)
+    p_train = parallel.pmap_train_step(
+        steps.train_step, devices=jax.devices()[:2], model=model, tx=tx, peft=peft
+    )
+    ids, mask, types = (np.asarray(a) for a in _inputs(batch=2))
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types,
+             "labels": np.array([0, 2], np.int32), "weights": np.ones(2, np.float32)}  # fmt: skip
+    state = parallel.replicate(steps.create_train_state(params, tx, 0), jax.devices()[:2])
+    for _ in range(3):  # update 0 has learning rate 0 (warm-up); zero-initialised paths need another
+        state, _ = p_train(state, parallel.split_for_devices(batch, 2))
+    after = _flatten(parallel.unreplicate(state.params))
+    before = _flatten(params)
+    moved = {path for path in before if not np.array_equal(before[path], after[path])}
+    expected = {path for path in before if trains(path)}
+    assert moved == expected
+    trained_count, total = peft_lib.count(params, peft)
+    assert trained_count == sum(np.size(before[p]) for p in expected) and total == sum(
+        map(np.size, before.values())
+    )
+    assert set(_flatten(peft_lib.trained_subset(params, peft))) == expected
+
+
+def _tiny(workdir_method, steps_=4, **peft):
+    config = tiny.get_config()
+    config.peft.method = workdir_method
+    for key, value in peft.items():
+        config.peft[key] = value
+    config.training.num_train_steps = steps_
+    config.training.eval_every = 2
+    config.training.checkpoint_every = 2
+    config.training.keep_checkpoints = 5
+    config.training.async_checkpoints = False
+    config.training.tensorboard = False
+    config.model.random_init.hidden_dropout_prob = 0.0
+    config.model.random_init.attention_probs_dropout_prob = 0.0
+    return config
+
+
+def _saved_params(workdir, step):
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(
+        f"{workdir}/checkpoints/latest", options=ocp.CheckpointManagerOptions(read_only=True)
+    )
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    return restored.state["params"]
+
+
+@pytest.mark.slow
+def test_a_lora_checkpoint_holds_only_what_trained_and_resumes_exactly(tmp_path):
+    import shutil
+
+    config = _tiny("lora", lora_rank=2)
+    whole = tmp_path / "whole"
+    train.train_and_evaluate(config, str(whole))
+    saved = _flatten(_saved_params(whole, 4))
+    assert saved and all("_lora" in "/".join(k) or k[0] == "classifier" or "pooler" in k for k in saved)
+    # As if killed right after the step-2 checkpoint: drop everything later, resume, compare at step 4.
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    shutil.rmtree(cut / "checkpoints" / "latest" / "4")
+    shutil.rmtree(cut / "checkpoints" / "best")
+    (cut / "final_metrics.json").unlink()
+    train.train_and_evaluate(config, str(cut))
+    resumed = _flatten(_saved_params(cut, 4))
+    assert resumed.keys() == saved.keys()
+    for key, value in saved.items():
+        np.testing.assert_array_equal(resumed[key], value)
+
+
+def test_a_changed_base_is_refused(tmp_path):
+    peft = PeftConfig(method="bitfit")
+    base = {"bert": {"w": {"kernel": np.ones((2, 2), np.float32), "bias": np.zeros(2, np.float32)}}}
+    config = tiny.get_config()
+    config.peft.method = "bitfit"
+    trained.write_base(str(tmp_path), config, base, peft)
+    trained.check_base(str(tmp_path), base, peft)  # the same base: fine
+    base["bert"]["w"]["bias"] = np.ones(2, np.float32)  # a trained parameter: not part of the base
+    trained.check_base(str(tmp_path), base, peft)
+    base["bert"]["w"]["kernel"] = base["bert"]["w"]["kernel"] * 2
+    with pytest.raises(UserError, match="differ from those its bitfit weights were trained on"):
+        trained.check_base(str(tmp_path), base, peft)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("method", "qlora", "peft.method='qlora' must be one of"),
+        ("lora_rank", 0, "peft.lora_rank=0 must be positive"),
+        ("lora_targets", ("query", "gate"), "peft.lora_targets"),
+        ("lora_dropout", 1.0, "peft.lora_dropout=1.0"),
+    ],
+)
+def test_bad_peft_settings_name_the_key(key, value, message):
+    config = tiny.get_config()
+    config.peft[key] = value
+    with pytest.raises(UserError, match=message):
+        peft_lib.from_config(config)
+
+
+def test_optimizer_state_covers_only_the_trained_parameters():
+    peft = PeftConfig(method="bitfit")
+    params = _init(SequenceClassifier(CONFIG, 3, peft=peft))
+    opt_state = optim.create_optimizer(tiny.get_config().optimizer, 10, peft).init(params)
+    leaves = sum(np.size(x) for x in jax.tree.leaves(opt_state) if np.ndim(x) > 0)
+    trained_count, _ = peft_lib.count(params, peft)
+    assert leaves == 2 * trained_count  # Adam's two moments, for the trained parameters only
+    assert isinstance(optax.tree.norm(params), jax.Array)
