@@ -51,6 +51,12 @@ STRATEGIES = {
     "llrd": {"optimizer.layer_decay": 0.9},
     "eda": {"augment.eda_ops": ("synonym", "insert", "swap", "delete")},
 }
+# The learning rate each PEFT method is usually trained with (BitFit: Ben Zaken et al.; LoRA: Hu et al. for
+# RoBERTa-base; adapters: Houlsby et al.'s range; prompt / prefix: the rates the PEFT and P-tuning v2 examples
+# use with AdamW): far above full fine-tuning's, since few parameters move. A cell uses it unless
+# optimizer.learning_rate is given by --grid or --config.
+LEARNING_RATES = {"bitfit": 1e-3, "lora": 5e-4, "adapter": 1e-3, "prompt": 3e-2, "prefix": 1e-2}
+_LR = "optimizer.learning_rate"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")  # anything else in a cell name becomes "_"
 _MAX_NAME = 200  # longer cell names end in a hash instead (most filesystems allow 255 bytes)
 
@@ -60,7 +66,11 @@ def _strategy_help() -> str:
         f"{name}: {', '.join(f'{k}={v!r}' for k, v in overrides.items()) or 'no override'}"
         for name, overrides in STRATEGIES.items()
     )
-    return f"Comma-separated strategies; '+' composes them (lora+fgm). Known: {listed}."
+    rates = ", ".join(f"{name} {rate:g}" for name, rate in LEARNING_RATES.items())
+    return (
+        f"Comma-separated strategies; '+' composes them (lora+fgm). Known: {listed}. PEFT strategies use "
+        f"their customary learning rate ({rates}) unless --grid or --config sets {_LR}."
+    )
 
 
 _STRATEGIES = flags.DEFINE_string("strategies", "full", _strategy_help())
@@ -225,12 +235,28 @@ def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
     return grid
 
 
-def expand_cells(strategies: Sequence[str], grid: Sequence[tuple[str, list[str]]], seeds: Sequence[int]):
-    """All cells in order: strategy, then grid point (cartesian product, last --grid fastest), then seed."""
+def expand_cells(
+    strategies: Sequence[str],
+    grid: Sequence[tuple[str, list[str]]],
+    seeds: Sequence[int],
+    learning_rate_given: bool = False,
+):
+    """All cells in order: strategy, then grid point (cartesian product, last --grid fastest), then seed.
+
+    A PEFT strategy brings its `LEARNING_RATES` entry unless `learning_rate_given` (by --config) or the grid
+    has optimizer.learning_rate.
+    """
     points = list(itertools.product(*[[(key, value) for value in values] for key, values in grid]))
+    given = learning_rate_given or any(key == _LR for key, _ in grid)
+
+    def overrides(strategy):
+        merged = strategy_overrides(strategy)
+        rates = [LEARNING_RATES[part] for part in strategy.split("+") if part in LEARNING_RATES]
+        return merged if given or not rates else {**merged, _LR: rates[0]}
+
     combos = itertools.product(strategies, points, seeds)
     return [
-        Cell(index, strategy, tuple(point), seed, strategy_overrides(strategy))
+        Cell(index, strategy, tuple(point), seed, overrides(strategy))
         for index, (strategy, point, seed) in enumerate(combos)
     ]
 
@@ -308,14 +334,15 @@ def make_plan(
     if not all(names) or len(set(names)) != len(names):
         raise UserError(f"--strategies={strategies!r}: an empty or repeated strategy")
     parsed_grid = parse_grid(grid)
-    cells = expand_cells(names, parsed_grid, parse_seeds(seeds))
+    given = set(_override_keys(config_args))
+    cells = expand_cells(names, parsed_grid, parse_seeds(seeds), learning_rate_given=_LR in given)
     base = parse_cell_config(config_path, config_args)
     for key, _ in parsed_grid:
         try:
             config_lib.get(base, key)
         except (KeyError, AttributeError, TypeError):
             raise UserError(f"--grid: unknown config key {key} (not in {config_path})") from None
-    given, seen, checked = set(_override_keys(config_args)), {}, []
+    seen, checked = {}, []
     for cell in cells:
         _check_set_once(cell, given)
         if seen.setdefault(cell.name, cell) is not cell:

@@ -69,7 +69,7 @@ def load_run(workdir: str) -> TrainedRun:
     tokenizer = tokenize.load_tokenizer(os.path.join(workdir, train.TOKENIZER_DIR))
     tasks.from_config(config).prepare_tokenizer(tokenizer)  # no-op: the saved tokenizer has them already
     model = train.create_model(config, bert_config, len(label_names), tokenizer)
-    template = jax.device_get(train.initial_params_shape(model, config))
+    template = jax.device_get(trained.initial_params_shape(model, config))
     template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
     _, step = checkpoint.find_checkpoint(workdir, key="--workdir")
     params = trained.load_params(workdir, template, model, key="--workdir")

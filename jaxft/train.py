@@ -204,39 +204,6 @@ def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num
     )
 
 
-def initial_params(setup: Setup, model) -> dict:
-    """Parameters to start a new run from: another run's, pretrained (head new), or random."""
-    config = setup.config
-    length = min(8, config.data.max_seq_length)
-    dummy = jnp.zeros((1, length), jnp.int32)
-    params = jax.jit(model.init)(jax.random.key(config.seed), dummy, jnp.ones_like(dummy), dummy)["params"]
-    params = jax.device_get(params)
-    if config.model.init_from_workdir:
-        source = config_lib.expand_path(config.model.init_from_workdir)
-        logging.info("Warm start: a new run from the fine-tuned parameters of %s", source)
-        return trained.load_params(source, params, model)
-    if setup.pretrained is not None:
-        pretrained = convert.grow_word_embeddings(dict(setup.pretrained), params)  # tokens a task added
-        if "pooler" not in params["bert"] and "pooler" in pretrained.get("bert", {}):
-            logging.info("This task's head has no pooler: the checkpoint's bert.pooler is not used")
-            pretrained["bert"] = {k: v for k, v in pretrained["bert"].items() if k != "pooler"}
-        head = pretrained.get("classifier")
-        if head is not None and "classifier" not in params:
-            logging.info("The checkpoint's classifier is not used: this task's head is another")
-            del pretrained["classifier"]
-        elif head is not None and head["kernel"].shape != params["classifier"]["kernel"].shape:
-            logging.info(
-                "The checkpoint's classifier has %d labels, this task %d: the head starts anew",
-                head["kernel"].shape[-1],
-                params["classifier"]["kernel"].shape[-1],
-            )
-            del pretrained["classifier"]
-        params = convert.merge_pretrained(params, pretrained)
-    else:
-        logging.info("No model.checkpoint: the encoder starts from random weights")
-    return peft_lib.init_prompt_from_vocab(params, config.seed)
-
-
 def _write_once(workdir: str, name: str, text: str) -> None:
     path = os.path.join(workdir, name)
     with open(path + ".tmp", "w") as f:
@@ -331,7 +298,7 @@ def _start_state(
     peft = peft_lib.from_config(config)
     fresh = ckpts.latest_step() is None
     if fresh or peft.method != "none":
-        base = initial_params(setup, model)
+        base = trained.initial_params(config, setup.pretrained, model)
         trainable, total = peft_lib.count(base, peft)
         logging.info("Trainable parameters: %d of %d (%.4f%%)", trainable, total, 100 * trainable / total)
     if fresh:
@@ -339,7 +306,7 @@ def _start_state(
             trained.write_base(setup.workdir, config, base, peft)
         return steps.create_train_state(base, tx, config.seed)
     if peft.method == "none":
-        params_shape = jax.eval_shape(lambda: initial_params_shape(model, config))
+        params_shape = jax.eval_shape(lambda: trained.initial_params_shape(model, config))
         base = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_shape)
     else:
         trained.check_base(setup.workdir, base, peft)
@@ -559,9 +526,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if parallel.is_chief():
         plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
     return final
-
-
-def initial_params_shape(model, config):
-    """The parameter tree's shapes, for restoring into (no computation)."""
-    dummy = jnp.zeros((1, min(8, config.data.max_seq_length)), jnp.int32)
-    return model.init(jax.random.key(config.seed), dummy, jnp.ones_like(dummy), dummy)["params"]

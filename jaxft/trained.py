@@ -1,4 +1,7 @@
-"""A run's parameters as a full tree, whether it fine-tuned everything or only a PEFT subset.
+"""Where a run's parameters come from: initialisation, and a finished run's workdir (whole or PEFT subset).
+
+`initial_params` is what a new run starts from: another run's parameters (warm start), a pretrained
+checkpoint merged into a fresh head, or random initialisation.
 
 A full fine-tuning run's checkpoints hold every parameter. A PEFT run's hold only what trained
 (`jaxft.strategies.peft`): the rest is its base, the model as the run initialised it from its config and
@@ -8,9 +11,11 @@ refused instead of silently giving other outputs.
 """
 
 import json
+import logging
 import os
-import types
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from jaxft import checkpoint
@@ -67,13 +72,11 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
 
 def base_params(config: ml_collections.ConfigDict, model) -> dict:
     """The parameters a run with `config` starts from (its pretrained checkpoint, warm start or seed)."""
-    from jaxft import train  # deferred: train imports this module
-
     checkpoint_dir = config_lib.expand_path(config.model.checkpoint)
     pretrained = None
     if checkpoint_dir:
         pretrained, _ = convert.hf_to_flax(convert.load_state_dict(checkpoint_dir))
-    return train.initial_params(types.SimpleNamespace(config=config, pretrained=pretrained), model)
+    return initial_params(config, pretrained, model)
 
 
 def load_params(workdir: str, template, model, key: str = "model.init_from_workdir", log=None):
@@ -95,3 +98,47 @@ def load_params(workdir: str, template, model, key: str = "model.init_from_workd
     check_base(workdir, base, peft)
     trained = checkpoint.params_from_workdir(workdir, peft_lib.trained_subset(template, peft), key, **kwargs)
     return peft_lib.merge(base, trained, peft)
+
+
+def initial_params(config: ml_collections.ConfigDict, pretrained: dict | None, model) -> dict:
+    """Parameters to start a new run from: another run's (warm start), pretrained (head new), or random.
+
+    Args:
+      config: the run's config (seed, model.init_from_workdir).
+      pretrained: the converted tensors of model.checkpoint, or None.
+      model: the run's model (its head, its PEFT modules).
+    """
+    length = min(8, config.data.max_seq_length)
+    dummy = jnp.zeros((1, length), jnp.int32)
+    params = jax.jit(model.init)(jax.random.key(config.seed), dummy, jnp.ones_like(dummy), dummy)["params"]
+    params = jax.device_get(params)
+    if config.model.init_from_workdir:
+        source = config_lib.expand_path(config.model.init_from_workdir)
+        logging.info("Warm start: a new run from the fine-tuned parameters of %s", source)
+        return load_params(source, params, model)
+    if pretrained is not None:
+        pretrained = convert.grow_word_embeddings(dict(pretrained), params)  # tokens a task added
+        if "pooler" not in params["bert"] and "pooler" in pretrained.get("bert", {}):
+            logging.info("This task's head has no pooler: the checkpoint's bert.pooler is not used")
+            pretrained["bert"] = {k: v for k, v in pretrained["bert"].items() if k != "pooler"}
+        head = pretrained.get("classifier")
+        if head is not None and "classifier" not in params:
+            logging.info("The checkpoint's classifier is not used: this task's head is another")
+            del pretrained["classifier"]
+        elif head is not None and head["kernel"].shape != params["classifier"]["kernel"].shape:
+            logging.info(
+                "The checkpoint's classifier has %d labels, this task %d: the head starts anew",
+                head["kernel"].shape[-1],
+                params["classifier"]["kernel"].shape[-1],
+            )
+            del pretrained["classifier"]
+        params = convert.merge_pretrained(params, pretrained)
+    else:
+        logging.info("No model.checkpoint: the encoder starts from random weights")
+    return peft_lib.init_prompt_from_vocab(params, config.seed)
+
+
+def initial_params_shape(model, config):
+    """The parameter tree's shapes, for restoring into (no computation)."""
+    dummy = jnp.zeros((1, min(8, config.data.max_seq_length)), jnp.int32)
+    return model.init(jax.random.key(config.seed), dummy, jnp.ones_like(dummy), dummy)["params"]

@@ -371,3 +371,14 @@ def test_cli_grid_with_the_real_trainer_then_resume_and_aggregate_only(tmp_path)
     (workdir / "results.csv").unlink()
     assert _cli(*args, "--aggregate_only", env=env).returncode == 0
     _check_tables_against_numpy(workdir, plan)
+
+
+def test_peft_strategies_bring_their_learning_rate_unless_one_is_given():
+    cells = compare.expand_cells(["full", "lora+fgm", "prompt"], [], [0])
+    assert [c.overrides.get("optimizer.learning_rate") for c in cells] == [None, 5e-4, 3e-2]
+    grid = [("optimizer.learning_rate", ["1e-4", "3e-4"])]
+    assert all(
+        "optimizer.learning_rate" not in c.overrides for c in compare.expand_cells(["lora"], grid, [0])
+    )
+    given = compare.expand_cells(["lora"], [], [0], learning_rate_given=True)
+    assert given[0].overrides == {"peft.method": "lora"}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import pet as pet_config
-from jaxft import export, predict, tasks, train
+from jaxft import export, predict, tasks, train, trained
 from jaxft.data import tokenize
 from jaxft.data.readers import Example
 from jaxft.errors import UserError
@@ -107,7 +107,7 @@ def test_verbaliser_logits_equal_bert_for_masked_lm(mlm_checkpoint, template):
     model = train.create_model(config, bert_config, 2, tokenizer)
     assert list(model.verbalizer_ids) == _ids(tokenizer, "bad good")
     pretrained, _ = convert.hf_to_flax(convert.load_state_dict(mlm_checkpoint), mlm_head=True)
-    init = jax.device_get(train.initial_params_shape(model, config))
+    init = jax.device_get(trained.initial_params_shape(model, config))
     params = convert.merge_pretrained(init, pretrained, log=lambda message: None)
     mask = np.arange(24)[None] < features["length"][:, None]
     ours = model.apply(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import common, relation
-from jaxft import export, predict, tasks, train
+from jaxft import export, predict, tasks, train, trained
 from jaxft.data import tokenize
 from jaxft.errors import UserError
 from jaxft.models import convert
@@ -283,7 +283,7 @@ def test_prepare_grows_the_checkpoint_vocab_and_keeps_its_rows(tmp_path, checkpo
     assert setup.bert_config.vocab_size == BASE_VOCAB + 4 and not (tmp_path / "run").exists()
     model = train.create_model(config, setup.bert_config, len(setup.label_names), setup.tokenizer)
     assert model.marker_ids == (BASE_VOCAB, BASE_VOCAB + 2) and model.pooling == "markers"
-    params = train.initial_params(setup, model)
+    params = trained.initial_params(setup.config, setup.pretrained, model)
     assert "pooler" not in params["bert"]  # the markers head reads no [CLS]
     table = np.asarray(params["bert"]["embeddings"]["word_embeddings"]["embedding"])
     pretrained = convert.load_state_dict(checkpoint_dir)["bert.embeddings.word_embeddings.weight"]

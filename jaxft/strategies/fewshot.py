@@ -182,7 +182,7 @@ def zero_shot_predict(text_embeddings: np.ndarray, label_description_embeddings:
 # ---- SetFit ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class SetFitRecipe:
-    """Contrastive fine-tuning hyperparameters; the defaults are SetFit's (setfit 1.x `TrainingArguments`)."""
+    """Contrastive fine-tuning hyperparameters; the defaults are those of SetFit's first `SetFitTrainer`."""
 
     iterations: int = 20  # R: pair-generation rounds; each gives every example one positive and one negative
     epochs: int = 1  # passes over the pairs
@@ -201,7 +201,9 @@ def contrastive_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SetFit's pair generation: per round, every example with a random same-class and other-class partner.
 
-    The same-class partner is another example of the class (the example itself only when it is alone).
+    The same-class partner is another example of the class (the example itself only when it is alone);
+    SetFit's original `sentence_pairs_generation` may also pick the example itself, a pair whose cosine is
+    1 whatever the encoder does, so it teaches nothing.
 
     Returns:
       (first, second, targets): example indices [2 * iterations * N] each, and float32 targets (1 for a
