@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from jaxft import tasks
+from jaxft import tasks, trained
 from jaxft.errors import UserError
 from jaxft.models import convert
 from jaxft.strategies import peft as peft_lib
@@ -36,13 +36,14 @@ def export(workdir: str, out: str) -> str:
 
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UserError(f"--out {out}: exists and is not an empty directory (choose a new one)")
-    run = load_run(workdir)
-    peft = peft_lib.from_config(run.config)
+    saved = trained.saved_config(workdir)
+    peft = peft_lib.from_config(saved) if saved is not None else peft_lib.PeftConfig()
     if peft.method in ("adapter", "prompt", "prefix"):
         raise UserError(
             f"peft.method={peft.method!r} adds layers or inputs that a plain Hugging Face BERT lacks; "
             "use jaxft.predict with this workdir (lora and bitfit runs export)"
         )
+    run = load_run(workdir)
     params = dict(peft_lib.merge_lora(run.params, peft))  # LoRA folded into the kernels
     qa_head = params.pop("qa_outputs", None)
     if qa_head is not None:  # converted as a classifier, then named as BertForQuestionAnswering names it

@@ -272,3 +272,53 @@ def test_optimizer_state_covers_only_the_trained_parameters():
     trained_count, _ = peft_lib.count(params, peft)
     assert leaves == 2 * trained_count  # Adam's two moments, for the trained parameters only
     assert isinstance(optax.tree.norm(params), jax.Array)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """A finished tiny LoRA run on every Dense target, with a learning rate that moves B well off zero."""
+    config = _tiny("lora", lora_rank=2, lora_targets=peft_lib.LORA_TARGETS)
+    config.optimizer.learning_rate = 1e-2
+    workdir = tmp_path_factory.mktemp("lora") / "run"
+    final = train.train_and_evaluate(config, str(workdir))
+    return workdir, final
+
+
+def test_a_lora_run_exports_merged_and_pytorch_gives_the_same_probabilities(lora_run, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from jaxft import export, predict
+    from jaxft.data import readers
+
+    workdir, final = lora_run
+    run = predict.load_run(str(workdir))
+    assert any("lora" in "/".join(k) for k in _flatten(run.params))
+    examples = readers.read_examples(run.config.data.eval_path, text_field="text", label_field="label")
+    ours = predict.predict_probabilities(run, examples)
+    accuracy = np.mean([run.label_names[p] == e.label for p, e in zip(ours.argmax(1), examples, strict=True)])
+    assert accuracy == pytest.approx(final["eval"]["accuracy"])  # base + trained subset = the best model
+    out = export.export(str(workdir), str(tmp_path / "hf"))
+    model = transformers.BertForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    encoded = tokenizer(
+        [e.text for e in examples[:20]], truncation=True, max_length=32, padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        theirs = torch.softmax(model(**encoded).logits, -1).numpy()
+    np.testing.assert_allclose(ours[:20], theirs, atol=1e-4, rtol=0)
+
+
+def test_export_refuses_architectures_a_plain_bert_lacks(lora_run, tmp_path):
+    import json
+    import shutil
+
+    from jaxft import export
+
+    workdir = tmp_path / "adapter_run"
+    shutil.copytree(lora_run[0], workdir)
+    config = json.loads((workdir / "config.json").read_text())
+    config["peft"]["method"] = "adapter"
+    (workdir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="peft.method='adapter' adds layers or inputs"):
+        export.export(str(workdir), str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists()
