@@ -76,16 +76,13 @@ def test_fisher_vmap_equals_loop_of_per_example_grads():
     batches = [batching.make_batch(split, None, idx, 12, 3) for idx in (np.arange(3), np.arange(3, 5))]
     fisher = cl.fisher_diagonal(encoder, bert, head, batches)
     total = jax.tree.map(np.zeros_like, bert)
-    for i in range(5):
+    grad_one = jax.jit(jax.grad(lambda b, i, t, m: cl.example_nll(b, head, i, t, m, encoder=encoder)))
+    for i in range(5):  # one example at a time, no vmap
         mask = (np.arange(12) < split["length"][i]).astype(np.int32)
-        grad = jax.grad(
-            lambda b: cl.example_nll(  # noqa: B023
-                b, head, split["input_ids"][i], split["token_type_ids"][i], mask, encoder=encoder
-            )
-        )(bert)
+        grad = grad_one(bert, split["input_ids"][i], split["token_type_ids"][i], mask)
         total = jax.tree.map(lambda t, g: t + np.square(np.asarray(g)), total, grad)
     for got, want in zip(jax.tree.leaves(fisher), jax.tree.leaves(total), strict=True):
-        np.testing.assert_allclose(np.asarray(got), want / 5, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(got), want / 5, rtol=1e-6, atol=1e-6)
     assert max(float(np.max(f)) for f in jax.tree.leaves(fisher)) > 0
 
 
@@ -202,6 +199,7 @@ def _config(method, **kw):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_adapters_leave_earlier_tasks_bit_identical():
     tasks = _tasks()
     first = loop.run_sequence(tasks[:1], _config("adapter"), CONFIG, _optimizer(), log=lambda _: None)
@@ -222,6 +220,7 @@ def test_adapters_leave_earlier_tasks_bit_identical():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["naive", "ewc", "replay", "kd"])
 def test_two_task_sequence_runs(method):
     result = loop.run_sequence(_tasks(), _config(method), CONFIG, _optimizer(), log=lambda _: None)
@@ -233,6 +232,7 @@ def test_two_task_sequence_runs(method):
     assert np.isfinite(last["loss"])
 
 
+@pytest.mark.slow
 def test_class_incremental_grows_the_head():
     train, dev = _features(60, seed=20, num_labels=3), _features(30, seed=21, num_labels=3)
     stages = loop.class_incremental_tasks("ci", train, dev, [[0, 1], [2]])
