@@ -1,6 +1,7 @@
 """Token classification (named-entity recognition, e.g. CoNLL-2003): a tag per word, entity-level F1.
 
-Data: CoNLL column files (`jaxft.tasks.tagging`); tags IOB2, or IOB1 converted (`task.tag_scheme`). The head
+Data: CoNLL column files (`jaxft.tasks.tagging`) or CoNLL-style TFDS splits (`tfds:conll2003:train`, see
+`jaxft.data.tfds_source`); tags IOB2, or IOB1 converted (`task.tag_scheme`). The head
 is a dense layer on every position (`TokenClassifier`, exported as `BertForTokenClassification`). The loss
 is the mean cross-entropy over *labelled positions* of the global batch: padding rows, padding positions,
 [CLS]/[SEP] and (with `task.subword_labels="first"`) later sub-tokens carry the label IGNORE and weight 0,
@@ -63,6 +64,12 @@ class Ner(Task):
     head = "token"
 
     def read(self, path: str, data: ml_collections.ConfigDict, *, require_label: bool = True) -> list:
+        if path.startswith("tfds:"):
+            from jaxft.data import tfds_source  # deferred: TFDS is optional
+
+            return tfds_source.read_tfds_sentences(
+                path, tag_column=self.tag_column, scheme=self.tag_scheme, require_tags=require_label
+            )
         stem = path[: -len(".gz")] if path.endswith(".gz") else path
         if not require_label and os.path.splitext(stem)[1].lower() in _TEXT_EXTENSIONS:
             # Prediction on plain text: words are the whitespace-separated tokens of data.text_field.

@@ -42,6 +42,10 @@ class QuestionAnswering(Task):
     head = "span"
 
     def read(self, path: str, data: ml_collections.ConfigDict, *, require_label: bool = True) -> list:
+        if path.startswith("tfds:"):
+            from jaxft.data import tfds_source  # deferred: TFDS is optional
+
+            return tfds_source.read_tfds_squad(path, require_answers=require_label)
         if not require_label and squad.is_text_file(path):
             # Prediction input as lines: question in data.text_field, context in data.text_pair_field.
             examples = super().read(path, data, require_label=False)
