@@ -256,17 +256,21 @@ def eval_counts(p_eval, params, split, bucket_list: list[int], batch_size: int, 
     return totals
 
 
-def run_evaluation(p_eval, params, split, config, label_names, step, writer, eval_dir) -> dict:
-    """Evaluates `split` exactly (every example once), writes its report, returns summary metrics."""
+def run_evaluation(
+    p_eval, params, split, config, label_names, step, writer, eval_dir, totals=None
+) -> tuple[dict, dict]:
+    """Evaluates `split` exactly (every example once), writes its report; returns (summary metrics, the
+    counts it was built from). `totals`: counts of an earlier evaluation of these very parameters, reused."""
     task = tasks.from_config(config)
-    totals = eval_counts(
-        p_eval,
-        params,
-        split,
-        pipeline.buckets(config.data),
-        parallel.eval_batch_size(config.training.eval_batch_size),
-        parallel.local_devices(),
-    )
+    if totals is None:
+        totals = eval_counts(
+            p_eval,
+            params,
+            split,
+            pipeline.buckets(config.data),
+            parallel.eval_batch_size(config.training.eval_batch_size),
+            parallel.local_devices(),
+        )
     result = task.report(totals, split, label_names, config.data)
     if parallel.is_chief():
         name = evaluate.report_name(split.name, step)
@@ -274,7 +278,7 @@ def run_evaluation(p_eval, params, split, config, label_names, step, writer, eva
         evaluate.write_result(eval_dir, name, result, label_names, extra, task.name)
         if step is not None:
             writer.write_eval(step, split.name, result.metrics)
-    return result.metrics
+    return result.metrics, totals
 
 
 def _write_run_files(setup: Setup) -> None:
@@ -343,11 +347,14 @@ def _check_finite(state, step: int, limit: int) -> None:
         )
 
 
-def _evaluate_and_track(p_eval, state, split, setup, step, writer, ckpts, best) -> None:
-    """Evaluates, keeps the best parameters by `training.best_metric`, and updates early stopping."""
+def _evaluate_and_track(p_eval, state, split, setup, step, writer, ckpts, best) -> dict | None:
+    """Evaluates, keeps the best parameters by `training.best_metric`, and updates early stopping.
+
+    Returns the evaluation's counts when it is the new best (the final report reuses them), else None.
+    """
     tc = setup.config.training
     eval_dir = os.path.join(setup.workdir, "eval")
-    metrics = run_evaluation(
+    metrics, totals = run_evaluation(
         p_eval, state.params, split, setup.config, setup.label_names, step, writer, eval_dir
     )
     name = tasks.best_metric(setup.config, setup.task)
@@ -363,11 +370,19 @@ def _evaluate_and_track(p_eval, state, split, setup, step, writer, ckpts, best) 
         peft = peft_lib.from_config(setup.config)
         saved = peft_lib.trained_subset(parallel.unreplicate(state.params), peft)
         ckpts.save_best(step, saved, {"step": step, **metrics})
+        improved = totals
+    else:
+        improved = None
     logging.info("step %d %s: %s", step, split.name, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return improved
 
 
-def _final_reports(p_eval, state, setup, writer, ckpts, best, step) -> dict:
-    """Evaluates the best parameters (else the last) on eval and test, prints and writes their reports."""
+def _final_reports(p_eval, state, setup, writer, ckpts, best, step, best_eval=None) -> dict:
+    """Evaluates the best parameters (else the last) on eval and test, prints and writes their reports.
+
+    `best_eval`: (step, counts) of the best evaluation of this process's loop; when that is the best
+    checkpoint, its eval counts are reused instead of evaluating the same parameters again.
+    """
     eval_dir = os.path.join(setup.workdir, "eval")
     peft, current = peft_lib.from_config(setup.config), parallel.unreplicate(state.params)
     best_params = ckpts.restore_best_params(peft_lib.trained_subset(current, peft))
@@ -378,8 +393,17 @@ def _final_reports(p_eval, state, setup, writer, ckpts, best, step) -> dict:
     final = {}
     for name in ("eval", "test"):
         if name in setup.splits:
-            final[name] = run_evaluation(
-                p_eval, params, setup.splits[name], setup.config, setup.label_names, None, writer, eval_dir
+            reuse = best_params and best_eval and best_eval[0] == best.best_step and name == "eval"
+            final[name], _ = run_evaluation(
+                p_eval,
+                params,
+                setup.splits[name],
+                setup.config,
+                setup.label_names,
+                None,
+                writer,
+                eval_dir,
+                totals=best_eval[1] if reuse else None,
             )
             if parallel.is_chief():
                 with open(os.path.join(eval_dir, evaluate.report_name(name, None) + ".txt")) as f:
@@ -484,6 +508,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         progress=progress,
     )
     sync, since, step = parallel.sync_every_step(), (start_step, time.time()), start_step
+    best_eval = None  # (step, eval counts) of the best evaluation since this process started
     try:
         with PreemptionGuard() as preemption:
             for step in range(start_step + 1, total_steps + 1):
@@ -494,7 +519,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     log(step, metrics, state, since=since)
                     since = (step, time.time())
                 if eval_split is not None and (step % eval_every == 0 or step == total_steps):
-                    _evaluate_and_track(p_eval, state, eval_split, setup, step, writer, ckpts, best)
+                    counts = _evaluate_and_track(p_eval, state, eval_split, setup, step, writer, ckpts, best)
+                    best_eval = (step, counts) if counts is not None else best_eval
                 preempted = preemption.should_stop(step)
                 if step % tc.checkpoint_every == 0 or step == total_steps or best.should_stop or preempted:
                     save(step)
@@ -520,7 +546,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if ckpts.latest_step() != step:
         save(step)
     ckpts.wait()
-    final = _final_reports(p_eval, state, setup, writer, ckpts, best, step)
+    final = _final_reports(p_eval, state, setup, writer, ckpts, best, step, best_eval)
     writer.close()
     ckpts.close()
     if parallel.is_chief():

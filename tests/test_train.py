@@ -93,12 +93,12 @@ def test_early_stopping_stops_at_the_expected_step_and_keeps_the_best(tmp_path, 
     evaluated_steps = []
     real = train.run_evaluation
 
-    def fake(p_eval, params, split, config, label_names, step, writer, eval_dir):
-        metrics = real(p_eval, params, split, config, label_names, step, writer, eval_dir)
+    def fake(p_eval, params, split, config, label_names, step, writer, eval_dir, totals=None):
+        metrics, totals = real(p_eval, params, split, config, label_names, step, writer, eval_dir, totals)
         if step is not None:
             evaluated_steps.append(step)
             metrics["accuracy"] = next(scripted)
-        return metrics
+        return metrics, totals
 
     monkeypatch.setattr(train, "run_evaluation", fake)
     config = tiny.get_config()
@@ -201,3 +201,17 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     assert meta == {"step": 7, "epoch": 1}
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     jax.tree.map(np.testing.assert_array_equal, restored, state)
+
+
+def test_the_final_report_reuses_the_best_evaluation_instead_of_repeating_it(tmp_path, monkeypatch):
+    calls = []
+    real = train.eval_counts
+    monkeypatch.setattr(train, "eval_counts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    train.train_and_evaluate(tiny.get_config(), str(tmp_path / "run"))
+    assert len(calls) == 2  # the evaluations at steps 6 and 12; none repeated for the final report
+    final = json.loads((tmp_path / "run/final_metrics.json").read_text())
+    best_step = final["params_from_step"]
+    at_best = json.loads((tmp_path / f"run/eval/eval_step{best_step:08d}.json").read_text())
+    final_report = json.loads((tmp_path / "run/eval/final_eval.json").read_text())
+    assert final_report["report"] == at_best["report"]
+    assert final["eval"]["accuracy"] == at_best["report"]["accuracy"]
