@@ -39,7 +39,9 @@ class ContinualConfig:
         learning_rate: peak AdamW rate for every method but "adapter".
         adapter_learning_rate: peak rate for "adapter" (only adapters and the head train).
         adapter_size: bottleneck width of each Houlsby adapter.
-        ewc_lambda: weight of the EWC penalty `lambda/2 * sum F (theta - theta*)^2`.
+        ewc_lambda: weight of the EWC penalty `lambda/2 * sum F (theta - theta*)^2`. Large, because the
+            encoder's Fisher sums to O(1) over all weights while fine-tuning moves each by ~1e-3: with
+            lambda 1e3 the term stayed below 1e-4 in a MiniLM smoke run (a scale estimate, not tuned).
         fisher_examples: training examples of a task its Fisher is estimated on.
         fisher_chunk: examples per `vmap` call when computing the Fisher (memory: chunk x encoder size).
         replay_capacity: examples the replay buffer holds, over all earlier tasks.
@@ -57,7 +59,7 @@ class ContinualConfig:
     learning_rate: float = 5e-5
     adapter_learning_rate: float = 1e-3
     adapter_size: int = 64
-    ewc_lambda: float = 1000.0
+    ewc_lambda: float = 1e5
     fisher_examples: int = 256
     fisher_chunk: int = 8
     replay_capacity: int = 500
