@@ -2,10 +2,12 @@
 
 A cell is trained by `python -m jaxft.main` in WORKDIR/cells/<cell name>/, with its output in compare.log
 there. Its own process means that a crash ends only that cell and that its peak memory (the child's
-`ru_maxrss`, from `os.wait4`) is its own. A cell is done when its final_metrics.json exists and is not run
-again; an unfinished one is started again and the trainer resumes it from its checkpoints. After each run
-the cell's record (cell.json) holds what `cell_record` lists; the wall time is that of the last attempt.
-SIGTERM is passed on to the running cell (which saves a checkpoint and exits) and no further cell starts.
+`ru_maxrss`, from `os.wait4`) is its own — with a floor: Linux also counts the comparing process's resident
+set at the child's exec (a few hundred MiB for `jaxft.compare`). A cell is done when its final_metrics.json
+exists and is not run again; an unfinished one is started again and the trainer resumes it from its
+checkpoints. After each run the cell's record (cell.json) holds what `cell_record` lists; the wall time is
+that of the last attempt. SIGTERM is passed on to the running cell (which saves a checkpoint and exits)
+and no further cell starts.
 """
 
 from __future__ import annotations

@@ -258,7 +258,9 @@ def test_grid_run_records_cells_and_tables_and_rerun_skips_finished_cells(tmp_pa
         assert record["overrides"] == {**cell.overrides, "training.num_train_steps": str(steps)}
         assert (record["trainable_params"], record["total_params"]) == (1000, 4000)
         assert record["peak_device_memory_gib"] == BALLAST_MIB / 1024
-        assert BALLAST_MIB / 1024 <= record["peak_host_memory_gib"] < 4 * BALLAST_MIB / 1024
+        # ru_maxrss of a child also counts the parent's resident set at exec (Linux hands the vforked
+        # memory's high-water mark to the child), so only the lower bound is the child's own.
+        assert record["peak_host_memory_gib"] >= BALLAST_MIB / 1024
         assert record["wall_time_s"] > 0 and record["exit_status"] == 0
 
     compare_runner.write_results(plan, str(workdir), "python -m jaxft.compare --the-command")

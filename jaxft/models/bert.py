@@ -388,7 +388,8 @@ class BertEncoder(nn.Module):
         )
         # Adversarial training perturbs the embedding output through this (a no-op unless the caller passes
         # a "perturbations" collection; see jaxft.strategies.adversarial).
-        hidden = self.perturb("embedding_output", hidden)
+        if not self.is_initializing():  # init must not create the collection: its shape is per batch
+            hidden = self.perturb("embedding_output", hidden)
         virtual = self.peft.extra_positions
         if virtual:  # prompt tuning: the virtual tokens after [CLS] are attended to like real ones
             ones = jnp.ones((attention_mask.shape[0], virtual), attention_mask.dtype)
