@@ -456,7 +456,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = create_model(config, setup.bert_config, len(setup.label_names), setup.tokenizer)
     peft = peft_lib.from_config(config)
     tx = optim.create_optimizer(config.optimizer, total_steps, peft)
-    ckpts = checkpoint.Checkpoints(workdir, keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
+    # Several processes save synchronously: two async Orbax managers (latest and best) saving at the same
+    # step can collide in Orbax's multi-host barriers ("Barrier ... is already ongoing").
+    async_save = tc.async_checkpoints and jax.process_count() == 1
+    ckpts = checkpoint.Checkpoints(workdir, keep=tc.keep_checkpoints, async_save=async_save)
     best = BestMetric(tc.best_mode, tc.early_stopping_min_delta, tc.early_stopping_patience)
     state = _start_state(setup, model, tx, ckpts, best)
     start_step = int(state.step)
