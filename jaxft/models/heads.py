@@ -37,17 +37,18 @@ def _classifier(num_labels: int, config: BertConfig, dtype) -> nn.Dense:
     )
 
 
-class SequenceClassifier(nn.Module):
-    """Pooled output -> dropout -> Dense(num_labels), as `BertForSequenceClassification`.
+class EncoderHead(nn.Module):
+    """What every head shares: the encoder under the name `bert`, and the dropout before the head.
 
     Attributes:
         config: the encoder architecture.
-        num_labels: number of output logits.
-        dtype: compute dtype of the encoder and the classifier; logits are returned as float32.
-        classifier_dropout: dropout before the classifier; None takes `config.hidden_dropout_prob`, as
-            Hugging Face does.
+        num_labels: number of output logits (per example, or per position).
+        dtype: compute dtype of the encoder and the head; logits are returned as float32.
+        classifier_dropout: dropout before the head; None takes `config.hidden_dropout_prob`, as Hugging
+            Face does.
         attention_impl: passed to `BertEncoder`.
         remat: passed to `BertEncoder`.
+        peft: which encoder parameters train (`jaxft.strategies.peft`), passed to `BertEncoder`.
     """
 
     config: BertConfig
@@ -56,7 +57,31 @@ class SequenceClassifier(nn.Module):
     classifier_dropout: float | None = None
     attention_impl: str | None = None
     remat: bool = False
-    peft: PeftConfig = PeftConfig()  # which encoder parameters train (jaxft.strategies.peft)
+    peft: PeftConfig = PeftConfig()
+
+    def encoder(self, add_pooling_layer: bool) -> BertEncoder:
+        """The encoder submodule `bert` (call from the head's compact `__call__`)."""
+        return BertEncoder(
+            self.config,
+            self.dtype,
+            self.attention_impl,
+            self.remat,
+            add_pooling_layer=add_pooling_layer,
+            peft=self.peft,
+            name="bert",
+        )
+
+    def dropout(self, x, deterministic: bool):
+        """Dropout before the head, at `classifier_dropout` (or the encoder's hidden dropout)."""
+        rate = self.config.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
+        return nn.Dropout(rate)(x, deterministic=deterministic)
+
+
+class SequenceClassifier(EncoderHead):
+    """Pooled output -> dropout -> Dense(num_labels), as `BertForSequenceClassification`.
+
+    Attributes: as `EncoderHead`.
+    """
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
@@ -71,30 +96,18 @@ class SequenceClassifier(nn.Module):
         Returns:
             `[B, num_labels]` float32 logits.
         """
-        encoder = BertEncoder(
-            self.config, self.dtype, self.attention_impl, self.remat, peft=self.peft, name="bert"
-        )
+        encoder = self.encoder(add_pooling_layer=True)
         _, pooled = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
-        rate = self.config.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
-        pooled = nn.Dropout(rate)(pooled, deterministic=deterministic)
-        logits = _classifier(self.num_labels, self.config, self.dtype)(pooled)
+        logits = _classifier(self.num_labels, self.config, self.dtype)(self.dropout(pooled, deterministic))
         # Losses and metrics want float32 even when the encoder runs in bfloat16.
         return logits.astype(jnp.float32)
 
 
-class TokenClassifier(nn.Module):
+class TokenClassifier(EncoderHead):
     """Sequence output -> dropout -> Dense(num_labels) at every position, as `BertForTokenClassification`.
 
-    Attributes: as `SequenceClassifier`.
+    Attributes: as `EncoderHead`.
     """
-
-    config: BertConfig
-    num_labels: int
-    dtype: Any = jnp.float32
-    classifier_dropout: float | None = None
-    attention_impl: str | None = None
-    remat: bool = False
-    peft: PeftConfig = PeftConfig()  # which encoder parameters train (jaxft.strategies.peft)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
@@ -105,48 +118,25 @@ class TokenClassifier(nn.Module):
         Returns:
             `[B, L, num_labels]` float32 logits (padding positions too; the loss masks them).
         """
-        encoder = BertEncoder(
-            self.config,
-            self.dtype,
-            self.attention_impl,
-            self.remat,
-            add_pooling_layer=False,
-            peft=self.peft,
-            name="bert",
-        )
+        encoder = self.encoder(add_pooling_layer=False)
         hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
-        rate = self.config.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
-        hidden = nn.Dropout(rate)(hidden, deterministic=deterministic)
+        hidden = self.dropout(hidden, deterministic)
         return _classifier(self.num_labels, self.config, self.dtype)(hidden).astype(jnp.float32)
 
 
-class SpanExtractor(nn.Module):
+class SpanExtractor(EncoderHead):
     """Sequence output -> Dense(2) (`qa_outputs`) at every position, as `BertForQuestionAnswering`.
 
-    Attributes: as `SequenceClassifier` (`num_labels` is 2: start and end; no classifier dropout, as in
-    Hugging Face).
+    Attributes: as `EncoderHead` (`num_labels` is 2: start and end; `classifier_dropout` is unused: Hugging
+    Face has no dropout before this head).
     """
 
-    config: BertConfig
     num_labels: int = 2
-    dtype: Any = jnp.float32
-    classifier_dropout: float | None = None
-    attention_impl: str | None = None
-    remat: bool = False
-    peft: PeftConfig = PeftConfig()  # which encoder parameters train (jaxft.strategies.peft)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
         """Computes `[B, L, 2]` float32 start (`[..., 0]`) and end (`[..., 1]`) logits."""
-        encoder = BertEncoder(
-            self.config,
-            self.dtype,
-            self.attention_impl,
-            self.remat,
-            add_pooling_layer=False,
-            peft=self.peft,
-            name="bert",
-        )
+        encoder = self.encoder(add_pooling_layer=False)
         hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
         head = nn.Dense(
             self.num_labels,
@@ -200,34 +190,20 @@ class MlmHead(nn.Module):
         return MlmPredictions(self.config, self.dtype, name="predictions")(hidden, word_embeddings, token_ids)
 
 
-class MaskedLMClassifier(nn.Module):
+class MaskedLMClassifier(EncoderHead):
     """Encoder -> hidden state at the [MASK] -> masked-LM head -> the verbaliser tokens' logits.
 
     Equal to `BertForMaskedLM`'s logits at each row's first [MASK] position, indexed by `verbalizer_ids`.
 
-    Attributes:
-        config: the encoder architecture.
-        num_labels: number of labels; `verbalizer_ids` holds one token per label.
-        verbalizer_ids: the token id that stands for each label, in label order.
+    Attributes: as `EncoderHead` (`classifier_dropout` is unused: Hugging Face's masked-LM head has no
+    dropout), and
+        verbalizer_ids: the token id that stands for each label, in label order (one per label).
         mask_token_id: the tokenizer's [MASK] id; each row is read at its first [MASK] (position 0 in a row
             without one, i.e. a padding row, whose weight is 0).
-        dtype: compute dtype; logits are returned as float32.
-        classifier_dropout: unused (Hugging Face's masked-LM head has no dropout); kept so every head takes
-            the same arguments.
-        attention_impl: passed to `BertEncoder`.
-        remat: passed to `BertEncoder`.
-        peft: passed to `BertEncoder`.
     """
 
-    config: BertConfig
-    num_labels: int
     verbalizer_ids: tuple[int, ...] = ()
     mask_token_id: int = 103
-    dtype: Any = jnp.float32
-    classifier_dropout: float | None = None
-    attention_impl: str | None = None
-    remat: bool = False
-    peft: PeftConfig = PeftConfig()  # which encoder parameters train (jaxft.strategies.peft)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
@@ -237,15 +213,7 @@ class MaskedLMClassifier(nn.Module):
         """
         if len(self.verbalizer_ids) != self.num_labels:
             raise ValueError(f"{len(self.verbalizer_ids)} verbaliser tokens for {self.num_labels} labels")
-        encoder = BertEncoder(
-            self.config,
-            self.dtype,
-            self.attention_impl,
-            self.remat,
-            add_pooling_layer=False,
-            peft=self.peft,
-            name="bert",
-        )
+        encoder = self.encoder(add_pooling_layer=False)
         hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
         position = jnp.argmax(input_ids == self.mask_token_id, axis=-1)  # the first True
         at_mask = jnp.take_along_axis(hidden, position[:, None, None], axis=1)[:, 0]  # [B, H]
@@ -254,7 +222,7 @@ class MaskedLMClassifier(nn.Module):
         return logits.astype(jnp.float32)
 
 
-class RelationClassifier(nn.Module):
+class RelationClassifier(EncoderHead):
     """The relation between two marked entities: encoder -> pair vector -> dropout -> Dense(num_labels).
 
     The text carries entity markers (`jaxft.tasks.relation`): [E1] ... [/E1] around the head entity and
@@ -268,23 +236,13 @@ class RelationClassifier(nn.Module):
     The model finds the markers in `input_ids` itself (their ids are attributes), so batches need no extra
     feature. A row without a marker (only padding rows: tokenisation keeps both markers) reads position 0.
 
-    Attributes:
-        config: the encoder architecture (its vocabulary holds the marker tokens).
-        num_labels: number of relation labels.
+    Attributes: as `EncoderHead` (the config's vocabulary holds the marker tokens), and
         pooling: "markers" or "cls" (`task.relation_pooling`).
         marker_ids: the token ids of [E1] and [E2], read with pooling "markers".
-        dtype, classifier_dropout, attention_impl, remat, peft: as `SequenceClassifier`.
     """
 
-    config: BertConfig
-    num_labels: int
     pooling: str = "markers"
     marker_ids: tuple[int, int] = (-1, -1)
-    dtype: Any = jnp.float32
-    classifier_dropout: float | None = None
-    attention_impl: str | None = None
-    remat: bool = False
-    peft: PeftConfig = PeftConfig()  # which encoder parameters train (jaxft.strategies.peft)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
@@ -296,15 +254,7 @@ class RelationClassifier(nn.Module):
             raise ValueError(f"pooling {self.pooling!r} is not 'markers' or 'cls'")
         if self.pooling == "markers" and min(self.marker_ids) < 0:
             raise ValueError("pooling 'markers' needs the token ids of [E1] and [E2] (marker_ids)")
-        encoder = BertEncoder(
-            self.config,
-            self.dtype,
-            self.attention_impl,
-            self.remat,
-            add_pooling_layer=self.pooling == "cls",
-            peft=self.peft,
-            name="bert",
-        )
+        encoder = self.encoder(add_pooling_layer=self.pooling == "cls")
         hidden, pooled = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
         if self.pooling == "cls":
             pair = pooled
@@ -313,6 +263,5 @@ class RelationClassifier(nn.Module):
             positions = jnp.argmax(is_marker, axis=1)  # [B, 2]: each marker's first position
             starts = jnp.take_along_axis(hidden, positions[:, :, None], axis=1)  # [B, 2, H]
             pair = starts.reshape(starts.shape[0], -1)  # [B, 2H]: head start, then tail start
-        rate = self.config.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
-        pair = nn.Dropout(rate)(pair, deterministic=deterministic)
+        pair = self.dropout(pair, deterministic)
         return _classifier(self.num_labels, self.config, self.dtype)(pair).astype(jnp.float32)
