@@ -13,28 +13,15 @@ entity micro-F1 on dev, reported on dev and test. Result: see README "Results" (
 conll03`). `:tiny` is the same data on configs/tiny.py's random 2-layer model: a pipeline check only.
 """
 
-from configs import common, default, tiny
+from configs import finetune
 
 
 def get_config(variant: str = "default"):
-    if variant not in ("default", "tiny"):
-        raise ValueError(f"unknown variant {variant!r} (default, tiny)")
-    config = tiny.get_config() if variant == "tiny" else default.get_config()
+    config = finetune.get_config(variant)
     config.task.name = "ner"
     config.task.tag_scheme = "iob1"
     config.task.subword_labels = "first"
     config.task.tag_column = -1
-    if variant == "default":
-        config.model.checkpoint = common.minilm_checkpoint()
-        config.data.max_seq_length = 128
-        config.optimizer.learning_rate = 5e-5
-        config.optimizer.warmup_ratio = 0.1
-        config.training.batch_size = 32
-        config.training.num_epochs = 3
-        config.training.eval_every = 0  # every epoch
-        config.training.log_every = 50
-        config.training.checkpoint_every = 1000
-        config.training.eval_batch_size = 128
     config.data.train_path = "$JAXFT_DATA/conll2003/eng.train"
     config.data.eval_path = "$JAXFT_DATA/conll2003/eng.testa"
     config.data.test_path = "$JAXFT_DATA/conll2003/eng.testb"

@@ -12,26 +12,14 @@ max_seq_length 128, batch 32, AdamW lr 5e-5 with 10% warm-up, 3 epochs; best che
 report is scikit-learn's multi-label classification report. Not measured here (no data).
 """
 
-from configs import common, default, tiny
+from configs import finetune
 
 
 def get_config(variant: str = "default"):
-    if variant not in ("default", "tiny"):
-        raise ValueError(f"unknown variant {variant!r} (default, tiny)")
-    config = tiny.get_config() if variant == "tiny" else default.get_config()
+    config = finetune.get_config(variant)
     config.task.name = "multilabel"
     config.task.threshold = 0.5
     config.task.label_separator = ","
-    if variant == "default":
-        config.model.checkpoint = common.minilm_checkpoint()
-        config.data.max_seq_length = 128
-        config.optimizer.learning_rate = 5e-5
-        config.optimizer.warmup_ratio = 0.1
-        config.training.batch_size = 32
-        config.training.num_epochs = 3
-        config.training.eval_every = 0  # every epoch
-        config.training.log_every = 50
-        config.training.checkpoint_every = 1000
     config.data.train_path = "$JAXFT_DATA/goemotions/train.tsv"
     config.data.eval_path = "$JAXFT_DATA/goemotions/dev.tsv"
     config.data.test_path = "$JAXFT_DATA/goemotions/test.tsv"

@@ -16,13 +16,11 @@ their 16-examples-per-class setting. Not measured here (no such checkpoint offli
 `:tiny` is configs/tiny.py's random 2-layer model with verbaliser "bad" / "good": a pipeline check only.
 """
 
-from configs import common, default, tiny
+from configs import common, finetune
 
 
 def get_config(variant: str = "default"):
-    if variant not in ("default", "tiny"):
-        raise ValueError(f"unknown variant {variant!r} (default, tiny)")
-    config = tiny.get_config() if variant == "tiny" else default.get_config()
+    config = finetune.get_config(variant)
     config.task.name = "pet"
     config.task.template = "{text} It was [MASK]."
     config.task.verbalizer = ("bad", "good") if variant == "tiny" else ("terrible", "great")
@@ -30,11 +28,10 @@ def get_config(variant: str = "default"):
         config.model.checkpoint = "google-bert/bert-base-uncased"
         config.data.train_path = common.repo_path("data/demo_sentiment/train.jsonl")
         config.data.eval_path = common.repo_path("data/demo_sentiment/dev.jsonl")
-        config.data.max_seq_length = 128
         config.optimizer.learning_rate = 1e-5
+        config.optimizer.warmup_ratio = 0.0
         config.training.batch_size = 8
         config.training.num_train_steps = 1000
         config.training.eval_every = 100
         config.training.log_every = 20
-        config.training.checkpoint_every = 1000
     return config

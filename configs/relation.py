@@ -16,27 +16,18 @@ decay 0.01, 5 epochs, evaluated every epoch, best checkpoint by accuracy (data.p
 relation's F1). `:tiny` is configs/tiny.py's random 2-layer model: a pipeline check only.
 """
 
-from configs import common, default, tiny
+from configs import finetune
 
 
 def get_config(variant: str = "default"):
-    if variant not in ("default", "tiny"):
-        raise ValueError(f"unknown variant {variant!r} (default, tiny)")
-    config = tiny.get_config() if variant == "tiny" else default.get_config()
+    config = finetune.get_config(variant)
     config.task.name = "relation"
     config.task.head_field = "head"
     config.task.tail_field = "tail"
     config.task.relation_pooling = "markers"
     if variant == "default":
-        config.model.checkpoint = common.minilm_checkpoint()
-        config.data.max_seq_length = 128
         config.optimizer.learning_rate = 3e-5
-        config.optimizer.warmup_ratio = 0.1
-        config.training.batch_size = 32
         config.training.num_epochs = 5
-        config.training.eval_every = 0  # every epoch
-        config.training.log_every = 50
-        config.training.checkpoint_every = 1000
     config.data.train_path = None  # --config.data.train_path=train.jsonl
     config.data.eval_path = None  # --config.data.eval_path=dev.jsonl
     config.data.format = "jsonl"

@@ -12,27 +12,17 @@ with 10% warm-up, weight decay 0.01, 2 epochs; best checkpoint by F1. Result: se
 measured yet). `:tiny` runs configs/tiny.py's random 2-layer model with 32-token windows: a pipeline check.
 """
 
-from configs import common, default, tiny
+from configs import finetune
 
 
 def get_config(variant: str = "default"):
-    if variant not in ("default", "tiny"):
-        raise ValueError(f"unknown variant {variant!r} (default, tiny)")
-    config = tiny.get_config() if variant == "tiny" else default.get_config()
+    config = finetune.get_config(variant)
     config.task.name = "qa"
     if variant == "default":
-        config.model.checkpoint = common.minilm_checkpoint()
         config.data.max_seq_length = 384
         config.task.doc_stride = 128
         config.task.max_query_length = 64
-        config.optimizer.learning_rate = 5e-5
-        config.optimizer.warmup_ratio = 0.1
-        config.training.batch_size = 32
         config.training.num_epochs = 2
-        config.training.eval_every = 0  # every epoch
-        config.training.log_every = 50
-        config.training.checkpoint_every = 1000
-        config.training.eval_batch_size = 128
     else:  # 32-token windows: a question of at most 12 tokens leaves 17 context tokens, 8 of them shared
         config.task.doc_stride = 8
         config.task.max_query_length = 12

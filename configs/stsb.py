@@ -10,24 +10,14 @@ train 5,749 / dev 1,500). Recipe: max_seq_length 128, batch 32, AdamW lr 5e-5 wi
 The report is SciPy's Pearson and Spearman correlation and scikit-learn's MSE. Not measured here (no data).
 """
 
-from configs import common, default, tiny
+from configs import finetune
 
 
 def get_config(variant: str = "default"):
-    if variant not in ("default", "tiny"):
-        raise ValueError(f"unknown variant {variant!r} (default, tiny)")
-    config = tiny.get_config() if variant == "tiny" else default.get_config()
+    config = finetune.get_config(variant)
     config.task.name = "regression"
     if variant == "default":
-        config.model.checkpoint = common.minilm_checkpoint()
-        config.data.max_seq_length = 128
-        config.optimizer.learning_rate = 5e-5
-        config.optimizer.warmup_ratio = 0.1
-        config.training.batch_size = 32
-        config.training.num_epochs = 3
-        config.training.eval_every = 0  # every epoch
         config.training.log_every = 20
-        config.training.checkpoint_every = 1000
     config.data.train_path = "$JAXFT_DATA/stsb/train.tsv"
     config.data.eval_path = "$JAXFT_DATA/stsb/dev.tsv"
     config.data.format = "tsv"
