@@ -88,7 +88,7 @@ def read_examples(
         raise UserError(f"{path}: labels are required but data.label_field is not set")
     fields = _Fields(path, text_field, label_field, text_pair_field, require_label)
     if fmt == "jsonl":
-        examples = _read_jsonl(_numbered_lines(path), fields)
+        examples = _read_jsonl(numbered_lines(path), fields)
     else:
         examples = _read_table(_table_rows(path, fmt), fields, fmt, has_header)
     if not examples:
@@ -117,8 +117,9 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
-    """Yields (1-based line number, decoded line) pairs, dropping a leading byte-order mark (MRPC has one)."""
+def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
+    """Yields (1-based line number, decoded line with its newline), dropping a leading UTF-8 byte-order mark
+    (MRPC has one); plain or gzip. Every read error is a `UserError` naming the file (and line)."""
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
@@ -130,13 +131,17 @@ def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
                 except UnicodeDecodeError:
                     raise UserError(f"{path}: line {number} is not valid UTF-8") from None
                 yield number, line
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, expected a data file") from None
     except (OSError, EOFError, zlib.error) as e:
         raise UserError(f"{path}: cannot read the file: {_one_line(e)}") from None
 
 
 def _table_rows(path: str, fmt: str) -> Iterator[tuple[int, list[str]]]:
     """Yields (first line number, fields) of each non-blank CSV/TSV record."""
-    lines = _numbered_lines(path)
+    lines = numbered_lines(path)
     if fmt == "tsv":
         # GLUE style: quotes are ordinary characters (MNLI and SST-2 contain unbalanced ones).
         for number, line in lines:

@@ -89,7 +89,7 @@ def read_relations(
     if require_label and data.label_field is None:
         raise UserError(f"{path}: labels are required but data.label_field is not set")
     examples = []
-    for line, raw in readers._numbered_lines(path):
+    for line, raw in readers.numbered_lines(path):
         if not raw.strip():
             continue
         where = f"{path}:{line}"

@@ -12,16 +12,13 @@ Words with no sub-token inside `max_seq_length` (cut by truncation, or empty aft
 *predicted "O"*: they stay in the evaluation, so truncation lowers recall instead of silently dropping words.
 """
 
-import codecs
 import dataclasses
-import gzip
 import logging
 import re
-import zlib
-from collections.abc import Iterator
 
 import numpy as np
 
+from jaxft.data import readers
 from jaxft.errors import UserError
 from jaxft.tasks.base import IGNORE
 
@@ -47,26 +44,6 @@ class Sentence:
         """ "path:line" of word `index`."""
         path, line = self.source.rsplit(":", 1)
         return f"{path}:{int(line) + index}"
-
-
-def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
-    """(1-based line number, decoded line without its newline); a leading UTF-8 byte-order mark is dropped."""
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            for number, raw in enumerate(f, start=1):
-                if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                    raw = raw[len(codecs.BOM_UTF8) :]
-                try:
-                    yield number, raw.decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError:
-                    raise UserError(f"{path}: line {number} is not valid UTF-8") from None
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, expected a data file") from None
-    except (OSError, EOFError, zlib.error) as e:
-        raise UserError(f"{path}: cannot read the file: {' '.join(str(e).split())}") from None
 
 
 def iob1_to_iob2(tags: list[str] | tuple[str, ...]) -> list[str]:
@@ -107,7 +84,8 @@ def read_conll(path: str, *, tag_column: int = -1, scheme: str = "iob2", require
         words.clear()
         tags.clear()
 
-    for number, line in numbered_lines(path):
+    for number, line in readers.numbered_lines(path):
+        line = line.rstrip("\r\n")
         fields = line.split()
         if not fields or fields[0] == DOCSTART:
             flush()
