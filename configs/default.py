@@ -97,6 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.max_eval_examples = 0  # if > 0, evaluate eval/test on a fixed random subset of this many
     data.max_seq_length = 128  # tokens per example after truncation, [CLS] and [SEP] included
     data.num_buckets = 4  # length buckets up to max_seq_length; 1 pads everything to max_seq_length
+    data.num_shards = 0  # train-data shards over processes; 0 = one per process (see jaxft.data.pipeline)
     data.k_shot = 0  # if > 0, train on k examples per class (seeded by `seed`): few-shot experiments
     data.cache = True  # cache tokenised splits in WORKDIR/cache (ner and qa splits are tokenised anew)
 

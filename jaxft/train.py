@@ -145,6 +145,12 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
             f"{bert_config.vocab_size}: model.tokenizer does not belong to model.checkpoint"
         )
     parallel.check_batch_size(config.training.batch_size, config.training.grad_accum_steps)
+    shards = pipeline.num_shards(config.data)
+    if config.training.batch_size % shards:
+        raise UserError(
+            f"config training.batch_size={config.training.batch_size} must be divisible by "
+            f"data.num_shards={shards} (each batch holds an equal part of each shard)"
+        )
     _check_same_model(workdir, bert_config, label_names, "of the run being resumed in this workdir")
     if task.head == "mlm":
         task.token_ids(tokenizer)  # a verbaliser word that is not one token fails here, before any write

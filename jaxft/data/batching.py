@@ -57,6 +57,8 @@ def train_batch_plan(
     seed: int,
     epoch: int,
     drop_remainder: bool = False,
+    shard_of: np.ndarray | None = None,
+    num_shards: int = 1,
 ) -> list[tuple[int, np.ndarray]]:
     """One epoch of training batches, as (bucket length, example indices) pairs.
 
@@ -64,26 +66,61 @@ def train_batch_plan(
     and then the batch order is shuffled, so that buckets interleave across the epoch. Everything is a pure
     function of (seed, epoch): a resumed run replays the same order.
 
+    With `num_shards` > 1 every batch is `num_shards` equal parts, part s drawn only from the examples of
+    shard s (`shard_of`), each shard in the same shuffled order; a shard that runs out in a bucket's last
+    batch leaves its part short, marked -1 (a padding row). A process that holds only some shards' examples
+    can then build its own rows of every global batch (`jaxft.data.pipeline`). One shard is the plain plan.
+
     Args:
         lengths: Token count of each example, shape [N].
         buckets: From `bucket_lengths`.
-        batch_size: Examples per batch.
+        batch_size: Examples per batch (divisible by `num_shards`).
         seed: Data-order seed.
         epoch: Epoch number; each epoch gets a different order.
         drop_remainder: Drop each bucket's short last batch (those examples are then skipped this epoch).
+        shard_of: The shard of each example, shape [N] (needed when `num_shards` > 1).
+        num_shards: Parts per batch.
 
     Returns:
-        The batches; without `drop_remainder`, every example is in exactly one.
+        The batches; without `drop_remainder`, every example is in exactly one. With shards, every batch has
+        `batch_size` entries, -1 for padding rows.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if batch_size % num_shards:
+        raise ValueError(f"batch_size {batch_size} does not split into {num_shards} shards")
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     bucket_of = assign_buckets(np.asarray(lengths)[order], buckets)
     plan = []
     for b, length in enumerate(buckets):
-        plan += [(length, batch) for batch in _chop(order[bucket_of == b], batch_size, drop_remainder)]
+        members = order[bucket_of == b]
+        if num_shards == 1:
+            batches = _chop(members, batch_size, drop_remainder)
+        else:
+            batches = _sharded_batches(
+                members, np.asarray(shard_of)[members], num_shards, batch_size, drop_remainder
+            )
+        plan += [(length, batch) for batch in batches]
     return [plan[i] for i in rng.permutation(len(plan))]
+
+
+def _sharded_batches(
+    members: np.ndarray, shards: np.ndarray, num_shards: int, batch_size: int, drop_remainder: bool
+) -> list[np.ndarray]:
+    """`members` (one bucket, shuffled) cut into batches of `num_shards` parts, part s from shard s."""
+    part = batch_size // num_shards
+    by_shard = [members[shards == s] for s in range(num_shards)]
+    sizes = [len(m) for m in by_shard]
+    count = min(sizes) // part if drop_remainder else -(-max(sizes) // part)
+    batches = []
+    for k in range(count):
+        batch = np.full(batch_size, -1, np.int64)
+        for s, shard in enumerate(by_shard):
+            rows = shard[k * part : (k + 1) * part]
+            batch[s * part : s * part + len(rows)] = rows
+        batches.append(batch)
+    return batches
 
 
 def eval_batch_plan(lengths: np.ndarray, buckets: list[int], batch_size: int) -> list[tuple[int, np.ndarray]]:

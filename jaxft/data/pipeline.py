@@ -4,6 +4,15 @@ Reading (`read_splits`) writes nothing, so a bad file fails before the workdir i
 (`tokenize_splits`) may write its cache. What a file holds and how its labels become targets is the task's
 business (`jaxft.tasks`; classification by default). Batches are host NumPy arrays of fixed shapes (one per
 length bucket); each process takes its own rows of every global batch.
+
+Several processes (`jax.distributed`) split the train split into `data.num_shards` shards (default: one per
+process): example i is in shard i mod num_shards, and each process tokenises and keeps only the examples of
+its own shards. Each global batch is one equal part per shard (`batching.train_batch_plan`), so a process
+builds its rows from what it holds; the processes exchange only row lengths, which the plan needs. Every
+process still parses the whole file, so that every line is checked and all agree on the label set; the
+evaluation splits are tokenised whole on every process, because the report needs all of them. The order
+depends on num_shards only: two runs with the same num_shards see the same global batches whatever their
+process counts.
 """
 
 import dataclasses
@@ -34,6 +43,8 @@ class Split:
         depend on tokenisation are features instead: per-token `features["labels"]` (NER; `labels` then
         holds the word tags) or per-row `features["targets"]` (QA, whose rows are context windows).
       features: tokenised arrays (`jaxft.data.tokenize`), filled by `tokenize_splits`.
+      shards: with several shards (train only), which rows this process holds: `examples`, `labels` and
+        `features` are then this process's share only.
     """
 
     name: str
@@ -41,6 +52,27 @@ class Split:
     examples: list
     labels: np.ndarray
     features: dict | None = None
+    shards: "Shards | None" = None
+
+
+@dataclasses.dataclass
+class Shards:
+    """A split divided into shards, of which this process holds some (`tokenize_splits`).
+
+    Rows are the features' rows (examples, or QA's context windows), numbered over the whole split: the
+    rows of example 0, then those of example 1, and so on.
+
+    Attributes:
+      count: shards in the split (`data.num_shards`).
+      of_row: the shard of every row [R] (that of its example).
+      lengths: the token count of every row [R] (what batch plans need).
+      local_rows: the rows held here, increasing; `features` row j is row `local_rows[j]`.
+    """
+
+    count: int
+    of_row: np.ndarray
+    lengths: np.ndarray
+    local_rows: np.ndarray
 
 
 def subset(examples: list, limit: int, seed: int) -> list:
@@ -116,36 +148,159 @@ def tokenize_splits(
 ) -> None:
     """Fills each split's features, from the cache where the same inputs were tokenised before.
 
+    With several shards (`num_shards`) the train split keeps this process's share only (module docstring).
     Token tasks also need `label_names`, to turn word tags into per-token labels.
     """
     task = task or Classification()
+    count = num_shards(data)
     for split in splits.values():
-        split.features = task.tokenize(
-            split.examples, tokenizer, data, cache_dir, os.path.abspath(split.path), label_names
+        path = os.path.abspath(split.path)
+        if split.name != "train" or count == 1:
+            split.features = task.tokenize(split.examples, tokenizer, data, cache_dir, path, label_names)
+            logging.info("%s: %d examples from %s", split.name, len(split.examples), split.path)
+            continue
+        total, index, processes = len(split.examples), jax.process_index(), jax.process_count()
+        mine = owned_examples(total, count, index, processes)
+        split.examples = [split.examples[i] for i in mine]
+        split.labels = np.asarray(split.labels)[mine]
+        split.features = task.tokenize(split.examples, tokenizer, data, cache_dir, path, label_names)
+        rows = rows_per_example(split.features, len(mine))
+        sizes = [len(owned_examples(total, count, q, processes)) for q in range(processes)]
+        all_rows = _allgather(rows, sizes)
+        all_lengths = _allgather(split.features["length"], [int(r.sum()) for r in all_rows])
+        split.shards = assemble_shards(total, count, index, all_rows, all_lengths)
+        per_process = count // processes
+        logging.info(
+            "%s: %d of %d examples (shards %d-%d of %d) from %s",
+            split.name,
+            len(mine),
+            total,
+            index * per_process,
+            (index + 1) * per_process - 1,
+            count,
+            split.path,
         )
-        logging.info("%s: %d examples from %s", split.name, len(split.examples), split.path)
+
+
+def num_shards(data: ml_collections.ConfigDict) -> int:
+    """`data.num_shards`, or one shard per process when it is 0; a multiple of the process count."""
+    count = data.get("num_shards", 0) or jax.process_count()
+    if count < 1 or count % jax.process_count():
+        raise UserError(
+            f"config data.num_shards={count} must be a positive multiple of the {jax.process_count()} "
+            "processes (0: one shard per process)"
+        )
+    return count
+
+
+def owned_examples(total: int, count: int, index: int, processes: int) -> np.ndarray:
+    """The examples (file order) that process `index` of `processes` holds when `total` are in `count`
+    shards: example i is in shard i mod count, and process p holds the count/processes shards from
+    p*count/processes on (contiguous, so that its parts of every batch are contiguous too)."""
+    return np.flatnonzero(np.arange(total) % count // (count // processes) == index)
+
+
+def rows_per_example(features: dict, num_examples: int) -> np.ndarray:
+    """Feature rows of each example: 1, or QA's context windows (`features["example_index"]`)."""
+    if "example_index" in features:
+        return np.bincount(features["example_index"], minlength=num_examples)
+    return np.ones(num_examples, np.int64)
+
+
+def assemble_shards(
+    total: int, count: int, index: int, rows: list[np.ndarray], lengths: list[np.ndarray]
+) -> Shards:
+    """Process `index`'s `Shards`, from every process's rows per held example and row lengths.
+
+    Args:
+      total: examples in the split.
+      count: shards.
+      index: this process.
+      rows: per process q, the rows of each example it holds (`owned_examples` order).
+      lengths: per process q, the token count of each of its rows.
+    """
+    processes = len(rows)
+    owned = [owned_examples(total, count, q, processes) for q in range(processes)]
+    example_rows = np.zeros(total, np.int64)
+    for q in range(processes):
+        example_rows[owned[q]] = rows[q]
+    first_row = np.concatenate([[0], np.cumsum(example_rows)])
+    row_lengths = np.zeros(first_row[-1], np.int64)
+    local_rows = None
+    for q in range(processes):
+        ids = _row_ids(first_row[owned[q]], np.asarray(rows[q], np.int64))
+        row_lengths[ids] = lengths[q]
+        if q == index:
+            local_rows = ids
+    of_row = np.repeat(np.arange(total) % count, example_rows)
+    return Shards(count, of_row, row_lengths, local_rows)
+
+
+def _row_ids(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """[starts[0], ..., starts[0] + counts[0] - 1, starts[1], ...]."""
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(starts, counts) + within
+
+
+def _allgather(local: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """Every process's `local` (of length sizes[q] on process q), on every process."""
+    if jax.process_count() == 1:
+        return [np.asarray(local)]
+    from jax.experimental import multihost_utils
+
+    padded = np.zeros(max(sizes), np.int64)
+    padded[: len(local)] = local
+    gathered = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max(sizes)]
+    return [gathered[q, : sizes[q]] for q in range(len(sizes))]
 
 
 def buckets(data: ml_collections.ConfigDict) -> list[int]:
     return batching.bucket_lengths(data.max_seq_length, data.num_buckets)
 
 
+def _plan(split: Split, bucket_list: list[int], batch_size: int, seed: int, epoch: int):
+    if split.shards is None:
+        return batching.train_batch_plan(
+            split.features["length"], bucket_list, batch_size, seed=seed, epoch=epoch
+        )
+    shards = split.shards
+    return batching.train_batch_plan(
+        shards.lengths,
+        bucket_list,
+        batch_size,
+        seed=seed,
+        epoch=epoch,
+        shard_of=shards.of_row,
+        num_shards=shards.count,
+    )
+
+
 def steps_per_epoch(split: Split, bucket_list: list[int], batch_size: int) -> int:
     """Batches in one epoch; the same for every epoch, since only the order within buckets changes."""
-    return len(batching.train_batch_plan(split.features["length"], bucket_list, batch_size, seed=0, epoch=0))
+    return len(_plan(split, bucket_list, batch_size, seed=0, epoch=0))
 
 
 def _process_share(split: Split, seq_len: int, indices: np.ndarray, batch_size: int) -> dict:
-    # Every process plans the same global batch; padding rows sit at its end, so each process's real rows
-    # come first in its share and `make_batch` pads the rest.
+    # Every process plans the same global batch (-1: a padding row) and takes its contiguous part; its real
+    # rows go first and `make_batch` pads the rest. Sharded plans put each process's shards in its part.
     per_process = batch_size // jax.process_count()
     share = np.full(batch_size, -1, np.int64)
     share[: len(indices)] = indices
     share = share[jax.process_index() * per_process : (jax.process_index() + 1) * per_process]
-    indices = share[share >= 0]
-    batch = batching.make_batch(split.features, None, indices, seq_len, per_process)
-    batch["labels"] = _batch_labels(split, indices, seq_len, per_process)
+    ids = share[share >= 0]
+    rows = ids if split.shards is None else _local_rows(split.shards, ids)
+    batch = batching.make_batch(split.features, None, rows, seq_len, per_process)
+    batch["index"][: len(ids)] = ids
+    batch["labels"] = _batch_labels(split, rows, seq_len, per_process)
     return batch
+
+
+def _local_rows(shards: Shards, ids: np.ndarray) -> np.ndarray:
+    """Where rows `ids` are in this process's features."""
+    rows = np.minimum(np.searchsorted(shards.local_rows, ids), len(shards.local_rows) - 1)
+    if not np.array_equal(shards.local_rows[rows], ids):
+        raise RuntimeError(f"process {jax.process_index()} was planned rows it does not hold")
+    return rows
 
 
 def _batch_labels(split: Split, indices: np.ndarray, seq_len: int, rows: int) -> np.ndarray:
@@ -169,9 +324,7 @@ def train_batches(split: Split, bucket_list: list[int], batch_size: int, seed: i
     while True:
         if step // per_epoch != epoch:
             epoch = step // per_epoch
-            plan = batching.train_batch_plan(
-                split.features["length"], bucket_list, batch_size, seed=seed, epoch=epoch
-            )
+            plan = _plan(split, bucket_list, batch_size, seed, epoch)
         seq_len, indices = plan[step % per_epoch]
         yield _process_share(split, seq_len, indices, batch_size)
         step += 1
