@@ -1,5 +1,6 @@
 """Two `jax.distributed` processes on one machine (loopback coordinator, one CPU device each) train exactly
-like one process with the same global batch, and only process 0 writes logs and reports."""
+like one process with the same global batch (and the same two train-data shards), each tokenising only its
+own half of the train split, and only process 0 writes logs and reports."""
 
 import json
 import os
@@ -38,7 +39,7 @@ def test_two_processes_equal_one_process(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     base = [sys.executable, "train.py", "--config", "configs/tiny.py"]
     single = subprocess.run(
-        [*base, "--workdir", str(tmp_path / "one"), *COMMON],
+        [*base, "--workdir", str(tmp_path / "one"), *COMMON, "--config.data.num_shards=2"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -86,3 +87,7 @@ def test_two_processes_equal_one_process(tmp_path):
         report_two["report"]["macro avg"]["support"] == 100
     )  # every dev example once, across both processes
     assert "precision" in outputs[0][0] and "precision" not in outputs[1][0]  # only process 0 prints reports
+    # Each process read its own half of the 404 train examples (the default: one shard per process).
+    assert "train: 404 of 404 examples (shards 0-1 of 2)" in single.stderr
+    assert "train: 202 of 404 examples (shards 0-0 of 2)" in outputs[0][1]
+    assert "train: 202 of 404 examples (shards 1-1 of 2)" in outputs[1][1]
