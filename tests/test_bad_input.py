@@ -252,6 +252,12 @@ def test_batch_not_divisible_by_devices(workdir):
     fails(tiny_config(**{"training.batch_size": 12}), workdir, "training.batch_size=12", "8 devices")
 
 
+def test_num_shards_that_cannot_split_the_batch(workdir):
+    # Three shards are fine on one process, but a batch of 16 has no three equal parts.
+    config = tiny_config(**{"data.num_shards": 3, "training.batch_size": 16})
+    fails(config, workdir, "training.batch_size=16 must be divisible by data.num_shards=3")
+
+
 def test_invalid_choice(workdir):
     fails(tiny_config(**{"optimizer.name": "adam"}), workdir, "optimizer.name", "'adam'", "adamw")
 
