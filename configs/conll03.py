@@ -11,7 +11,8 @@ max_seq_length are predicted "O" (so they still count). Recipe: max_seq_length 1
 with 10% warm-up, weight decay 0.01, 3 epochs (1,317 steps), evaluated every epoch; best checkpoint by
 entity micro-F1 on dev, reported on dev and test. Measured after 1 epoch (`bench/tasks.sh DATA conll03
 --config.training.num_epochs=1`, 441 steps, 2-core CPU, 2026-11-29): entity micro-F1 dev 0.8463, test
-0.8108 (BERT-base: test 92.4). `:tiny` is the same data on configs/tiny.py's random 2-layer model: a pipeline check only.
+0.8108 (BERT-base: test 92.4). `:tiny` is the same data on configs/tiny.py's random 2-layer model: a
+pipeline check only.
 """
 
 from configs import finetune
