@@ -9,12 +9,21 @@ lr 5e-5, warm-up 6%, weight decay 0.01, clipping 1.0, seed 0.
 Result (2026-11-28, 2-core CPU, `bench/accuracy.sh ../shared/data sst2`): dev accuracy 0.8979, macro-F1
 0.8979, 29.5 min wall with other jobs sharing the cores; the PyTorch reference with the same recipe
 (`bench/accuracy.sh ../shared/data sst2-torch`) 0.8888 / 0.8886. README "Results" has the details.
+
+`configs/sst2.py:gpu` is issue 5's GPU end-to-end timing (bench/gpu.sh), not an accuracy recipe: a randomly
+initialised BERT-base-sized encoder (12 layers, hidden 768; no checkpoint download), bfloat16 compute,
+3 epochs of batch 32 at 64 tokens in 2 length buckets (32/64: fewer compilations), evaluated after every
+epoch. Its tokenizer defaults to the repo's configs/tiny_tokenizer (555 tokens: most SST-2 words become
+[UNK]); gpu.sh passes a 30,522-token WordPiece vocabulary it builds from the train split instead. Not run on
+a GPU yet.
 """
 
 from configs import common, default
 
 
-def get_config():
+def get_config(variant: str = "default"):
+    if variant not in ("default", "gpu"):
+        raise ValueError(f"unknown variant {variant!r} (default, gpu)")
     config = default.get_config()
     config.model.checkpoint = common.minilm_checkpoint()
     config.data.train_path = "$JAXFT_DATA/sst2/train.tsv"
@@ -33,4 +42,15 @@ def get_config():
     config.training.log_every = 100
     config.training.checkpoint_every = 1000
     config.training.eval_batch_size = 128
+    if variant == "gpu":
+        # Random init: model.random_init's BERT-base sizes (configs/default.py); nothing is downloaded.
+        config.model.checkpoint = None
+        config.model.tokenizer = common.repo_path("configs/tiny_tokenizer")
+        config.model.dtype = "bfloat16"
+        config.data.num_buckets = 2
+        config.training.num_epochs = 3
+        config.training.eval_every = 0  # after every epoch
+        config.training.eval_batch_size = 256
+        config.training.checkpoint_every = 100_000  # only the final save
+        config.training.progress_bar = False
     return config
