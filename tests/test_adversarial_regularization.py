@@ -9,23 +9,14 @@ import pytest
 from configs import tiny
 from jaxft import optim, parallel, steps
 from jaxft.errors import UserError
-from jaxft.models.bert import BertConfig
 from jaxft.models.heads import SequenceClassifier
 from jaxft.strategies import adversarial as adv
 from jaxft.strategies import checks
 from jaxft.strategies.regularization import layer_scale, symmetric_kl
 from jaxft.tasks.classification import Classification
+from tests.helpers import init_params, tiny_bert
 
-CONFIG = BertConfig(
-    vocab_size=40,
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=32,
-    max_position_embeddings=32,
-    hidden_dropout_prob=0.1,
-    attention_probs_dropout_prob=0.1,
-)
+CONFIG = tiny_bert(40, dropout=0.1)
 MODEL = SequenceClassifier(CONFIG, 3)
 
 
@@ -44,16 +35,11 @@ def _batch(size=4, length=10, seed=0):
     }
 
 
-def _params():
-    dummy = jnp.zeros((1, 8), jnp.int32)
-    return jax.device_get(MODEL.init(jax.random.key(0), dummy, jnp.ones_like(dummy), dummy)["params"])
-
-
 def _train(steps_: int, **options):
     tx = optim.create_optimizer(tiny.get_config().optimizer, 10)
     devices = jax.devices()[:2]
     p_train = parallel.pmap_train_step(steps.train_step, devices=devices, model=MODEL, tx=tx, **options)
-    state = parallel.replicate(steps.create_train_state(_params(), tx, 0), devices)
+    state = parallel.replicate(steps.create_train_state(init_params(MODEL), tx, 0), devices)
     losses = []
     for i in range(steps_):
         state, metrics = p_train(state, parallel.split_for_devices(_batch(seed=i), 2))
@@ -97,7 +83,7 @@ def test_projection_bounds_every_examples_norm():
 
 def test_fgm_equals_its_definition():
     """Mean of the clean gradient and the gradient at delta = eps * g / ||g|| (per example)."""
-    params, batch, key = _params(), _batch(), jax.random.key(3)
+    params, batch, key = init_params(MODEL), _batch(), jax.random.key(3)
     zeros = adv.zero_perturbations(MODEL, params, batch)
 
     def loss_fn(p, d=None):
@@ -134,7 +120,7 @@ def test_label_smoothing_loss_equals_its_definition():
 
 
 def test_rdrop_loss_is_the_mean_of_two_dropout_passes_plus_their_symmetric_kl():
-    params, batch, key = _params(), _batch(), jax.random.key(5)
+    params, batch, key = init_params(MODEL), _batch(), jax.random.key(5)
     loss, count = steps.weighted_loss_sum(MODEL, params, batch, key, False, Classification(), None, 0.7)
     apply = lambda k: MODEL.apply(  # noqa: E731
         {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
@@ -161,7 +147,7 @@ def test_layerwise_decay_scales_each_layers_update():
     assert layer_scale(("bert", "encoder", "layer_0", "output", "dense", "kernel"), 2, 0.5) == 0.25
     assert layer_scale(("bert", "encoder", "layer_1", "output", "dense", "kernel"), 2, 0.5) == 0.5
     assert layer_scale(("classifier", "kernel"), 2, 0.5) == 1.0
-    params = _params()
+    params = init_params(MODEL)
     grads = jax.tree.map(lambda p: np.full_like(p, 0.01), params)
     opt = tiny.get_config().optimizer
     opt.warmup_steps = 0

@@ -12,16 +12,10 @@ from jaxft.errors import UserError
 from jaxft.models.bert import BertConfig, BertEncoder, softmax_attention
 from jaxft.models.convert import hf_to_flax, load_state_dict
 from jaxft.models.heads import SequenceClassifier
+from tests.helpers import ODD_SIZES
 
-# Odd sizes (37, 99) catch transposed or swapped dimensions that square shapes would hide.
-TINY = dict(
-    vocab_size=99,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    max_position_embeddings=64,
-)
+# Odd sizes (99 and ODD_SIZES' 37) catch transposed or swapped dimensions that square shapes would hide.
+TINY = dict(vocab_size=99, **ODD_SIZES)
 TOL = 1e-5
 
 

@@ -20,15 +20,9 @@ from jaxft.models.convert import (
     merge_pretrained,
 )
 from jaxft.models.heads import SequenceClassifier
+from tests.helpers import ODD_SIZES
 
-TINY = dict(
-    vocab_size=99,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    max_position_embeddings=64,
-)
+TINY = dict(vocab_size=99, **ODD_SIZES)
 # Records calls from pickled objects; it must stay empty when a checkpoint is refused.
 EXECUTED = []
 

@@ -10,21 +10,12 @@ import pytest
 from configs import default
 from jaxft.data import pipeline, tokenize
 from jaxft.errors import UserError
-from jaxft.models.bert import BertConfig
 from jaxft.strategies import fewshot
 from jaxft.tasks.regression import Regression
+from tests.helpers import tiny_bert
 
 # A random tiny encoder over the conftest vocabulary (27 tokens); no dropout, so every result is exact.
-TINY = BertConfig(
-    vocab_size=27,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-)
+TINY = tiny_bert(27, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
 TEXTS = ["the cat sat on the mat .", "good", "a very good film , not a bad movie !", "the dog is bad"]
 
 

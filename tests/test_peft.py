@@ -14,21 +14,13 @@ import pytest
 from configs import tiny
 from jaxft import optim, parallel, steps, train, trained
 from jaxft.errors import UserError
-from jaxft.models.bert import BertConfig, BertEncoder, BertSelfAttention
+from jaxft.models.bert import BertEncoder, BertSelfAttention
 from jaxft.models.heads import SequenceClassifier
 from jaxft.strategies import peft as peft_lib
 from jaxft.strategies.peft import PeftConfig
+from tests.helpers import init_params, tiny_bert
 
-CONFIG = BertConfig(
-    vocab_size=40,
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=32,
-    max_position_embeddings=40,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-)
+CONFIG = tiny_bert(40, max_position_embeddings=40)
 LORA_ALL = PeftConfig(method="lora", lora_targets=peft_lib.LORA_TARGETS, lora_rank=4)
 
 
@@ -40,9 +32,8 @@ def _inputs(batch=3, length=10, seed=0):
     return jnp.asarray(ids), jnp.asarray(mask), jnp.zeros_like(jnp.asarray(ids))
 
 
-def _init(module, length=10):
-    dummy = jnp.zeros((1, length), jnp.int32)
-    return jax.device_get(module.init(jax.random.key(1), dummy, jnp.ones_like(dummy), dummy)["params"])
+def _init(module):
+    return init_params(module, length=10, seed=1)
 
 
 def _with_base(params, base):

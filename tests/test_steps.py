@@ -9,30 +9,15 @@ import pytest
 from configs import default
 from jaxft import optim, parallel, steps
 from jaxft.data import batching, pipeline
-from jaxft.models.bert import BertConfig
 from jaxft.models.heads import SequenceClassifier
-from jaxft.train import eval_counts
+from tests.helpers import eval_totals, init_params, loss_and_grads, rel_error, tiny_bert
 
-CONFIG = BertConfig(
-    vocab_size=50,
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=32,
-    max_position_embeddings=32,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-)
+CONFIG = tiny_bert(50)
 LABELS = 3
 
 
 def _model(dtype=jnp.float32):
     return SequenceClassifier(CONFIG, num_labels=LABELS, dtype=dtype)
-
-
-def _params(model):
-    dummy = jnp.zeros((1, 8), jnp.int32)
-    return jax.device_get(model.init(jax.random.key(0), dummy, jnp.ones_like(dummy), dummy)["params"])
 
 
 def _batch(size: int, length: int = 12, padding_rows: int = 0, seed: int = 0) -> dict:
@@ -50,42 +35,14 @@ def _batch(size: int, length: int = 12, padding_rows: int = 0, seed: int = 0) ->
     }
 
 
-def _rel(a, b) -> float:
-    a, b = (
-        np.concatenate([np.ravel(x) for x in jax.tree.leaves(a)]),
-        np.concatenate([np.ravel(x) for x in jax.tree.leaves(b)]),
-    )
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def _loss_and_grads(params, batch, num_devices, accum_steps=1):
-    devices = jax.devices()[:num_devices]
-    fn = parallel.pmap_reduce(
-        lambda p, b, axis_name: steps.loss_and_grads(
-            p,
-            b,
-            jax.random.key(0),
-            model=_model(),
-            axis_name=axis_name,
-            accum_steps=accum_steps,
-            deterministic=True,
-        ),
-        devices=devices,
-    )
-    loss, grads, count = fn(
-        parallel.replicate(params, devices), parallel.split_for_devices(batch, num_devices)
-    )
-    return float(loss[0]), parallel.unreplicate(grads), float(count[0])
-
-
 def test_eight_devices_equal_one_device_on_the_same_global_batch():
     assert jax.device_count() == 8
-    params, batch = _params(_model()), _batch(16, padding_rows=3)
-    loss1, grads1, count1 = _loss_and_grads(params, batch, 1)
-    loss8, grads8, count8 = _loss_and_grads(params, batch, 8)
+    params, batch = init_params(_model()), _batch(16, padding_rows=3)
+    loss1, grads1, count1 = loss_and_grads(_model(), params, batch, 1)
+    loss8, grads8, count8 = loss_and_grads(_model(), params, batch, 8)
     assert count1 == count8 == 13
     assert abs(loss8 - loss1) <= 1e-6 * abs(loss1)
-    assert _rel(grads8, grads1) <= 1e-6
+    assert rel_error(grads8, grads1) <= 1e-6
     # One full optimizer step on each: the updated models give the same logits.
     tx = optim.create_optimizer(default.get_config().optimizer, 10)
     logits = []
@@ -108,27 +65,27 @@ def test_eight_devices_equal_one_device_on_the_same_global_batch():
 
 
 def test_padding_rows_do_not_change_loss_or_gradients():
-    params, batch = _params(_model()), _batch(16, padding_rows=4)
+    params, batch = init_params(_model()), _batch(16, padding_rows=4)
     real = {k: v[:12] for k, v in batch.items()}
-    padded_loss, padded_grads, _ = _loss_and_grads(params, batch, 1)
-    real_loss, real_grads, _ = _loss_and_grads(params, {**_batch(12), **real}, 1)
+    padded_loss, padded_grads, _ = loss_and_grads(_model(), params, batch, 1)
+    real_loss, real_grads, _ = loss_and_grads(_model(), params, {**_batch(12), **real}, 1)
     assert abs(padded_loss - real_loss) <= 1e-6 * real_loss
-    assert _rel(padded_grads, real_grads) <= 1e-6
+    assert rel_error(padded_grads, real_grads) <= 1e-6
 
 
 def test_accumulated_micro_batches_equal_one_large_batch():
-    params, batch = _params(_model()), _batch(16, padding_rows=2)
-    loss1, grads1, _ = _loss_and_grads(params, batch, 1, accum_steps=1)
-    loss4, grads4, _ = _loss_and_grads(params, batch, 1, accum_steps=4)
+    params, batch = init_params(_model()), _batch(16, padding_rows=2)
+    loss1, grads1, _ = loss_and_grads(_model(), params, batch, 1, accum_steps=1)
+    loss4, grads4, _ = loss_and_grads(_model(), params, batch, 1, accum_steps=4)
     assert abs(loss4 - loss1) <= 1e-6 * loss1
-    assert _rel(grads4, grads1) <= 1e-6
+    assert rel_error(grads4, grads1) <= 1e-6
 
 
 @pytest.mark.parametrize("num_devices", [1, 3, 8])
 @pytest.mark.parametrize("num_examples", [23, 24, 25])
 def test_evaluation_counts_every_example_exactly_once(num_devices, num_examples):
     model, rng = _model(), np.random.default_rng(num_examples)
-    params = _params(model)
+    params = init_params(model)
     lengths = rng.integers(2, 20, num_examples).astype(np.int32)
     ids = rng.integers(1, CONFIG.vocab_size, (num_examples, 20)) * (np.arange(20) < lengths[:, None])
     features = {
@@ -138,16 +95,7 @@ def test_evaluation_counts_every_example_exactly_once(num_devices, num_examples)
     }
     labels = rng.integers(0, LABELS, num_examples).astype(np.int32)
     split = pipeline.Split("dev", "dev.jsonl", [None] * num_examples, labels, features)
-    devices = jax.devices()[:num_devices]
-    p_eval = parallel.pmap_eval_step(steps.eval_step, devices=devices, model=model, num_labels=LABELS)
-    totals = eval_counts(
-        p_eval,
-        parallel.replicate(params, devices),
-        split,
-        [8, 20],
-        parallel.eval_batch_size(8, num_devices),
-        num_devices,
-    )
+    totals = eval_totals(model, params, split, num_devices, buckets=[8, 20], batch_size=8, num_labels=LABELS)
     assert int(totals["count"]) == num_examples == int(totals["confusion"].sum())
     # Reference: every example alone, on the host, unpadded.
     reference, margins, loss_sum = np.zeros((LABELS, LABELS), np.int64), [], 0.0
@@ -168,7 +116,7 @@ def test_evaluation_counts_every_example_exactly_once(num_devices, num_examples)
 
 def test_bf16_computes_in_bf16_and_keeps_float32_state():
     model = _model(jnp.bfloat16)
-    params = _params(model)
+    params = init_params(model)
     assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype(np.float32)}
     batch = _batch(8)
     jaxpr = jax.make_jaxpr(
@@ -208,7 +156,7 @@ def test_second_step_does_not_compile():
         )
     )
     model, tx = _model(), optim.create_optimizer(default.get_config().optimizer, 10)
-    params = _params(model)
+    params = init_params(model)
     p_step = parallel.pmap_train_step(steps.train_step, model=model, tx=tx)
     state = parallel.replicate(steps.create_train_state(params, tx, 0))
     for seed in range(3):
@@ -220,12 +168,12 @@ def test_second_step_does_not_compile():
 
 
 def test_bucketed_and_fully_padded_batches_give_the_same_loss():
-    params, batch = _params(_model()), _batch(16, length=12)
+    params, batch = init_params(_model()), _batch(16, length=12)
     wide = {
         **batch,
         **{k: np.pad(batch[k], ((0, 0), (0, 20))) for k in ("input_ids", "attention_mask", "token_type_ids")},
     }
-    narrow_loss, _, _ = _loss_and_grads(params, batch, 1)
-    wide_loss, _, _ = _loss_and_grads(params, wide, 1)
+    narrow_loss, _, _ = loss_and_grads(_model(), params, batch, 1)
+    wide_loss, _, _ = loss_and_grads(_model(), params, wide, 1)
     assert abs(narrow_loss - wide_loss) <= 1e-5 * narrow_loss
     assert batching.bucket_lengths(32, 2) == [16, 32]

@@ -16,14 +16,8 @@ from jaxft.data.readers import Example
 from jaxft.errors import UserError
 from jaxft.models import convert
 from jaxft.tasks.pet import Pet
+from tests.helpers import ODD_SIZES
 
-TINY_BERT = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    max_position_embeddings=64,
-)
 GOOD = ["the movie was very good", "a good film", "the dog is good !", "it is a very good movie"]
 BAD = ["the movie was very bad", "a bad film", "the cat is bad .", "it is not a good movie , it is bad"]
 
@@ -35,7 +29,7 @@ def _save_checkpoint(out, tokenizer_dir: str, cls_name: str = "BertForMaskedLM")
 
     tokenizer = tokenize.load_tokenizer(tokenizer_dir)
     torch.manual_seed(0)
-    bert_config = transformers.BertConfig(vocab_size=len(tokenizer), **TINY_BERT)
+    bert_config = transformers.BertConfig(vocab_size=len(tokenizer), **ODD_SIZES)
     model = getattr(transformers, cls_name)(bert_config).eval()
     if cls_name == "BertForMaskedLM":
         # HF initialises these to 0 / 1 / 0: random values make the parity test see every one of them.

@@ -16,9 +16,10 @@ from jaxft import export, predict, tasks, train, trained
 from jaxft.data import tokenize
 from jaxft.errors import UserError
 from jaxft.models import convert
-from jaxft.models.bert import BertConfig, BertEncoder
+from jaxft.models.bert import BertEncoder
 from jaxft.models.heads import RelationClassifier, SequenceClassifier
 from jaxft.tasks.relation import MARKERS, Relation, mark_entities, tokenize_relations
+from tests.helpers import tiny_bert
 
 # Toy relation: every sentence names one drink-or-device word (A) and one book-or-film word (B); the label
 # says which group the *head* entity is from. Both groups appear in every text, so only the markers tell.
@@ -58,16 +59,9 @@ def _tokenizer():
     return tokenizer
 
 
-def _bert_config(vocab_size: int) -> BertConfig:
-    return BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+def _bert_config(vocab_size: int):
+    return tiny_bert(
+        vocab_size, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64
     )
 
 

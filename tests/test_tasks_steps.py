@@ -7,27 +7,17 @@ import numpy as np
 import optax
 import pytest
 
-from jaxft import parallel, steps, tasks
+from jaxft import steps, tasks
 from jaxft.data import pipeline
-from jaxft.models.bert import BertConfig
 from jaxft.models.heads import SequenceClassifier, SpanExtractor, TokenClassifier
 from jaxft.tasks import IGNORE
 from jaxft.tasks.multilabel import MultiLabel
 from jaxft.tasks.ner import Ner
 from jaxft.tasks.qa import QuestionAnswering
 from jaxft.tasks.regression import Regression
-from jaxft.train import eval_counts
+from tests.helpers import eval_totals, init_params, loss_and_grads, rel_error, tiny_bert
 
-CONFIG = BertConfig(
-    vocab_size=50,
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=32,
-    max_position_embeddings=32,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-)
+CONFIG = tiny_bert(50)
 LENGTH, TAGS, LABELS = 12, 5, 4
 TASKS = {
     "regression": (Regression(), lambda: SequenceClassifier(CONFIG, num_labels=1)),
@@ -35,11 +25,6 @@ TASKS = {
     "ner": (Ner(max_seq_length=20), lambda: TokenClassifier(CONFIG, num_labels=TAGS)),
     "qa": (QuestionAnswering(max_seq_length=20), lambda: SpanExtractor(CONFIG)),
 }
-
-
-def _params(model):
-    dummy = jnp.zeros((1, 8), jnp.int32)
-    return jax.device_get(model.init(jax.random.key(0), dummy, jnp.ones_like(dummy), dummy)["params"])
 
 
 def _labels(name: str, rng, lengths) -> np.ndarray:
@@ -77,37 +62,14 @@ def _batch(name: str, size: int, padding_rows: int = 0, seed: int = 0) -> dict:
 
 def _loss_and_grads(name, params, batch, num_devices, accum_steps=1):
     task, make_model = TASKS[name]
-    devices = jax.devices()[:num_devices]
-    fn = parallel.pmap_reduce(
-        lambda p, b, axis_name: steps.loss_and_grads(
-            p,
-            b,
-            jax.random.key(0),
-            model=make_model(),
-            axis_name=axis_name,
-            accum_steps=accum_steps,
-            deterministic=True,
-            task=task,
-        ),
-        devices=devices,
-    )
-    loss, grads, count = fn(
-        parallel.replicate(params, devices), parallel.split_for_devices(batch, num_devices)
-    )
-    return float(loss[0]), parallel.unreplicate(grads), float(count[0])
-
-
-def _rel(a, b) -> float:
-    a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(a)])
-    b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(b)])
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+    return loss_and_grads(make_model(), params, batch, num_devices, accum_steps, task=task)
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_output_shapes(name):
     task, make_model = TASKS[name]
     model = make_model()
-    params, batch = _params(model), _batch(name, 8)
+    params, batch = init_params(model), _batch(name, 8)
     logits = model.apply(
         {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
     )
@@ -140,13 +102,13 @@ def test_loss_is_the_mean_over_real_rows_or_labelled_positions_on_any_split(name
     """Padding rows (even with labels), 8 devices and 2 micro-batches change neither loss nor gradients."""
     _, make_model = TASKS[name]
     model = make_model()
-    params, padded = _params(model), _batch(name, 16, padding_rows=4)
+    params, padded = init_params(model), _batch(name, 16, padding_rows=4)
     real = {k: v[:12] for k, v in padded.items()}
     loss, grads, count = _loss_and_grads(name, params, real, 1)
     loss_split, grads_split, count_split = _loss_and_grads(name, params, padded, 8, accum_steps=2)
     assert count_split == count
     assert abs(loss_split - loss) <= 1e-6 * abs(loss)
-    assert _rel(grads_split, grads) <= 1e-6
+    assert rel_error(grads_split, grads) <= 1e-6
     logits = np.asarray(
         model.apply({"params": params}, real["input_ids"], real["attention_mask"], real["token_type_ids"]),
         np.float64,
@@ -177,7 +139,7 @@ def test_loss_is_the_mean_over_real_rows_or_labelled_positions_on_any_split(name
 def test_ner_ignored_positions_do_not_count():
     """Rows whose positions are all IGNORE add nothing, whatever their tokens: like padding rows."""
     _, make_model = TASKS["ner"]
-    params, batch = _params(make_model()), _batch("ner", 16)
+    params, batch = init_params(make_model()), _batch("ner", 16)
     real = {k: v[:12] for k, v in batch.items()}
     ignored = {k: v.copy() for k, v in batch.items()}
     ignored["labels"][12:] = IGNORE  # weight 1, but nothing labelled
@@ -185,7 +147,7 @@ def test_ner_ignored_positions_do_not_count():
     loss, grads, count = _loss_and_grads("ner", params, ignored, 8)
     assert count == count_real == (real["labels"] != IGNORE).sum()
     assert abs(loss - loss_real) <= 1e-6 * loss_real
-    assert _rel(grads, grads_real) <= 1e-6
+    assert rel_error(grads, grads_real) <= 1e-6
 
 
 _REFERENCE = {}
@@ -204,7 +166,7 @@ def _reference(name, model, params, ids, lengths):
 def test_evaluation_places_every_example_exactly_once(name, num_devices):
     task, make_model = TASKS[name]
     model = make_model()
-    params = _params(model)
+    params = init_params(model)
     num_examples = 25
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 20, num_examples).astype(np.int32)
@@ -218,16 +180,7 @@ def test_evaluation_places_every_example_exactly_once(name, num_devices):
     else:
         labels = _labels(name, rng, lengths)
     split = pipeline.Split("dev", "dev", [None] * num_examples, labels, features)
-    devices = jax.devices()[:num_devices]
-    p_eval = parallel.pmap_eval_step(steps.eval_step, devices=devices, model=model, task=task)
-    totals = eval_counts(
-        p_eval,
-        parallel.replicate(params, devices),
-        split,
-        [8, 20],
-        parallel.eval_batch_size(8, num_devices),
-        num_devices,
-    )
+    totals = eval_totals(model, params, split, num_devices, buckets=[8, 20], batch_size=8, task=task)
     assert int(totals["count"]) == (lengths.sum() if name == "ner" else num_examples)
     placed = totals[tasks.PER_EXAMPLE].get("prediction")
     for i, logits in enumerate(_reference(name, model, params, ids, lengths)):
@@ -249,7 +202,7 @@ def test_evaluation_places_every_example_exactly_once(name, num_devices):
 def test_classification_is_the_default_and_unchanged():
     """Without a task the steps are the classification ones (and its loss is the cross-entropy mean)."""
     model = SequenceClassifier(CONFIG, num_labels=3)
-    params = _params(model)
+    params = init_params(model)
     batch = _batch("regression", 8)
     batch["labels"] = np.arange(8, dtype=np.int32) % 3
     logits = model.apply(

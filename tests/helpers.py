@@ -1,0 +1,100 @@
+"""Helpers shared by the test files: tiny BERT configurations, parameter initialisation, the relative error
+between two parameter trees, and, on forced host devices, one step's loss and gradients and an evaluation's
+totals.
+
+Imported as `from tests.helpers import ...` (pytest's pythonpath holds the repository root).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxft import parallel, steps
+from jaxft.models.bert import BertConfig
+from jaxft.train import eval_counts
+
+# Odd sizes (37) catch transposed or swapped dimensions that square shapes would hide. A dict, for both
+# transformers' BertConfig and ours; its dropout is the default of each.
+ODD_SIZES = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+)
+
+
+def tiny_bert(
+    vocab_size: int,
+    *,
+    hidden_size: int = 16,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 2,
+    intermediate_size: int = 32,
+    max_position_embeddings: int = 32,
+    dropout: float = 0.0,
+) -> BertConfig:
+    """A small BertConfig; `dropout` is both the hidden and the attention-probability dropout."""
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+
+
+def init_params(model, length: int = 8, seed: int = 0):
+    """`model`'s initial parameters, on the host, from an all-zero (1, length) batch."""
+    dummy = jnp.zeros((1, length), jnp.int32)
+    return jax.device_get(model.init(jax.random.key(seed), dummy, jnp.ones_like(dummy), dummy)["params"])
+
+
+def rel_error(a, b) -> float:
+    """|a - b| / |b| over all the leaves of two trees, as one flat vector."""
+    a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(a)])
+    b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(b)])
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def loss_and_grads(model, params, batch, num_devices: int, accum_steps: int = 1, **step_kwargs):
+    """steps.loss_and_grads (deterministic, key 0) with `batch` split over the first `num_devices` devices:
+    (loss, gradients, count) as the host sees them. `step_kwargs` go to the step (task=...)."""
+    devices = jax.devices()[:num_devices]
+    fn = parallel.pmap_reduce(
+        lambda p, b, axis_name: steps.loss_and_grads(
+            p,
+            b,
+            jax.random.key(0),
+            model=model,
+            axis_name=axis_name,
+            accum_steps=accum_steps,
+            deterministic=True,
+            **step_kwargs,
+        ),
+        devices=devices,
+    )
+    loss, grads, count = fn(
+        parallel.replicate(params, devices), parallel.split_for_devices(batch, num_devices)
+    )
+    return float(loss[0]), parallel.unreplicate(grads), float(count[0])
+
+
+def eval_totals(
+    model, params, split, num_devices: int, *, buckets: list[int], batch_size: int, **step_kwargs
+):
+    """train.eval_counts over `split` with steps.eval_step on the first `num_devices` devices; `batch_size`
+    is rounded up to a multiple of them. `step_kwargs` go to the step (num_labels=... or task=...)."""
+    devices = jax.devices()[:num_devices]
+    p_eval = parallel.pmap_eval_step(steps.eval_step, devices=devices, model=model, **step_kwargs)
+    return eval_counts(
+        p_eval,
+        parallel.replicate(params, devices),
+        split,
+        buckets,
+        parallel.eval_batch_size(batch_size, num_devices),
+        num_devices,
+    )
