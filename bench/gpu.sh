@@ -113,7 +113,9 @@ timeout 10 "$py" "$helpers" tests "$work/tests.xml" "$log" "$section_rc" "$out/t
 
 # ---- 2. train-step throughput at seq 128, random init (bench/throughput.py appends each row as measured):
 # jaxft float32 and bfloat16 at batch 32 and 256, PyTorch eager AMP bf16 at 256. No torch.compile row:
-# throughput.py has no such mode.
+# throughput.py has no such mode. The bf16 rows of both impls run with attention dropout 0: jaxft's fused
+# cuDNN attention has no dropout (with it, training takes the explicit softmax path), and PyTorch gets the
+# same setting so the rows compare the same model.
 if [[ $mode == gpu ]]; then
   sizes=(--model base --batch 32 256) torch_sizes=(--model base --batch 256) torch_dtype=bfloat16
 else # toy sizes; PyTorch's AMP bf16 is a CUDA path, so the CPU smoke run times its float32 step
@@ -122,11 +124,12 @@ else # toy sizes; PyTorch's AMP bf16 is a CUDA path, so the CPU smoke run times 
 fi
 tp=(bench/throughput.py --out "$out/throughput.jsonl")
 run_section throughput_jaxft_f32 "$cap_f32" "$py" "${tp[@]}" --impl jaxft "${sizes[@]}" --dtype float32
-run_section throughput_jaxft_bf16 "$cap_bf16" "$py" "${tp[@]}" --impl jaxft "${sizes[@]}" --dtype bfloat16
+run_section throughput_jaxft_bf16 "$cap_bf16" "$py" "${tp[@]}" --impl jaxft "${sizes[@]}" --dtype bfloat16 \
+  --attention-dropout 0
 [[ -n $gpu_note ]] && note="${gpu_note}AMP bf16 needs CUDA; timed PyTorch float32"
 # JAX is imported there too (jaxft's BertConfig): it must not take the GPU's memory from PyTorch.
 run_section throughput_torch "$cap_torch" env XLA_PYTHON_CLIENT_PREALLOCATE=false \
-  "$py" "${tp[@]}" --impl torch "${torch_sizes[@]}" --dtype "$torch_dtype"
+  "$py" "${tp[@]}" --impl torch "${torch_sizes[@]}" --dtype "$torch_dtype" --attention-dropout 0
 
 # ---- 3. SST-2 end to end: configs/sst2.py:gpu (random-init BERT-base, bf16, 3 epochs of batch 32, 64 tokens
 # in 2 buckets), timed from process start to the final report, the final checkpoint save included. Its

@@ -47,7 +47,17 @@ def _batch(batch: int, seq_len: int, vocab: int) -> dict:
     }
 
 
-def _bert_config(model: str, checkpoint: str | None):
+def _bert_config(model: str, checkpoint: str | None, attention_dropout: float | None = None):
+    """The architecture (the checkpoint's for MiniLM when installed), with `attention_dropout` if given."""
+    import dataclasses
+
+    config = _architecture(model, checkpoint)
+    if attention_dropout is not None:
+        config = dataclasses.replace(config, attention_probs_dropout_prob=attention_dropout)
+    return config
+
+
+def _architecture(model: str, checkpoint: str | None):
     from jaxft.models import convert
     from jaxft.models.bert import BertConfig
 
@@ -63,7 +73,9 @@ def _bert_config(model: str, checkpoint: str | None):
     )
 
 
-def measure_jaxft(model: str, batch: int, seq_len: int, dtype: str, steps: int, warmup: int, checkpoint):
+def measure_jaxft(
+    model: str, batch: int, seq_len: int, dtype: str, steps: int, warmup: int, checkpoint, attention_dropout
+):
     import jax
     import jax.numpy as jnp
 
@@ -72,7 +84,7 @@ def measure_jaxft(model: str, batch: int, seq_len: int, dtype: str, steps: int, 
     from jaxft import steps as steps_lib
     from jaxft.models.heads import SequenceClassifier
 
-    bert_config = _bert_config(model, checkpoint)
+    bert_config = _bert_config(model, checkpoint, attention_dropout)
     attention = "cudnn" if jax.default_backend() == "gpu" and dtype == "bfloat16" else "xla"
     net = SequenceClassifier(
         bert_config,
@@ -103,13 +115,15 @@ def measure_jaxft(model: str, batch: int, seq_len: int, dtype: str, steps: int, 
     return statistics.median(times), compile_s, (peak / 2**30 if peak else None), jax.default_backend()
 
 
-def measure_torch(model: str, batch: int, seq_len: int, dtype: str, steps: int, warmup: int, checkpoint):
+def measure_torch(
+    model: str, batch: int, seq_len: int, dtype: str, steps: int, warmup: int, checkpoint, attention_dropout
+):
     import torch
     import transformers
 
     torch.set_num_threads(os.cpu_count())
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = _bert_config(model, checkpoint)
+    config = _bert_config(model, checkpoint, attention_dropout)
     hf = transformers.BertConfig(
         **{k: v for k, v in config.to_hf_dict().items() if k != "model_type"}, num_labels=2
     )
@@ -154,6 +168,12 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument(
+        "--attention-dropout",
+        type=float,
+        default=None,
+        help="attention dropout of both impls (default: the model's, 0.1); 0 lets jaxft train through cuDNN",
+    )
     parser.add_argument("--out", default=None, help="append JSON lines to this file as they are measured")
     args = parser.parse_args()
     from configs import common
@@ -164,7 +184,14 @@ def main():
         for impl in args.impl:
             fn = measure_jaxft if impl == "jaxft" else measure_torch
             step_s, compile_s, peak, device = fn(
-                args.model, batch, args.seq_len, args.dtype, args.steps, args.warmup, checkpoint
+                args.model,
+                batch,
+                args.seq_len,
+                args.dtype,
+                args.steps,
+                args.warmup,
+                checkpoint,
+                args.attention_dropout,
             )
             peak_tflops = args.peak_tflops or (0.285 if device == "cpu" else 792.0)
             seq_per_s = batch / step_s
@@ -175,6 +202,7 @@ def main():
                 "batch": batch,
                 "seq_len": args.seq_len,
                 "dtype": args.dtype,
+                "attention_dropout": args.attention_dropout,
                 "seq_per_s": round(seq_per_s, 2),
                 "tokens_per_s": round(seq_per_s * args.seq_len, 1),
                 "step_ms": round(step_s * 1e3, 2),
