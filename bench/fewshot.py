@@ -2,6 +2,8 @@
 
     python bench/fewshot.py --data ../shared/data                                 # k = 8,16,32 x seeds 0,1,2
     python bench/fewshot.py --data ../shared/data --shots 8,16,32 --seeds 0       # the reduced grid
+    python bench/fewshot.py --merge runs/bench/fewshot_s0.json runs/bench/fewshot_s12.json \
+        --out runs/bench/fewshot.json     # one table from runs made apart (e.g. seeds 0, then 1 and 2)
 
 Data: GLUE SST-2 (`DATA/sst2/train.tsv`, `DATA/sst2/dev.tsv`), read by `jaxft.data.pipeline.read_splits` with
 configs/sst2.py's data section and `data.k_shot=k`, so every few-shot method trains on exactly the same
@@ -53,7 +55,10 @@ def _ints(text: str) -> list[int]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", required=True, help="directory holding sst2/train.tsv and sst2/dev.tsv")
+    parser.add_argument("--data", help="directory holding sst2/train.tsv and sst2/dev.tsv")
+    parser.add_argument(
+        "--merge", nargs="+", metavar="JSON", help="instead of running: tabulate the runs of these outputs"
+    )
     parser.add_argument("--shots", type=_ints, default=[8, 16, 32], help="k examples per class, e.g. 8,16,32")
     parser.add_argument(
         "--seeds", type=_ints, default=[0, 1, 2], help="seeds of the k-shot draw and training"
@@ -74,7 +79,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ft-batch", type=int, default=16)
     parser.add_argument("--ft-lr", type=float, default=5e-5)
     parser.add_argument("--out", default="runs/bench/fewshot.json")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.data and not args.merge:
+        parser.error("--data (or --merge) is required")
+    return args
+
+
+def merge(paths: list[str], out: str) -> None:
+    """One summary over the runs of several outputs (zero-shot, which has no seed, counted once)."""
+    parts = [json.load(open(path)) for path in paths]
+    runs, seen = [], set()
+    for part in parts:
+        for run in part["runs"]:
+            key = (run["method"], run["k"], run["seed"])
+            if key not in seen:
+                seen.add(key)
+                runs.append(run)
+    rows = summarise(runs)
+    print(markdown_table(rows))
+    result = {
+        "merged": [{k: part[k] for k in ("date", "machine", "command", "wall_s")} for part in parts],
+        "wall_s": round(sum(part["wall_s"] for part in parts), 1),
+        "runs": runs,
+        "summary": rows,
+    }
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"written to {out}")
 
 
 def sst2_config(args, k: int, seed: int):
@@ -220,6 +251,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     logging.basicConfig(level=logging.WARNING)
     methods = args.methods.split(",")
     if set(methods) - set(METHODS):
