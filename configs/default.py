@@ -150,6 +150,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 32  # global batch (all devices, all hosts) per optimizer step
     training.grad_accum_steps = 1  # micro-batches per step: each device sees batch_size / devices / this
+    # How steps run over the devices (jaxft/parallel.py), with the same results: "pmap" (the state replicated
+    # on every device), or one sharded jit over a mesh of all devices: "dp" (the state replicated) or "fsdp"
+    # (parameters and optimizer state sharded over the devices: for encoders too large to replicate).
+    training.parallelism = "pmap"
     training.num_epochs = 3  # passes over the train split
     training.num_train_steps = -1  # if > 0, overrides num_epochs
     training.eval_batch_size = 128  # global evaluation batch (rounded up to a multiple of the devices)

@@ -19,6 +19,7 @@ _CHOICES = {
     "optimizer.name": ("adamw", "sgd"),
     "optimizer.schedule": ("linear", "constant"),
     "training.best_mode": ("max", "min"),
+    "training.parallelism": ("pmap", "dp", "fsdp"),
 }
 _POSITIVE = (
     "data.max_seq_length",

@@ -1,12 +1,15 @@
 """The train state and the pure per-device steps: `train_step` and `eval_step`.
 
-Both are plain functions of arrays. `jaxft.parallel` maps them over devices; nothing here knows how many
-devices there are, only the name of the axis to reduce over. What differs between tasks (the loss, what an
-evaluation returns) comes from a `jaxft.tasks.Task`, a static argument like the model; without one the task
-is single-label classification. The training strategies (`jaxft.strategies`: which parameters train,
-adversarial perturbations, R-Drop) are static arguments too; their defaults are plain fine-tuning.
+Both are plain functions of arrays. `jaxft.parallel` runs them over devices; nothing here knows how many
+devices there are, only the name of the axis to reduce over (`pmap`), or that there is none: with
+`axis_name=None` a step sees the whole global batch and XLA partitions it (sharded `jit`). What differs
+between tasks (the loss, what an evaluation returns) comes from a `jaxft.tasks.Task`, a static argument like
+the model; without one the task is single-label classification. The training strategies
+(`jaxft.strategies`: which parameters train, adversarial perturbations, R-Drop) are static arguments too;
+their defaults are plain fine-tuning.
 """
 
+import functools
 from typing import Any
 
 import flax
@@ -97,7 +100,7 @@ def loss_and_grads(
     key,
     *,
     model: nn.Module,
-    axis_name: str,
+    axis_name: str | None,
     accum_steps: int = 1,
     deterministic: bool = False,
     task: Task = _CLASSIFICATION,
@@ -113,10 +116,11 @@ def loss_and_grads(
 
     Args:
       params: model parameters.
-      batch: this device's arrays, leading axis B (divisible by `accum_steps`).
+      batch: this device's arrays (with `axis_name=None`: the global batch's), leading axis B (divisible by
+        `accum_steps`).
       key: this device's dropout key for the step; micro-batch i uses `fold_in(key, i)`.
       model: the Flax module producing logits.
-      axis_name: the data-parallel axis to reduce over.
+      axis_name: the data-parallel axis to reduce over; None when `batch` is the whole global batch.
       accum_steps: micro-batches per update (gradient accumulation).
       deterministic: turn dropout off.
       task: the loss (default: single-label classification).
@@ -128,7 +132,7 @@ def loss_and_grads(
       (mean loss, mean gradients, total weight: real examples, or labelled positions for token tasks),
       identical on every device.
     """
-    micro = jax.tree.map(lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
+    micro = jax.tree.map(functools.partial(_micro_batches, accum_steps, strided=axis_name is None), batch)
 
     def micro_loss_and_grads(micro_batch, micro_key):
         def loss_fn(p, perturbations=None):
@@ -154,9 +158,19 @@ def loss_and_grads(
         (loss_sum, count, grad_sum), _ = accumulate(zeros, (0, jax.tree.map(lambda x: x[0], micro)))
     else:
         (loss_sum, count, grad_sum), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum_steps), micro))
-    loss_sum, grad_sum, count = jax.lax.psum((loss_sum, grad_sum, count), axis_name)
+    if axis_name is not None:
+        loss_sum, grad_sum, count = jax.lax.psum((loss_sum, grad_sum, count), axis_name)
     denominator = jnp.maximum(count, 1.0)
     return loss_sum / denominator, jax.tree.map(lambda g: g / denominator, grad_sum), count
+
+
+def _micro_batches(accum_steps: int, x: jax.Array, strided: bool) -> jax.Array:
+    """[B, ...] -> [accum_steps, B / accum_steps, ...]: micro-batch i is the i-th block of rows, or with
+    `strided` rows i, i + accum_steps, ... . A global batch, sharded over devices in blocks of rows, is split
+    strided: each device then holds an equal part of every micro-batch, and splitting moves no data."""
+    if strided:
+        return x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+    return x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
 
 
 def train_step(
@@ -165,7 +179,7 @@ def train_step(
     *,
     model: nn.Module,
     tx: optax.GradientTransformation,
-    axis_name: str,
+    axis_name: str | None,
     accum_steps: int = 1,
     l2_coefficient: float = 0.0,
     deterministic: bool = False,
@@ -178,10 +192,11 @@ def train_step(
 
     Args:
       state: the train state (donated by the caller).
-      batch: this device's arrays, leading axis B (divisible by `accum_steps`).
+      batch: this device's arrays (with `axis_name=None`: the global batch's), leading axis B (divisible by
+        `accum_steps`).
       model: the Flax module producing logits.
       tx: the optimizer.
-      axis_name: the data-parallel axis to reduce over.
+      axis_name: the data-parallel axis to reduce over; None when `batch` is the whole global batch.
       accum_steps: micro-batches per update (gradient accumulation).
       l2_coefficient: L2 penalty added to the loss (see `optim.l2_penalty`).
       deterministic: turn dropout off (parity tests).
@@ -192,10 +207,11 @@ def train_step(
       The new state and metrics {"loss", "grad_norm", "examples"} (identical on every device; "examples" is
       the loss's total weight: labelled positions for token tasks).
     """
-    # Different dropout masks per step and per device (and per micro-batch), all from one base key.
-    key = jax.random.fold_in(
-        jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step), jax.lax.axis_index(axis_name)
-    )
+    # Different dropout masks per step and per device (and per micro-batch), all from one base key. The
+    # global view has no device index: its masks are drawn for the whole batch at once.
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    if axis_name is not None:
+        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
     loss, grads, count = loss_and_grads(
         state.params,
         batch,

@@ -233,16 +233,17 @@ def _place_by_index(placed: list, num_examples: int) -> dict:
     return {**out, "seen": seen}
 
 
-def eval_counts(p_eval, params, split, bucket_list: list[int], batch_size: int, num_devices: int) -> dict:
+def eval_counts(eval_fn, params, split, bucket_list: list[int], batch_size: int, num_devices: int) -> dict:
     """Counts summed over every batch, device and process: each example of `split` counted once.
 
-    A task's per-example outputs (`tasks.PER_EXAMPLE`) are not summed but placed by row index (the example,
-    or for QA the context window), into arrays [rows, ...] under the same key; every row must have been
-    placed exactly once.
+    `eval_fn` is a `Parallelism.eval_step` function (pmap's signature: each of this process's
+    `num_devices` devices gets its rows, and returns its outputs). A task's per-example outputs
+    (`tasks.PER_EXAMPLE`) are not summed but placed by row index (the example, or for QA the context window),
+    into arrays [rows, ...] under the same key; every row must have been placed exactly once.
     """
     totals, placed = None, []
     for batch in pipeline.eval_batches(split, bucket_list, batch_size):
-        counts = dict(p_eval(params, parallel.split_for_devices(batch, num_devices)))
+        counts = dict(eval_fn(params, parallel.split_for_devices(batch, num_devices)))
         per_example = counts.pop(tasks.PER_EXAMPLE, None)
         if per_example is not None:
             placed.append((batch["index"], per_example))
@@ -263,14 +264,14 @@ def eval_counts(p_eval, params, split, bucket_list: list[int], batch_size: int, 
 
 
 def run_evaluation(
-    p_eval, params, split, config, label_names, step, writer, eval_dir, totals=None
+    eval_fn, params, split, config, label_names, step, writer, eval_dir, totals=None
 ) -> tuple[dict, dict]:
     """Evaluates `split` exactly (every example once), writes its report; returns (summary metrics, the
     counts it was built from). `totals`: counts of an earlier evaluation of these very parameters, reused."""
     task = tasks.from_config(config)
     if totals is None:
         totals = eval_counts(
-            p_eval,
+            eval_fn,
             params,
             split,
             pipeline.buckets(config.data),
@@ -327,11 +328,11 @@ def _start_state(
     return state.replace(params=peft_lib.merge(base, state.params, peft))
 
 
-def _log_train(step, metrics, state, *, config, schedule, writer, progress, since) -> None:
+def _log_train(step, metrics, state, *, parallelism, config, schedule, writer, progress, since) -> None:
     """Writes the train scalars of `step`; stops the run when too many steps were not finite."""
     tc = config.training
-    scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
-    _check_finite(state, step, tc.max_nonfinite_steps)
+    scalars = {k: float(v) for k, v in parallelism.to_host(metrics).items()}
+    _check_finite(parallelism, state, step, tc.max_nonfinite_steps)
     del scalars["examples"]
     scalars["learning_rate"] = float(schedule(step - 1))
     # Global batch rows per second (a length bucket's last batch counts its padding rows too).
@@ -344,8 +345,8 @@ def _log_train(step, metrics, state, *, config, schedule, writer, progress, sinc
         logging.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
 
 
-def _check_finite(state, step: int, limit: int) -> None:
-    bad = int(np.asarray(state.nonfinite_steps.addressable_shards[0].data)[0])
+def _check_finite(parallelism, state, step: int, limit: int) -> None:
+    bad = int(parallelism.to_host(state.nonfinite_steps))
     if bad > limit:
         raise FloatingPointError(
             f"non-finite loss or gradients in {bad} step(s) by step {step} (training.max_nonfinite_steps="
@@ -353,7 +354,7 @@ def _check_finite(state, step: int, limit: int) -> None:
         )
 
 
-def _evaluate_and_track(p_eval, state, split, setup, step, writer, ckpts, best) -> dict | None:
+def _evaluate_and_track(parallelism, eval_fn, state, split, setup, step, writer, ckpts, best) -> dict | None:
     """Evaluates, keeps the best parameters by `training.best_metric`, and updates early stopping.
 
     Returns the evaluation's counts when it is the new best (the final report reuses them), else None.
@@ -361,7 +362,7 @@ def _evaluate_and_track(p_eval, state, split, setup, step, writer, ckpts, best) 
     tc = setup.config.training
     eval_dir = os.path.join(setup.workdir, "eval")
     metrics, totals = run_evaluation(
-        p_eval, state.params, split, setup.config, setup.label_names, step, writer, eval_dir
+        eval_fn, state.params, split, setup.config, setup.label_names, step, writer, eval_dir
     )
     name = tasks.best_metric(setup.config, setup.task)
     if name not in metrics:
@@ -374,7 +375,7 @@ def _evaluate_and_track(p_eval, state, split, setup, step, writer, ckpts, best) 
         value = -math.inf if tc.best_mode == "max" else math.inf
     if best.update(value, step):
         peft = peft_lib.from_config(setup.config)
-        saved = peft_lib.trained_subset(parallel.unreplicate(state.params), peft)
+        saved = parallelism.to_host(peft_lib.trained_subset(state.params, peft))
         ckpts.save_best(step, saved, {"step": step, **metrics})
         improved = totals
     else:
@@ -383,25 +384,27 @@ def _evaluate_and_track(p_eval, state, split, setup, step, writer, ckpts, best) 
     return improved
 
 
-def _final_reports(p_eval, state, setup, writer, ckpts, best, step, best_eval=None) -> dict:
+def _final_reports(parallelism, eval_fn, state, setup, writer, ckpts, best, step, best_eval=None) -> dict:
     """Evaluates the best parameters (else the last) on eval and test, prints and writes their reports.
 
     `best_eval`: (step, counts) of the best evaluation of this process's loop; when that is the best
     checkpoint, its eval counts are reused instead of evaluating the same parameters again.
     """
     eval_dir = os.path.join(setup.workdir, "eval")
-    peft, current = peft_lib.from_config(setup.config), parallel.unreplicate(state.params)
+    peft, current = peft_lib.from_config(setup.config), parallelism.to_host(state.params)
     best_params = ckpts.restore_best_params(peft_lib.trained_subset(current, peft))
     # The frozen parameters never change, so the current ones complete the best trained subset exactly.
     params = (
-        parallel.replicate(peft_lib.merge(current, best_params[0], peft)) if best_params else state.params
+        parallelism.place_params(peft_lib.merge(current, best_params[0], peft))
+        if best_params
+        else state.params
     )
     final = {}
     for name in ("eval", "test"):
         if name in setup.splits:
             reuse = best_params and best_eval and best_eval[0] == best.best_step and name == "eval"
             final[name], _ = run_evaluation(
-                p_eval,
+                eval_fn,
                 params,
                 setup.splits[name],
                 setup.config,
@@ -469,8 +472,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best = BestMetric(tc.best_mode, tc.early_stopping_min_delta, tc.early_stopping_patience)
     state = _start_state(setup, model, tx, ckpts, best)
     start_step = int(state.step)
-    state = parallel.replicate(state)
-    p_train = parallel.pmap_train_step(
+    parallelism = parallel.create(tc.parallelism)
+    state = parallelism.place_state(state)
+    train_step = parallelism.train_step(
         steps.train_step,
         model=model,
         tx=tx,
@@ -479,25 +483,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         task=setup.task,
         **strategy_checks.step_options(config),
     )
-    p_eval = parallel.pmap_eval_step(steps.eval_step, model=model, task=setup.task)
-    batches = parallel.prefetch(
-        map(
-            parallel.split_for_devices,
-            pipeline.train_batches(train_split, bucket_list, tc.batch_size, config.seed, start_step),
-        )
+    eval_fn = parallelism.eval_step(steps.eval_step, model=model, task=setup.task)
+    batches = parallelism.device_batches(
+        pipeline.train_batches(train_split, bucket_list, tc.batch_size, config.seed, start_step)
     )
     eval_split, eval_every = setup.splits.get("eval"), tc.eval_every or per_epoch
     logging.info(
-        "Training %d steps (%d per epoch, global batch %d on %d devices) from step %d",
+        "Training %d steps (%d per epoch, global batch %d on %d devices, %s) from step %d",
         total_steps,
         per_epoch,
         tc.batch_size,
         parallel.global_devices(),
+        parallelism.name,
         start_step,
     )
 
     def save(step):
-        _check_finite(state, step, tc.max_nonfinite_steps)
+        _check_finite(parallelism, state, step, tc.max_nonfinite_steps)
         meta = {
             "step": step,
             "epoch": step // per_epoch,
@@ -505,12 +507,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "best": best.to_dict(),
             "labels": setup.label_names,
         }
-        ckpts.save(step, peft_lib.saved_state(parallel.unreplicate(state), peft), meta)
+        ckpts.save(step, parallelism.to_host(peft_lib.saved_state(state, peft)), meta)
 
     writer = MetricWriter(workdir, enabled=parallel.is_chief(), tensorboard=tc.tensorboard)
     progress = ProgressBar(total_steps, initial=start_step, enabled=parallel.is_chief() and tc.progress_bar)
     log = functools.partial(
         _log_train,
+        parallelism=parallelism,
         config=config,
         schedule=optim.learning_rate_schedule(config.optimizer, total_steps),
         writer=writer,
@@ -521,14 +524,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         with PreemptionGuard() as preemption:
             for step in range(start_step + 1, total_steps + 1):
-                state, metrics = p_train(state, next(batches))
+                state, metrics = train_step(state, next(batches))
                 if sync:  # CPU: collectives deadlock when ~100 steps are in flight
                     metrics["loss"].block_until_ready()
                 if step % tc.log_every == 0 or step == total_steps:
                     log(step, metrics, state, since=since)
                     since = (step, time.time())
                 if eval_split is not None and (step % eval_every == 0 or step == total_steps):
-                    counts = _evaluate_and_track(p_eval, state, eval_split, setup, step, writer, ckpts, best)
+                    counts = _evaluate_and_track(
+                        parallelism, eval_fn, state, eval_split, setup, step, writer, ckpts, best
+                    )
                     best_eval = (step, counts) if counts is not None else best_eval
                 preempted = preemption.should_stop(step)
                 if step % tc.checkpoint_every == 0 or step == total_steps or best.should_stop or preempted:
@@ -555,7 +560,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if ckpts.latest_step() != step:
         save(step)
     ckpts.wait()
-    final = _final_reports(p_eval, state, setup, writer, ckpts, best, step, best_eval)
+    final = _final_reports(parallelism, eval_fn, state, setup, writer, ckpts, best, step, best_eval)
     writer.close()
     ckpts.close()
     if parallel.is_chief():
