@@ -18,6 +18,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from jaxft import files
+
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 RESULTS_PNG = "results.png"
@@ -186,19 +188,15 @@ def plot(rows: list[dict], grid_keys: tuple[str, ...], out_path: str) -> None:
     fig.savefig(out_path, format="png", dpi=100)
 
 
-def _write_text(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def write_all(
     workdir: str, rows: list[dict], grid_keys: tuple[str, ...], command: str, mode: str, failures=()
 ) -> None:
     """Writes results.csv, results.md (with the failed cells' errors) and results.png into `workdir`."""
     os.makedirs(workdir, exist_ok=True)
-    _write_text(os.path.join(workdir, RESULTS_CSV), to_csv(rows, grid_keys))
-    _write_text(os.path.join(workdir, RESULTS_MD), to_markdown(rows, grid_keys, command, mode, failures))
+    files.write_atomic(os.path.join(workdir, RESULTS_CSV), to_csv(rows, grid_keys))
+    files.write_atomic(
+        os.path.join(workdir, RESULTS_MD), to_markdown(rows, grid_keys, command, mode, failures)
+    )
     tmp = os.path.join(workdir, RESULTS_PNG + ".tmp")
     plot(rows, grid_keys, tmp)
     os.replace(tmp, os.path.join(workdir, RESULTS_PNG))

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from jaxft import compare_results
+from jaxft import compare_results, files
 
 if TYPE_CHECKING:  # not at run time: `python -m jaxft.compare` would define its flags a second time
     from jaxft.compare import Cell, Plan
@@ -44,12 +44,6 @@ def _read_json(path: str) -> dict | None:
             return json.load(f, parse_constant=lambda _: None)  # NaN (a constant prediction's correlation)
     except (OSError, ValueError):
         return None
-
-
-def _write_json(path: str, payload: dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(payload, f, indent=2, allow_nan=False)
-    os.replace(path + ".tmp", path)
 
 
 def _error_line(log_path: str, exit_status: int) -> str:
@@ -135,7 +129,7 @@ def run_cell(plan: Plan, cell: Cell, workdir: str, sigterm: _ForwardSigterm | No
         if record is None or record.get("status") != "done":  # finished, but compare did not see it end
             unmeasured = {"wall_time_s": None, "peak_host_memory_gib": None}
             record = cell_record(cell, directory, command, unmeasured)
-            _write_json(os.path.join(directory, CELL_RECORD), record)
+            files.write_json_atomic(os.path.join(directory, CELL_RECORD), record, allow_nan=False)
         return record, False
     os.makedirs(directory, exist_ok=True)
     log_path = os.path.join(directory, CELL_LOG)
@@ -156,7 +150,7 @@ def run_cell(plan: Plan, cell: Cell, workdir: str, sigterm: _ForwardSigterm | No
     if record["status"] == "failed" or child.returncode != 0:
         record["status"] = "failed"
         record["error"] = _error_line(log_path, child.returncode)
-    _write_json(os.path.join(directory, CELL_RECORD), record)
+    files.write_json_atomic(os.path.join(directory, CELL_RECORD), record, allow_nan=False)
     return record, True
 
 

@@ -15,13 +15,13 @@ Example:
 import io
 import json
 import os
-import tempfile
 
 import numpy as np
 import sklearn.metrics
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from jaxft import files
 from jaxft.errors import UserError
 
 # Keys sklearn adds beside the per-label entries; a label with one of these names would be overwritten.
@@ -157,22 +157,6 @@ def summary_metrics(report: dict, loss_sum: float, count: int, positive_label: s
     return metrics
 
 
-def _atomic_write(path: str, data: str | bytes) -> None:
-    """Writes beside the target and renames, so a reader never sees a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
-            f.write(data)
-        # mkstemp creates the file owner-only; reports should be as readable as any other output.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _confusion_table(confusion: np.ndarray, label_names: list[str]) -> str:
     """Formats the matrix as aligned text, rows true and columns predicted."""
     corner = "true \\ pred"
@@ -220,14 +204,14 @@ def write_report(
         raise ValueError(f"extra keys {clash} would overwrite the report's own")
     os.makedirs(eval_dir, exist_ok=True)
     payload = {"report": report, "confusion_matrix": confusion.tolist(), "labels": list(label_names), **extra}
-    _atomic_write(
+    files.write_atomic(
         os.path.join(eval_dir, f"{name}.json"), json.dumps(payload, indent=2, default=_json_default) + "\n"
     )
     parts = [text.rstrip("\n"), "", "Confusion matrix (rows: true, columns: predicted)", ""]
     parts.append(_confusion_table(confusion, label_names))
     if extra:
         parts += [""] + [f"{key}: {value}" for key, value in extra.items()]
-    _atomic_write(os.path.join(eval_dir, f"{name}.txt"), "\n".join(parts) + "\n")
+    files.write_atomic(os.path.join(eval_dir, f"{name}.txt"), "\n".join(parts) + "\n")
     plot_confusion_matrix(confusion, label_names, os.path.join(eval_dir, f"{name}_confusion.png"))
 
 
@@ -253,14 +237,14 @@ def write_task_report(
         raise ValueError(f"extra keys {clash} would overwrite the report's own")
     os.makedirs(eval_dir, exist_ok=True)
     payload = {"report": report, "labels": list(label_names), **extra}
-    _atomic_write(
+    files.write_atomic(
         os.path.join(eval_dir, f"{name}.json"), json.dumps(payload, indent=2, default=_json_default) + "\n"
     )
     parts = [text.rstrip("\n")]
     scalars = {key: value for key, value in extra.items() if not isinstance(value, dict | list)}
     if scalars:  # collections (QA's predictions) are in the JSON only
         parts += [""] + [f"{key}: {value}" for key, value in scalars.items()]
-    _atomic_write(os.path.join(eval_dir, f"{name}.txt"), "\n".join(parts) + "\n")
+    files.write_atomic(os.path.join(eval_dir, f"{name}.txt"), "\n".join(parts) + "\n")
 
 
 def plot_confusion_matrix(confusion, label_names: list[str], path: str) -> None:
@@ -295,7 +279,7 @@ def plot_confusion_matrix(confusion, label_names: list[str], path: str) -> None:
             ax.text(j, i, str(count), ha="center", va="center", color=color)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    _atomic_write(path, buffer.getvalue())
+    files.write_atomic(path, buffer.getvalue())
 
 
 def report_name(split: str, step: int | None) -> str:

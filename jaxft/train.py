@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxft import checkpoint, evaluate, optim, parallel, steps, tasks, trained
+from jaxft import checkpoint, evaluate, files, optim, parallel, steps, tasks, trained
 from jaxft import config as config_lib
 from jaxft.data import labels as labels_lib
 from jaxft.data import pipeline, tokenize
@@ -210,13 +210,6 @@ def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num
     )
 
 
-def _write_once(workdir: str, name: str, text: str) -> None:
-    path = os.path.join(workdir, name)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def _place_by_index(placed: list, num_examples: int) -> dict:
     """Per-example outputs of every batch as [N, ...] host arrays in example order, plus how often each
     example was seen ("seen": 0 for the rows of other processes, which add theirs)."""
@@ -291,9 +284,9 @@ def run_evaluation(
 def _write_run_files(setup: Setup) -> None:
     workdir = setup.workdir
     os.makedirs(workdir, exist_ok=True)
-    _write_once(workdir, "config.json", config_lib.to_json(setup.config))
+    files.write_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(setup.config))
     labels_lib.save_label_vocab(os.path.join(workdir, "labels.json"), setup.label_names)
-    _write_once(workdir, MODEL_CONFIG, json.dumps(setup.bert_config.to_hf_dict(), indent=2))
+    files.write_json_atomic(os.path.join(workdir, MODEL_CONFIG), setup.bert_config.to_hf_dict())
     setup.tokenizer.save_pretrained(os.path.join(workdir, TOKENIZER_DIR))
 
 
@@ -419,10 +412,9 @@ def _final_reports(parallelism, eval_fn, state, setup, writer, ckpts, best, step
                     print(f.read())
     if parallel.is_chief():
         final_from = best.best_step if best_params else step
-        _write_once(
-            setup.workdir,
-            "final_metrics.json",
-            json.dumps({"params_from_step": final_from, **_run_facts(current, peft), **final}, indent=2),
+        files.write_json_atomic(
+            os.path.join(setup.workdir, "final_metrics.json"),
+            {"params_from_step": final_from, **_run_facts(current, peft), **final},
         )
     return final
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxft import checkpoint
+from jaxft import checkpoint, files
 from jaxft import config as config_lib
 from jaxft.errors import UserError
 from jaxft.models import convert
@@ -41,10 +41,7 @@ def write_base(workdir: str, config: ml_collections.ConfigDict, base, peft: peft
         "trained_params": trained,
         "total_params": total,
     }
-    path = os.path.join(workdir, BASE_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(path + ".tmp", path)
+    files.write_json_atomic(os.path.join(workdir, BASE_FILE), record)
 
 
 def check_base(workdir: str, base, peft: peft_lib.PeftConfig) -> None:

@@ -5,12 +5,12 @@ evaluation, prediction and a resumed run map labels to the same ids as training 
 """
 
 import json
-import os
 import re
 from collections.abc import Sequence
 
 import numpy as np
 
+from jaxft import files
 from jaxft.data.readers import Example
 from jaxft.errors import UserError
 
@@ -95,11 +95,7 @@ def encode_labels(examples: list[Example], vocab: list[str]) -> np.ndarray:
 
 def save_label_vocab(path: str, vocab: list[str]) -> None:
     """Writes `vocab` as JSON {"labels": [...]}, atomically so a crash never leaves half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"labels": list(vocab)}, f, ensure_ascii=False, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    files.write_json_atomic(path, {"labels": list(vocab)}, ensure_ascii=False, indent=1)
 
 
 def load_label_vocab(path: str) -> list[str]:

@@ -1,0 +1,26 @@
+"""Writing files so that a crash or a reader never meets half of one."""
+
+import json
+import os
+import tempfile
+
+
+def write_atomic(path: str, data: str | bytes) -> None:
+    """Writes `data` beside `path` and renames it into place: the file is either the old one or all new."""
+    directory = os.path.dirname(os.path.abspath(path))
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+            f.write(data)
+        # mkstemp creates the file owner-only; outputs should be as readable as any other file.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str, payload, **dump_options) -> None:
+    """`payload` as indented JSON (plus `json.dumps` options), written with `write_atomic`."""
+    write_atomic(path, json.dumps(payload, **{"indent": 2, **dump_options}) + "\n")
