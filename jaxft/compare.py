@@ -279,11 +279,11 @@ def parse_cell_config(config_path: str, args: Sequence[str]):
         config = holder.value
         config.keys()  # ml_collections defers a load failure to the first access
     except flags.Error as error:
-        raise UserError(main_lib._one_line(error)) from None
+        raise UserError(main_lib.one_line(error)) from None
     except (AttributeError, KeyError) as error:
-        raise UserError(main_lib._unknown_key(argv, error)) from None
+        raise UserError(main_lib.unknown_key(argv, error)) from None
     except Exception as error:  # the config file itself fails to import or run
-        raise UserError(f"--config: cannot load {config_path}: {main_lib._one_line(error)}") from None
+        raise UserError(f"--config: cannot load {config_path}: {main_lib.one_line(error)}") from None
     return config
 
 
@@ -382,14 +382,14 @@ def _forwarded_config_args(argv: Sequence[str]) -> list[str]:
 
 def main(argv):
     if len(argv) > 1:
-        main_lib._fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    if main_lib._CONFIG.value is None or main_lib._WORKDIR.value is None:
-        main_lib._fail("--config and --workdir are required (see --help)")
-    if main_lib._DISTRIBUTED.value:
-        main_lib._fail("--distributed is for jaxft.main; run one cell per job with --cell INDEX instead")
-    main_lib._config_or_fail()
+        main_lib.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if main_lib.CONFIG.value is None or main_lib.WORKDIR.value is None:
+        main_lib.fail("--config and --workdir are required (see --help)")
+    if main_lib.DISTRIBUTED.value:
+        main_lib.fail("--distributed is for jaxft.main; run one cell per job with --cell INDEX instead")
+    main_lib.config_or_fail()
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
-    workdir = main_lib._WORKDIR.value
+    workdir = main_lib.WORKDIR.value
     try:
         plan = make_plan(
             config_path, _forwarded_config_args(sys.argv), _STRATEGIES.value, _GRID.value, _SEEDS.value
@@ -398,7 +398,7 @@ def main(argv):
             count = len(plan.cells)
             raise UserError(f"--cell={_CELL.value}: there are {count} cells, 0 to {count - 1} (see --list)")
     except UserError as error:
-        main_lib._fail(str(error))
+        main_lib.fail(str(error))
     if _LIST.value:
         for cell in plan.cells:
             print(f"{cell.index}\t{cell.name}")
@@ -420,7 +420,7 @@ def main(argv):
 
 def run():
     """Entry point of `python -m jaxft.compare` and the `jaxft-compare` console script."""
-    for root in main_lib._config_package_roots(sys.argv):
+    for root in main_lib.config_package_roots(sys.argv):
         if root not in sys.path:
             sys.path.insert(0, root)
     # absl's --help lists the key flags of the module named by argv[0] under __main__'s docstring: the same
@@ -428,7 +428,7 @@ def run():
     sys.modules["__main__"].__doc__ = __doc__
     for name in ("config", "workdir", "strategies", "seeds", "grid", "cell", "list", "aggregate_only"):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-    app.run(main, flags_parser=main_lib._parse)
+    app.run(main, flags_parser=main_lib.parse)
 
 
 if __name__ == "__main__":

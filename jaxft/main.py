@@ -1,9 +1,10 @@
 """Command line: `python train.py --config configs/X.py --workdir DIR [--config.KEY=VALUE ...]`
 (also installed as `jaxft-train`).
 
-The one module that defines flags; the job is `jaxft.train.train_and_evaluate`. Bad input ends with one
-line on stderr and exit status 2, a diverged run with exit status 3, a pre-empted one (SIGTERM; checkpoint
-saved) with 143.
+The one module that defines the training flags; the job is `jaxft.train.train_and_evaluate`. Its public
+helpers (`parse`, `config_or_fail`, `fail`, `one_line`, ...) also serve `jaxft.compare`, which takes the same
+`--config` / `--workdir` flags. Bad input ends with one line on stderr and exit status 2, a diverged run
+with exit status 3, a pre-empted one (SIGTERM; checkpoint saved) with 143.
 Several hosts: start the same command on each with `--distributed` (and, where JAX cannot detect the cluster,
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`).
 """
@@ -16,24 +17,25 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file, e.g. configs/default.py.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
-_DISTRIBUTED = flags.DEFINE_bool(
+CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file, e.g. configs/default.py.")
+WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
     "Call jax.distributed.initialize() first (multi-host; auto-detects SLURM, TPU pods, ...).",
 )
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, for --distributed.")
+COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed.")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, for --distributed.")
 
 
-def _fail(message: str, status: int = 2):
+def fail(message: str, status: int = 2):
+    """Ends the process with `error: MESSAGE` on stderr and `status` (2: bad input)."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(status)
 
 
-def _unknown_key(argv, error: Exception) -> str:
+def unknown_key(argv, error: Exception) -> str:
     """One line naming the unknown --config.KEY, from the (nested) KeyError that ml_collections raises."""
     while error.args and isinstance(error.args[0], Exception):  # AttributeError(KeyError(...))
         error = error.args[0]
@@ -48,7 +50,7 @@ def _unknown_key(argv, error: Exception) -> str:
     return f"unknown config key among {flags_text}: {text}"
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     """An exception as one line; of a message that carries a traceback, its first and last lines."""
     if isinstance(error, SyntaxError):
         return f"{error.filename}:{error.lineno}: {error.msg}"
@@ -59,64 +61,66 @@ def _one_line(error: BaseException) -> str:
     return " ".join(lines) or type(error).__name__
 
 
-def _parse(argv):
+def parse(argv):
+    """Parses the flags of `argv`; any flag or config error ends the process with one line."""
     # absl raises a multi-line AttributeError for an unknown --config.KEY: turn it into one line.
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        _fail(_one_line(error))
+        fail(one_line(error))
     except (AttributeError, KeyError) as error:
-        _fail(_unknown_key(argv, error))
+        fail(unknown_key(argv, error))
     except Exception as error:  # the config file itself fails to import or run (SyntaxError, NameError, ...)
-        _fail(f"--config: cannot load the config file: {type(error).__name__}: {_one_line(error)}")
+        fail(f"--config: cannot load the config file: {type(error).__name__}: {one_line(error)}")
 
 
-def _config_or_fail():
+def config_or_fail():
     """The parsed config; a config file that could not be found fails here with one line."""
     path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
     if not os.path.isfile(path):
-        _fail(f"--config {path}: no such file")
-    config = _CONFIG.value
+        fail(f"--config {path}: no such file")
+    config = CONFIG.value
     try:
         config.keys()  # ml_collections defers a load failure (an OSError) to the first access
     except OSError as error:
-        _fail(f"--config {path}: {_one_line(error.__cause__ or error)}")
+        fail(f"--config {path}: {one_line(error.__cause__ or error)}")
     return config
 
 
 def main(argv):
     if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    if _CONFIG.value is None or _WORKDIR.value is None:
-        _fail("--config and --workdir are required (see --help)")
-    config = _config_or_fail()
+        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if CONFIG.value is None or WORKDIR.value is None:
+        fail("--config and --workdir are required (see --help)")
+    config = config_or_fail()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    if _DISTRIBUTED.value:
+    if DISTRIBUTED.value:
         import jax
 
         # Before anything touches a device. Afterwards JAX itself catches SIGTERM (its preemption notifier);
         # the loop then stops at a step all processes agree on.
         jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
+            coordinator_address=COORDINATOR.value,
+            num_processes=NUM_PROCESSES.value,
+            process_id=PROCESS_ID.value,
         )
     from jaxft.errors import UserError
     from jaxft.preemption import Preempted
     from jaxft.train import train_and_evaluate
 
     try:
-        train_and_evaluate(config, _WORKDIR.value)
+        train_and_evaluate(config, WORKDIR.value)
     except UserError as error:
-        _fail(str(error))
+        fail(str(error))
     except FloatingPointError as error:
-        _fail(str(error), status=3)
+        fail(str(error), status=3)
     except Preempted as error:
-        _fail(str(error), status=143)  # 128 + SIGTERM, as if the signal had ended the process
+        fail(str(error), status=143)  # 128 + SIGTERM, as if the signal had ended the process
 
 
-def _config_package_roots(argv) -> list[str]:
+def config_package_roots(argv) -> list[str]:
+    """Directories to put on sys.path so that the config files of `argv` can import `configs.*`."""
     # Config files import `configs.common` / `configs.default`: the directory holding `configs/` must be
     # importable however the command was started (python train.py, jaxft-train, from another directory).
     paths = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
@@ -128,10 +132,10 @@ def _config_package_roots(argv) -> list[str]:
 
 def run():
     """Entry point of `train.py` and the `jaxft-train` console script."""
-    for root in _config_package_roots(sys.argv):
+    for root in config_package_roots(sys.argv):
         if root not in sys.path:
             sys.path.insert(0, root)
-    app.run(main, flags_parser=_parse)
+    app.run(main, flags_parser=parse)
 
 
 if __name__ == "__main__":
