@@ -1,6 +1,6 @@
-"""Helpers shared by the test files: tiny BERT configurations, parameter initialisation, the relative error
-between two parameter trees, and, on forced host devices, one step's loss and gradients and an evaluation's
-totals.
+"""Helpers shared by the test files: tiny BERT configurations, random batches, parameter initialisation,
+the relative error between two parameter trees, and, on forced host devices, one step's loss and gradients
+and an evaluation's totals.
 
 Imported as `from tests.helpers import ...` (pytest's pythonpath holds the repository root).
 """
@@ -22,6 +22,25 @@ ODD_SIZES = dict(
     intermediate_size=37,
     max_position_embeddings=64,
 )
+
+
+def classification_batch(
+    size: int, vocab_size: int, num_labels: int, *, length: int = 12, padding_rows: int = 0, seed: int = 0
+) -> dict:
+    """A random host batch of `size` rows of 2..`length` tokens (0-padded), the last `padding_rows` of
+    weight 0, with class labels: what `jaxft.data.batching.make_batch` gives a classification step."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, length + 1, size)
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+    weights = np.ones(size, np.float32)
+    weights[size - padding_rows :] = 0
+    return {
+        "input_ids": (rng.integers(1, vocab_size, (size, length)) * mask).astype(np.int32),
+        "attention_mask": mask,
+        "token_type_ids": np.zeros((size, length), np.int32),
+        "labels": rng.integers(0, num_labels, size).astype(np.int32),
+        "weights": weights,
+    }
 
 
 def tiny_bert(

@@ -15,7 +15,7 @@ from jaxft.data import pipeline
 from jaxft.errors import UserError
 from jaxft.models.heads import SequenceClassifier
 from jaxft.tasks.regression import Regression
-from tests.helpers import init_params, rel_error, tiny_bert
+from tests.helpers import classification_batch, init_params, rel_error, tiny_bert
 
 CONFIG = tiny_bert(64, num_hidden_layers=1)  # one layer: compiles fast; 64 words: the embedding splits 8 ways
 LABELS = 3
@@ -32,19 +32,8 @@ def _optimizer():
     return optim.create_optimizer(config, 10)
 
 
-def _batch(size: int, padding_rows: int, seed: int, length: int = 12) -> dict:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(2, length + 1, size)
-    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-    weights = np.ones(size, np.float32)
-    weights[size - padding_rows :] = 0
-    return {
-        "input_ids": (rng.integers(1, CONFIG.vocab_size, (size, length)) * mask).astype(np.int32),
-        "attention_mask": mask,
-        "token_type_ids": np.zeros((size, length), np.int32),
-        "labels": rng.integers(0, LABELS, size).astype(np.int32),
-        "weights": weights,
-    }
+def _batch(size: int, padding_rows: int, seed: int) -> dict:
+    return classification_batch(size, CONFIG.vocab_size, LABELS, padding_rows=padding_rows, seed=seed)
 
 
 def _train(parallelism, batches, accum_steps=1):

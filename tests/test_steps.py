@@ -10,7 +10,7 @@ from configs import default
 from jaxft import optim, parallel, steps
 from jaxft.data import batching, pipeline
 from jaxft.models.heads import SequenceClassifier
-from tests.helpers import eval_totals, init_params, loss_and_grads, rel_error, tiny_bert
+from tests.helpers import classification_batch, eval_totals, init_params, loss_and_grads, rel_error, tiny_bert
 
 CONFIG = tiny_bert(50)
 LABELS = 3
@@ -21,18 +21,9 @@ def _model(dtype=jnp.float32):
 
 
 def _batch(size: int, length: int = 12, padding_rows: int = 0, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(2, length + 1, size)
-    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-    weights = np.ones(size, np.float32)
-    weights[size - padding_rows :] = 0
-    return {
-        "input_ids": (rng.integers(1, CONFIG.vocab_size, (size, length)) * mask).astype(np.int32),
-        "attention_mask": mask,
-        "token_type_ids": np.zeros((size, length), np.int32),
-        "labels": rng.integers(0, LABELS, size).astype(np.int32),
-        "weights": weights,
-    }
+    return classification_batch(
+        size, CONFIG.vocab_size, LABELS, length=length, padding_rows=padding_rows, seed=seed
+    )
 
 
 def test_eight_devices_equal_one_device_on_the_same_global_batch():
