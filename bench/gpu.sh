@@ -118,7 +118,7 @@ timeout 10 "$py" "$helpers" tests "$work/tests.xml" "$log" "$section_rc" "$out/t
 # same setting so the rows compare the same model.
 if [[ $mode == gpu ]]; then
   sizes=(--model base --batch 32 256) torch_sizes=(--model base --batch 256) torch_dtype=bfloat16
-else # toy sizes; PyTorch's AMP bf16 is a CUDA path, so the CPU smoke run times its float32 step
+else # toy sizes; the CPU smoke run times PyTorch's float32 step (its CPU autocast is not the GPU's path)
   sizes=(--model minilm --batch 4 --seq-len 32 --steps 2 --warmup 1)
   torch_sizes=("${sizes[@]}") torch_dtype=float32
 fi
@@ -126,7 +126,7 @@ tp=(bench/throughput.py --out "$out/throughput.jsonl")
 run_section throughput_jaxft_f32 "$cap_f32" "$py" "${tp[@]}" --impl jaxft "${sizes[@]}" --dtype float32
 run_section throughput_jaxft_bf16 "$cap_bf16" "$py" "${tp[@]}" --impl jaxft "${sizes[@]}" --dtype bfloat16 \
   --attention-dropout 0
-[[ -n $gpu_note ]] && note="${gpu_note}AMP bf16 needs CUDA; timed PyTorch float32"
+[[ -n $gpu_note ]] && note="${gpu_note}timed PyTorch float32"
 # JAX is imported there too (jaxft's BertConfig): it must not take the GPU's memory from PyTorch.
 run_section throughput_torch "$cap_torch" env XLA_PYTHON_CLIENT_PREALLOCATE=false \
   "$py" "${tp[@]}" --impl torch "${torch_sizes[@]}" --dtype "$torch_dtype" --attention-dropout 0

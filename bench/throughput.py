@@ -6,12 +6,15 @@
 Prints one JSON line per measurement (impl, device, model, batch, seq_len, dtype, seq_per_s, tokens_per_s,
 step_ms, compile_s, mfu, peak_mem_gib), then a table. Steady state: median of --steps timed steps after
 --warmup steps, each step synchronised. The same random batch (full attention mask) for both; the PyTorch
-peer is pinned: float32 (or AMP bf16 on GPU), torch.set_num_threads(os.cpu_count()), default AdamW.
+peer is pinned: float32 (with --dtype bfloat16: AMP autocast to bf16, on GPU or CPU, float32 weights and
+optimizer, as jaxft's bf16 compute), torch.set_num_threads(os.cpu_count()), default AdamW. --prng-impl
+picks the PRNG behind jaxft's dropout masks.
 MFU counts 6 x matmul parameters x tokens plus the attention matmuls, against --peak-tflops
 (default: 0.285 on CPU, the f32 matmul rate measured here; 792 on an H200, bf16).
 """
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -134,7 +137,7 @@ def measure_torch(
         for k, v in _batch(batch, seq_len, config.vocab_size).items()
         if k not in ("weights",)
     }
-    amp = device == "cuda" and dtype == "bfloat16"
+    amp = dtype == "bfloat16"  # autocast: bf16 matmuls, float32 weights and optimizer (CUDA and CPU)
 
     def step():
         with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
@@ -164,7 +167,7 @@ def main():
     parser.add_argument("--model", default="minilm", choices=sorted(MODELS))
     parser.add_argument("--batch", type=int, nargs="+", default=[32])
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=None)
@@ -174,49 +177,57 @@ def main():
         default=None,
         help="attention dropout of both impls (default: the model's, 0.1); 0 lets jaxft train through cuDNN",
     )
+    parser.add_argument(
+        "--prng-impl",
+        default=None,
+        choices=["threefry2x32", "rbg", "unsafe_rbg"],
+        help="jaxft's PRNG for dropout masks (default: JAX's, threefry2x32)",
+    )
     parser.add_argument("--out", default=None, help="append JSON lines to this file as they are measured")
     args = parser.parse_args()
     from configs import common
 
     checkpoint = common.minilm_checkpoint()
+    if args.prng_impl:
+        import jax
+
+        jax.config.update("jax_default_prng_impl", args.prng_impl)
     rows = []
-    for batch in args.batch:
-        for impl in args.impl:
-            fn = measure_jaxft if impl == "jaxft" else measure_torch
-            step_s, compile_s, peak, device = fn(
-                args.model,
-                batch,
-                args.seq_len,
-                args.dtype,
-                args.steps,
-                args.warmup,
-                checkpoint,
-                args.attention_dropout,
-            )
-            peak_tflops = args.peak_tflops or (0.285 if device == "cpu" else 792.0)
-            seq_per_s = batch / step_s
-            row = {
-                "impl": impl,
-                "device": device,
-                "model": args.model,
-                "batch": batch,
-                "seq_len": args.seq_len,
-                "dtype": args.dtype,
-                "attention_dropout": args.attention_dropout,
-                "seq_per_s": round(seq_per_s, 2),
-                "tokens_per_s": round(seq_per_s * args.seq_len, 1),
-                "step_ms": round(step_s * 1e3, 2),
-                "compile_s": round(compile_s, 2),
-                "mfu": round(
-                    seq_per_s * flops_per_sequence(args.model, args.seq_len) / (peak_tflops * 1e12), 4
-                ),
-                "peak_mem_gib": round(peak, 2) if peak else None,
-            }
-            print(json.dumps(row), flush=True)
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            rows.append(row)
+    for batch, dtype, impl in itertools.product(args.batch, args.dtype, args.impl):
+        fn = measure_jaxft if impl == "jaxft" else measure_torch
+        step_s, compile_s, peak, device = fn(
+            args.model,
+            batch,
+            args.seq_len,
+            dtype,
+            args.steps,
+            args.warmup,
+            checkpoint,
+            args.attention_dropout,
+        )
+        peak_tflops = args.peak_tflops or (0.285 if device == "cpu" else 792.0)
+        seq_per_s = batch / step_s
+        row = {
+            "impl": impl,
+            "device": device,
+            "model": args.model,
+            "batch": batch,
+            "seq_len": args.seq_len,
+            "dtype": dtype,
+            "prng_impl": args.prng_impl if impl == "jaxft" else None,
+            "attention_dropout": args.attention_dropout,
+            "seq_per_s": round(seq_per_s, 2),
+            "tokens_per_s": round(seq_per_s * args.seq_len, 1),
+            "step_ms": round(step_s * 1e3, 2),
+            "compile_s": round(compile_s, 2),
+            "mfu": round(seq_per_s * flops_per_sequence(args.model, args.seq_len) / (peak_tflops * 1e12), 4),
+            "peak_mem_gib": round(peak, 2) if peak else None,
+        }
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        rows.append(row)
     print(f"\n{'impl':6} {'device':6} {'batch':>5} {'seq/s':>9} {'step ms':>9} {'compile s':>9} {'MFU':>7}")
     for r in rows:
         print(
