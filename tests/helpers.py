@@ -43,6 +43,18 @@ def classification_batch(
     }
 
 
+def random_features(rng: np.random.Generator, num_examples: int, vocab_size: int, width: int = 20) -> dict:
+    """Tokenised features (`jaxft.data.tokenize` layout) of `num_examples` random rows of 2..`width` - 1
+    tokens, 0-padded to `width`."""
+    lengths = rng.integers(2, width, num_examples).astype(np.int32)
+    ids = rng.integers(1, vocab_size, (num_examples, width)) * (np.arange(width) < lengths[:, None])
+    return {
+        "input_ids": ids.astype(np.int32),
+        "token_type_ids": np.zeros((num_examples, width), np.int32),
+        "length": lengths,
+    }
+
+
 def tiny_bert(
     vocab_size: int,
     *,

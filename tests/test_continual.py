@@ -14,17 +14,13 @@ import pytest
 from configs import default
 from jaxft.data import batching
 from jaxft.errors import UserError
-from jaxft.models.bert import BertConfig, BertEncoder
+from jaxft.models.bert import BertEncoder
 from jaxft.strategies import continual as cl
 from jaxft.strategies import continual_loop as loop
+from tests.helpers import tiny_bert
 
-CONFIG = BertConfig(
-    vocab_size=40,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=40,
+CONFIG = tiny_bert(
+    40, hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=40, dropout=0.1
 )
 
 

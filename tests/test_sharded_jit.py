@@ -15,7 +15,7 @@ from jaxft.data import pipeline
 from jaxft.errors import UserError
 from jaxft.models.heads import SequenceClassifier
 from jaxft.tasks.regression import Regression
-from tests.helpers import classification_batch, init_params, rel_error, tiny_bert
+from tests.helpers import classification_batch, init_params, random_features, rel_error, tiny_bert
 
 CONFIG = tiny_bert(64, num_hidden_layers=1)  # one layer: compiles fast; 64 words: the embedding splits 8 ways
 LABELS = 3
@@ -100,13 +100,7 @@ def test_fsdp_splits_big_parameters_and_their_adam_moments_dp_replicates_them():
 def test_sharded_evaluation_counts_and_places_every_example_as_pmap_does():
     model, rng = SequenceClassifier(CONFIG, num_labels=1), np.random.default_rng(0)  # regression: per example
     params, num_examples = init_params(model), 23
-    lengths = rng.integers(2, 20, num_examples).astype(np.int32)
-    ids = rng.integers(1, CONFIG.vocab_size, (num_examples, 20)) * (np.arange(20) < lengths[:, None])
-    features = {
-        "input_ids": ids.astype(np.int32),
-        "token_type_ids": np.zeros_like(ids, np.int32),
-        "length": lengths,
-    }
+    features = random_features(rng, num_examples, CONFIG.vocab_size)
     labels = rng.normal(size=num_examples).astype(np.float32)
     split = pipeline.Split("dev", "dev", [None] * num_examples, labels, features)
     totals = {}

@@ -10,7 +10,15 @@ from configs import default
 from jaxft import optim, parallel, steps
 from jaxft.data import batching, pipeline
 from jaxft.models.heads import SequenceClassifier
-from tests.helpers import classification_batch, eval_totals, init_params, loss_and_grads, rel_error, tiny_bert
+from tests.helpers import (
+    classification_batch,
+    eval_totals,
+    init_params,
+    loss_and_grads,
+    random_features,
+    rel_error,
+    tiny_bert,
+)
 
 CONFIG = tiny_bert(50)
 LABELS = 3
@@ -77,13 +85,7 @@ def test_accumulated_micro_batches_equal_one_large_batch():
 def test_evaluation_counts_every_example_exactly_once(num_devices, num_examples):
     model, rng = _model(), np.random.default_rng(num_examples)
     params = init_params(model)
-    lengths = rng.integers(2, 20, num_examples).astype(np.int32)
-    ids = rng.integers(1, CONFIG.vocab_size, (num_examples, 20)) * (np.arange(20) < lengths[:, None])
-    features = {
-        "input_ids": ids.astype(np.int32),
-        "token_type_ids": np.zeros_like(ids, np.int32),
-        "length": lengths,
-    }
+    features = random_features(rng, num_examples, CONFIG.vocab_size)
     labels = rng.integers(0, LABELS, num_examples).astype(np.int32)
     split = pipeline.Split("dev", "dev.jsonl", [None] * num_examples, labels, features)
     totals = eval_totals(model, params, split, num_devices, buckets=[8, 20], batch_size=8, num_labels=LABELS)
@@ -91,11 +93,9 @@ def test_evaluation_counts_every_example_exactly_once(num_devices, num_examples)
     # Reference: every example alone, on the host, unpadded.
     reference, margins, loss_sum = np.zeros((LABELS, LABELS), np.int64), [], 0.0
     for i in range(num_examples):
-        n = lengths[i]
+        n, ids = features["length"][i], features["input_ids"][i : i + 1]
         logits = np.asarray(
-            model.apply(
-                {"params": params}, ids[i : i + 1, :n], np.ones((1, n), np.int32), np.zeros((1, n), np.int32)
-            )
+            model.apply({"params": params}, ids[:, :n], np.ones((1, n), np.int32), np.zeros((1, n), np.int32))
         )[0]
         reference[labels[i], logits.argmax()] += 1
         margins.append(np.sort(logits)[-1] - np.sort(logits)[-2])
