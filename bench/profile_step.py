@@ -1,0 +1,121 @@
+"""Where jaxft's train step spends its time: a profiler trace of the step `bench/throughput.py` times, and
+its op-time per XLA op kind.
+
+    python bench/profile_step.py trace runs/profile                  # MiniLM, batch 32 x 128, float32
+    python bench/profile_step.py trace runs/profile --dtype bfloat16 --prng-impl rbg
+    python bench/profile_step.py summary runs/profile                # needs xprof (below)
+
+`trace` compiles the step, runs 2 warm-up steps, then records `--steps` (2) under `jax.profiler.trace`.
+`summary` reads the newest trace in the directory and prints, per op kind (the HLO name without its
+number: "ynn_fusion" for XNNPACK/YNNPACK matmul fusions on CPU, "broadcast_add_fusion", ...), the op-time
+per step summed over the threads that ran it, and the share of the total. It needs xprof's converter,
+which is not a dependency of jaxft: `python -m venv /tmp/xp && /tmp/xp/bin/pip install xprof`, then run
+`summary` with /tmp/xp/bin/python (it imports nothing from jaxft).
+"""
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import sys
+import time
+
+
+def trace(args) -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [os.path.dirname(here), here]
+    import jax
+    import jax.numpy as jnp
+
+    if args.prng_impl:
+        jax.config.update("jax_default_prng_impl", args.prng_impl)
+    import throughput
+
+    from configs import common, default
+    from jaxft import optim
+    from jaxft import steps as steps_lib
+    from jaxft.models.heads import SequenceClassifier
+
+    config = throughput._bert_config(args.model, common.minilm_checkpoint(), None)
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    net = SequenceClassifier(config, num_labels=2, attention_impl="xla", dtype=dtype)
+    dummy = jnp.zeros((1, 8), jnp.int32)
+    params = net.init(jax.random.key(0), dummy, jnp.ones_like(dummy), dummy)["params"]
+    tx = optim.create_optimizer(default.get_config().optimizer, 10_000)
+    state = steps_lib.create_train_state(params, tx, 0)
+    batch = jax.device_put(throughput._batch(args.batch, args.seq_len, config.vocab_size))
+    step = jax.jit(
+        lambda s, b: steps_lib.train_step(s, b, model=net, tx=tx, axis_name=None), donate_argnums=0
+    )
+    for _ in range(3):  # compile, then warm up
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+    jax.profiler.start_trace(args.dir)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+    elapsed = (time.perf_counter() - start) / args.steps
+    jax.profiler.stop_trace()
+    with open(os.path.join(args.dir, "steps.json"), "w") as f:
+        json.dump({"steps": args.steps, "step_ms": elapsed * 1e3, **vars(args)}, f)
+    print(f"{args.steps} steps traced into {args.dir} ({elapsed * 1e3:.0f} ms per step, traced)")
+
+
+def summary(args) -> None:
+    from xprof.convert import raw_to_tool_data
+
+    paths = sorted(glob.glob(os.path.join(args.dir, "plugins/profile/*/*.xplane.pb")))
+    if not paths:
+        sys.exit(f"error: no trace under {args.dir}; run `trace` first")
+    with open(os.path.join(args.dir, "steps.json")) as f:
+        run = json.load(f)
+    data, _ = raw_to_tool_data.xspace_to_tool_data(paths[-1:], "trace_viewer", {})
+    events = json.loads(data)["traceEvents"]
+    threads = {
+        (e.get("pid"), e.get("tid")): e["args"]["name"]
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "thread_name"
+    }
+    runtime = ("Thunk", "Threadpool", "Slinky", "end:", "$")  # executor spans and Python frames, not ops
+    totals, counts = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("ph") != "X" or e["name"].startswith(runtime):
+            continue
+        if threads.get((e.get("pid"), e.get("tid"))) == "python":
+            continue
+        kind = re.sub(r"\.\d+$", "", e["name"])
+        totals[kind] += e.get("dur", 0) / 1e3 / run["steps"]
+        counts[kind] += 1 / run["steps"]
+    total = sum(totals.values())
+    print(
+        f"{run['model']} {run['batch']} x {run['seq_len']} {run['dtype']}: {run['step_ms']:.0f} ms per step"
+    )
+    print(f"op-time per step, summed over threads: {total:.0f} ms\n")
+    print(f"{'op kind':32} {'ops':>5} {'ms/step':>9} {'share':>7}")
+    for kind, ms in totals.most_common(args.top):
+        print(f"{kind[:32]:32} {counts[kind]:5.0f} {ms:9.1f} {ms / total:7.1%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("trace")
+    p.add_argument("dir")
+    p.add_argument("--model", default="minilm", choices=["minilm", "base"])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--prng-impl", default=None, choices=["threefry2x32", "rbg", "unsafe_rbg"])
+    p.add_argument("--steps", type=int, default=2)
+    p = sub.add_parser("summary")
+    p.add_argument("dir")
+    p.add_argument("--top", type=int, default=20)
+    args = parser.parse_args()
+    trace(args) if args.command == "trace" else summary(args)
+
+
+if __name__ == "__main__":
+    main()
