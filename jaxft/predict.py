@@ -92,8 +92,10 @@ def predict_outputs(
     features = task.features_for_prediction(examples, run.tokenizer, run.config.data.max_seq_length)
     buckets = batching.bucket_lengths(run.config.data.max_seq_length, run.config.data.num_buckets)
     batch_size = parallel.eval_batch_size(batch_size)
-    p_predict = parallel.pmap_eval_step(steps.predict_step, model=model, task=task)
-    params = parallel.replicate(run.params)
+    # The run's own layout: "fsdp" keeps parameters too large to replicate sharded here as in training.
+    parallelism = parallel.create(run.config.training.get("parallelism", "pmap"))
+    p_predict = parallelism.eval_step(steps.predict_step, model=model, task=task)
+    params = parallelism.place_params(run.params)
     out = None
     plan = batching.eval_batch_plan(features["length"], buckets, batch_size)
     for seq_len, indices in tqdm.tqdm(plan, desc="predict", unit="batch", disable=not progress):

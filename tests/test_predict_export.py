@@ -36,6 +36,15 @@ def test_predicted_probabilities_match_the_models_eval_accuracy(tiny_run):
     assert accuracy == pytest.approx(final["eval"]["accuracy"])  # same best parameters, same examples
 
 
+@pytest.mark.parametrize("parallelism", ["dp", "fsdp"])
+def test_prediction_under_the_sharded_layouts_equals_pmaps(tiny_run, parallelism):
+    run = predict.load_run(str(tiny_run[0]))
+    examples = readers.read_examples(run.config.data.eval_path, text_field="text", label_field="label")
+    expected = predict.predict_probabilities(run, examples)
+    run.config.training.parallelism = parallelism  # as a run trained with it records
+    np.testing.assert_allclose(predict.predict_probabilities(run, examples), expected, rtol=1e-6, atol=1e-7)
+
+
 def test_exported_model_gives_the_same_probabilities_in_pytorch(tiny_run, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
