@@ -1,6 +1,7 @@
 """Continual learning SST-2 -> MRPC -> IMDB with MiniLM-L6: the forgetting matrix of each method.
 
     python bench/continual.py --data ../shared/data                                   # all five methods
+    python bench/continual.py --data ../shared/data --mrpc-train-examples 1000 --epochs 2   # as recorded
     python bench/continual.py --data ../shared/data --methods naive,adapter --eval-limit 500   # reduced
 
 Tasks, one head each on one shared encoder (`jaxft.strategies.continual_loop.run_sequence`):
