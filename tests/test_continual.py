@@ -1,10 +1,12 @@
 """Continual learning (jaxft.strategies.continual, continual_loop): each piece against a reference.
 
 EWC penalty and KD term equal NumPy; the vmap Fisher equals a loop of per-example gradients; the reservoir
-buffer equals a hand-run of Algorithm R and keeps every example with probability capacity / seen; adapters
-leave earlier tasks' logits bit-identical; a grown head keeps its old columns; the forgetting summary of a
-known R equals hand values; every method runs a tiny 2-task sequence end to end.
+buffer equals a hand-run of Algorithm R and keeps every example with probability capacity / seen; the
+replay term scores each buffered row with its own task's head; adapters leave earlier tasks' logits
+bit-identical; a grown head keeps its old columns; the forgetting summary of a known R equals hand values; every method runs a tiny 2-task sequence end to end.
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -134,6 +136,54 @@ def test_reservoir_buffer_is_algorithm_r_bounded_seeded_with_task_ids():
     batch = buffer.sample_batch(4, np.random.default_rng(0), {"first": 0, "second": 1}, [8, 16])
     assert batch["input_ids"].shape == (4, 16) and set(batch["task"]) <= {0, 1}
     assert np.array_equal(batch["attention_mask"].sum(1), (batch["input_ids"] > 0).sum(1))
+
+
+def test_replay_term_scores_each_row_with_its_own_tasks_head():
+    """The replay loss = the mean, over buffered rows, of each row's NLL under its own task's head, each row
+    encoded alone and unpadded (a reference that shares nothing with the batched, masked step)."""
+    encoder, bert = _bert(
+        encoder=BertEncoder(
+            dataclasses.replace(CONFIG, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        )
+    )
+    heads = {
+        name: cl.init_head(jax.random.PRNGKey(n), CONFIG.hidden_size, classes)
+        for n, (name, classes) in enumerate([("a", 3), ("b", 2), ("c", 2)])
+    }
+    buffer = cl.ReservoirBuffer(capacity=50, seed=0)
+    for name, classes, seed in (("a", 3, 1), ("b", 2, 2)):
+        split = _features(6, seed=seed, num_labels=classes)
+        buffer.add_task(name, split, split["labels"])
+    replay = buffer.sample_batch(8, np.random.default_rng(0), {"a": 0, "b": 1, "c": 2}, [12])
+    assert set(replay["task"]) == {0, 1}  # both earlier tasks in the batch
+    current = batching.make_batch(_features(4, seed=3), _features(4, seed=3)["labels"], np.arange(4), 12, 4)
+    spec = loop.StepSpec(head="c", replay_heads=("a", "b", "c"))
+    _, metrics = loop.loss_fn(
+        {"bert": bert, "heads": heads},
+        {"bert": {}, "heads": {}},
+        jax.tree.map(
+            jnp.asarray,
+            {k: current[k] for k in ("input_ids", "token_type_ids", "attention_mask", "labels", "weights")},
+        ),
+        {"replay": jax.tree.map(jnp.asarray, replay)},
+        jax.random.PRNGKey(0),  # dropout rates 0: the key changes nothing
+        encoder=encoder,
+        spec=spec,
+    )
+    nlls = []
+    for i in range(8):
+        n = int(replay["attention_mask"][i].sum())
+        _, pooled = encoder.apply(
+            {"params": bert},
+            replay["input_ids"][i : i + 1, :n],
+            replay["token_type_ids"][i : i + 1, :n],
+            np.ones((1, n), np.int32),
+            deterministic=True,
+        )
+        head = heads[spec.replay_heads[replay["task"][i]]]
+        logits = np.asarray(pooled, np.float64) @ np.asarray(head["kernel"]) + np.asarray(head["bias"])
+        nlls.append(np.log(np.exp(logits[0]).sum()) - logits[0, replay["labels"][i]])
+    np.testing.assert_allclose(float(metrics["replay"]), np.mean(nlls), rtol=1e-5)
 
 
 def test_kd_term_zero_for_equal_logits_and_equals_numpy_kl():
