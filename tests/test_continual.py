@@ -3,7 +3,8 @@
 EWC penalty and KD term equal NumPy; the vmap Fisher equals a loop of per-example gradients; the reservoir
 buffer equals a hand-run of Algorithm R and keeps every example with probability capacity / seen; the
 replay term scores each buffered row with its own task's head; adapters leave earlier tasks' logits
-bit-identical; a grown head keeps its old columns; the forgetting summary of a known R equals hand values; every method runs a tiny 2-task sequence end to end.
+bit-identical; a grown head keeps its old columns; the forgetting summary of a known R equals hand values;
+every method runs a tiny 2-task sequence end to end.
 """
 
 import dataclasses
