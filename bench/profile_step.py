@@ -27,25 +27,17 @@ def trace(args) -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:0] = [os.path.dirname(here), here]
     import jax
-    import jax.numpy as jnp
 
     if args.prng_impl:
         jax.config.update("jax_default_prng_impl", args.prng_impl)
     import throughput
 
-    from configs import common, default
-    from jaxft import optim
+    from configs import common
     from jaxft import steps as steps_lib
-    from jaxft.models.heads import SequenceClassifier
 
-    config = throughput._bert_config(args.model, common.minilm_checkpoint(), None)
-    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    net = SequenceClassifier(config, num_labels=2, attention_impl="xla", dtype=dtype)
-    dummy = jnp.zeros((1, 8), jnp.int32)
-    params = net.init(jax.random.key(0), dummy, jnp.ones_like(dummy), dummy)["params"]
-    tx = optim.create_optimizer(default.get_config().optimizer, 10_000)
-    state = steps_lib.create_train_state(params, tx, 0)
-    batch = jax.device_put(throughput._batch(args.batch, args.seq_len, config.vocab_size))
+    checkpoint = common.minilm_checkpoint()
+    net, state, tx, vocab_size = throughput.jaxft_setup(args.model, args.dtype, checkpoint, None)
+    batch = jax.device_put(throughput._batch(args.batch, args.seq_len, vocab_size))
     step = jax.jit(
         lambda s, b: steps_lib.train_step(s, b, model=net, tx=tx, axis_name=None), donate_argnums=0
     )

@@ -79,14 +79,14 @@ def _architecture(model: str, checkpoint: str | None):
     )
 
 
-def measure_jaxft(
-    model: str, batch: int, seq_len: int, dtype: str, steps: int, warmup: int, checkpoint, attention_dropout
-):
+def jaxft_setup(model: str, dtype: str, checkpoint, attention_dropout):
+    """jaxft's classifier, its train state at step 0 (random init) and optimizer, and the vocabulary size:
+    what `measure_jaxft` times (and `bench/profile_step.py` traces)."""
     import jax
     import jax.numpy as jnp
 
     from configs import default
-    from jaxft import optim, parallel
+    from jaxft import optim
     from jaxft import steps as steps_lib
     from jaxft.models.heads import SequenceClassifier
 
@@ -101,10 +101,22 @@ def measure_jaxft(
     dummy = jnp.zeros((1, 8), jnp.int32)
     params = net.init(jax.random.key(0), dummy, jnp.ones_like(dummy), dummy)["params"]
     tx = optim.create_optimizer(default.get_config().optimizer, 10_000)
+    return net, steps_lib.create_train_state(params, tx, 0), tx, bert_config.vocab_size
+
+
+def measure_jaxft(
+    model: str, batch: int, seq_len: int, dtype: str, steps: int, warmup: int, checkpoint, attention_dropout
+):
+    import jax
+
+    from jaxft import parallel
+    from jaxft import steps as steps_lib
+
+    net, state, tx, vocab_size = jaxft_setup(model, dtype, checkpoint, attention_dropout)
     devices = jax.devices()[:1]
     p_step = parallel.pmap_train_step(steps_lib.train_step, devices=devices, model=net, tx=tx)
-    state = parallel.replicate(steps_lib.create_train_state(params, tx, 0), devices)
-    data = jax.device_put(parallel.split_for_devices(_batch(batch, seq_len, bert_config.vocab_size), 1))
+    state = parallel.replicate(state, devices)
+    data = jax.device_put(parallel.split_for_devices(_batch(batch, seq_len, vocab_size), 1))
     start = time.perf_counter()
     state, metrics = p_step(state, data)
     metrics["loss"].block_until_ready()

@@ -157,7 +157,8 @@ def test_replay_term_scores_each_row_with_its_own_tasks_head():
         buffer.add_task(name, split, split["labels"])
     replay = buffer.sample_batch(8, np.random.default_rng(0), {"a": 0, "b": 1, "c": 2}, [12])
     assert set(replay["task"]) == {0, 1}  # both earlier tasks in the batch
-    current = batching.make_batch(_features(4, seed=3), _features(4, seed=3)["labels"], np.arange(4), 12, 4)
+    split = _features(4, seed=3)
+    current = batching.make_batch(split, split["labels"], np.arange(4), 12, 4)
     spec = loop.StepSpec(head="c", replay_heads=("a", "b", "c"))
     _, metrics = loop.loss_fn(
         {"bert": bert, "heads": heads},
