@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxft.errors import UserError
+from jaxft.models.dropout import Dropout, dropout
 from jaxft.strategies.peft import Adapter, LoraDelta, PeftConfig
 
 _ACTIVATIONS = {
@@ -141,8 +142,7 @@ def softmax_attention(query, key, value, mask, *, dropout_rate=0.0, dropout_rng=
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     if dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+        probs = dropout(dropout_rng, dropout_rate, probs)
     return jnp.einsum("bnts,bsnh->btnh", probs.astype(value.dtype), value)
 
 
@@ -181,7 +181,7 @@ class BertEmbeddings(nn.Module):
             + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
         )
         x = _layer_norm(cfg, self.dtype)(x)
-        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class BertSelfAttention(nn.Module):
@@ -256,7 +256,7 @@ class BertAddNorm(nn.Module):
         out = _dense(cfg.hidden_size, cfg, self.dtype, "dense")(x)
         if self.peft.lora_on(self.lora_target):
             out = out + LoraDelta(cfg.hidden_size, self.peft, self.dtype, name="dense_lora")(x, deterministic)
-        out = nn.Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic)
+        out = Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic)
         if self.peft.method == "adapter":
             out = Adapter(self.peft.adapter_size, self.dtype, name="adapter")(out)
         return _layer_norm(cfg, self.dtype)(out + residual)

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxft.models.bert import _ACTIVATIONS, BertConfig, BertEncoder, _dense, _layer_norm
+from jaxft.models.dropout import Dropout
 from jaxft.strategies.peft import PeftConfig
 
 
@@ -74,7 +75,7 @@ class EncoderHead(nn.Module):
     def dropout(self, x, deterministic: bool):
         """Dropout before the head, at `classifier_dropout` (or the encoder's hidden dropout)."""
         rate = self.config.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
-        return nn.Dropout(rate)(x, deterministic=deterministic)
+        return Dropout(rate)(x, deterministic=deterministic)
 
 
 class SequenceClassifier(EncoderHead):

@@ -34,6 +34,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxft.errors import UserError
+from jaxft.models.dropout import Dropout
 
 METHODS = ("none", "bitfit", "lora", "adapter", "prompt", "prefix")
 # Dense layers of a BERT layer that LoRA can adapt, by the name `peft.lora_targets` uses.
@@ -128,7 +129,7 @@ class LoraDelta(nn.Module):
             "lora_a", nn.initializers.he_uniform(), (x.shape[-1], self.peft.lora_rank), jnp.float32
         )
         b = self.param("lora_b", nn.initializers.zeros, (self.peft.lora_rank, self.features), jnp.float32)
-        x = nn.Dropout(self.peft.lora_dropout)(x, deterministic=deterministic)
+        x = Dropout(self.peft.lora_dropout)(x, deterministic=deterministic)
         return (
             (x @ a.astype(self.dtype)) @ b.astype(self.dtype) * jnp.asarray(self.peft.lora_scale, self.dtype)
         )
