@@ -154,6 +154,9 @@ def get_config() -> ml_collections.ConfigDict:
     # on every device), or one sharded jit over a mesh of all devices: "dp" (the state replicated) or "fsdp"
     # (parameters and optimizer state sharded over the devices: for encoders too large to replicate).
     training.parallelism = "pmap"
+    # fsdp only: parameter (and Adam moment) leaves with fewer elements stay replicated; sharding a bias or a
+    # LayerNorm scale saves almost no memory and adds a gather per step. 0 shards every leaf it can.
+    training.fsdp_min_size = 16384
     training.num_epochs = 3  # passes over the train split
     training.num_train_steps = -1  # if > 0, overrides num_epochs
     training.eval_batch_size = 128  # global evaluation batch (rounded up to a multiple of the devices)

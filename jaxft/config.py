@@ -44,6 +44,7 @@ _NON_NEGATIVE = (
     "data.max_train_examples",
     "data.max_eval_examples",
     "training.max_nonfinite_steps",
+    "training.fsdp_min_size",
 )
 
 

@@ -93,7 +93,11 @@ def predict_outputs(
     buckets = batching.bucket_lengths(run.config.data.max_seq_length, run.config.data.num_buckets)
     batch_size = parallel.eval_batch_size(batch_size)
     # The run's own layout: "fsdp" keeps parameters too large to replicate sharded here as in training.
-    parallelism = parallel.create(run.config.training.get("parallelism", "pmap"))
+    training = run.config.training
+    parallelism = parallel.create(
+        training.get("parallelism", "pmap"),
+        fsdp_min_size=training.get("fsdp_min_size", parallel.FSDP_MIN_SIZE),
+    )
     p_predict = parallelism.eval_step(steps.predict_step, model=model, task=task)
     params = parallelism.place_params(run.params)
     out = None

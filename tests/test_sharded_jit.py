@@ -59,7 +59,7 @@ def test_dp_and_fsdp_take_the_same_steps_as_pmap(batch_size, padding_rows, accum
     reference, reference_losses = _train(parallel.Pmap(), batches, accum_steps)
     assert rel_error(reference.params, _params()) > 1e-3  # the steps moved the parameters
     for mode in ("dp", "fsdp"):
-        state, losses = _train(parallel.Sharded(mode), batches, accum_steps)
+        state, losses = _train(parallel.Sharded(mode, min_size=0), batches, accum_steps)
         assert int(state.step) == 3
         assert rel_error(state.params, reference.params) <= 1e-5, mode
         assert rel_error(state.opt_state, reference.opt_state) <= 1e-5, mode
@@ -77,7 +77,7 @@ def test_fsdp_splits_big_parameters_and_their_adam_moments_dp_replicates_them():
     tx = _optimizer()
     shards = {}
     for mode in ("dp", "fsdp"):
-        parallelism = parallel.Sharded(mode)
+        parallelism = parallel.Sharded(mode, min_size=0)
         state = parallelism.place_state(steps.create_train_state(_params(), tx, 0))
         train_step = parallelism.train_step(steps.train_step, model=MODEL, tx=tx, deterministic=True)
         batch = next(parallelism.device_batches(iter([_batch(16, 0, 0)])))
@@ -97,6 +97,17 @@ def test_fsdp_splits_big_parameters_and_their_adam_moments_dp_replicates_them():
     assert shards["fsdp", "'layer_0']['intermediate']['dense']['kernel"] == {(16, 4)}
 
 
+def test_fsdp_keeps_leaves_below_its_minimum_size_replicated():
+    parallelism = parallel.create("fsdp", fsdp_min_size=1024)
+    state = parallelism.place_state(steps.create_train_state(_params(), _optimizer(), 0))
+    for path, x in jax.tree_util.tree_flatten_with_path((state.params, state.opt_state))[0]:
+        if x.ndim == 0:
+            continue
+        expected = x.size >= 1024 and any(n % 8 == 0 for n in x.shape)
+        assert (not x.sharding.is_fully_replicated) == expected, jax.tree_util.keystr(path)
+    assert state.params["bert"]["embeddings"]["word_embeddings"]["embedding"].size == 1024  # the boundary
+
+
 def test_sharded_evaluation_counts_and_places_every_example_as_pmap_does():
     model, rng = SequenceClassifier(CONFIG, num_labels=1), np.random.default_rng(0)  # regression: per example
     params, num_examples = init_params(model), 23
@@ -104,7 +115,7 @@ def test_sharded_evaluation_counts_and_places_every_example_as_pmap_does():
     labels = rng.normal(size=num_examples).astype(np.float32)
     split = pipeline.Split("dev", "dev", [None] * num_examples, labels, features)
     totals = {}
-    for parallelism in (parallel.Pmap(), parallel.Sharded("fsdp")):
+    for parallelism in (parallel.Pmap(), parallel.Sharded("fsdp", min_size=0)):
         eval_fn = parallelism.eval_step(steps.eval_step, model=model, task=Regression())
         placed = parallelism.place_params(params)
         totals[parallelism.name] = train.eval_counts(
@@ -123,6 +134,7 @@ def _tiny_config(parallelism: str):
     config.model.attention_dropout = 0.0
     config.model.classifier_dropout = 0.0
     config.training.parallelism = parallelism
+    config.training.fsdp_min_size = 0  # the tiny encoder's leaves are all small: shard them anyway
     config.training.checkpoint_every = 6
     config.training.tensorboard = False
     return config
