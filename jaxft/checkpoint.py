@@ -21,8 +21,11 @@ import orbax.checkpoint as ocp
 from jaxft.errors import UserError
 
 
-def _abstract(tree):
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+def _on_host(template):
+    """A restore target that reads each leaf whole into a host array, however it was saved: host arrays, or
+    global arrays sharded over devices that the reading process may not have (another device count, another
+    parallelism). Only shapes and dtypes matter; the memory is not touched."""
+    return jax.tree.map(lambda x: np.empty(np.shape(x), np.dtype(x.dtype)), template)
 
 
 class Checkpoints:
@@ -51,7 +54,11 @@ class Checkpoints:
         self.best = manager("best", 1)
 
     def save(self, step: int, state, meta: dict) -> None:
-        """Saves the full train state (host arrays) and `meta` (JSON) as step `step`."""
+        """Saves the full train state and `meta` (JSON) as step `step`.
+
+        `state` holds host arrays, or global `jax.Array`s sharded over the devices: then each process writes
+        only the shards it holds (nothing is gathered), and the async save has copied them off the devices
+        when this returns (the next step may donate their buffers)."""
         self.latest.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         )
@@ -86,7 +93,7 @@ class Checkpoints:
                 restored = self.latest.restore(
                     step,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(_abstract(template_state)), meta=ocp.args.JsonRestore()
+                        state=ocp.args.StandardRestore(_on_host(template_state)), meta=ocp.args.JsonRestore()
                     ),
                 )
             except UserError:
@@ -129,7 +136,7 @@ class Checkpoints:
         restored = self.best.restore(
             step,
             args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(_abstract(template_params)), meta=ocp.args.JsonRestore()
+                params=ocp.args.StandardRestore(_on_host(template_params)), meta=ocp.args.JsonRestore()
             ),
         )
         check_shapes(restored.params, template_params, f"best checkpoint step {step}")
@@ -142,8 +149,10 @@ class Checkpoints:
             step,
             args=ocp.args.Composite(
                 state=ocp.args.PyTreeRestore(
-                    item={"params": _abstract(template_params)},
-                    restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(), {"params": template_params}),
+                    item={"params": _on_host(template_params)},
+                    restore_args=jax.tree.map(
+                        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), {"params": template_params}
+                    ),
                     partial_restore=True,
                 )
             ),

@@ -153,6 +153,9 @@ class Parallelism(Protocol):
     def to_host(self, tree):
         """One whole host NumPy copy of a placed tree (state, parameters, metrics), on every process."""
 
+    def to_save(self, tree):
+        """A placed tree as Orbax should save it: each array written once, by the process that holds it."""
+
     def train_step(self, step_fn: Callable, **static) -> Callable:
         """`step_fn(state, batch, axis_name=..., **static)` as `(placed state, device batch) -> (state,
         metrics)`, donating the state; metrics are the same for every device."""
@@ -190,6 +193,9 @@ class Pmap:
 
     def to_host(self, tree):
         return unreplicate(tree)
+
+    def to_save(self, tree):
+        return unreplicate(tree)  # every device holds the whole state: one host copy
 
     def train_step(self, step_fn, **static):
         return pmap_train_step(step_fn, self.devices, **static)
@@ -250,6 +256,9 @@ class Sharded:
 
     def to_host(self, tree):
         return jax.tree.map(_whole_on_host, tree)
+
+    def to_save(self, tree):
+        return tree  # global arrays: Orbax writes each shard from its process; nothing is gathered
 
     def train_step(self, step_fn, **static):
         step = functools.partial(step_fn, axis_name=None, **static)  # None: the global view, no psum

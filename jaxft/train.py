@@ -368,7 +368,7 @@ def _evaluate_and_track(parallelism, eval_fn, state, split, setup, step, writer,
         value = -math.inf if tc.best_mode == "max" else math.inf
     if best.update(value, step):
         peft = peft_lib.from_config(setup.config)
-        saved = parallelism.to_host(peft_lib.trained_subset(state.params, peft))
+        saved = parallelism.to_save(peft_lib.trained_subset(state.params, peft))
         ckpts.save_best(step, saved, {"step": step, **metrics})
         improved = totals
     else:
@@ -499,7 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "best": best.to_dict(),
             "labels": setup.label_names,
         }
-        ckpts.save(step, parallelism.to_host(peft_lib.saved_state(state, peft)), meta)
+        ckpts.save(step, parallelism.to_save(peft_lib.saved_state(state, peft)), meta)
 
     writer = MetricWriter(workdir, enabled=parallel.is_chief(), tensorboard=tc.tensorboard)
     progress = ProgressBar(total_steps, initial=start_step, enabled=parallel.is_chief() and tc.progress_bar)

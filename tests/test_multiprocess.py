@@ -1,6 +1,7 @@
 """Two `jax.distributed` processes on one machine (loopback coordinator, one CPU device each) train exactly
 like one process with the same global batch (and the same two train-data shards), each tokenising only its
-own half of the train split, and only process 0 writes logs and reports."""
+own half of the train split, and only process 0 writes logs and reports; under pmap and under fsdp, whose
+checkpoint each process writes its own shards of."""
 
 import json
 import os
@@ -8,7 +9,11 @@ import socket
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
+
+from jaxft import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = [
@@ -35,9 +40,17 @@ def _losses(workdir) -> list[float]:
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process(tmp_path):
+@pytest.mark.parametrize("parallelism", ["pmap", "fsdp"])
+def test_two_processes_equal_one_process(tmp_path, parallelism):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    base = [sys.executable, "train.py", "--config", "configs/tiny.py"]
+    base = [
+        sys.executable,
+        "train.py",
+        "--config",
+        "configs/tiny.py",
+        f"--config.training.parallelism={parallelism}",
+        "--config.training.fsdp_min_size=0",  # fsdp: every leaf split over the two processes' devices
+    ]
     single = subprocess.run(
         [*base, "--workdir", str(tmp_path / "one"), *COMMON, "--config.data.num_shards=2"],
         cwd=REPO,
@@ -91,3 +104,21 @@ def test_two_processes_equal_one_process(tmp_path):
     assert "train: 404 of 404 examples (shards 0-1 of 2)" in single.stderr
     assert "train: 202 of 404 examples (shards 0-0 of 2)" in outputs[0][1]
     assert "train: 202 of 404 examples (shards 1-1 of 2)" in outputs[1][1]
+    # The final checkpoints hold the same parameters; fsdp's were written shard by shard from both processes.
+    expected = _saved_params(tmp_path / "one")
+    saved = _saved_params(tmp_path / "two", template=expected)
+    assert jax.tree.structure(saved) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(saved), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def _saved_params(workdir, template=None):
+    """The newest checkpoint's parameters as host arrays: as saved (a one-process run), or read whole into
+    `template`'s shapes whatever layout wrote them."""
+    ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
+    if template is None:
+        params = jax.device_get(ckpts.latest.restore(ckpts.latest_step())["state"]["params"])
+    else:
+        params = ckpts.restore_latest_params(template)
+    ckpts.close()
+    return params

@@ -161,16 +161,26 @@ def test_fsdp_run_ends_as_the_pmap_run_and_resumes_exactly(tmp_path, caplog):
     _, pmap_state = _latest_state(tmp_path / "pmap")
     step, fsdp_state = _latest_state(tmp_path / "fsdp")
     assert step == 12 and rel_error(fsdp_state["params"], pmap_state["params"]) <= 1e-5
+    # Saved as fsdp held it: the shards, each written by its device's process, nothing gathered first
+    # (read back without a target, Orbax recreates the saved layout).
+    embedding = fsdp_state["params"]["bert"]["embeddings"]["word_embeddings"]["embedding"]
+    fsdp_spec = parallel.Sharded("fsdp", min_size=0).param_sharding(embedding.shape).spec
+    assert parallel.DATA_AXIS in fsdp_spec and embedding.sharding.spec == fsdp_spec
     # As if killed after the step-6 checkpoint: the rerun resumes there and ends where the whole run did.
-    cut = tmp_path / "cut"
-    shutil.copytree(tmp_path / "fsdp", cut)
-    shutil.rmtree(cut / "checkpoints/latest/12")
+    cuts = {mode: tmp_path / f"cut_{mode}" for mode in ("fsdp", "pmap")}
+    for cut in cuts.values():
+        shutil.copytree(tmp_path / "fsdp", cut)
+        shutil.rmtree(cut / "checkpoints/latest/12")
     with caplog.at_level("INFO"):
-        train.train_and_evaluate(_tiny_config("fsdp"), str(cut))
+        train.train_and_evaluate(_tiny_config("fsdp"), str(cuts["fsdp"]))
     assert any("Resuming from step 6" in r.getMessage() for r in caplog.records)
-    step, resumed = _latest_state(cut)
+    step, resumed = _latest_state(cuts["fsdp"])
     assert step == 12
     jax.tree.map(np.testing.assert_array_equal, resumed, fsdp_state)
+    # Another layout resumes the sharded checkpoint too: pmap reads each array whole onto every device.
+    train.train_and_evaluate(_tiny_config("pmap"), str(cuts["pmap"]))
+    step, resumed = _latest_state(cuts["pmap"])
+    assert step == 12 and rel_error(resumed["params"], pmap_state["params"]) <= 1e-5
 
 
 @pytest.mark.slow
