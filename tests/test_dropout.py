@@ -42,6 +42,16 @@ def test_kept_elements_are_scaled_by_the_inverse_keep_probability():
     assert dropout(rng, rate, jnp.bfloat16(2.0)).dtype == jnp.bfloat16  # a scalar keeps its dtype
 
 
+def test_bfloat16_values_are_scaled_in_float32_and_rounded_once():
+    x = jax.random.normal(jax.random.key(1), (64, 64)).astype(jnp.bfloat16)
+    rng, rate = jax.random.key(2), 0.1
+    mask, keep_prob = keep_mask(rng, rate, x.shape)
+    out = dropout(rng, rate, x)
+    assert out.dtype == jnp.bfloat16
+    expected = (np.asarray(x, np.float32) / keep_prob).astype(jnp.bfloat16)  # one rounding of the exact value
+    np.testing.assert_array_equal(np.asarray(out)[np.asarray(mask)], expected[np.asarray(mask)])
+
+
 def test_rate_one_zeros_everything_and_the_module_passes_through_when_off():
     x = jnp.arange(1.0, 13.0).reshape(3, 4)
     np.testing.assert_array_equal(dropout(jax.random.key(0), 1.0, x), 0.0)
