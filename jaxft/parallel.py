@@ -11,9 +11,8 @@ all that the training loop sees:
   explicit collectives: XLA partitions it) over a `Mesh` of all devices with one axis, `DATA_AXIS`; batches
   are sharded along their rows. "dp" replicates parameters and optimizer state; "fsdp" shards each of them
   of at least `training.fsdp_min_size` elements along its largest dimension divisible by the device count
-  (else replicates it), so an encoder too large to
-  replicate with its Adam moments still trains. Several processes each feed their rows of the global batch
-  (`jax.make_array_from_process_local_data`).
+  (else replicates it), so an encoder too large to replicate with its Adam moments still trains. Several
+  processes each feed their rows of the global batch (`jax.make_array_from_process_local_data`).
 
 Both give the same updates (tested to 1e-5 with dropout off; dropout masks differ, since the global step has
 no device index to fold into the key). Evaluation runs per device on either path, so the host sums
@@ -38,7 +37,7 @@ from jaxft.errors import UserError
 AXIS = "batch"  # pmap's axis name
 DATA_AXIS = "data"  # the mesh's one axis
 # fsdp leaves with fewer elements stay replicated: 16,384 f32 is 64 KiB; in BERT-base that keeps the biases,
-# LayerNorms and token-type embeddings whole and shards every weight matrix.
+# LayerNorms, token-type embeddings and the classifier whole and shards every other weight matrix.
 FSDP_MIN_SIZE = 1 << 14
 
 
