@@ -104,7 +104,11 @@ def test_two_processes_equal_one_process(tmp_path, parallelism):
     assert "train: 404 of 404 examples (shards 0-1 of 2)" in single.stderr
     assert "train: 202 of 404 examples (shards 0-0 of 2)" in outputs[0][1]
     assert "train: 202 of 404 examples (shards 1-1 of 2)" in outputs[1][1]
-    # The final checkpoints hold the same parameters; fsdp's were written shard by shard from both processes.
+    # The final checkpoints hold the same parameters. pmap's state is written once, by process 0; fsdp's
+    # by both processes, each its own shards (Orbax's per-process OCDBT stores, about half the data each).
+    stores = sorted(p.name for p in (tmp_path / "two/checkpoints/latest/6/state").glob("ocdbt.process_*"))
+    writers = 1 if parallelism == "pmap" else 2
+    assert stores == [f"ocdbt.process_{i}" for i in range(writers)]
     expected = _saved_params(tmp_path / "one")
     saved = _saved_params(tmp_path / "two", template=expected)
     assert jax.tree.structure(saved) == jax.tree.structure(expected)
