@@ -145,14 +145,13 @@ class Checkpoints:
     def restore_latest_params(self, template_params):
         """Only the parameters of the newest full state (Adam moments stay on disk)."""
         step = self.latest.latest_step()
+        item = {"params": _on_host(template_params)}
         restored = self.latest.restore(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.PyTreeRestore(
-                    item={"params": _on_host(template_params)},
-                    restore_args=jax.tree.map(
-                        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), {"params": template_params}
-                    ),
+                    item=item,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),  # host arrays, as item
                     partial_restore=True,
                 )
             ),

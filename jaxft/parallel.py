@@ -168,6 +168,14 @@ class Parallelism(Protocol):
         """This process's host batches ([rows, ...] arrays), put on the devices ahead of their step."""
 
 
+def from_config(training) -> Parallelism:
+    """The `Parallelism` a run's `training` config names; keys an older run's config lacks take their
+    defaults (training and prediction both place parameters through here)."""
+    return create(
+        training.get("parallelism", "pmap"), fsdp_min_size=training.get("fsdp_min_size", FSDP_MIN_SIZE)
+    )
+
+
 def create(name: str, devices=None, *, fsdp_min_size: int = FSDP_MIN_SIZE) -> Parallelism:
     """The `Parallelism` that `training.parallelism` names: "pmap", "dp" or "fsdp"."""
     if name == "pmap":

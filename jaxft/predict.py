@@ -93,11 +93,7 @@ def predict_outputs(
     buckets = batching.bucket_lengths(run.config.data.max_seq_length, run.config.data.num_buckets)
     batch_size = parallel.eval_batch_size(batch_size)
     # The run's own layout: "fsdp" keeps parameters too large to replicate sharded here as in training.
-    training = run.config.training
-    parallelism = parallel.create(
-        training.get("parallelism", "pmap"),
-        fsdp_min_size=training.get("fsdp_min_size", parallel.FSDP_MIN_SIZE),
-    )
+    parallelism = parallel.from_config(run.config.training)
     p_predict = parallelism.eval_step(steps.predict_step, model=model, task=task)
     params = parallelism.place_params(run.params)
     out = None

@@ -464,7 +464,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best = BestMetric(tc.best_mode, tc.early_stopping_min_delta, tc.early_stopping_patience)
     state = _start_state(setup, model, tx, ckpts, best)
     start_step = int(state.step)
-    parallelism = parallel.create(tc.parallelism, fsdp_min_size=tc.fsdp_min_size)
+    parallelism = parallel.from_config(tc)
     state = parallelism.place_state(state)
     train_step = parallelism.train_step(
         steps.train_step,
