@@ -12,6 +12,7 @@ from jaxft.errors import UserError
 from jaxft.models.bert import BertConfig, BertEncoder, softmax_attention
 from jaxft.models.convert import hf_to_flax, load_state_dict
 from jaxft.models.heads import SequenceClassifier
+from jaxft.strategies.peft import LORA_TARGETS, PeftConfig
 from tests.helpers import ODD_SIZES
 
 # Odd sizes (99 and ODD_SIZES' 37) catch transposed or swapped dimensions that square shapes would hide.
@@ -208,6 +209,65 @@ def test_remat_gives_the_same_outputs_and_gradients():
     (loss, grads), (loss_remat, grads_remat) = loss_and_grad(False), loss_and_grad(True)
     np.testing.assert_allclose(loss_remat, loss, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads_remat, grads)
+
+
+@pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
+@pytest.mark.parametrize(
+    "peft",
+    [
+        PeftConfig(),
+        PeftConfig(method="lora", lora_targets=LORA_TARGETS, lora_rank=2),
+        PeftConfig(method="prompt", num_virtual_tokens=2),
+        PeftConfig(method="prefix", num_virtual_tokens=2),
+    ],
+    ids=["full", "lora", "prompt", "prefix"],
+)
+def test_first_token_only_gives_the_full_pooled_output_and_gradients(peft, remat):
+    config = BertConfig(**TINY)
+    ids, mask, types = _batch()
+    model = BertEncoder(config, remat=remat, peft=peft)
+    params = model.init(jax.random.key(0), ids, mask, types)["params"]
+    # Perturb every leaf (LoRA's B starts at zero) so that each parameter reaches the output.
+    leaves, tree = jax.tree.flatten(params)
+    noise = jax.random.split(jax.random.key(1), len(leaves))
+    perturbed = [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, noise, strict=True)]
+    params = tree.unflatten(perturbed)
+
+    def pooled_and_first(p, first_only):
+        seq, pooled = model.apply({"params": p}, ids, mask, types, first_token_only=first_only)
+        return pooled, seq[:, :1]
+
+    pooled, first = pooled_and_first(params, True)
+    pooled_full, first_full = pooled_and_first(params, False)
+    assert first.shape == (3, 1, TINY["hidden_size"])
+    np.testing.assert_allclose(pooled, pooled_full, rtol=0, atol=TOL)
+    np.testing.assert_allclose(first, first_full, rtol=0, atol=TOL)
+
+    def grads(first_only):
+        loss = lambda p: (pooled_and_first(p, first_only)[0] ** 2).sum()
+        return jax.grad(loss)(params)
+
+    grads_first, grads_full = grads(True), grads(False)
+    # The last layer's query, output and feed-forward weights get gradient only through [CLS]: equal too.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads_first, grads_full)
+
+
+def test_first_token_only_leaves_out_the_last_layers_other_positions():
+    """The work is removed, not computed and sliced: the compiled FLOPs fall by the last layer's share."""
+    config = BertConfig(**{**TINY, "num_hidden_layers": 3})
+    ids = np.ones((4, 48), np.int32)
+    model = BertEncoder(config)
+    params = model.init(jax.random.key(0), ids, ids)["params"]
+
+    def flops(first_only):
+        pooled = lambda p: model.apply({"params": p}, ids, ids, first_token_only=first_only)[1]
+        return jax.jit(pooled).lower(params).compile().cost_analysis()["flops"]
+
+    hidden, ffn, length = config.hidden_size, config.intermediate_size, ids.shape[1]
+    per_token = 2 * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * length * hidden  # matmuls, one layer
+    kept = 2 * 2 * hidden * hidden  # the last layer's keys and values, still for every token
+    saved = (per_token - kept) * ids.size * (length - 1) / length
+    assert flops(False) - flops(True) >= 0.95 * saved
 
 
 def test_attention_impl_is_checked():

@@ -81,6 +81,9 @@ class EncoderHead(nn.Module):
 class SequenceClassifier(EncoderHead):
     """Pooled output -> dropout -> Dense(num_labels), as `BertForSequenceClassification`.
 
+    The pooler reads only [CLS], so the encoder's last layer is computed at that position alone
+    (`BertEncoder`'s `first_token_only`): the same logits with less work.
+
     Attributes: as `EncoderHead`.
     """
 
@@ -98,7 +101,9 @@ class SequenceClassifier(EncoderHead):
             `[B, num_labels]` float32 logits.
         """
         encoder = self.encoder(add_pooling_layer=True)
-        _, pooled = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
+        _, pooled = encoder(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic, first_token_only=True
+        )
         logits = _classifier(self.num_labels, self.config, self.dtype)(self.dropout(pooled, deterministic))
         # Losses and metrics want float32 even when the encoder runs in bfloat16.
         return logits.astype(jnp.float32)
@@ -255,9 +260,12 @@ class RelationClassifier(EncoderHead):
             raise ValueError(f"pooling {self.pooling!r} is not 'markers' or 'cls'")
         if self.pooling == "markers" and min(self.marker_ids) < 0:
             raise ValueError("pooling 'markers' needs the token ids of [E1] and [E2] (marker_ids)")
-        encoder = self.encoder(add_pooling_layer=self.pooling == "cls")
-        hidden, pooled = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
-        if self.pooling == "cls":
+        cls = self.pooling == "cls"
+        encoder = self.encoder(add_pooling_layer=cls)
+        hidden, pooled = encoder(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic, first_token_only=cls
+        )
+        if cls:
             pair = pooled
         else:
             is_marker = input_ids[:, :, None] == jnp.asarray(self.marker_ids, input_ids.dtype)  # [B, L, 2]
