@@ -4,13 +4,15 @@ its op-time per XLA op kind.
     python bench/profile_step.py trace runs/profile                  # MiniLM, batch 32 x 128, float32
     python bench/profile_step.py trace runs/profile --dtype bfloat16 --prng-impl rbg
     python bench/profile_step.py summary runs/profile                # needs xprof (below)
+    python bench/profile_step.py torch                               # the PyTorch peer's step, per aten op
 
 `trace` compiles the step, runs 2 warm-up steps, then records `--steps` (2) under `jax.profiler.trace`.
 `summary` reads the newest trace in the directory and prints, per op kind (the HLO name without its
 number: "ynn_fusion" for XNNPACK/YNNPACK matmul fusions on CPU, "broadcast_add_fusion", ...), the op-time
 per step summed over the threads that ran it, and the share of the total. It needs xprof's converter,
 which is not a dependency of jaxft: `python -m venv /tmp/xp && /tmp/xp/bin/pip install xprof`, then run
-`summary` with /tmp/xp/bin/python (it imports nothing from jaxft).
+`summary` with /tmp/xp/bin/python (it imports nothing from jaxft). `torch` profiles the PyTorch peer's step
+(`throughput.py`'s) with torch.profiler and prints self CPU time per aten op, matmuls summed.
 """
 
 import argparse
@@ -91,6 +93,42 @@ def summary(args) -> None:
         print(f"{kind[:32]:32} {counts[kind]:5.0f} {ms:9.1f} {ms / total:7.1%}")
 
 
+def torch_ops(args) -> None:
+    """The PyTorch peer's step (`throughput.torch_step`) under torch.profiler: self CPU time per aten op."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [os.path.dirname(here), here]
+    import throughput
+    import torch
+
+    from configs import common
+
+    torch.set_num_threads(os.cpu_count())
+    step, _ = throughput.torch_step(
+        args.model, args.batch, args.seq_len, args.dtype, common.minilm_checkpoint(), None, False
+    )
+    for _ in range(3):
+        step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        step_ms = (time.perf_counter() - start) * 1e3 / args.steps
+    totals, counts = collections.Counter(), collections.Counter()
+    for e in prof.key_averages():
+        totals[e.key] += e.self_cpu_time_total / 1e3 / args.steps
+        counts[e.key] += e.count / args.steps
+    total = sum(totals.values())
+    matmul = sum(ms for op, ms in totals.items() if op in MATMUL_OPS)
+    print(f"torch {args.model} {args.batch} x {args.seq_len} {args.dtype}: {step_ms:.0f} ms per step")
+    print(f"self CPU time per step: {total:.0f} ms, matmuls ({', '.join(MATMUL_OPS)}) {matmul:.0f} ms\n")
+    print(f"{'aten op':32} {'calls':>5} {'ms/step':>9} {'share':>7}")
+    for op, ms in totals.most_common(args.top):
+        print(f"{op[:32]:32} {counts[op]:5.0f} {ms:9.1f} {ms / total:7.1%}")
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,11 +140,18 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--prng-impl", default=None, choices=["threefry2x32", "rbg", "unsafe_rbg"])
     p.add_argument("--steps", type=int, default=2)
+    p = sub.add_parser("torch")
+    p.add_argument("--model", default="minilm", choices=["minilm", "base"])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--top", type=int, default=20)
     p = sub.add_parser("summary")
     p.add_argument("dir")
     p.add_argument("--top", type=int, default=20)
     args = parser.parse_args()
-    trace(args) if args.command == "trace" else summary(args)
+    {"trace": trace, "torch": torch_ops, "summary": summary}[args.command](args)
 
 
 if __name__ == "__main__":

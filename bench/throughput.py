@@ -133,17 +133,8 @@ def measure_jaxft(
     return statistics.median(times), compile_s, (peak / 2**30 if peak else None), jax.default_backend()
 
 
-def measure_torch(
-    model: str,
-    batch: int,
-    seq_len: int,
-    dtype: str,
-    steps: int,
-    warmup: int,
-    checkpoint,
-    attention_dropout,
-    compiled: bool = False,
-):
+def torch_step(model: str, batch: int, seq_len: int, dtype: str, checkpoint, attention_dropout, compiled):
+    """The PyTorch peer's training step (a no-argument function, synchronised on CUDA) and its device."""
     import torch
     import transformers
 
@@ -173,6 +164,23 @@ def measure_torch(
         if device == "cuda":
             torch.cuda.synchronize()
 
+    return step, device
+
+
+def measure_torch(
+    model: str,
+    batch: int,
+    seq_len: int,
+    dtype: str,
+    steps: int,
+    warmup: int,
+    checkpoint,
+    attention_dropout,
+    compiled: bool = False,
+):
+    import torch
+
+    step, device = torch_step(model, batch, seq_len, dtype, checkpoint, attention_dropout, compiled)
     start = time.perf_counter()
     step()
     compile_s = time.perf_counter() - start
