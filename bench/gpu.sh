@@ -105,7 +105,7 @@ gpu_note=""
 # One-device tests only: the suite's multi-device tests need its 8 forced CPU devices, which a GPU backend
 # does not give. test_evaluation_counts_every_example_exactly_once is left out: its per-example reference
 # compiles about 20 shapes (62 s here). Selected by name (-k): a renamed test drops out, stopping nothing.
-selection="cudnn or bucketed or bf16 or padding_rows or accumulated"
+selection="cudnn or bucketed or bf16 or padding_rows or accumulated or non_finite"
 [[ -n $gpu_note ]] && note="${gpu_note}test_cudnn_attention_close_to_xla skips itself"
 run_section tests "$cap_tests" "$py" -m pytest -v -p no:cacheprovider --junitxml="$work/tests.xml" \
   tests/test_bert.py tests/test_steps.py -k "$selection"

@@ -228,16 +228,27 @@ def train_step(
     if l2_coefficient:
         penalty, penalty_grads = jax.value_and_grad(l2_penalty)(state.params, l2_coefficient)
         loss, grads = loss + penalty, jax.tree.map(jnp.add, grads, penalty_grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
     # A non-finite loss or gradient leaves parameters and optimizer state as they were, so no checkpoint
     # ever holds NaNs; the host decides from `nonfinite_steps` whether to stop.
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # the norm is finite only if every gradient is
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+
+    def update(grads):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates), opt_state
+
+    keep = lambda _: (state.params, state.opt_state)  # noqa: E731
+    if jax.default_backend() == "cpu":
+        # A conditional: with `where(finite, new, old)` XLA:CPU copies the whole optimizer state every step
+        # (the old moments must outlive their in-place update), 2-3% of a step (bench/README.md).
+        params, opt_state = jax.lax.cond(finite, update, keep, grads)
+    else:
+        # A select, fused into the update: a GPU conditional can make the host wait for its predicate.
+        params, opt_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), update(grads), keep(None))
     new_state = state.replace(
         step=state.step + 1,
-        params=keep(optax.apply_updates(state.params, updates), state.params),
-        opt_state=keep(opt_state, state.opt_state),
+        params=params,
+        opt_state=opt_state,
         nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
     )
     return new_state, {"loss": loss, "grad_norm": grad_norm, "examples": count}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxft.errors import UserError
-from jaxft.models.bert import BertConfig, BertEncoder, softmax_attention
+from jaxft.models.bert import BertConfig, BertEncoder, gelu, softmax_attention
 from jaxft.models.convert import hf_to_flax, load_state_dict
 from jaxft.models.heads import SequenceClassifier
 from jaxft.strategies.peft import LORA_TARGETS, PeftConfig
@@ -268,6 +268,18 @@ def test_first_token_only_leaves_out_the_last_layers_other_positions():
     kept = 2 * 2 * hidden * hidden  # the last layer's keys and values, still for every token
     saved = (per_token - kept) * ids.size * (length - 1) / length
     assert flops(False) - flops(True) >= 0.95 * saved
+
+
+def test_gelu_is_pytorchs_exact_gelu():
+    torch = pytest.importorskip("torch")
+    x = np.linspace(-12, 12, 24_001, dtype=np.float32)
+    ours, grads = jax.vmap(jax.value_and_grad(gelu))(jnp.asarray(x))
+    theirs = torch.from_numpy(x).requires_grad_()
+    torch.nn.functional.gelu(theirs).sum().backward()
+    np.testing.assert_allclose(ours, torch.nn.functional.gelu(theirs).detach().numpy(), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(grads, theirs.grad.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ours, jax.nn.gelu(x, approximate=False), rtol=0, atol=2e-6)
+    assert gelu(jnp.ones(2, jnp.bfloat16)).dtype == jnp.bfloat16
 
 
 def test_attention_impl_is_checked():

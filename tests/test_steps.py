@@ -4,6 +4,7 @@ bf16 compute, no recompilation."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import default
@@ -168,3 +169,47 @@ def test_bucketed_and_fully_padded_batches_give_the_same_loss():
     wide_loss, _, _ = loss_and_grads(_model(), params, wide, 1)
     assert abs(narrow_loss - wide_loss) <= 1e-5 * narrow_loss
     assert batching.bucket_lengths(32, 2) == [16, 32]
+
+
+def _one_step(batch, params, tx):
+    step = jax.jit(
+        lambda s, b: steps.train_step(s, b, model=_model(), tx=tx, axis_name=None, deterministic=True)
+    )
+    return step(steps.create_train_state(params, tx, 0), batch)
+
+
+def test_a_non_finite_step_leaves_parameters_and_optimizer_state_untouched():
+    tx = optim.create_optimizer(default.get_config().optimizer, 10)
+    params = init_params(_model())
+    batch = _batch(8)
+    before = steps.create_train_state(params, tx, 0)
+    nan_batch = {**batch, "weights": batch["weights"] * np.float32("nan")}
+    state, _ = _one_step(nan_batch, params, tx)
+    assert int(state.step) == 1 and int(state.nonfinite_steps) == 1
+    jax.tree.map(np.testing.assert_array_equal, (state.params, state.opt_state), (params, before.opt_state))
+
+    # A finite step applies the optimizer's update.
+    state, _ = _one_step(batch, params, tx)
+    _, grads, _ = steps.loss_and_grads(
+        params, batch, jax.random.key(0), model=_model(), axis_name=None, deterministic=True
+    )
+    updates, opt_state = tx.update(grads, before.opt_state, params)
+    expected = optax.apply_updates(params, updates)
+    assert int(state.nonfinite_steps) == 0 and rel_error(expected, params) > 1e-4
+    assert rel_error(state.params, expected) < 1e-6 and rel_error(state.opt_state, opt_state) < 1e-6
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the conditional update is the CPU path")
+def test_the_compiled_step_does_not_copy_the_optimizer_state():
+    """The finite-step guard once made XLA:CPU copy every moment (mu, nu) each step: 2x the parameters'
+    bytes."""
+    tx = optim.create_optimizer(default.get_config().optimizer, 10)
+    params = init_params(_model())
+    state = steps.create_train_state(params, tx, 0)
+    step = jax.jit(
+        lambda s, b: steps.train_step(s, b, model=_model(), tx=tx, axis_name=None), donate_argnums=0
+    )
+    hlo = step.lower(state, _batch(8)).compile().as_text()
+    table = "f32[{},{}]".format(*params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape)
+    copies = [line for line in hlo.splitlines() if f"= {table}" in line and " copy(" in line]
+    assert "dot(" in hlo and copies == []
