@@ -305,14 +305,16 @@ def test_cudnn_attention_close_to_xla():
     config = BertConfig(**{**TINY, "hidden_size": 64})  # cuDNN wants head dims that are multiples of 8
     ids, mask, types = _batch()
     variables = BertEncoder(config).init(jax.random.key(0), ids, mask, types)
-    xla = BertEncoder(config, dtype=jnp.bfloat16).apply(variables, ids, mask, types)[0]
-    cudnn = BertEncoder(config, dtype=jnp.bfloat16, attention_impl="cudnn").apply(
-        variables, ids, mask, types
-    )[0]
+    xla, xla_pooled = BertEncoder(config, dtype=jnp.bfloat16).apply(variables, ids, mask, types)
+    cudnn_encoder = BertEncoder(config, dtype=jnp.bfloat16, attention_impl="cudnn")
+    cudnn = cudnn_encoder.apply(variables, ids, mask, types)[0]
     valid = mask.astype(bool)
     np.testing.assert_allclose(
         np.asarray(cudnn, np.float32)[valid], np.asarray(xla, np.float32)[valid], atol=5e-2
     )
+    # The [CLS]-only last layer (pooled heads) attends through XLA beside cuDNN's earlier layers.
+    pooled = cudnn_encoder.apply(variables, ids, mask, types, first_token_only=True)[1]
+    np.testing.assert_allclose(np.asarray(pooled, np.float32), np.asarray(xla_pooled, np.float32), atol=5e-2)
 
 
 def test_config_from_and_to_hf_dict():
