@@ -93,6 +93,9 @@ def summary(args) -> None:
         print(f"{kind[:32]:32} {counts[kind]:5.0f} {ms:9.1f} {ms / total:7.1%}")
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
 def torch_ops(args) -> None:
     """The PyTorch peer's step (`throughput.torch_step`) under torch.profiler: self CPU time per aten op."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -124,9 +127,6 @@ def torch_ops(args) -> None:
     print(f"{'aten op':32} {'calls':>5} {'ms/step':>9} {'share':>7}")
     for op, ms in totals.most_common(args.top):
         print(f"{op[:32]:32} {counts[op]:5.0f} {ms:9.1f} {ms / total:7.1%}")
-
-
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
 def main() -> None:
