@@ -173,6 +173,16 @@ def _micro_batches(accum_steps: int, x: jax.Array, strided: bool) -> jax.Array:
     return x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
 
 
+def _guard_with_cond() -> bool:
+    """Whether `train_step` skips a non-finite update with `lax.cond` (CPU) or a select (GPU, TPU).
+
+    With `where(finite, new, old)` XLA:CPU copies the whole optimizer state every step (the old moments must
+    outlive their in-place update): 4% of a MiniLM step (bench/README.md). On a GPU the select fuses into
+    the update, and a conditional can make the host wait for its predicate.
+    """
+    return jax.default_backend() == "cpu"
+
+
 def train_step(
     state: TrainState,
     batch: dict,
@@ -238,12 +248,9 @@ def train_step(
         return optax.apply_updates(state.params, updates), opt_state
 
     keep = lambda _: (state.params, state.opt_state)  # noqa: E731
-    if jax.default_backend() == "cpu":
-        # A conditional: with `where(finite, new, old)` XLA:CPU copies the whole optimizer state every step
-        # (the old moments must outlive their in-place update): 4% of a MiniLM step (bench/README.md).
+    if _guard_with_cond():
         params, opt_state = jax.lax.cond(finite, update, keep, grads)
     else:
-        # A select, fused into the update: a GPU conditional can make the host wait for its predicate.
         params, opt_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), update(grads), keep(None))
     new_state = state.replace(
         step=state.step + 1,
