@@ -443,6 +443,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       UserError: bad input (nothing was written), FloatingPointError: too many non-finite steps,
       Preempted: SIGTERM arrived (a checkpoint of the current step was written first).
     """
+    try:
+        return _train_and_evaluate(config, workdir)
+    finally:
+        parallel.release_compiled()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     setup = prepare(config, workdir)
     tc = config.training
     if parallel.is_chief():

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from jaxft import checkpoint, train
-from jaxft.data import pipeline
+from jaxft import checkpoint, predict, train
+from jaxft.data import pipeline, readers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -181,3 +181,28 @@ def test_a_warm_start_never_writes_into_the_other_run(tiny_run, tmp_path):
     config.training.num_train_steps = 2
     train.train_and_evaluate(config, str(tmp_path / "warm"))
     assert snapshot() == before
+
+
+def _memory_maps() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="counts the process's memory maps (Linux)")
+def test_training_and_prediction_free_what_they_compiled(tiny_run, tmp_path):
+    # jax.pmap keeps mapped functions' executables for the life of the process (parallel.release_compiled);
+    # without the release each job below leaves hundreds of maps behind, and a sweep of jobs in one process
+    # reaches vm.max_map_count, where XLA:CPU segfaults.
+    config = tiny.get_config()
+    config.training.num_train_steps = 2
+    run = predict.load_run(str(tiny_run[0]))
+    examples = readers.read_examples(run.config.data.eval_path, text_field="text", label_field="label")
+
+    def jobs(name):
+        train.train_and_evaluate(config, str(tmp_path / name))
+        predict.predict_probabilities(run, examples)
+
+    jobs("first")  # one-time allocations (imports, thread pools, allocator arenas)
+    before = _memory_maps()
+    jobs("second")
+    assert _memory_maps() - before < 100
