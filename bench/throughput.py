@@ -133,26 +133,34 @@ def measure_jaxft(
     return statistics.median(times), compile_s, (peak / 2**30 if peak else None), jax.default_backend()
 
 
-def torch_step(model: str, batch: int, seq_len: int, dtype: str, checkpoint, attention_dropout, compiled):
-    """The PyTorch peer's training step (a no-argument function, synchronised on CUDA) and its device."""
+def torch_model_and_batch(model: str, batch: int, seq_len: int, checkpoint, attention_dropout, device: str):
+    """The PyTorch peer's classifier on `device` and the random batch (token tensors, labels) it trains on."""
     import torch
     import transformers
 
-    torch.set_num_threads(os.cpu_count())
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     config = _bert_config(model, checkpoint, attention_dropout)
     hf = transformers.BertConfig(
         **{k: v for k, v in config.to_hf_dict().items() if k != "model_type"}, num_labels=2
     )
     net = transformers.BertForSequenceClassification(hf).to(device)
-    # The issue's GPU peers use fused AdamW; its CPU peer is pinned to the default (foreach) one.
-    optimizer = torch.optim.AdamW(net.parameters(), lr=5e-5, fused=device == "cuda" or None)
-    forward = torch.compile(net) if compiled else net  # "torch.compile": the first step compiles
     data = {
         k: torch.tensor(v, dtype=torch.long, device=device)
         for k, v in _batch(batch, seq_len, config.vocab_size).items()
         if k not in ("weights",)
     }
+    return net, data
+
+
+def torch_step(model: str, batch: int, seq_len: int, dtype: str, checkpoint, attention_dropout, compiled):
+    """The PyTorch peer's training step (a no-argument function, synchronised on CUDA) and its device."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net, data = torch_model_and_batch(model, batch, seq_len, checkpoint, attention_dropout, device)
+    # The issue's GPU peers use fused AdamW; its CPU peer is pinned to the default (foreach) one.
+    optimizer = torch.optim.AdamW(net.parameters(), lr=5e-5, fused=device == "cuda" or None)
+    forward = torch.compile(net) if compiled else net  # "torch.compile": the first step compiles
     amp = dtype == "bfloat16"  # autocast: bf16 matmuls, float32 weights and optimizer (CUDA and CPU)
 
     def step():
