@@ -171,11 +171,15 @@ def test_bucketed_and_fully_padded_batches_give_the_same_loss():
     assert batching.bucket_lengths(32, 2) == [16, 32]
 
 
-def _one_step(batch, params, tx):
-    step = jax.jit(
-        lambda s, b: steps.train_step(s, b, model=_model(), tx=tx, axis_name=None, deterministic=True)
+def _jitted_step(tx, donate: bool = False, **options):
+    return jax.jit(
+        lambda s, b: steps.train_step(s, b, model=_model(), tx=tx, axis_name=None, **options),
+        donate_argnums=(0,) if donate else (),
     )
-    return step(steps.create_train_state(params, tx, 0), batch)
+
+
+def _one_step(batch, params, tx):
+    return _jitted_step(tx, deterministic=True)(steps.create_train_state(params, tx, 0), batch)
 
 
 @pytest.mark.parametrize("conditional", [True, False], ids=["conditional", "select"])
@@ -187,8 +191,8 @@ def test_a_non_finite_step_leaves_parameters_and_optimizer_state_untouched(condi
     batch = _batch(8)
     before = steps.create_train_state(params, tx, 0)
     nan_batch = {**batch, "weights": batch["weights"] * np.float32("nan")}
-    step = jax.jit(lambda s, b: steps.train_step(s, b, model=_model(), tx=tx, axis_name=None))
-    assert (" conditional(" in step.lower(before, batch).compile().as_text()) == conditional
+    compiled = _jitted_step(tx).lower(before, batch).compile().as_text()
+    assert (" conditional(" in compiled) == conditional
     state, _ = _one_step(nan_batch, params, tx)
     assert int(state.step) == 1 and int(state.nonfinite_steps) == 1
     jax.tree.map(np.testing.assert_array_equal, (state.params, state.opt_state), (params, before.opt_state))
@@ -211,10 +215,7 @@ def test_the_compiled_step_does_not_copy_the_optimizer_state():
     tx = optim.create_optimizer(default.get_config().optimizer, 10)
     params = init_params(_model())
     state = steps.create_train_state(params, tx, 0)
-    step = jax.jit(
-        lambda s, b: steps.train_step(s, b, model=_model(), tx=tx, axis_name=None), donate_argnums=0
-    )
-    hlo = step.lower(state, _batch(8)).compile().as_text()
+    hlo = _jitted_step(tx, donate=True).lower(state, _batch(8)).compile().as_text()
     table = "f32[{},{}]".format(*params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape)
     copies = [line for line in hlo.splitlines() if f"= {table}" in line and " copy(" in line]
     assert "dot(" in hlo and copies == []

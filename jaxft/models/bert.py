@@ -132,6 +132,11 @@ def _layer_norm(config: BertConfig, dtype: Any) -> nn.LayerNorm:
     )
 
 
+def _computed_positions(hidden, first_only: bool):
+    """The positions a layer computes outputs for: the first alone (`first_only`, `[B, 1, H]`) or all."""
+    return hidden[:, :1] if first_only else hidden
+
+
 def softmax_attention(query, key, value, mask, *, dropout_rate=0.0, dropout_rng=None):
     """Scaled dot-product attention written out, with optional dropout on the probabilities.
 
@@ -223,7 +228,7 @@ class BertSelfAttention(nn.Module):
                 )
             return out.reshape(batch, x.shape[1], heads, head_dim)
 
-        q = project("query", hidden[:, :1] if first_only else hidden)
+        q = project("query", _computed_positions(hidden, first_only))
         k, v = project("key", hidden), project("value", hidden)
         if self.peft.method == "prefix":
             shape = (self.peft.num_virtual_tokens, heads, head_dim)
@@ -290,7 +295,7 @@ class BertAttention(nn.Module):
             hidden, attention_mask, deterministic, first_only
         )
         output = BertAddNorm(self.config, self.dtype, self.peft, "attention_output", name="output")
-        return output(x, hidden[:, :1] if first_only else hidden, deterministic)
+        return output(x, _computed_positions(hidden, first_only), deterministic)
 
 
 class BertIntermediate(nn.Module):
