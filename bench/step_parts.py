@@ -6,7 +6,7 @@ with and without dropout (MiniLM, batch 32 x 128, float32, the same random batch
 
 Prints one JSON line per implementation: median milliseconds of --steps calls after 2 warm-up calls.
 "forward" runs without gradients (PyTorch under no_grad); "grad" is the loss's gradients without the
-optimizer (jaxft: `jax.grad` of the cross-entropy; PyTorch: `loss.backward()`); "step" is what
+optimizer (jaxft: `steps.loss_and_grads`, what its step calls; PyTorch: `loss.backward()`); "step" is what
 bench/throughput.py times. Without dropout means `deterministic=True` / `model.eval()`. Parts that add
 up: the step minus "grad" is the optimizer update, "grad" minus "forward" the backward pass.
 """
@@ -38,7 +38,6 @@ def _median_ms(fn, steps: int) -> float:
 
 def jaxft_parts(steps: int, checkpoint) -> dict:
     import jax
-    import jax.numpy as jnp
 
     from jaxft import steps as steps_lib
 
@@ -50,17 +49,17 @@ def jaxft_parts(steps: int, checkpoint) -> dict:
         ids, mask, types = b["input_ids"], b["attention_mask"], b["token_type_ids"]
         return net.apply({"params": p}, ids, mask, types, deterministic=deterministic, rngs=rngs)
 
-    def loss(p, b, deterministic):
-        log_probs = jax.nn.log_softmax(logits(p, b, deterministic))
-        return -jnp.mean(log_probs[jnp.arange(log_probs.shape[0]), b["labels"]])
-
     parts = {}
     for dropout in (True, False):
         suffix = "" if dropout else "_no_dropout"
         forward = jax.jit(functools.partial(logits, deterministic=not dropout))
-        grad = jax.jit(jax.grad(functools.partial(loss, deterministic=not dropout)))
+        grad = jax.jit(  # the step's own loss and gradients, without the optimizer
+            functools.partial(steps_lib.loss_and_grads, model=net, axis_name=None, deterministic=not dropout)
+        )
         parts["forward" + suffix] = _median_ms(lambda f=forward: f(params, batch).block_until_ready(), steps)
-        parts["grad" + suffix] = _median_ms(lambda g=grad: jax.block_until_ready(g(params, batch)), steps)
+        parts["grad" + suffix] = _median_ms(
+            lambda g=grad: jax.block_until_ready(g(params, batch, rngs["dropout"])), steps
+        )
     step = jax.jit(
         lambda s, b: steps_lib.train_step(s, b, model=net, tx=tx, axis_name=None), donate_argnums=0
     )
