@@ -1,22 +1,25 @@
-"""Parallelism: the only module that knows about `jax.pmap`, meshes, shardings and device placement.
+"""Parallelism: the only module that knows about meshes, shardings and device placement.
 
 Steps are written as pure functions (`jaxft.steps`) that take `axis_name`. Two ways to run them over every
 device, chosen by `training.parallelism` (`create`), implement one small interface, `Parallelism`, which is
 all that the training loop sees:
 
-- `Pmap` ("pmap", the default): per-device steps mapped with `jax.pmap` over the local devices, reducing with
-  `lax.psum` over the axis `AXIS`; state replicated on every device, batches split [devices, B / devices].
-  Under `jax.distributed` the collectives span every process.
+- `Pmap` ("pmap", the default): pmap's programming model. Each device runs the step on its own rows and
+  reduces with `lax.psum` over the axis `AXIS`; the state is replicated on every device, and arguments and
+  outputs carry a leading device axis ([devices, B / devices, ...]). It is compiled as `jax.jit` of
+  `jax.shard_map` over a one-axis mesh (`map_devices`), not with `jax.pmap`: JAX 0.10's `jax.pmap` keeps every
+  mapped function's executables for the life of the process, and a process running many jobs ran out of
+  memory maps. Under `jax.distributed` the mesh spans every process's devices.
 - `Sharded` ("dp" or "fsdp"): one `jax.jit` step that sees the whole global batch (`axis_name=None`, no
   explicit collectives: XLA partitions it) over a `Mesh` of all devices with one axis, `DATA_AXIS`; batches
   are sharded along their rows. "dp" replicates parameters and optimizer state; "fsdp" shards each of them
   of at least `training.fsdp_min_size` elements along its largest dimension divisible by the device count
-  (else replicates it), so an encoder too large to replicate with its Adam moments still trains. Several
-  processes each feed their rows of the global batch (`jax.make_array_from_process_local_data`).
+  (else replicates it), so an encoder too large to replicate with its Adam moments still trains.
 
 Both give the same updates (tested to 1e-5 with dropout off; dropout masks differ, since the global step has
 no device index to fold into the key). Evaluation runs per device on either path, so the host sums
-per-device counts exactly as before.
+per-device counts exactly as before. Several processes each feed their own rows, made into global arrays by
+`jax.make_array_from_process_local_data`.
 """
 
 import collections
@@ -28,13 +31,12 @@ from typing import Protocol
 
 import jax
 import numpy as np
-from flax import jax_utils
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxft.errors import UserError
 
-AXIS = "batch"  # pmap's axis name
+AXIS = "batch"  # the per-device steps' axis name (`Pmap`)
 DATA_AXIS = "data"  # the mesh's one axis
 # fsdp leaves with fewer elements stay replicated: 16,384 f32 is 64 KiB; in BERT-base that keeps the biases,
 # LayerNorms, token-type embeddings and the classifier whole and shards every other weight matrix.
@@ -81,16 +83,23 @@ def eval_batch_size(requested: int, devices: int | None = None) -> int:
     return -(-requested // devices) * devices
 
 
+def device_mesh(devices=None) -> Mesh:
+    """The one-axis (`AXIS`) mesh that per-device steps map over: `devices`, by default every process's."""
+    return Mesh(np.asarray(devices or jax.devices()), (AXIS,))
+
+
 def replicate(tree, devices=None):
-    """Copies a host tree onto every device of `devices` (default: all local; leading axis = devices)."""
-    # The axis name matters: the same mesh as pmap outputs use, so step 2 hits step 1's compiled program.
-    return jax_utils.replicate(tree, devices, axis_name=AXIS)
+    """A copy of a host tree on every device of `device_mesh(devices)`: arrays with a leading device axis."""
+    rows = NamedSharding(device_mesh(devices), P(AXIS))
+    copies = len(rows.addressable_devices)  # this process's devices; the others place their own copies
+    return jax.tree.map(
+        lambda x: _place_rows(np.broadcast_to(np.asarray(x), (copies, *np.shape(x))), rows), tree
+    )
 
 
 def unreplicate(tree):
     """The first device's copy of a replicated tree, fetched to host NumPy (only that copy moves)."""
 
-    # flax.jax_utils.unreplicate keeps the device axis when pmap ran on a subset of the local devices.
     def first(x):
         if isinstance(x, jax.Array):
             return np.asarray(x.addressable_shards[0].data)[0, ...]  # [0, ...]: 0-d arrays stay arrays
@@ -111,45 +120,63 @@ def split_for_devices(batch: dict, num_devices: int | None = None) -> dict:
     return {k: split(np.asarray(v)) for k, v in batch.items()}
 
 
-def release_compiled() -> None:
-    """Frees what this process compiled so far; the jobs (`train_and_evaluate`, `predict_outputs`) call it
-    when they end.
+def map_devices(fn, devices=None, *, donate_first: bool = False):
+    """`fn` run on each device of `device_mesh(devices)`, with pmap's signature: every argument and output
+    has a leading device axis, this process's part of it ([local devices, ...]; host arrays are placed, one
+    row per device), and collectives over `AXIS` inside `fn` span the mesh. Outputs stay on the devices as
+    global arrays ([devices, ...]).
 
-    `jax.pmap` (JAX 0.10) keeps each mapped function's executables in a global cache
-    (`jax._src.pmap._cached_shard_map`) keyed weakly on the function but holding it strongly, so they are
-    never freed, and every job maps new functions. A process running many jobs, a sweep from a script,
-    grows by ~850 memory maps per small job until XLA:CPU segfaults compiling at Linux's 65,530
-    (`vm.max_map_count`); the test suite reached it in one process. `jax.clear_caches()` frees them. It also
-    drops the caller's own compiled functions, which compile again when next called.
+    `jax.jit` of `jax.shard_map` is what `jax.pmap` runs in JAX 0.10, but its executables belong to the
+    returned function and are freed with it; `jax.pmap`'s stay in a global cache
+    (`jax._src.pmap._cached_shard_map`, keyed weakly on the function but holding it strongly), so a process
+    that ran many jobs, a sweep from a script or the test suite, grew by ~850 memory maps per small job until
+    XLA:CPU segfaulted at Linux's `vm.max_map_count` (65,530).
     """
-    jax.clear_caches()
+    mesh = device_mesh(devices)
+    rows = NamedSharding(mesh, P(AXIS))
+
+    def on_device(*args):  # [1, ...] blocks in and out: this device's row of the device axis
+        outputs = fn(*jax.tree.map(lambda x: x[0], args))
+        return jax.tree.map(lambda x: x[None], outputs)
+
+    # check_vma=False: pmap's semantics, where values are not typed as varying or not across devices (the
+    # steps' scan carries start from constants and take per-device gradients).
+    mapped = jax.jit(
+        jax.shard_map(on_device, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS), check_vma=False),
+        donate_argnums=(0,) if donate_first else (),
+    )
+
+    def run(*args):
+        return mapped(*jax.tree.map(lambda x: x if isinstance(x, jax.Array) else _place_rows(x, rows), args))
+
+    return run
 
 
 def pmap_train_step(step_fn, devices=None, **static):
-    """Maps `step_fn(state, batch, axis_name=..., **static)` over `devices` (default: all local devices),
+    """Maps `step_fn(state, batch, axis_name=..., **static)` over `devices` (default: every process's),
     donating the state."""
-    return jax.pmap(
-        functools.partial(step_fn, axis_name=AXIS, **static),
-        axis_name=AXIS,
-        donate_argnums=(0,),
-        devices=devices,
-    )
+    return map_devices(functools.partial(step_fn, axis_name=AXIS, **static), devices, donate_first=True)
 
 
 def pmap_eval_step(step_fn, devices=None, **static):
-    """Maps `step_fn(params, batch, **static)` over `devices`; the host sums the per-device outputs."""
-    return jax.pmap(functools.partial(step_fn, **static), axis_name=AXIS, devices=devices)
+    """Maps `step_fn(params, batch, **static)` over `devices`; outputs are this process's rows as host
+    arrays ([local devices, ...]), which the host sums or places."""
+    mapped = map_devices(functools.partial(step_fn, **static), devices)
+    return lambda params, batch: jax.tree.map(_process_rows, mapped(params, batch))
 
 
 def pmap_reduce(fn, devices=None, **static):
-    """Maps `fn(*args, axis_name=..., **static)` over `devices`, for functions that reduce across them."""
-    return jax.pmap(functools.partial(fn, axis_name=AXIS, **static), axis_name=AXIS, devices=devices)
+    """Maps `fn(*args, axis_name=..., **static)` over `devices`, for functions that reduce across them;
+    outputs are this process's rows as host arrays."""
+    mapped = map_devices(functools.partial(fn, axis_name=AXIS, **static), devices)
+    return lambda *args: jax.tree.map(_process_rows, mapped(*args))
 
 
 def prefetch(batches, size: int = 2, devices=None):
-    """Keeps `size` batches ([devices, ...] host arrays) already on `devices` (default: all local), ahead of
-    the step."""
-    return jax_utils.prefetch_to_device(batches, size, devices)
+    """Keeps `size` batches ([local devices, ...] host arrays) already on the devices of
+    `device_mesh(devices)`, ahead of the step."""
+    rows = NamedSharding(device_mesh(devices), P(AXIS))
+    return _ahead((jax.tree.map(lambda x: _place_rows(x, rows), batch) for batch in batches), size)
 
 
 class Parallelism(Protocol):
@@ -198,7 +225,8 @@ def create(name: str, devices=None, *, fsdp_min_size: int = FSDP_MIN_SIZE) -> Pa
 
 
 class Pmap:
-    """`jax.pmap` over `devices` (default: all local devices); the state is replicated on each."""
+    """Per-device steps (`map_devices`) over `devices` (default: every process's); the state is replicated on
+    each."""
 
     name = "pmap"
 
@@ -310,13 +338,19 @@ class Sharded:
     def global_batch(self, batch: dict) -> dict:
         """This process's part of a batch (rows, or [devices, rows] for evaluation), as its part of global
         arrays split along their first axis over the mesh."""
-        return {k: jax.make_array_from_process_local_data(self.rows, np.asarray(v)) for k, v in batch.items()}
+        return {k: _place_rows(v, self.rows) for k, v in batch.items()}
 
 
 def _put(x, sharding: NamedSharding) -> jax.Array:
     """A host array as a global array with `sharding`; every process holds the whole of `x`."""
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: np.asarray(host[index]))
+
+
+def _place_rows(x, rows: NamedSharding) -> jax.Array:
+    """This process's part of an array split along its first axis over `rows`' mesh (its devices' rows),
+    as its part of the global array."""
+    return jax.make_array_from_process_local_data(rows, np.asarray(x))
 
 
 def _whole_on_host(x) -> np.ndarray:

@@ -98,16 +98,13 @@ def predict_outputs(
     params = parallelism.place_params(run.params)
     out = None
     plan = batching.eval_batch_plan(features["length"], buckets, batch_size)
-    try:
-        for seq_len, indices in tqdm.tqdm(plan, desc="predict", unit="batch", disable=not progress):
-            batch = batching.make_batch(features, None, indices, seq_len, batch_size)
-            outputs = np.asarray(p_predict(params, parallel.split_for_devices(batch)))
-            outputs = outputs.reshape(batch_size, *outputs.shape[2:])  # [devices, rows, ...] -> [rows, ...]
-            if out is None:  # one row per example (QA: per context window)
-                out = np.zeros((len(features["length"]), *outputs.shape[1:]), outputs.dtype)
-            out[indices] = outputs[: len(indices)]
-    finally:
-        parallel.release_compiled()
+    for seq_len, indices in tqdm.tqdm(plan, desc="predict", unit="batch", disable=not progress):
+        batch = batching.make_batch(features, None, indices, seq_len, batch_size)
+        outputs = np.asarray(p_predict(params, parallel.split_for_devices(batch)))
+        outputs = outputs.reshape(batch_size, *outputs.shape[2:])  # [devices, rows, ...] -> [rows, ...]
+        if out is None:  # one row per example (QA: per context window)
+            out = np.zeros((len(features["length"]), *outputs.shape[1:]), outputs.dtype)
+        out[indices] = outputs[: len(indices)]
     return out, features
 
 

@@ -240,7 +240,7 @@ def eval_counts(eval_fn, params, split, bucket_list: list[int], batch_size: int,
         per_example = counts.pop(tasks.PER_EXAMPLE, None)
         if per_example is not None:
             placed.append((batch["index"], per_example))
-        totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
+        totals = counts if totals is None else jax.tree.map(np.add, totals, counts)
     totals = jax.tree.map(lambda x: np.asarray(x).sum(0), jax.device_get(totals))
     if placed:
         # Each process placed its own rows; zeros elsewhere, so the sum over processes below assembles them.
@@ -443,13 +443,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       UserError: bad input (nothing was written), FloatingPointError: too many non-finite steps,
       Preempted: SIGTERM arrived (a checkpoint of the current step was written first).
     """
-    try:
-        return _train_and_evaluate(config, workdir)
-    finally:
-        parallel.release_compiled()
-
-
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     setup = prepare(config, workdir)
     tc = config.training
     if parallel.is_chief():

@@ -47,17 +47,3 @@ def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny") / "run"
     final = train.train_and_evaluate(tiny.get_config(), str(workdir))
     return workdir, final
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _release_compiled():
-    """Frees each module's compiled functions when it ends.
-
-    The tests map hundreds of new functions with `jax.pmap`, whose executables JAX never frees
-    (`parallel.release_compiled`); in one process they reached Linux's `vm.max_map_count`, where XLA:CPU
-    segfaults compiling.
-    """
-    yield
-    from jaxft import parallel
-
-    parallel.release_compiled()

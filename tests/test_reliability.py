@@ -190,9 +190,9 @@ def _memory_maps() -> int:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="counts the process's memory maps (Linux)")
 def test_training_and_prediction_free_what_they_compiled(tiny_run, tmp_path):
-    # jax.pmap keeps mapped functions' executables for the life of the process (parallel.release_compiled);
-    # without the release each job below leaves hundreds of maps behind, and a sweep of jobs in one process
-    # reaches vm.max_map_count, where XLA:CPU segfaults.
+    # jax.pmap keeps mapped functions' executables for the life of the process (parallel.map_devices), so
+    # with it each job below left ~850 maps behind, and a sweep of jobs in one process reached
+    # vm.max_map_count, where XLA:CPU segfaults. The per-device steps' executables must go with the job.
     config = tiny.get_config()
     config.training.num_train_steps = 2
     run = predict.load_run(str(tiny_run[0]))
