@@ -114,9 +114,10 @@ def measure_jaxft(
 
     net, state, tx, vocab_size = jaxft_setup(model, dtype, checkpoint, attention_dropout)
     devices = jax.devices()[:1]
-    p_step = parallel.pmap_train_step(steps_lib.train_step, devices=devices, model=net, tx=tx)
-    state = parallel.replicate(state, devices)
-    data = jax.device_put(parallel.split_for_devices(_batch(batch, seq_len, vocab_size), 1))
+    parallelism = parallel.Pmap(devices)  # the training loop's default path, on one device
+    p_step = parallelism.train_step(steps_lib.train_step, model=net, tx=tx)
+    state = parallelism.place_state(state)
+    data = next(parallelism.device_batches([_batch(batch, seq_len, vocab_size)]))
     start = time.perf_counter()
     state, metrics = p_step(state, data)
     metrics["loss"].block_until_ready()
