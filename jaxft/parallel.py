@@ -139,6 +139,7 @@ def map_devices(fn, devices=None, *, donate_first: bool = False):
         outputs = fn(*jax.tree.map(lambda x: x[0], args))
         return jax.tree.map(lambda x: x[None], outputs)
 
+    on_device.__name__ = getattr(fn, "func", fn).__name__  # profiles and compile logs name the step
     # check_vma=False: pmap's semantics, where values are not typed as varying or not across devices (the
     # steps' scan carries start from constants and take per-device gradients).
     mapped = jax.jit(
