@@ -1,7 +1,7 @@
-"""Two `jax.distributed` processes on one machine (loopback coordinator, one CPU device each) train exactly
-like one process with the same global batch (and the same two train-data shards), each tokenising only its
-own half of the train split, and only process 0 writes logs and reports; under pmap and under fsdp, whose
-checkpoint each process writes its own shards of."""
+"""Two `jax.distributed` processes on one machine (loopback coordinator, one CPU device each, or two under
+pmap) train exactly like one process with the same global batch (and the same two train-data shards), each
+tokenising only its own half of the train split, and only process 0 writes logs and reports; under pmap and
+under fsdp, whose checkpoint each process writes its own shards of."""
 
 import json
 import os
@@ -40,9 +40,11 @@ def _losses(workdir) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parallelism", ["pmap", "fsdp"])
-def test_two_processes_equal_one_process(tmp_path, parallelism):
+@pytest.mark.parametrize("parallelism, devices_each", [("pmap", 1), ("fsdp", 1), ("pmap", 2)])
+def test_two_processes_equal_one_process(tmp_path, parallelism, devices_each):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    # Two devices in each process: the per-device step spans four, each process feeding its own two rows.
+    worker_env = {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_each}"}
     base = [
         sys.executable,
         "train.py",
@@ -79,7 +81,7 @@ def test_two_processes_equal_one_process(tmp_path, parallelism):
                 f"--process_id={i}",
             ],
             cwd=REPO,
-            env=env,
+            env=worker_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -104,6 +106,7 @@ def test_two_processes_equal_one_process(tmp_path, parallelism):
     assert "train: 404 of 404 examples (shards 0-1 of 2)" in single.stderr
     assert "train: 202 of 404 examples (shards 0-0 of 2)" in outputs[0][1]
     assert "train: 202 of 404 examples (shards 1-1 of 2)" in outputs[1][1]
+    assert f"global batch 16 on {2 * devices_each} devices, {parallelism}" in outputs[0][1]
     # The final checkpoints hold the same parameters. pmap's state is written once, by process 0; fsdp's
     # by both processes, each its own shards (Orbax's per-process OCDBT stores, about half the data each).
     stores = sorted(p.name for p in (tmp_path / "two/checkpoints/latest/6/state").glob("ocdbt.process_*"))
