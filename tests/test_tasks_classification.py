@@ -35,7 +35,7 @@ def test_configs_choose_their_task_and_best_metric(make, name, metric):
         tasks.validate(config)
         task = tasks.from_config(config)
         assert task.name == name and tasks.best_metric(config, task) == metric
-        hash(task)  # a static argument of the pmapped steps
+        hash(task)  # a static argument of the compiled steps
     locked = default.get_config()
     locked.lock()  # as config_flags hands it over: unknown keys, task ones included, are errors
     with pytest.raises(AttributeError, match="treshold"):

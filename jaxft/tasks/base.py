@@ -1,7 +1,7 @@
 """What every task provides, and the text-task defaults that classification, regression and multi-label share.
 
 A task is a small frozen dataclass built from the config (`jaxft.tasks.from_config`). It is hashable, so the
-pmapped steps take it as a static argument, like the model: the train state stays arrays only. One object
+compiled steps take it as a static argument, like the model: the train state stays arrays only. One object
 answers every task-specific question along the data flow:
 
     read -> label_names / encode -> tokenize -> (batches) -> loss / eval_outputs -> report -> files
