@@ -140,8 +140,8 @@ def map_devices(fn, devices=None, *, donate_first: bool = False):
         return jax.tree.map(lambda x: x[None], outputs)
 
     on_device.__name__ = getattr(fn, "func", fn).__name__  # profiles and compile logs name the step
-    # check_vma=False: pmap's semantics, where values are not typed as varying or not across devices (the
-    # steps' scan carries start from constants and take per-device gradients).
+    # check_vma=False: pmap's semantics, without shard_map's typing of which values vary across devices (the
+    # steps' scan carries start as constants and then take each device's own gradients).
     mapped = jax.jit(
         jax.shard_map(on_device, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS), check_vma=False),
         donate_argnums=(0,) if donate_first else (),
