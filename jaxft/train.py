@@ -310,11 +310,11 @@ def _start_state(
             trained.write_base(setup.workdir, config, base, peft)
         return steps.create_train_state(base, tx, config.seed)
     if peft.method == "none":
-        params_shape = jax.eval_shape(lambda: trained.initial_params_shape(model, config))
-        base = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_shape)
+        base = jax.eval_shape(lambda: trained.initial_params_shape(model, config))
     else:
         trained.check_base(setup.workdir, base, peft)
-    template = jax.device_get(steps.create_train_state(base, tx, config.seed))
+    # Shapes and dtypes only: the restore reads into fresh host arrays, so nothing is built or held here.
+    template = jax.eval_shape(lambda params: steps.create_train_state(params, tx, config.seed), base)
     state, meta = ckpts.restore(peft_lib.saved_state(template, peft))
     best.load(meta["best"])
     logging.info("Resuming from step %d in %s (epoch %d)", meta["step"], setup.workdir, meta["epoch"])
