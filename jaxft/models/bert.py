@@ -154,13 +154,16 @@ def softmax_attention(query, key, value, mask, *, dropout_rate=0.0, dropout_rng=
     Returns:
         `[B, T, N, H]` in the dtype of `value`.
     """
+    # Head-major operands, transposed here: XLA:CPU runs both batched matmuls faster on them than from the
+    # [B, T, N, H] layout (PV 8.3 ms against 12.0 in isolation; ~3% of MiniLM-L6's step, bench/README.md).
+    heads = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731  [B, T, N, H] <-> [B, N, T, H]
     scale = 1.0 / jnp.sqrt(query.shape[-1]).astype(jnp.float32)
-    logits = jnp.einsum("btnh,bsnh->bnts", query, key, preferred_element_type=jnp.float32) * scale
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    logits = jnp.einsum("bnth,bnsh->bnts", heads(query), heads(key), preferred_element_type=jnp.float32)
+    logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     if dropout_rate > 0.0:
         probs = dropout(dropout_rng, dropout_rate, probs)
-    return jnp.einsum("bnts,bsnh->btnh", probs.astype(value.dtype), value)
+    return heads(jnp.einsum("bnts,bnsh->bnth", probs.astype(value.dtype), heads(value)))
 
 
 class BertEmbeddings(nn.Module):
