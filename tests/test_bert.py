@@ -248,8 +248,12 @@ def test_first_token_only_gives_the_full_pooled_output_and_gradients(peft, remat
         return jax.grad(loss)(params)
 
     grads_first, grads_full = grads(True), grads(False)
-    # The last layer's query, output and feed-forward weights get gradient only through [CLS]: equal too.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads_first, grads_full)
+    # The last layer's query, output and feed-forward weights get gradient only through [CLS]: equal too, to
+    # float32 rounding of differently shaped matmuls (per leaf, as a norm: single elements near 0 differ
+    # relatively more; the key biases' gradients are 0 but for ~1e-9 of rounding, since softmax ignores a
+    # shift shared by every key).
+    close = lambda a, b: np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b) + 1e-7  # noqa: E731
+    assert all(jax.tree.leaves(jax.tree.map(close, grads_first, grads_full)))
 
 
 def test_first_token_only_leaves_out_the_last_layers_other_positions():
@@ -289,7 +293,7 @@ def test_attention_impl_is_checked():
 
 
 def test_cudnn_trains_through_the_explicit_dropout_path():
-    # cuDNN has no attention dropout, so training falls back to the explicit path, which runs on CPU too.
+    # cuDNN has no attention dropout, so training falls back to the XLA path, which runs on CPU too.
     config = BertConfig(**TINY, hidden_dropout_prob=0.0)
     ids, mask, types = _batch()
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}

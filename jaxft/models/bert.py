@@ -5,16 +5,16 @@ The tree is `embeddings/...`, `encoder/layer_{i}/...` and `pooler/dense/...`, on
 renaming and transposing alone. Parameters are always float32; `dtype` only sets the compute dtype, so a
 bfloat16 run keeps float32 master weights for the optimizer.
 
-Attention has three paths that compute the same function:
+Attention has two paths that compute the same function:
 
-* `"xla"` (the default): `jax.nn.dot_product_attention` with a boolean key-padding mask, used whenever no
-  attention dropout is applied (evaluation, or `attention_probs_dropout_prob == 0`).
-* the explicit softmax path (`softmax_attention`): the same arithmetic written out so that dropout can be
-  applied to the attention probabilities, as Hugging Face does during training.
+* `"xla"` (the default): `softmax_attention`, scaled dot-product attention written out with a boolean
+  key-padding mask (the arithmetic of `jax.nn.dot_product_attention`'s XLA path, tested equal), so that
+  dropout can be applied to the attention probabilities, as Hugging Face does during training. Its batched
+  matmuls take head-major operands, which XLA:CPU runs faster than `jax.nn.dot_product_attention`'s layout.
 * `"cudnn"`: the fused cuDNN kernel through `jax.nn.dot_product_attention(implementation="cudnn")`. It only
   runs on NVIDIA GPUs with a bfloat16/float16 `dtype` (elsewhere it raises when traced) and takes the padding
   as per-row key lengths, so inputs must be right-padded, which is what BERT tokenizers produce. It has no
-  attention dropout, so training with `attention_probs_dropout_prob > 0` still takes the explicit path (the
+  attention dropout, so training with `attention_probs_dropout_prob > 0` still takes the XLA path (the
   model is unchanged, only slower); set that probability to 0 to train with cuDNN as well.
 """
 
@@ -248,16 +248,16 @@ class BertSelfAttention(nn.Module):
         rate = cfg.attention_probs_dropout_prob
         apply_dropout = not deterministic and rate > 0.0
         key_mask = attention_mask.astype(bool)[:, None, None, :]
-        if apply_dropout:
-            # Neither fused kernel takes a dropout RNG, so every implementation trains through this path.
-            rng = self.make_rng("dropout")
-            out = softmax_attention(q, k, v, key_mask, dropout_rate=rate, dropout_rng=rng)
-        elif self.attention_impl == "cudnn" and not first_only:  # one query is not worth a fused kernel
+        # cuDNN takes no dropout RNG, and one query is not worth a fused kernel: those go through XLA too.
+        if self.attention_impl == "cudnn" and not apply_dropout and not first_only:
             # cuDNN takes key lengths, not a mask; a fully padded row keeps length 1 so it stays finite.
             lengths = jnp.maximum(attention_mask.sum(axis=-1), 1).astype(jnp.int32)
             out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
+        elif apply_dropout:
+            rng = self.make_rng("dropout")
+            out = softmax_attention(q, k, v, key_mask, dropout_rate=rate, dropout_rng=rng)
         else:
-            out = jax.nn.dot_product_attention(q, k, v, mask=key_mask, implementation="xla")
+            out = softmax_attention(q, k, v, key_mask)
         return out.reshape(batch, q.shape[1], cfg.hidden_size)
 
 
