@@ -241,7 +241,7 @@ def eval_counts(eval_fn, params, split, bucket_list: list[int], batch_size: int,
         if per_example is not None:
             placed.append((batch["index"], per_example))
         totals = counts if totals is None else jax.tree.map(np.add, totals, counts)
-    totals = jax.tree.map(lambda x: np.asarray(x).sum(0), jax.device_get(totals))
+    totals = jax.tree.map(lambda x: np.asarray(x).sum(0), totals)  # [devices, ...] -> their sum
     if placed:
         # Each process placed its own rows; zeros elsewhere, so the sum over processes below assembles them.
         totals[tasks.PER_EXAMPLE] = _place_by_index(placed, len(split.features["length"]))  # rows
