@@ -106,7 +106,7 @@ def torch_ops(args) -> None:
     from configs import common
 
     torch.set_num_threads(os.cpu_count())
-    step, _ = throughput.torch_step(
+    step, _, _ = throughput.torch_step(
         args.model, args.batch, args.seq_len, args.dtype, common.minilm_checkpoint(), None, False
     )
     for _ in range(3):

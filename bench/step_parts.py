@@ -15,9 +15,7 @@ import argparse
 import functools
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(__file__)]
 import throughput  # noqa: E402
@@ -26,14 +24,7 @@ from configs import common  # noqa: E402
 
 
 def _median_ms(fn, steps: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1e3)
+    return round(throughput.median_seconds(fn, 2, steps) * 1e3)
 
 
 def jaxft_parts(steps: int, checkpoint) -> dict:
@@ -76,8 +67,7 @@ def jaxft_parts(steps: int, checkpoint) -> dict:
 def torch_parts(steps: int, checkpoint) -> dict:
     import torch
 
-    step, _ = throughput.torch_step("minilm", 32, 128, "float32", checkpoint, None, False)
-    net, data = throughput.torch_model_and_batch("minilm", 32, 128, checkpoint, None, "cpu")
+    step, _, (net, data) = throughput.torch_step("minilm", 32, 128, "float32", checkpoint, None, False)
     parts = {}
     for dropout in (True, False):
         suffix = "" if dropout else "_no_dropout"
@@ -93,6 +83,7 @@ def torch_parts(steps: int, checkpoint) -> dict:
 
         parts["forward" + suffix] = _median_ms(forward, steps)
         parts["grad" + suffix] = _median_ms(grad, steps)
+    net.train(True)  # the step trains with dropout, as in bench/throughput.py
     parts["step"] = _median_ms(step, steps)
     return parts
 

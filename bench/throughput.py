@@ -118,20 +118,17 @@ def measure_jaxft(
     p_step = parallelism.train_step(steps_lib.train_step, model=net, tx=tx)
     state = parallelism.place_state(state)
     data = next(parallelism.device_batches([_batch(batch, seq_len, vocab_size)]))
-    start = time.perf_counter()
-    state, metrics = p_step(state, data)
-    metrics["loss"].block_until_ready()
-    compile_s = time.perf_counter() - start
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        state, metrics = p_step(state, data)
+    holder = [state]
+
+    def step():
+        holder[0], metrics = p_step(holder[0], data)
         metrics["loss"].block_until_ready()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+
+    compile_s = seconds(step)
+    median = median_seconds(step, warmup, steps)
     stats = devices[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
-    return statistics.median(times), compile_s, (peak / 2**30 if peak else None), jax.default_backend()
+    return median, compile_s, (peak / 2**30 if peak else None), jax.default_backend()
 
 
 def torch_model_and_batch(model: str, batch: int, seq_len: int, checkpoint, attention_dropout, device: str):
@@ -153,7 +150,8 @@ def torch_model_and_batch(model: str, batch: int, seq_len: int, checkpoint, atte
 
 
 def torch_step(model: str, batch: int, seq_len: int, dtype: str, checkpoint, attention_dropout, compiled):
-    """The PyTorch peer's training step (a no-argument function, synchronised on CUDA) and its device."""
+    """The PyTorch peer's training step (a no-argument function, synchronised on CUDA), its device, and the
+    (model, batch) it trains (`torch_model_and_batch`)."""
     import torch
 
     torch.set_num_threads(os.cpu_count())
@@ -173,7 +171,21 @@ def torch_step(model: str, batch: int, seq_len: int, dtype: str, checkpoint, att
         if device == "cuda":
             torch.cuda.synchronize()
 
-    return step, device
+    return step, device, (net, data)
+
+
+def seconds(fn) -> float:
+    """Wall time of one call of `fn` (which synchronises itself): the first step's, compile included."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median_seconds(fn, warmup: int, steps: int) -> float:
+    """Median wall time of `steps` calls of `fn` after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(seconds(fn) for _ in range(steps))
 
 
 def measure_torch(
@@ -189,18 +201,11 @@ def measure_torch(
 ):
     import torch
 
-    step, device = torch_step(model, batch, seq_len, dtype, checkpoint, attention_dropout, compiled)
-    start = time.perf_counter()
-    step()
-    compile_s = time.perf_counter() - start
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    step, device, _ = torch_step(model, batch, seq_len, dtype, checkpoint, attention_dropout, compiled)
+    compile_s = seconds(step)
+    median = median_seconds(step, warmup, steps)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    return statistics.median(times), compile_s, peak, device
+    return median, compile_s, peak, device
 
 
 IMPLS = {
