@@ -8,7 +8,30 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxft.models.dropout import Dropout, dropout, keep_mask
+from jaxft.models.dropout import Dropout, dropout, keep_mask, random_bits
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (3, 5, 8), (2, 3, 4, 65)])
+def test_random_bits_are_jax_random_bits_bit_for_bit(shape):
+    typed, raw = jax.random.fold_in(jax.random.key(11), 4), jax.random.PRNGKey(11)
+    for rng in (typed, raw):
+        expected = np.asarray(jax.random.bits(rng, shape, jnp.uint32))
+        np.testing.assert_array_equal(np.asarray(random_bits(rng, shape)), expected)
+        np.testing.assert_array_equal(
+            np.asarray(jax.jit(random_bits, static_argnums=1)(rng, shape)), expected
+        )
+    keys = jax.random.split(typed, 3)  # under vmap, as a lifted module would draw
+    batched = jax.vmap(lambda k: random_bits(k, shape))(keys)
+    np.testing.assert_array_equal(
+        np.asarray(batched), np.asarray(jax.vmap(lambda k: jax.random.bits(k, shape))(keys))
+    )
+
+
+def test_random_bits_of_other_key_implementations_come_from_jax():
+    rng = jax.random.key(2, impl="rbg")
+    np.testing.assert_array_equal(
+        np.asarray(random_bits(rng, (4, 6))), np.asarray(jax.random.bits(rng, (4, 6)))
+    )
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 8), (4, 7), (9,)])
