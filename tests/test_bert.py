@@ -129,8 +129,13 @@ def _qkv_and_mask():
 
 def test_explicit_softmax_attention_equals_dot_product_attention():
     q, k, v, mask = _qkv_and_mask()
+    mask = jnp.concatenate([mask, jnp.zeros_like(mask[:1])])  # and a fully padded row: uniform in both
+    q, k, v = (jnp.concatenate([x, x[:1]]) for x in (q, k, v))
     expected = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
     np.testing.assert_allclose(softmax_attention(q, k, v, mask), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        softmax_attention(q, k, v, mask)[2], v[2].mean(axis=0, keepdims=True).repeat(6, 0), atol=1e-6
+    )
 
 
 def test_explicit_attention_dropout_depends_on_rng():
