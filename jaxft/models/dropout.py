@@ -1,7 +1,8 @@
 """Dropout from 16-bit random draws: half the threefry work of `flax.linen.Dropout`.
 
-`jax.random.bernoulli` (which `nn.Dropout` uses) spends one 32-bit threefry word per element; threefry is
-~10% of a CPU train step (bench/README.md, "Where the CPU step goes"). Here each 32-bit word is split into two
+`jax.random.bernoulli` (which `nn.Dropout` uses) spends one 32-bit threefry word per element; through JAX's
+CPU lowering threefry was ~10% of a CPU train step (bench/README.md, "Where the CPU step goes"). Here each
+32-bit word is split into two
 16-bit draws, one per element. An element is dropped when its draw is below `round(rate * 2**16)`, so the
 drop probability is `rate` rounded to a multiple of 2**-16 (0.1 becomes 6554 / 65536 = 0.1000061), and kept
 elements are scaled by the inverse of that exact keep probability: the expectation is unchanged. The scaling
