@@ -2,12 +2,12 @@
 
 `jax.random.bernoulli` (which `nn.Dropout` uses) spends one 32-bit threefry word per element; through JAX's
 CPU lowering threefry was ~10% of a CPU train step (bench/README.md, "Where the CPU step goes"). Here each
-32-bit word is split into two
-16-bit draws, one per element. An element is dropped when its draw is below `round(rate * 2**16)`, so the
-drop probability is `rate` rounded to a multiple of 2**-16 (0.1 becomes 6554 / 65536 = 0.1000061), and kept
-elements are scaled by the inverse of that exact keep probability: the expectation is unchanged. The scaling
-is done in float32 and rounded once, also for bfloat16 activations (`nn.Dropout` divides bfloat16 inputs by
-the keep probability rounded to bfloat16, 0.9 -> 0.8984375: every kept value 0.17% too large).
+32-bit word is split into two 16-bit draws, one per element. An element is dropped when its draw is below
+`round(rate * 2**16)`, so the drop probability is `rate` rounded to a multiple of 2**-16 (0.1 becomes
+6554 / 65536 = 0.1000061), and kept elements are scaled by the inverse of that exact keep probability: the
+expectation is unchanged. The scaling is done in float32 and rounded once, also for bfloat16 activations
+(`nn.Dropout` divides bfloat16 inputs by the keep probability rounded to bfloat16, 0.9 -> 0.8984375: every
+kept value 0.17% too large).
 
 The 32-bit words are `jax.random.bits(rng, shape, jnp.uint32)` bit for bit, but computed by `random_bits`:
 JAX lowers threefry on CPU as a 5-trip `while` loop over whole arrays, which XLA cannot fuse (25-27 ms for
@@ -55,7 +55,7 @@ def random_bits(rng, shape: tuple[int, ...]) -> jax.Array:
     if (
         str(jax.random.key_impl(rng)) != "threefry2x32"
         or size >= 1 << 32
-        or not jax.config.jax_threefry_partitionable
+        or not getattr(jax.config, "jax_threefry_partitionable", True)  # the only layout if the flag goes
     ):
         return jax.random.bits(rng, shape, jnp.uint32)
     strides = [math.prod(shape[axis + 1 :]) for axis in range(len(shape))]
