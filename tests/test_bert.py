@@ -132,10 +132,9 @@ def test_explicit_softmax_attention_equals_dot_product_attention():
     mask = jnp.concatenate([mask, jnp.zeros_like(mask[:1])])  # and a fully padded row: uniform in both
     q, k, v = (jnp.concatenate([x, x[:1]]) for x in (q, k, v))
     expected = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
-    np.testing.assert_allclose(softmax_attention(q, k, v, mask), expected, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(
-        softmax_attention(q, k, v, mask)[2], v[2].mean(axis=0, keepdims=True).repeat(6, 0), atol=1e-6
-    )
+    out = softmax_attention(q, k, v, mask)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out[2], v[2].mean(axis=0, keepdims=True).repeat(6, 0), atol=1e-6)
 
 
 def test_explicit_attention_dropout_depends_on_rng():
