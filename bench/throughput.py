@@ -10,7 +10,9 @@ table. Steady state: median of --steps timed steps after --warmup steps, each st
 random batch (full attention mask) for all; the PyTorch peer is pinned: float32 (with --dtype bfloat16: AMP
 autocast to bf16, on GPU or CPU, float32 weights and optimizer, as jaxft's bf16 compute),
 torch.set_num_threads(os.cpu_count()), default AdamW on CPU and fused AdamW on GPU (the issue's peers).
---prng-impl picks the PRNG behind jaxft's dropout masks.
+--prng-impl picks the PRNG behind jaxft's dropout masks. Each measurement runs in a fresh process, so none
+inherits another's memory, and the CPU heap setting jaxft's training makes for its process (jaxft/cpu.py;
+jaxft's measurements make it too) never reaches the PyTorch peer.
 MFU counts 6 x matmul parameters x tokens plus the attention matmuls, against --peak-tflops
 (default: 0.285 on CPU, the f32 matmul rate measured here; 792 on an H200, bf16).
 """
@@ -21,6 +23,7 @@ import itertools
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -215,6 +218,61 @@ IMPLS = {
 }
 
 
+def measure(args, impl: str, batch: int, dtype: str) -> dict:
+    """One measurement, in this process: its JSON row."""
+    from configs import common
+
+    if impl == "jaxft":
+        import jax
+
+        from jaxft import cpu
+
+        cpu.keep_step_memory()  # as `train_and_evaluate` does, before anything touches a device
+        if args.prng_impl:
+            jax.config.update("jax_default_prng_impl", args.prng_impl)
+    step_s, compile_s, peak, device = IMPLS[impl](
+        args.model,
+        batch,
+        args.seq_len,
+        dtype,
+        args.steps,
+        args.warmup,
+        common.minilm_checkpoint(),
+        args.attention_dropout,
+    )
+    peak_tflops = args.peak_tflops or (0.285 if device == "cpu" else 792.0)
+    seq_per_s = batch / step_s
+    return {
+        "impl": impl,
+        "device": device,
+        "model": args.model,
+        "batch": batch,
+        "seq_len": args.seq_len,
+        "dtype": dtype,
+        "prng_impl": args.prng_impl if impl == "jaxft" else None,
+        "attention_dropout": args.attention_dropout,
+        "seq_per_s": round(seq_per_s, 2),
+        "tokens_per_s": round(seq_per_s * args.seq_len, 1),
+        "step_ms": round(step_s * 1e3, 2),
+        "compile_s": round(compile_s, 2),
+        "mfu": round(seq_per_s * flops_per_sequence(args.model, args.seq_len) / (peak_tflops * 1e12), 4),
+        "peak_mem_gib": round(peak, 2) if peak else None,
+    }
+
+
+def measure_in_subprocess(args, impl: str, batch: int, dtype: str) -> dict:
+    """`measure` in a fresh Python process (its stderr passes through); a failure ends this one too."""
+    argv = [sys.executable, os.path.abspath(__file__), "--impl", impl, "--batch", str(batch)]
+    argv += ["--dtype", dtype, "--in-process"]
+    for flag in ("model", "seq_len", "steps", "warmup", "peak_tflops", "attention_dropout", "prng_impl"):
+        if getattr(args, flag) is not None:
+            argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    result = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
+    if result.returncode:
+        sys.exit(f"{impl} at batch {batch}, {dtype}: the measurement failed (exit {result.returncode})")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impl", nargs="+", default=["jaxft", "torch"], choices=list(IMPLS))
@@ -238,45 +296,20 @@ def main():
         help="jaxft's PRNG for dropout masks (default: JAX's, threefry2x32)",
     )
     parser.add_argument("--out", default=None, help="append JSON lines to this file as they are measured")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure the one impl, batch and dtype given in this process (what each subprocess runs)",
+    )
     args = parser.parse_args()
-    from configs import common
-
-    checkpoint = common.minilm_checkpoint()
-    if args.prng_impl:
-        import jax
-
-        jax.config.update("jax_default_prng_impl", args.prng_impl)
+    if args.in_process:
+        if len(args.impl) * len(args.batch) * len(args.dtype) != 1:
+            parser.error("--in-process measures one impl, one batch and one dtype")
+        print(json.dumps(measure(args, args.impl[0], args.batch[0], args.dtype[0])), flush=True)
+        return
     rows = []
     for batch, dtype, impl in itertools.product(args.batch, args.dtype, args.impl):
-        fn = IMPLS[impl]
-        step_s, compile_s, peak, device = fn(
-            args.model,
-            batch,
-            args.seq_len,
-            dtype,
-            args.steps,
-            args.warmup,
-            checkpoint,
-            args.attention_dropout,
-        )
-        peak_tflops = args.peak_tflops or (0.285 if device == "cpu" else 792.0)
-        seq_per_s = batch / step_s
-        row = {
-            "impl": impl,
-            "device": device,
-            "model": args.model,
-            "batch": batch,
-            "seq_len": args.seq_len,
-            "dtype": dtype,
-            "prng_impl": args.prng_impl if impl == "jaxft" else None,
-            "attention_dropout": args.attention_dropout,
-            "seq_per_s": round(seq_per_s, 2),
-            "tokens_per_s": round(seq_per_s * args.seq_len, 1),
-            "step_ms": round(step_s * 1e3, 2),
-            "compile_s": round(compile_s, 2),
-            "mfu": round(seq_per_s * flops_per_sequence(args.model, args.seq_len) / (peak_tflops * 1e12), 4),
-            "peak_mem_gib": round(peak, 2) if peak else None,
-        }
+        row = measure_in_subprocess(args, impl, batch, dtype)
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as f:

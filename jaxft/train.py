@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxft import checkpoint, evaluate, files, optim, parallel, steps, tasks, trained
+from jaxft import checkpoint, cpu, evaluate, files, optim, parallel, steps, tasks, trained
 from jaxft import config as config_lib
 from jaxft.data import labels as labels_lib
 from jaxft.data import pipeline, tokenize
@@ -443,6 +443,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       UserError: bad input (nothing was written), FloatingPointError: too many non-finite steps,
       Preempted: SIGTERM arrived (a checkpoint of the current step was written first).
     """
+    if config.training.keep_cpu_step_memory:
+        cpu.keep_step_memory()  # before anything touches a device
     setup = prepare(config, workdir)
     tc = config.training
     if parallel.is_chief():

@@ -1,0 +1,87 @@
+"""jaxft/cpu.py: XLA:CPU's step temporaries stay mapped between steps on one CPU device, and nothing changes
+with several devices or once JAX has started.
+
+The single-device cases run in subprocesses: this suite's process has 8 forced host devices and started JAX.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from jaxft import cpu
+
+# A step whose temporaries are one 256 MiB array: the barrier makes XLA materialise sin(x) between the two
+# fusions. "faults" is the median of the minor page faults of 8 calls after a first (compiling) one: the
+# kept heap still grows now and then while its free space is fragmented (as in the training step's first
+# two calls), so single calls may fault.
+_SCRIPT = """
+import json, resource, sys
+import jax, jax.numpy as jnp
+from jaxft import cpu
+
+kept = cpu.keep_step_memory() if sys.argv[1] == "keep" else False
+
+@jax.jit
+def step(x):
+    y = jax.lax.optimization_barrier(jnp.sin(x))
+    return jnp.sum(y * y)
+
+x = jnp.full((64, 1024, 1024), 0.5, jnp.float32)
+step(x).block_until_ready()
+values, faults = [], []
+for _ in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    values.append(float(step(x)))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+dispatch = jax.config.read("jax_cpu_enable_async_dispatch")
+print(json.dumps({"kept": kept, "faults": sorted(faults)[4], "values": values,
+                  "devices": jax.local_device_count(), "async": dispatch}))
+"""
+_PAGES = 256 * 1024 * 1024 // 4096
+
+
+def _run(mode: str, devices: int) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    flags = env.get("XLA_FLAGS", "").split()
+    flags = [f for f in flags if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, mode], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _glibc() -> bool:
+    return cpu._glibc_mallopt() is not None
+
+
+@pytest.mark.skipif(not _glibc(), reason="the setting is glibc's (mallopt); this C library is another")
+def test_one_device_keeps_the_temporaries_mapped():
+    kept, default = _run("keep", devices=1), _run("default", devices=1)
+    assert kept["kept"] is True and kept["async"] is False and kept["devices"] == 1
+    assert default["kept"] is False and default["async"] is True
+    assert kept["values"] == default["values"]  # same computation, same numbers
+    # Kept: the temporary's 64k pages fault at the first calls, not on every call after them.
+    assert kept["faults"] < 0.05 * _PAGES, kept
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+        huge_pages_always = "[always]" in f.read()
+    if not huge_pages_always:  # 2 MiB pages would fault 512x less often, so only the kept half says much
+        assert default["faults"] > 0.9 * _PAGES, default
+
+
+@pytest.mark.skipif(not _glibc(), reason="the setting is glibc's (mallopt); this C library is another")
+def test_several_devices_change_nothing():
+    result = _run("keep", devices=2)
+    assert result["kept"] is False and result["async"] is True and result["devices"] == 2
+
+
+def test_changes_nothing_once_jax_has_started():
+    jax.devices()  # this process's backends (8 forced devices) are up
+    before = jax.config.read("jax_cpu_enable_async_dispatch")
+    assert cpu.keep_step_memory() is False
+    assert jax.config.read("jax_cpu_enable_async_dispatch") == before
