@@ -30,6 +30,9 @@ def trace(args) -> None:
     sys.path[:0] = [os.path.dirname(here), here]
     import jax
 
+    from jaxft import cpu
+
+    cpu.keep_step_memory()  # as training does, before anything touches a device
     if args.prng_impl:
         jax.config.update("jax_default_prng_impl", args.prng_impl)
     import throughput

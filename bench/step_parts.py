@@ -9,6 +9,8 @@ Prints one JSON line per implementation: median milliseconds of --steps calls af
 optimizer (jaxft: `steps.loss_and_grads`, what its step calls; PyTorch: `loss.backward()`); "step" is what
 bench/throughput.py times. Without dropout means `deterministic=True` / `model.eval()`. Parts that add
 up: the step minus "grad" is the optimizer update, "grad" minus "forward" the backward pass.
+Both implementations share this process, so jaxft's parts run without the CPU heap setting its training
+makes (jaxft/cpu.py: its step faults in its temporaries afresh here; bench/throughput.py measures with it).
 """
 
 import argparse
