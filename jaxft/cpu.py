@@ -12,7 +12,8 @@ of system time per step on a 2-core machine. Two settings keep the buffer instea
   the system (`mallopt(M_TRIM_THRESHOLD, -1)`).
 
 The price: the process keeps its peak heap until it exits. Measured in bench/README.md. Computations over
-several devices run on XLA's threads either way, so with several (forced host) devices nothing is changed.
+several devices run on XLA's threads either way, so with several devices (forced host devices, or several
+processes) nothing is changed.
 """
 
 import ctypes
@@ -53,14 +54,15 @@ def keep_step_memory() -> bool:
 
     Call it before anything touches a device (JAX reads the dispatch setting when it creates its CPU
     client); afterwards it changes nothing. Returns True where both settings took effect: the backend is
-    CPU with one local device, the C library is glibc, and the backends were not yet initialised.
+    CPU with one device in all (one process), the C library is glibc, and the backends were not yet
+    initialised.
     """
     mallopt = _glibc_mallopt()
     if mallopt is None or _backends_initialized():
         return False
     was_async = jax.config.read(_ASYNC_DISPATCH)
     jax.config.update(_ASYNC_DISPATCH, False)
-    if jax.default_backend() != "cpu" or jax.local_device_count() != 1:
+    if jax.default_backend() != "cpu" or jax.device_count() != 1:  # one device, one process
         # Too late for JAX's CPU client, which now runs its single-device computations inline (on a GPU
         # host: the odd host-side computation); the flag goes back to what it was for the rest.
         jax.config.update(_ASYNC_DISPATCH, was_async)
