@@ -10,9 +10,9 @@ table. Steady state: median of --steps timed steps after --warmup steps, each st
 random batch (full attention mask) for all; the PyTorch peer is pinned: float32 (with --dtype bfloat16: AMP
 autocast to bf16, on GPU or CPU, float32 weights and optimizer, as jaxft's bf16 compute),
 torch.set_num_threads(os.cpu_count()), default AdamW on CPU and fused AdamW on GPU (the issue's peers).
---prng-impl picks the PRNG behind jaxft's dropout masks. Each measurement runs in a fresh process, so none
-inherits another's memory, and the CPU heap setting jaxft's training makes for its process (jaxft/cpu.py;
-jaxft's measurements make it too) never reaches the PyTorch peer.
+--prng-impl picks the PRNG behind jaxft's dropout masks. Each impl is measured in a fresh process of its
+own, so the CPU heap setting jaxft's training makes for its process (jaxft/cpu.py; jaxft's measurements
+make it too) never reaches the PyTorch peer, and neither inherits the other's memory.
 MFU counts 6 x matmul parameters x tokens plus the attention matmuls, against --peak-tflops
 (default: 0.285 on CPU, the f32 matmul rate measured here; 792 on an H200, bf16).
 """
@@ -260,17 +260,24 @@ def measure(args, impl: str, batch: int, dtype: str) -> dict:
     }
 
 
-def measure_in_subprocess(args, impl: str, batch: int, dtype: str) -> dict:
-    """`measure` in a fresh Python process (its stderr passes through); a failure ends this one too."""
-    argv = [sys.executable, os.path.abspath(__file__), "--impl", impl, "--batch", str(batch)]
-    argv += ["--dtype", dtype, "--in-process"]
-    for flag in ("model", "seq_len", "steps", "warmup", "peak_tflops", "attention_dropout", "prng_impl"):
+def measure_in_subprocess(args, impl: str) -> list[dict]:
+    """`impl`'s measurements (every batch and dtype) in a fresh Python process, whose rows are printed as they
+    arrive; its stderr passes through. A failed measurement ends this process too."""
+    argv = [sys.executable, os.path.abspath(__file__), "--in-process", "--impl", impl]
+    argv += ["--batch", *map(str, args.batch), "--dtype", *args.dtype]
+    flags = ("model", "seq_len", "steps", "warmup", "peak_tflops", "attention_dropout", "prng_impl", "out")
+    for flag in flags:
         if getattr(args, flag) is not None:
             argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-    result = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
-    if result.returncode:
-        sys.exit(f"{impl} at batch {batch}, {dtype}: the measurement failed (exit {result.returncode})")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    rows = []
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as child:
+        for line in child.stdout:
+            print(line, end="", flush=True)
+            if line.startswith("{"):
+                rows.append(json.loads(line))
+    if child.returncode:
+        sys.exit(f"{impl}: a measurement failed (exit status {child.returncode})")
+    return rows
 
 
 def main():
@@ -299,22 +306,20 @@ def main():
     parser.add_argument(
         "--in-process",
         action="store_true",
-        help="measure the one impl, batch and dtype given in this process (what each subprocess runs)",
+        help="measure the one --impl given in this process (what the subprocess of each impl runs)",
     )
     args = parser.parse_args()
     if args.in_process:
-        if len(args.impl) * len(args.batch) * len(args.dtype) != 1:
-            parser.error("--in-process measures one impl, one batch and one dtype")
-        print(json.dumps(measure(args, args.impl[0], args.batch[0], args.dtype[0])), flush=True)
+        if len(args.impl) != 1:
+            parser.error("--in-process measures one impl")
+        for batch, dtype in itertools.product(args.batch, args.dtype):
+            row = json.dumps(measure(args, args.impl[0], batch, dtype))
+            print(row, flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(row + "\n")
         return
-    rows = []
-    for batch, dtype, impl in itertools.product(args.batch, args.dtype, args.impl):
-        row = measure_in_subprocess(args, impl, batch, dtype)
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
-        rows.append(row)
+    rows = [row for impl in args.impl for row in measure_in_subprocess(args, impl)]
     print(f"\n{'impl':13} {'device':6} {'batch':>5} {'seq/s':>9} {'step ms':>9} {'compile s':>9} {'MFU':>7}")
     for r in rows:
         print(
