@@ -29,13 +29,9 @@ def trace(args) -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:0] = [os.path.dirname(here), here]
     import jax
-
-    from jaxft import cpu
-
-    cpu.keep_step_memory()  # as training does, before anything touches a device
-    if args.prng_impl:
-        jax.config.update("jax_default_prng_impl", args.prng_impl)
     import throughput
+
+    throughput.jaxft_process(args.prng_impl)  # as training does, before anything touches a device
 
     from configs import common
     from jaxft import steps as steps_lib

@@ -218,18 +218,24 @@ IMPLS = {
 }
 
 
+def jaxft_process(prng_impl: str | None) -> None:
+    """What a jaxft measurement sets for its process before anything touches a device: the CPU heap setting
+    that `train_and_evaluate` makes (`jaxft.cpu`) and the PRNG behind the dropout masks (`--prng-impl`)."""
+    import jax
+
+    from jaxft import cpu
+
+    cpu.keep_step_memory()
+    if prng_impl:
+        jax.config.update("jax_default_prng_impl", prng_impl)
+
+
 def measure(args, impl: str, batch: int, dtype: str) -> dict:
     """One measurement, in this process: its JSON row."""
     from configs import common
 
     if impl == "jaxft":
-        import jax
-
-        from jaxft import cpu
-
-        cpu.keep_step_memory()  # as `train_and_evaluate` does, before anything touches a device
-        if args.prng_impl:
-            jax.config.update("jax_default_prng_impl", args.prng_impl)
+        jaxft_process(args.prng_impl)
     step_s, compile_s, peak, device = IMPLS[impl](
         args.model,
         batch,
