@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxft.errors import UserError
+from jaxft.models import matmul
 from jaxft.models.dropout import Dropout, dropout
 from jaxft.strategies.peft import Adapter, LoraDelta, PeftConfig
 
@@ -112,13 +113,7 @@ class BertConfig:
 
 
 def _dense(features: int, config: BertConfig, dtype: Any, name: str) -> nn.Dense:
-    return nn.Dense(
-        features,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.initializers.normal(stddev=config.initializer_range),
-        name=name,
-    )
+    return matmul.dense(features, dtype, nn.initializers.normal(stddev=config.initializer_range), name)
 
 
 def _layer_norm(config: BertConfig, dtype: Any) -> nn.LayerNorm:
