@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Real-data accuracy benchmarks (issue 3), one command each; results land in runs/bench/*.json.
 #   bench/accuracy.sh DATA_DIR sst2        jaxft, configs/sst2.py        (~20-25 min on 2 CPU cores)
+#   bench/accuracy.sh DATA_DIR sst2-bf16   the same recipe computing in bfloat16 (float32 weights and state)
 #   bench/accuracy.sh DATA_DIR sst2-torch  PyTorch reference, same recipe
 #   bench/accuracy.sh DATA_DIR imdb-cpu    jaxft, configs/imdb.py:cpu    (5k/5k subset at 256 tokens)
 #   bench/accuracy.sh DATA_DIR imdb-torch  PyTorch reference on the same subset
@@ -11,10 +12,10 @@ data=$(cd "$1" && pwd); job=$2
 py=${PYTHON:-.venv/bin/python}
 out=runs/bench; mkdir -p "$out"
 export JAXFT_DATA=$data HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-jaxft() {  # name config
+jaxft() {  # name config [config overrides...]
   rm -rf "runs/bench_$1"
   local start=$(date +%s)
-  "$py" train.py --config "$2" --workdir "runs/bench_$1" --config.training.progress_bar=false
+  "$py" train.py --config "$2" --workdir "runs/bench_$1" --config.training.progress_bar=false "${@:3}"
   local wall=$(( $(date +%s) - start ))
   "$py" - "$1" "$wall" <<'PY'
 import json, sys
@@ -27,10 +28,11 @@ PY
 }
 case $job in
   sst2) jaxft sst2 configs/sst2.py ;;
+  sst2-bf16) jaxft sst2_bf16 configs/sst2.py --config.model.dtype=bfloat16 ;;
   imdb-cpu) jaxft imdb_cpu configs/imdb.py:cpu ;;
   sst2-torch) "$py" bench/torch_reference.py --train "$data/sst2/train.tsv" --eval "$data/sst2/dev.tsv" \
       --text-field sentence --max-seq-length 64 --epochs 1 --out "$out/sst2_torch.json" ;;
   imdb-torch) "$py" bench/torch_reference.py --train "$data/imdb/train.jsonl.gz" --eval "$data/imdb/test.jsonl.gz" \
       --max-seq-length 256 --max-train-examples 5000 --max-eval-examples 5000 --epochs 1 --out "$out/imdb_torch.json" ;;
-  *) echo "unknown job $job (sst2, sst2-torch, imdb-cpu, imdb-torch)" >&2; exit 2 ;;
+  *) echo "unknown job $job (sst2, sst2-bf16, sst2-torch, imdb-cpu, imdb-torch)" >&2; exit 2 ;;
 esac
