@@ -1,6 +1,6 @@
 """Training-step throughput of jaxft and the transformers PyTorch peer on whatever device is present.
 
-    python bench/throughput.py                       # CPU: MiniLM, batch 32, seq 128, float32 (< 5 min)
+    python bench/throughput.py          # CPU: MiniLM, batch 32, seq 128, float32 and bf16 (~3 min)
     python bench/throughput.py --model base --batch 32 256 --dtype bfloat16 --impl jaxft   # e.g. on a GPU
 
 --impl: "jaxft", "torch" (eager) and "torch.compile" (the model under torch.compile, the optimizer eager;
@@ -12,9 +12,10 @@ autocast to bf16, on GPU or CPU, float32 weights and optimizer, as jaxft's bf16 
 torch.set_num_threads(os.cpu_count()), default AdamW on CPU and fused AdamW on GPU (the issue's peers).
 --prng-impl picks the PRNG behind jaxft's dropout masks. Each impl is measured in a fresh process of its
 own, so the CPU heap setting jaxft's training makes for its process (jaxft/cpu.py; jaxft's measurements
-make it too) never reaches the PyTorch peer, and neither inherits the other's memory.
-MFU counts 6 x matmul parameters x tokens plus the attention matmuls, against --peak-tflops
-(default: 0.285 on CPU, the f32 matmul rate measured here; 792 on an H200, bf16).
+make it too) never reaches the PyTorch peer, and neither inherits the other's memory. The table ends
+with each jaxft measurement's speed over each peer's at the same batch, across dtypes too (the issue's
+CPU peer is pinned to float32). MFU counts 6 x matmul parameters x tokens plus the attention matmuls,
+against --peak-tflops (default: 0.285 on CPU, the f32 matmul rate measured here; 792 on an H200, bf16).
 """
 
 import argparse
@@ -292,7 +293,8 @@ def main():
     parser.add_argument("--model", default="minilm", choices=sorted(MODELS))
     parser.add_argument("--batch", type=int, nargs="+", default=[32])
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    dtypes = ["float32", "bfloat16"]
+    parser.add_argument("--dtype", nargs="+", default=dtypes, choices=dtypes)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=None)
@@ -326,12 +328,27 @@ def main():
                     f.write(row + "\n")
         return
     rows = [row for impl in args.impl for row in measure_in_subprocess(args, impl)]
-    print(f"\n{'impl':13} {'device':6} {'batch':>5} {'seq/s':>9} {'step ms':>9} {'compile s':>9} {'MFU':>7}")
+    print(
+        f"\n{'impl':13} {'device':6} {'dtype':8} {'batch':>5} {'seq/s':>9} {'step ms':>9} {'compile s':>9} "
+        f"{'MFU':>7}"
+    )
     for r in rows:
         print(
-            f"{r['impl']:13} {r['device']:6} {r['batch']:5d} {r['seq_per_s']:9.2f} {r['step_ms']:9.2f} "
-            f"{r['compile_s']:9.2f} {r['mfu']:7.2%}"
+            f"{r['impl']:13} {r['device']:6} {r['dtype']:8} {r['batch']:5d} {r['seq_per_s']:9.2f} "
+            f"{r['step_ms']:9.2f} {r['compile_s']:9.2f} {r['mfu']:7.2%}"
         )
+    print(speed_ratios(rows), end="")
+
+
+def speed_ratios(rows: list[dict]) -> str:
+    """jaxft's throughput over each peer measurement's at the same batch: lines "jaxft D / impl D: R x"."""
+    lines = []
+    for ours, peer in itertools.product(rows, rows):
+        if ours["impl"] == "jaxft" and peer["impl"] != "jaxft" and ours["batch"] == peer["batch"]:
+            ratio = ours["seq_per_s"] / peer["seq_per_s"]
+            pair = f"jaxft {ours['dtype']} / {peer['impl']} {peer['dtype']}"
+            lines.append(f"batch {ours['batch']}: {pair}: {ratio:.2f}x\n")
+    return ("\n" if lines else "") + "".join(lines)
 
 
 if __name__ == "__main__":
