@@ -15,7 +15,8 @@ own, so the CPU heap setting jaxft's training makes for its process (jaxft/cpu.p
 make it too) never reaches the PyTorch peer, and neither inherits the other's memory. The table ends
 with each jaxft measurement's speed over each peer's at the same batch, across dtypes too (the issue's
 CPU peer is pinned to float32). MFU counts 6 x matmul parameters x tokens plus the attention matmuls,
-against --peak-tflops (default: 0.285 on CPU, the f32 matmul rate measured here; 792 on an H200, bf16).
+against --peak-tflops (default on CPU: the matmul rate of the dtype measured on the Intel machine, 0.285
+for float32 and 1.66 for bf16 (AMX); on a GPU 792, an H200's bf16 rate, for every row as in the issue).
 """
 
 import argparse
@@ -36,6 +37,11 @@ MODELS = {  # hidden, layers, heads, intermediate, vocab
     "minilm": (384, 6, 12, 1536, 30522),
     "base": (768, 12, 12, 3072, 30522),
 }
+
+
+# Matmul rates measured on the Intel Xeon machine with AMX: float32 as in ENVIRONMENT.md; bf16 PyTorch's
+# 4096^3 bf16 matmul (oneDNN, 1,660 GFLOP/s; XLA's 1,015), 2026-11-30 04:54 UTC (bench/README.md).
+CPU_PEAK_TFLOPS = {"float32": 0.285, "bfloat16": 1.66}
 
 
 def flops_per_sequence(model: str, seq_len: int, labels: int = 2) -> float:
@@ -247,7 +253,7 @@ def measure(args, impl: str, batch: int, dtype: str) -> dict:
         common.minilm_checkpoint(),
         args.attention_dropout,
     )
-    peak_tflops = args.peak_tflops or (0.285 if device == "cpu" else 792.0)
+    peak_tflops = args.peak_tflops or (CPU_PEAK_TFLOPS[dtype] if device == "cpu" else 792.0)
     seq_per_s = batch / step_s
     return {
         "impl": impl,
