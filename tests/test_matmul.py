@@ -1,4 +1,4 @@
-"""The bf16 Dense of `jaxft.models.matmul`: its values and gradients, and the form XLA:CPU compiles it to."""
+"""`matmul.CpuDense`: values and gradients in float32 and bf16, and the forms XLA:CPU compiles."""
 
 import re
 
@@ -29,9 +29,9 @@ def _inputs(shape, features, seed=0):
 
 
 @pytest.mark.parametrize("shape", [(64, 48), (4, 16, 48), (4, 1, 48)])
-def test_mixed_dense_values_and_gradients_are_float32_sums_of_bf16_products(shape):
+def test_bf16_values_and_gradients_are_float32_sums_of_bf16_products(shape):
     x, kernel, bias, g = _inputs(shape, 40)
-    y, vjp = jax.vjp(jax.jit(matmul._mixed_dense), x, kernel, bias)
+    y, vjp = jax.vjp(jax.jit(matmul._dense), x, kernel, bias)
     dx, dkernel, dbias = vjp(g)
 
     x2 = np.asarray(x, np.float32).reshape(-1, shape[-1])
@@ -48,10 +48,10 @@ def test_mixed_dense_values_and_gradients_are_float32_sums_of_bf16_products(shap
     np.testing.assert_allclose(dbias, g2.astype(np.float64).sum(0), rtol=1e-5, atol=1e-5)
 
 
-def test_mixed_dense_matches_flax_dense_parameters_and_outputs():
+def test_bf16_layer_matches_flax_dense_parameters_and_outputs():
     x = jax.random.normal(jax.random.key(1), (4, 16, 48))
     flax_dense = nn.Dense(40, dtype=BF16, param_dtype=jnp.float32)
-    mixed = matmul.MixedDense(40, dtype=BF16, param_dtype=jnp.float32)
+    mixed = matmul.CpuDense(40, dtype=BF16, param_dtype=jnp.float32)
     variables = flax_dense.init(jax.random.key(2), x)
     variables = jax.tree.map(lambda v: v + 0.1, variables)  # a non-zero bias
     assert jax.tree.structure(mixed.init(jax.random.key(2), x)) == jax.tree.structure(variables)
@@ -65,18 +65,29 @@ def test_mixed_dense_matches_flax_dense_parameters_and_outputs():
     assert np.abs(ours - reference).mean() <= np.abs(theirs - reference).mean()
 
     no_bias = {"params": {"kernel": variables["params"]["kernel"]}}
-    assert jax.tree.structure(matmul.MixedDense(40, use_bias=False).init(jax.random.key(2), x)) == (
+    assert jax.tree.structure(matmul.CpuDense(40, use_bias=False).init(jax.random.key(2), x)) == (
         jax.tree.structure(no_bias)
     )
-    without = matmul.MixedDense(40, use_bias=False, dtype=BF16).apply(no_bias, x)
+    without = matmul.CpuDense(40, use_bias=False, dtype=BF16).apply(no_bias, x)
     unbiased = reference - np.asarray(variables["params"]["bias"])
     np.testing.assert_allclose(np.asarray(without, np.float32), unbiased, rtol=0, atol=0.05)
 
 
-def test_dense_picks_the_mixed_layer_for_bf16_on_cpu_only():
+@pytest.mark.parametrize("shape", [(64, 48), (4, 16, 48)])
+def test_float32_values_and_gradients_equal_autodiff_of_the_layer(shape):
+    x, kernel, bias, g = (v.astype(jnp.float32) for v in _inputs(shape, 40))
+    y, vjp = jax.vjp(jax.jit(matmul._dense), x, kernel, bias)
+    y_ref, vjp_ref = jax.vjp(lambda x, k, b: x @ k + b, x, kernel, bias)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
+    for ours, theirs in zip(vjp(g), vjp_ref(g), strict=True):
+        assert ours.dtype == jnp.float32
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_picks_the_cpu_layer_for_float32_and_bf16_on_cpu_only():
     init = nn.initializers.normal(0.02)
-    assert type(matmul.dense(8, jnp.float32, init, "d")) is nn.Dense
-    expected = matmul.MixedDense if jax.default_backend() == "cpu" else nn.Dense
+    expected = matmul.CpuDense if jax.default_backend() == "cpu" else nn.Dense
+    assert type(matmul.dense(8, jnp.float32, init, "d")) is expected
     assert type(matmul.dense(8, BF16, init, "d")) is expected
     assert type(matmul.dense(8, jnp.float16, init, "d")) is nn.Dense
 
@@ -89,31 +100,71 @@ def _dot_operand_types(hlo: str) -> list[tuple[str, ...]]:
     return [tuple(types[name] for name in pair) for pair in operands]
 
 
+def _dots_in_and_out_of_ynnpack(hlo: str) -> tuple[int, int]:
+    """How many dots of compiled HLO text are inside YNNPACK fusions, and how many are not (Eigen's)."""
+    computations, current = {}, None
+    for line in hlo.splitlines():
+        header = re.match(r"^(?:ENTRY )?%([\w.\-]+) \(", line)
+        if header:
+            current = computations.setdefault(header.group(1), [])
+        elif current is not None:
+            current.append(line)
+    ynn = {
+        c
+        for line in hlo.splitlines()
+        if "__ynn_fusion" in line
+        for c in re.findall(r"calls=%([\w.\-]+)", line)
+    }
+    counts = [sum(" dot(" in line for line in lines) for lines in computations.values()]
+    inside = sum(n for name, n in zip(computations, counts, strict=True) if name in ynn)
+    return inside, sum(counts) - inside
+
+
+def _compiled_gradient(layer):
+    x = jnp.ones((4, 32, 64), jnp.float32)
+    variables = layer.init(jax.random.key(0), x)
+    loss = lambda v, x: jnp.sum(layer.apply(v, x).astype(jnp.float32) ** 2)  # noqa: E731
+    return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(variables, x).compile().as_text()
+
+
 ON_CPU = jax.default_backend() == "cpu"
 
 
 @pytest.mark.skipif(not ON_CPU, reason="the form is XLA:CPU's; other backends keep Flax's Dense")
 def test_a_bf16_layer_compiles_to_bf16_products_on_cpu():
     """Forward and both backward products stay bf16 (the fast path); Flax's bf16 Dense gets float32 dots."""
-
-    def grads(layer):
-        x = jnp.ones((4, 32, 64), jnp.float32)
-        variables = layer.init(jax.random.key(0), x)
-        loss = lambda v, x: jnp.sum(layer.apply(v, x).astype(jnp.float32) ** 2)  # noqa: E731
-        return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(variables, x).compile().as_text()
-
-    ours = _dot_operand_types(grads(matmul.MixedDense(96, dtype=BF16)))
+    ours = _dot_operand_types(_compiled_gradient(matmul.CpuDense(96, dtype=BF16)))
     assert len(ours) == 3 and all(pair == ("bf16", "bf16") for pair in ours), ours
-    flax_dots = _dot_operand_types(grads(nn.Dense(96, dtype=BF16)))
+    flax_dots = _dot_operand_types(_compiled_gradient(nn.Dense(96, dtype=BF16)))
     assert flax_dots and all(pair == ("f32", "f32") for pair in flax_dots), flax_dots
 
 
-def test_bf16_classifier_gradients_follow_float32():
+@pytest.mark.skipif(not ON_CPU, reason="the form is XLA:CPU's; other backends keep Flax's Dense")
+def test_a_float32_layer_compiles_to_ynnpack_products_on_cpu():
+    """All three products go to YNNPACK; Flax's weight gradient goes to Eigen."""
+    assert _dots_in_and_out_of_ynnpack(_compiled_gradient(matmul.CpuDense(96))) == (3, 0)
+    assert _dots_in_and_out_of_ynnpack(_compiled_gradient(nn.Dense(96))) == (2, 1)
+
+
+def _assert_gradients_close(ours, reference, rtol):
+    """Each leaf within `rtol` of its own norm plus a floor from the largest leaf: the key bias's exact
+    gradient is 0 (a per-query constant under the softmax), so its reference value is rounding noise."""
+    assert jax.tree.structure(ours) == jax.tree.structure(reference)
+    scale = max(float(jnp.linalg.norm(b)) for b in jax.tree.leaves(reference))
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(reference), strict=True
+    ):
+        assert a.dtype == jnp.float32, jax.tree_util.keystr(path)
+        err = float(jnp.linalg.norm(a - b))
+        assert err <= rtol * (float(jnp.linalg.norm(b)) + 0.02 * scale), (jax.tree_util.keystr(path), err)
+
+
+def test_classifier_gradients_equal_flax_dense_in_float32_and_follow_it_in_bf16(monkeypatch):
     config = BertConfig(
         vocab_size=99, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
     )
     ids = jax.random.randint(jax.random.key(0), (4, 24), 1, 99)
-    mask = jnp.ones_like(ids)
+    mask = jnp.ones_like(ids).at[1, 20:].set(0)
     labels = jnp.array([0, 1, 2, 1])
 
     def grads(dtype, params):
@@ -126,12 +177,10 @@ def test_bf16_classifier_gradients_follow_float32():
         return jax.jit(jax.grad(loss))(params)
 
     params = SequenceClassifier(config, num_labels=3).init(jax.random.key(1), ids, mask)["params"]
-    g16, g32 = grads(BF16, params), grads(jnp.float32, params)
-    assert jax.tree.structure(g16) == jax.tree.structure(g32)
-    # The key bias's exact gradient is 0 (a per-query constant under the softmax): its float32 value is
-    # rounding noise, so each leaf is judged against its own norm plus a floor from the largest leaf.
-    scale = max(float(jnp.linalg.norm(b)) for b in jax.tree.leaves(g32))
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g16), jax.tree.leaves(g32), strict=True):
-        assert a.dtype == jnp.float32, jax.tree_util.keystr(path)
-        err = float(jnp.linalg.norm(a - b))
-        assert err <= 0.05 * float(jnp.linalg.norm(b)) + 1e-3 * scale, (jax.tree_util.keystr(path), err)
+    ours32, ours16 = grads(jnp.float32, params), grads(BF16, params)
+    with monkeypatch.context() as patch:  # every layer Flax's Dense: the reference
+        flax_dense = lambda n, dtype, init, name: nn.Dense(n, dtype=dtype, kernel_init=init, name=name)  # noqa: E731
+        patch.setattr(matmul, "dense", flax_dense)
+        flax32 = grads(jnp.float32, params)
+    _assert_gradients_close(ours32, flax32, rtol=1e-5)
+    _assert_gradients_close(ours16, flax32, rtol=0.05)
