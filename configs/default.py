@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     )  # warm start: params of another jaxft run's workdir
     model.tokenizer = config_dict.placeholder(str)  # tokenizer dir; default: model.checkpoint
     # compute dtype: "float32" or "bfloat16" (params and optimizer state stay float32); on a CPU with AMX
-    # bfloat16 steps take ~57% of float32's time (bench/README.md)
+    # bfloat16 steps take ~60% of float32's time (bench/README.md)
     model.dtype = "float32"
     model.attention = "auto"  # "auto" (cuDNN fused on GPU, XLA elsewhere), "xla" or "cudnn"
     model.remat = False  # recompute each layer in the backward pass to save memory on long sequences
