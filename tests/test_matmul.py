@@ -73,6 +73,16 @@ def test_bf16_layer_matches_flax_dense_parameters_and_outputs():
     np.testing.assert_allclose(np.asarray(without, np.float32), unbiased, rtol=0, atol=0.05)
 
 
+def test_parameters_of_another_dtype_get_gradients_in_it():
+    layer = matmul.CpuDense(8, param_dtype=BF16)
+    x = jnp.ones((4, 16))
+    params = layer.init(jax.random.key(0), x)
+    grads = jax.grad(lambda p: jnp.sum(layer.apply(p, x)))(params)
+    assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(BF16)}
+    np.testing.assert_array_equal(np.asarray(grads["params"]["bias"], np.float32), np.full(8, 4.0))
+    np.testing.assert_array_equal(np.asarray(grads["params"]["kernel"], np.float32), np.full((16, 8), 4.0))
+
+
 @pytest.mark.parametrize("shape", [(64, 48), (4, 16, 48)])
 def test_float32_values_and_gradients_equal_autodiff_of_the_layer(shape):
     x, kernel, bias, g = (v.astype(jnp.float32) for v in _inputs(shape, 40))

@@ -79,7 +79,8 @@ class CpuDense(nn.Dense):
         else:
             bias = jnp.zeros((self.features,), jnp.float32)
         dtype = jnp.float32 if self.dtype is None else self.dtype
-        return _dense(inputs.astype(dtype), kernel, bias)
+        # float32 in, float32 gradients out of the VJP; the casts carry them to any other parameter dtype.
+        return _dense(inputs.astype(dtype), kernel.astype(jnp.float32), bias.astype(jnp.float32))
 
 
 def dense(features: int, dtype, kernel_init, name: str) -> nn.Dense:
