@@ -238,11 +238,9 @@ def jaxft_process(prng_impl: str | None) -> None:
 
 
 def measure(args, impl: str, batch: int, dtype: str) -> dict:
-    """One measurement, in this process: its JSON row."""
+    """One measurement, in this process (set up by `jaxft_process` for jaxft): its JSON row."""
     from configs import common
 
-    if impl == "jaxft":
-        jaxft_process(args.prng_impl)
     step_s, compile_s, peak, device = IMPLS[impl](
         args.model,
         batch,
@@ -326,6 +324,8 @@ def main():
     if args.in_process:
         if len(args.impl) != 1:
             parser.error("--in-process measures one impl")
+        if args.impl == ["jaxft"]:
+            jaxft_process(args.prng_impl)  # once, before anything touches a device
         for batch, dtype in itertools.product(args.batch, args.dtype):
             row = json.dumps(measure(args, args.impl[0], batch, dtype))
             print(row, flush=True)
