@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxft.errors import UserError
-from jaxft.models.bert import BertConfig, BertEncoder, gelu, softmax_attention
+from jaxft.models.bert import BertConfig, BertEncoder, first_query_attention, gelu, softmax_attention
 from jaxft.models.convert import hf_to_flax, load_state_dict
 from jaxft.models.heads import SequenceClassifier
 from jaxft.strategies.peft import LORA_TARGETS, PeftConfig
@@ -273,9 +273,75 @@ def test_first_token_only_leaves_out_the_last_layers_other_positions():
 
     hidden, ffn, length = config.hidden_size, config.intermediate_size, ids.shape[1]
     per_token = 2 * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * length * hidden  # matmuls, one layer
-    kept = 2 * 2 * hidden * hidden  # the last layer's keys and values, still for every token
-    saved = (per_token - kept) * ids.size * (length - 1) / length
+    # What the last layer still multiplies per row: [CLS]'s query, output and feed-forward, the keys' and
+    # values' kernels with its query (one row per head), and its logits and mixture over every position.
+    heads = config.num_attention_heads
+    per_row = per_token + 2 * 2 * hidden * hidden + 2 * 2 * length * hidden * heads
+    saved = per_token * ids.size - per_row * ids.shape[0]
     assert flops(False) - flops(True) >= 0.95 * saved
+
+
+def _first_query_inputs(dtype):
+    keys = jax.random.split(jax.random.key(3), 6)
+    batch, length, heads, head_dim = 4, 7, 2, 8
+    hidden = jax.random.normal(keys[0], (batch, length, heads * head_dim)).astype(dtype)
+    query = jax.random.normal(keys[1], (batch, 1, heads, head_dim)).astype(dtype)
+    key = (
+        0.3 * jax.random.normal(keys[2], (heads * head_dim, heads * head_dim)),
+        jax.random.normal(keys[3], (16,)),
+    )
+    value = (
+        0.3 * jax.random.normal(keys[4], (heads * head_dim, heads * head_dim)),
+        jax.random.normal(keys[5], (16,)),
+    )
+    lengths = np.array([7, 3, 1, 0])  # the last row fully padded: uniform attention either way
+    mask = jnp.asarray(np.arange(length)[None] < lengths[:, None])[:, None, None, :]
+    return query, hidden, key, value, mask
+
+
+def _projected(hidden, params, heads):
+    kernel, bias = params
+    out = jnp.einsum("bsh,hk->bsk", hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    return (out + bias).astype(hidden.dtype).reshape(*hidden.shape[:2], heads, -1)
+
+
+@pytest.mark.parametrize("dropout_rate", [0.0, 0.3])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bf16"])
+def test_first_query_attention_equals_attending_to_projected_keys_and_values(dtype, dropout_rate):
+    """Values and every gradient as `softmax_attention` over the projected keys and values, with the same
+    dropout mask; the key bias gets no gradient, as it exactly has none (the softmax ignores a shift)."""
+    query, hidden, key, value, mask = _first_query_inputs(dtype)
+    rng = jax.random.key(7) if dropout_rate else None
+
+    def ours(query, hidden, key, value):
+        out = first_query_attention(
+            query, hidden, key, value, mask, dropout_rate=dropout_rate, dropout_rng=rng
+        )
+        return out.astype(jnp.float32)
+
+    def projected(query, hidden, key, value):
+        k, v = _projected(hidden, key, 2), _projected(hidden, value, 2)
+        out = softmax_attention(query, k, v, mask, dropout_rate=dropout_rate, dropout_rng=rng)
+        return out.astype(jnp.float32)
+
+    args = (query, hidden, key, value)
+    out, expected = ours(*args), projected(*args)
+    assert out.shape == (4, 1, 2, 8)
+    tol = 1e-5 if dtype == jnp.float32 else 0.05
+    np.testing.assert_allclose(out, expected, rtol=0, atol=tol * float(jnp.max(jnp.abs(expected))))
+    cotangent = jax.random.normal(jax.random.key(9), out.shape)
+    loss = lambda f: lambda *a: jnp.sum(f(*a) * cotangent)  # noqa: E731
+    grads = jax.grad(loss(ours), argnums=(0, 1, 2, 3))(*args)
+    expected_grads = jax.grad(loss(projected), argnums=(0, 1, 2, 3))(*args)
+    assert float(jnp.max(jnp.abs(grads[2][1]))) == 0.0
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(expected_grads), strict=True
+    ):
+        if jax.tree_util.keystr(path) == "[2][1]":  # the key bias: rounding noise in the projected form
+            assert float(jnp.max(jnp.abs(b.astype(jnp.float32)))) < 10 * tol
+            continue
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        assert np.linalg.norm(a - b) <= tol * np.linalg.norm(b), jax.tree_util.keystr(path)
 
 
 def test_gelu_is_pytorchs_exact_gelu():

@@ -168,7 +168,11 @@ def test_only_the_chosen_parameters_train_and_the_head_always_does(method, train
     before = _flatten(params)
     moved = {path for path in before if not np.array_equal(before[path], after[path])}
     expected = {path for path in before if trains(path)}
-    assert moved == expected
+    # The last layer attends from [CLS] alone without projecting its keys (`bert.first_query_attention`):
+    # its key bias gets gradient exactly 0, its true value (a shift shared by all of a query's logits), so
+    # Adam leaves it where it was even when it trains.
+    still = {path for path in expected if path[2:] == ("layer_1", "attention", "self", "key", "bias")}
+    assert moved == expected - still
     trained_count, total = peft_lib.count(params, peft)
     assert trained_count == sum(np.size(before[p]) for p in expected) and total == sum(
         map(np.size, before.values())

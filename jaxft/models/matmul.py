@@ -15,6 +15,8 @@ float32 and bf16; other backends multiply Flax's products natively and keep `fla
 against 2,021 ms with Flax's `Dense`, float32 1,473 against 1,705 ms.
 """
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -61,6 +63,20 @@ def _dense_bwd(residuals, g):
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+class DenseParams(nn.Module):
+    """The parameters of a `flax.linen.Dense` with `features` outputs and float32 parameters, named,
+    shaped and initialised as `dense`'s layer holds them (`kernel` `[in, features]`, `bias` zeros),
+    returned unapplied: for a layer that uses them in another order of products."""
+
+    features: int
+    kernel_init: Callable
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        kernel = self.param("kernel", self.kernel_init, (in_features, self.features), jnp.float32)
+        return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
 
 
 class CpuDense(nn.Dense):
