@@ -284,16 +284,13 @@ def test_first_token_only_leaves_out_the_last_layers_other_positions():
 def _first_query_inputs(dtype):
     keys = jax.random.split(jax.random.key(3), 6)
     batch, length, heads, head_dim = 4, 7, 2, 8
-    hidden = jax.random.normal(keys[0], (batch, length, heads * head_dim)).astype(dtype)
+    size = heads * head_dim
+    hidden = jax.random.normal(keys[0], (batch, length, size)).astype(dtype)
     query = jax.random.normal(keys[1], (batch, 1, heads, head_dim)).astype(dtype)
-    key = (
-        0.3 * jax.random.normal(keys[2], (heads * head_dim, heads * head_dim)),
-        jax.random.normal(keys[3], (16,)),
-    )
-    value = (
-        0.3 * jax.random.normal(keys[4], (heads * head_dim, heads * head_dim)),
-        jax.random.normal(keys[5], (16,)),
-    )
+    # Biases of unit scale: the key bias cancels in the softmax, the value bias is weighted by the kept
+    # probabilities' sum (1 without dropout).
+    key = 0.3 * jax.random.normal(keys[2], (size, size)), jax.random.normal(keys[3], (size,))
+    value = 0.3 * jax.random.normal(keys[4], (size, size)), jax.random.normal(keys[5], (size,))
     lengths = np.array([7, 3, 1, 0])  # the last row fully padded: uniform attention either way
     mask = jnp.asarray(np.arange(length)[None] < lengths[:, None])[:, None, None, :]
     return query, hidden, key, value, mask
