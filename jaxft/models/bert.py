@@ -115,8 +115,13 @@ class BertConfig:
         return {"model_type": "bert", "position_embedding_type": "absolute", **dataclasses.asdict(self)}
 
 
+def weight_init(config: BertConfig):
+    """BERT's initialiser for every kernel and embedding: normal with `initializer_range` as its stddev."""
+    return nn.initializers.normal(stddev=config.initializer_range)
+
+
 def _dense(features: int, config: BertConfig, dtype: Any, name: str) -> nn.Dense:
-    return matmul.dense(features, dtype, nn.initializers.normal(stddev=config.initializer_range), name)
+    return matmul.dense(features, dtype, weight_init(config), name)
 
 
 def _layer_norm(config: BertConfig, dtype: Any) -> nn.LayerNorm:
@@ -230,7 +235,7 @@ class BertEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, input_ids, token_type_ids, deterministic: bool):
         cfg = self.config
-        init = nn.initializers.normal(stddev=cfg.initializer_range)
+        init = weight_init(cfg)
 
         def embed(num, name):
             # Lookups and the sum stay float32; the LayerNorm casts to the compute dtype.
@@ -289,7 +294,7 @@ class BertSelfAttention(nn.Module):
         )
         projected = self.peft.method == "prefix" or self.peft.lora_on("key") or self.peft.lora_on("value")
         if first_only and not projected:  # one query: no key or value projections (exact, see the function)
-            init = nn.initializers.normal(stddev=cfg.initializer_range)
+            init = weight_init(cfg)
             key, value = (
                 matmul.DenseParams(cfg.hidden_size, init, name=name)(hidden.shape[-1])
                 for name in ("key", "value")
@@ -301,7 +306,7 @@ class BertSelfAttention(nn.Module):
         k, v = project("key", hidden), project("value", hidden)
         if self.peft.method == "prefix":
             shape = (self.peft.num_virtual_tokens, heads, head_dim)
-            init = nn.initializers.normal(stddev=cfg.initializer_range)
+            init = weight_init(cfg)
 
             def prepend(name, x):
                 prefix = self.param(name, init, shape, jnp.float32).astype(x.dtype)

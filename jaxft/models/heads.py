@@ -23,7 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxft.models.bert import _ACTIVATIONS, BertConfig, BertEncoder, _dense, _layer_norm
+from jaxft.models.bert import _ACTIVATIONS, BertConfig, BertEncoder, _dense, _layer_norm, weight_init
 from jaxft.models.dropout import Dropout
 from jaxft.strategies.peft import PeftConfig
 
@@ -33,7 +33,7 @@ def _classifier(num_labels: int, config: BertConfig, dtype) -> nn.Dense:
         num_labels,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=nn.initializers.normal(stddev=config.initializer_range),
+        kernel_init=weight_init(config),
         name="classifier",
     )
 
@@ -148,7 +148,7 @@ class SpanExtractor(EncoderHead):
             self.num_labels,
             dtype=self.dtype,
             param_dtype=jnp.float32,
-            kernel_init=nn.initializers.normal(stddev=self.config.initializer_range),
+            kernel_init=weight_init(self.config),
             name="qa_outputs",
         )
         return head(hidden).astype(jnp.float32)
