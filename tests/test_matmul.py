@@ -142,11 +142,14 @@ ON_CPU = jax.default_backend() == "cpu"
 
 @pytest.mark.skipif(not ON_CPU, reason="the form is XLA:CPU's; other backends keep Flax's Dense")
 def test_a_bf16_layer_compiles_to_bf16_products_on_cpu():
-    """Forward and both backward products stay bf16 (the fast path); Flax's bf16 Dense gets float32 dots."""
+    """Forward and both backward products stay bf16 x bf16 (the fast path).
+
+    What XLA:CPU makes of Flax's bf16 `Dense` depends on the version: jax 0.10.2 computes its dots in
+    float32, jax 0.11.2 keeps them bf16 but outside YNNPACK's bf16 -> float32 form (a MiniLM step 13.3 s
+    against 0.8 s for `CpuDense`; bench/README.md). So only our layer's form is asserted.
+    """
     ours = _dot_operand_types(_compiled_gradient(matmul.CpuDense(96, dtype=BF16)))
     assert len(ours) == 3 and all(pair == ("bf16", "bf16") for pair in ours), ours
-    flax_dots = _dot_operand_types(_compiled_gradient(nn.Dense(96, dtype=BF16)))
-    assert flax_dots and all(pair == ("f32", "f32") for pair in flax_dots), flax_dots
 
 
 @pytest.mark.skipif(not ON_CPU, reason="the form is XLA:CPU's; other backends keep Flax's Dense")
