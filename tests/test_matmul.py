@@ -145,7 +145,7 @@ def test_a_bf16_layer_compiles_to_bf16_products_on_cpu():
     """Forward and both backward products stay bf16 x bf16 (the fast path).
 
     What XLA:CPU makes of Flax's bf16 `Dense` depends on the version: jax 0.10.2 computes its dots in
-    float32, jax 0.11.2 keeps them bf16 but outside YNNPACK's bf16 -> float32 form (a MiniLM step 13.3 s
+    float32, jax 0.11.2 keeps them bf16 but outside YNNPACK's bf16 -> float32 form (a MiniLM bf16 step 13.1 s
     against 0.8 s for `CpuDense`; bench/README.md). So only our layer's form is asserted.
     """
     ours = _dot_operand_types(_compiled_gradient(matmul.CpuDense(96, dtype=BF16)))
