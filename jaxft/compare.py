@@ -15,8 +15,9 @@ the cells, jaxft/compare_results.py writes the tables).
 
 Cluster job arrays: `--list` prints the cells with their index, `--cell INDEX` runs only that one, and
 `--aggregate_only` writes the tables once they have all finished. Any --config.KEY=VALUE is passed on to
-every cell. Bad input (an unknown strategy or config key, a malformed --grid or --seeds) ends with one line
-on stderr and exit status 2 before anything is written; a failed cell makes the exit status 1.
+every cell. Bad input (an unknown strategy or config key, a malformed --grid or --seeds, a --workdir that is
+a file) ends with one line on stderr and exit status 2 before anything is written; a failed cell makes the
+exit status 1.
 """
 
 import dataclasses
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxft import compare_results, compare_runner
+from jaxft import compare_results, compare_runner, files
 from jaxft import config as config_lib
 from jaxft import main as main_lib
 from jaxft.errors import UserError
@@ -349,6 +350,7 @@ def make_plan(
             raise UserError(f"--grid: two cells get the same directory name {cell.name}; change a value")
         try:
             config = parse_cell_config(config_path, [*config_args, *cell.config_args()])
+            config_lib.validate(config)  # a value no run could take (batch 0, b1 1.5): before any cell runs
         except UserError as error:
             raise UserError(f"{error} (cell {cell.name})") from None
         for key, value in cell.overrides.items():
@@ -391,6 +393,7 @@ def main(argv):
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
     workdir = main_lib.WORKDIR.value
     try:
+        files.check_directory_path(workdir, "--workdir")
         plan = make_plan(
             config_path, _forwarded_config_args(sys.argv), _STRATEGIES.value, _GRID.value, _SEEDS.value
         )

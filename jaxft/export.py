@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from jaxft import tasks, trained
+from jaxft import files, tasks, trained
 from jaxft.errors import UserError
 from jaxft.models import convert
 from jaxft.strategies import peft as peft_lib
@@ -28,13 +28,14 @@ def export(workdir: str, out: str) -> str:
     """Writes the run in `workdir` as a Hugging Face model directory `out`; returns `out`.
 
     Files are written to a temporary sibling directory and renamed into place, so `out` is never half
-    written. An existing non-empty `out` is refused rather than overwritten.
+    written. An existing non-empty `out`, or a file there, is refused rather than overwritten.
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     from jaxft.predict import load_run
 
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    files.check_directory_path(out, "--out")
+    if os.path.isdir(out) and os.listdir(out):
         raise UserError(f"--out {out}: exists and is not an empty directory (choose a new one)")
     saved = trained.saved_config(workdir)
     peft = peft_lib.from_config(saved) if saved is not None else peft_lib.PeftConfig()
@@ -58,7 +59,10 @@ def export(workdir: str, out: str) -> str:
     }
     tmp = out.rstrip("/") + ".tmp-export"
     os.makedirs(tmp, exist_ok=True)
-    save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    # Written by us, not by safetensors' save_file, whose file is owner-only (0600): this way it gets the
+    # umask's mode, as the other files do.
+    with open(os.path.join(tmp, "model.safetensors"), "wb") as f:
+        f.write(save(tensors, metadata={"format": "pt"}))
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     run.tokenizer.save_pretrained(tmp)

@@ -4,6 +4,27 @@ import json
 import os
 import tempfile
 
+from jaxft.errors import UserError
+
+
+def nearest_existing(path: str) -> str:
+    """`path` if it exists, else its closest existing ancestor: the directory that creating it writes into."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_directory_path(path: str, what: str) -> None:
+    """Raises `UserError` when `path`, or the closest of its ancestors that exists, is not a directory.
+
+    `what` names the option in the message (`--workdir`, `--out`); nothing is created.
+    """
+    above = nearest_existing(path)
+    if not os.path.isdir(above):
+        where = "is a file" if above == os.path.abspath(path) else f"{above} is a file"
+        raise UserError(f"{what} {path}: {where}, not a directory")
+
 
 def write_atomic(path: str, data: str | bytes) -> None:
     """Writes `data` beside `path` and renames it into place: the file is either the old one or all new."""

@@ -14,7 +14,9 @@ Writes one JSON object per input example, in input order, by task:
 - relation: the `text`, the `head` and `tail` spans, the predicted `label` and `probabilities`. Input: JSONL
   as for training (the label may be absent).
 Uses the run's best checkpoint (else its newest), its label set and its saved tokenizer, so a workdir is all
-it needs.
+it needs. Bad input ends with one `error:` line on stderr and exit status 2; --batch-size and --output are
+checked before anything is loaded. Missing parent directories of --output are created, and an existing
+--output is replaced only once all predictions are written.
 """
 
 import argparse
@@ -28,7 +30,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxft import checkpoint, parallel, steps, tasks, trained
+from jaxft import checkpoint, files, parallel, steps, tasks, trained
 from jaxft.data import batching, tokenize
 from jaxft.data import labels as labels_lib
 from jaxft.errors import UserError
@@ -115,6 +117,35 @@ def predict_probabilities(
     return predict_outputs(run, examples, batch_size, progress)[0]
 
 
+def check_output(path: str) -> None:
+    """Raises UserError if `path` cannot become the output file, before any inference is spent on it.
+
+    Missing parent directories are fine: they are created when the predictions are written.
+    """
+    if os.path.isdir(path):
+        raise UserError(f"--output {path}: is a directory (give a file name)")
+    above = files.nearest_existing(os.path.dirname(os.path.abspath(path)))
+    if not os.path.isdir(above):
+        raise UserError(f"--output {path}: {above} is a file, not a directory")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise UserError(f"--output {path}: directory {above} is not writable")
+
+
+def write_predictions(path: str, records) -> None:
+    """Writes `records` as JSONL beside `path` and renames the file into place, creating missing parents."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="jaxft-predict", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="a jaxft training run's directory")
@@ -123,18 +154,21 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=128, help="examples per batch (default 128)")
     args = parser.parse_args(argv)
     try:
+        if args.batch_size < 1:
+            raise UserError(f"--batch-size {args.batch_size}: must be a positive number of examples")
+        check_output(args.output)
         run = load_run(args.workdir)
         task = tasks.from_config(run.config)
         examples = task.read(args.input, run.config.data, require_label=False)
         outputs, features = predict_outputs(run, examples, args.batch_size, progress=True)
+        records = task.prediction_records(examples, outputs, features, run.label_names)
+        try:
+            write_predictions(args.output, records)
+        except OSError as error:  # e.g. the disk filled up: the old file stays as it was
+            raise UserError(f"--output {args.output}: {error.strerror or error}") from None
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        for record in task.prediction_records(examples, outputs, features, run.label_names):
-            f.write(json.dumps(record) + "\n")
-    os.replace(tmp, args.output)
     print(f"wrote {len(examples)} predictions to {args.output} (parameters of step {run.step})")
     return 0
 

@@ -193,6 +193,7 @@ def test_grid_values_keep_commas_inside_brackets_and_parse_like_config_flags():
         ("lora", ["peft.method=lora"], "0", [], r"peft.method is set by both strategy 'lora' and --grid"),
         ("full", [], "0", ["--config.seed=4"], r"seed is set by both --seeds and --config.seed"),
         ("full", [], "0", ["--config.optimizer.nope=1"], r"unknown config key --config.optimizer.nope"),
+        ("full", ["training.batch_size=16,0"], "0", [], r"batch_size=0 must be positive \(cell full"),
     ],
 )
 def test_bad_input_is_one_user_error_naming_the_flag(strategies, grid, seeds, config_args, message):
@@ -224,6 +225,19 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, 
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(message)
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_cli_workdir_that_is_a_file_exits_2_with_one_line_and_leaves_the_file(tmp_path, below):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    workdir = afile / below if below else afile
+    result = _cli(f"--config={TINY}", f"--workdir={workdir}", "--cell=0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    where = "is a file" if not below else f"{afile} is a file"
+    assert result.stderr.startswith(f"error: --workdir {workdir}: {where}, not a directory")
+    assert afile.read_text() == "keep me" and os.listdir(tmp_path) == ["afile"]
 
 
 def test_help_explains_every_flag_and_strategy():

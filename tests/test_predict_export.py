@@ -1,6 +1,9 @@
 """Prediction from a workdir, and export to Hugging Face format that PyTorch loads with equal outputs."""
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +11,8 @@ import pytest
 from jaxft import export, predict
 from jaxft.data import readers
 from jaxft.errors import UserError
+
+DEV = str(Path(__file__).resolve().parents[1] / "data" / "demo_sentiment" / "dev.jsonl")
 
 
 def test_predict_writes_labels_and_probabilities_in_input_order(tiny_run, tmp_path):
@@ -23,6 +28,45 @@ def test_predict_writes_labels_and_probabilities_in_input_order(tiny_run, tmp_pa
         assert set(row["probabilities"]) == {"negative", "positive"}
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
         assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+
+
+def _predict_error(capsys, workdir, output, *extra) -> str:
+    """The stderr of a predict run that must fail as bad input: exit status 2 and one `error:` line."""
+    argv = ["--workdir", str(workdir), "--input", DEV, "--output", str(output), *extra]
+    assert predict.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    return err
+
+
+@pytest.mark.parametrize("size", ["0", "-5"])
+def test_predict_refuses_a_batch_size_below_one_before_loading_the_run(tmp_path, capsys, size):
+    # tmp_path is no workdir: the flag is checked first, or the error would be about the workdir.
+    err = _predict_error(capsys, tmp_path, tmp_path / "out.jsonl", "--batch-size", size)
+    assert err.startswith(f"error: --batch-size {size}: must be a positive")
+    assert os.listdir(tmp_path) == []
+
+
+def test_predict_refuses_an_unwritable_output_before_inference_and_leaves_it_as_it_was(tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("keep me")
+    err = _predict_error(capsys, tmp_path, tmp_path / "taken")  # no workdir: checked before loading it
+    assert err.startswith(f"error: --output {tmp_path / 'taken'}: is a directory")
+    plain = tmp_path / "plain"
+    plain.write_text("keep me")
+    err = _predict_error(capsys, tmp_path, plain / "out.jsonl")
+    assert err.startswith(f"error: --output {plain / 'out.jsonl'}: {plain} is a file, not a directory")
+    assert sorted(os.listdir(tmp_path)) == ["plain", "taken"]  # no stray .tmp
+    assert os.listdir(tmp_path / "taken") == ["file"]
+    assert (tmp_path / "taken" / "file").read_text() == plain.read_text() == "keep me"
+
+
+def test_predict_creates_the_outputs_missing_parent_directories(tiny_run, tmp_path):
+    out = tmp_path / "new" / "deeper" / "out.jsonl"
+    argv = ["--workdir", str(tiny_run[0]), "--input", DEV, "--output", str(out)]
+    assert predict.main(argv) == 0
+    assert len(out.read_text().splitlines()) == len(Path(DEV).read_text().splitlines())
+    assert os.listdir(out.parent) == ["out.jsonl"]
 
 
 def test_predicted_probabilities_match_the_models_eval_accuracy(tiny_run):
@@ -76,5 +120,19 @@ def test_export_refuses_a_non_empty_target_and_a_non_run(tiny_run, tmp_path):
     with pytest.raises(UserError, match="not an empty directory"):
         export.export(str(workdir), str(tmp_path / "taken"))
     assert (tmp_path / "taken" / "file").read_text() == "keep me"
+    (tmp_path / "plain").write_text("keep me")
+    with pytest.raises(UserError, match=r"--out .*plain: is a file, not a directory"):
+        export.export(str(workdir), str(tmp_path / "plain"))
+    with pytest.raises(UserError, match=r"--out .*plain/hf: .*plain is a file, not a directory"):
+        export.export(str(workdir), str(tmp_path / "plain" / "hf"))
+    assert (tmp_path / "plain").read_text() == "keep me"
     with pytest.raises(UserError, match="not a jaxft workdir"):
         export.export(str(tmp_path), str(tmp_path / "new"))
+    assert sorted(os.listdir(tmp_path)) == ["plain", "taken"]
+
+
+def test_exported_files_all_have_the_same_mode(tiny_run, tmp_path):
+    out = export.export(str(tiny_run[0]), str(tmp_path / "hf"))
+    modes = {name: stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode) for name in os.listdir(out)}
+    assert "model.safetensors" in modes and "config.json" in modes
+    assert len(set(modes.values())) == 1, modes  # safetensors' own save_file made its file 0600
