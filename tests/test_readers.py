@@ -1,6 +1,7 @@
 """Tests for jaxft.data.readers and jaxft.data.labels."""
 
 import gzip
+import json
 
 import numpy as np
 import pytest
@@ -62,8 +63,16 @@ def test_jsonl_and_gzip_and_env_expansion(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXFT_TEST_DATA", str(tmp_path))
     for path in (plain, "$JAXFT_TEST_DATA/a.jsonl.gz"):
         examples = read_examples(path, text_field="text", label_field="label", text_pair_field="p")
-        assert [(e.text, e.text_pair, e.label) for e in examples] == [("good", "x", "1"), ("3", "y", "True")]
+        assert [(e.text, e.text_pair, e.label) for e in examples] == [("good", "x", "1"), ("3", "y", "true")]
     assert examples[1].source == f"{tmp_path}/a.jsonl.gz:3"
+
+
+def test_jsonl_numbers_read_as_one_label_per_json_number(tmp_path):
+    """1 and 1.0 are one JSON number, so one class; booleans keep JSON's spelling."""
+    values = [0, 1, 1.0, -2.0, 0.5, 1e20, True, False]
+    path = write(tmp_path, "n.jsonl", "".join(json.dumps({"t": "x", "y": v}) + "\n" for v in values))
+    labels = [e.label for e in read_examples(path, text_field="t", label_field="y")]
+    assert labels == ["0", "1", "1", "-2", "0.5", "100000000000000000000", "true", "false"]
 
 
 def assert_user_error(path, *fragments, **kwargs):
@@ -165,3 +174,10 @@ def test_label_vocab_round_trip(tmp_path):
         load_label_vocab(write(tmp_path, "other.json", '{"classes": []}'))
     with pytest.raises(UserError, match="no such"):
         load_label_vocab(str(tmp_path / "absent.json"))
+
+
+@pytest.mark.parametrize("fmt", ["auto", "jsonl"])
+def test_a_directory_is_not_a_data_file(tmp_path, fmt):
+    (tmp_path / "train").mkdir()
+    message = assert_user_error(str(tmp_path / "train"), fmt=fmt)
+    assert message.startswith(f"{tmp_path / 'train'}: ") and "directory" in message, message

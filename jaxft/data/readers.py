@@ -103,6 +103,8 @@ def _resolve_format(path: str, fmt: str) -> str:
         if fmt not in _FORMATS:
             raise UserError(f"data.format={fmt!r} is not one of 'auto', 'csv', 'tsv', 'jsonl'")
         return fmt
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a directory, not a data file")
     stem = path[: -len(".gz")] if path.endswith(".gz") else path
     ext = os.path.splitext(stem)[1].lower()
     if ext not in _EXTENSIONS:
@@ -300,8 +302,11 @@ def _json_string(where: str, record: dict, key: str | None, option: str, require
     value = record[key]
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, bool | int | float):
-        return str(value)
+    if isinstance(value, bool):
+        return json.dumps(value)  # true / false, as the file spells them
+    if isinstance(value, int | float):
+        # One number, one string: 1 and 1.0 are the same JSON number, so the same label.
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
     raise UserError(f"{where}: {key!r} ({option}) must be a string, found {_json_type(value)}")
 
 
