@@ -95,6 +95,15 @@ def test_read_conll_refuses_bad_lines_naming_the_line(tmp_path, text, line, word
     assert all(word in message for word in words), message
 
 
+@pytest.mark.parametrize("column", [7, 3, -4, 0])
+def test_a_tag_column_outside_the_lines_is_refused(tmp_path, column):
+    path = _write(tmp_path / "three.conll", "a NN O\nb NN B-PER\n")
+    with pytest.raises(UserError, match=f"three.conll:1: task.tag_column={column} is outside the line's 3"):
+        tagging.read_conll(path, tag_column=column)
+    assert [s.tags for s in tagging.read_conll(path, tag_column=2)] == [("O", "B-PER")]
+    assert [s.words for s in tagging.read_conll(path, tag_column=column, require_tags=False)] == [("a", "b")]
+
+
 def test_tag_vocab_has_o_and_both_prefixes_of_every_type():
     sentences = [
         tagging.Sentence(("a", "b"), ("B-PER", "O"), "f:1"),

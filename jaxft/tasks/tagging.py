@@ -96,6 +96,11 @@ def read_conll(path: str, *, tag_column: int = -1, scheme: str = "iob2", require
                 raise UserError(
                     f"{path}:{number}: found 1 column; a CoNLL line is `word ... tag`, whitespace-separated"
                 )
+            if require_tags and (tag_column == 0 or not -columns < tag_column < columns):
+                raise UserError(
+                    f"{path}:{number}: task.tag_column={tag_column} is outside the line's {columns} columns "
+                    f"(the tag is column 1 to {columns - 1}, or -1 for the last; column 0 is the word)"
+                )
         if len(fields) != columns:
             raise UserError(
                 f"{path}:{number}: expected {columns} columns (as on the file's first line), "
