@@ -38,6 +38,7 @@ _NON_NEGATIVE = (
     "optimizer.weight_decay",
     "optimizer.l2_penalty",
     "optimizer.max_grad_norm",
+    "optimizer.eps",
     "training.eval_every",
     "training.early_stopping_patience",
     "training.early_stopping_min_delta",
@@ -77,6 +78,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise UserError(
             "config model.checkpoint is not set, and without it model.tokenizer must name a tokenizer"
         )
+    for key in ("b1", "b2", "momentum"):  # decay rates: 1 or more never forgets, or grows without bound
+        if not 0 <= config.optimizer[key] < 1:
+            raise UserError(f"config optimizer.{key}={config.optimizer[key]} must be in [0, 1)")
+    if config.optimizer.layer_decay <= 0:
+        raise UserError(f"config optimizer.layer_decay={config.optimizer.layer_decay} must be positive")
     for dropout in ("classifier_dropout", "hidden_dropout", "attention_dropout"):
         value = config.model[dropout]
         if value is not None and not 0 <= value < 1:

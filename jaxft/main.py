@@ -4,7 +4,7 @@
 The one module that defines the training flags; the job is `jaxft.train.train_and_evaluate`. Its public
 helpers (`parse`, `config_or_fail`, `fail`, `one_line`, ...) also serve `jaxft.compare`, which takes the same
 `--config` / `--workdir` flags. Bad input ends with one line on stderr and exit status 2, a diverged run
-with exit status 3, a pre-empted one (SIGTERM; checkpoint saved) with 143.
+with exit status 3, a pre-empted one (checkpoint saved) with 143 for SIGTERM and 130 for Ctrl-C.
 Several hosts: start the same command on each with `--distributed` (and, where JAX cannot detect the cluster,
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`).
 """
@@ -84,6 +84,9 @@ def config_or_fail():
         config.keys()  # ml_collections defers a load failure (an OSError) to the first access
     except OSError as error:
         fail(f"--config {path}: {one_line(error.__cause__ or error)}")
+    except AttributeError:  # get_config() returned something else
+        kind = type(config).__name__
+        fail(f"--config {path}: get_config() must return an ml_collections.ConfigDict, not {kind}")
     return config
 
 
@@ -105,18 +108,23 @@ def main(argv):
             num_processes=NUM_PROCESSES.value,
             process_id=PROCESS_ID.value,
         )
+    from jaxft.config import expand_path
     from jaxft.errors import UserError
     from jaxft.preemption import Preempted
     from jaxft.train import train_and_evaluate
 
     try:
-        train_and_evaluate(config, WORKDIR.value)
+        train_and_evaluate(config, expand_path(WORKDIR.value))  # `$RUNS/x` as the data paths take it
     except UserError as error:
         fail(str(error))
     except FloatingPointError as error:
         fail(str(error), status=3)
     except Preempted as error:
-        fail(str(error), status=143)  # 128 + SIGTERM, as if the signal had ended the process
+        fail(
+            str(error), status=error.status
+        )  # 143 for SIGTERM, 130 for Ctrl-C: as if the signal had ended it
+    except KeyboardInterrupt:  # a Ctrl-C before training started, or a second one: nothing saved for it
+        fail("interrupted (Ctrl-C)", status=130)
 
 
 def config_package_roots(argv) -> list[str]:

@@ -1,6 +1,7 @@
 """Pre-emption: on SIGTERM, finish the current step, save a checkpoint, and exit so that a restart resumes.
 
-Single process: our own SIGTERM handler sets a flag that the loop checks after each step. Under
+Single process: our own SIGTERM handler sets a flag that the loop checks after each step. Ctrl-C (SIGINT)
+does the same, and a second Ctrl-C interrupts at once (Python's default: KeyboardInterrupt). Under
 `jax.distributed`, JAX's preemption service already catches SIGTERM (ENVIRONMENT.md), and every process
 must stop at the same step: `multihost_utils.reached_preemption_sync_point` says when.
 """
@@ -14,32 +15,40 @@ import jax
 class Preempted(Exception):
     """Raised after the pre-emption checkpoint is written; the run resumes from it when restarted."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int, signum: int = signal.SIGTERM):
+        name = signal.Signals(signum).name
         super().__init__(
-            f"pre-empted (SIGTERM): checkpoint saved at step {step}; rerun the same command to resume"
+            f"pre-empted ({name}): checkpoint saved at step {step}; rerun the same command to resume"
         )
         self.step = step
+        self.status = 128 + signum  # the exit status a shell reports for a process the signal ended
 
 
 class PreemptionGuard:
-    """Context manager that turns SIGTERM into a flag checked once per step."""
+    """Context manager that turns SIGTERM and a first SIGINT into a flag checked once per step."""
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signum = signal.SIGTERM  # the signal that asked to stop (multi-host: JAX's, SIGTERM)
+        self._previous = {}
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.requested, self.signum = True, signum
+        if signum == signal.SIGINT:  # the next Ctrl-C is not waited on
+            signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
 
     def __enter__(self):
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            signals = [signal.SIGTERM]
+            if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:  # else the launcher ignores it (background)
+                signals.append(signal.SIGINT)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
         return False
 
     def should_stop(self, step: int) -> bool:

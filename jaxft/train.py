@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 
 import jax
@@ -100,6 +101,31 @@ def _check_same_task(workdir: str, task: tasks.Task, whose: str) -> None:
         )
 
 
+# The PEFT settings that decide which parameters a run's checkpoints hold, by method.
+_PEFT_STRUCTURE = {
+    "lora": ("lora_rank", "lora_targets"),
+    "adapter": ("adapter_size",),
+    "prompt": ("num_virtual_tokens",),
+    "prefix": ("num_virtual_tokens",),
+}
+
+
+def _check_same_peft(workdir: str, peft, whose: str) -> None:
+    """Refuses to resume a run under another PEFT method or structure (its checkpoints hold other tensors)."""
+    saved = _saved_json(workdir, "config.json")
+    if saved is None:
+        return
+    recorded = saved.get("peft") or {}
+    for key in ("method", *_PEFT_STRUCTURE.get(peft.method, ())):
+        ours = json.loads(json.dumps(peft[key]))  # as config.json holds it (a tuple is a list there)
+        theirs = recorded.get(key, "none" if key == "method" else None)
+        if ours != theirs:
+            raise UserError(
+                f"config peft.{key}={peft[key]!r} differs from {theirs!r} {whose} "
+                "(change it back, or use another workdir)"
+            )
+
+
 def _check_same_model(workdir: str, bert_config: BertConfig, label_names: list[str], whose: str) -> None:
     """Refuses to load parameters saved by a model of another shape (read from its workdir's files)."""
     saved = _saved_json(workdir, MODEL_CONFIG)
@@ -123,9 +149,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     tasks.validate(config)
     task = tasks.from_config(config)
     strategy_checks.validate(config, task.name)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UserError(f"workdir {workdir} exists and is not a directory")
+    tasks.best_metric(config, task)  # a metric the task does not report fails here, not at the first eval
+    files.check_directory_path(workdir, "workdir")
     _check_same_task(workdir, task, "of the run being resumed in this workdir")
+    _check_same_peft(workdir, config.peft, "in the run being resumed in this workdir")
     labels_path = os.path.join(workdir, "labels.json")
     saved_labels = labels_lib.load_label_vocab(labels_path) if os.path.exists(labels_path) else None
     label_names, splits = pipeline.read_splits(
@@ -281,10 +308,31 @@ def run_evaluation(
     return result.metrics, totals
 
 
-def _write_run_files(setup: Setup) -> None:
+def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts (a key on one side only counts)."""
+    changed = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+def _write_run_files(setup: Setup, start_step: int) -> None:
+    """The run's config, labels, model config and tokenizer. A resumed run whose config changed keeps the
+    one it ran under until now as config.before-step-N.json, and the log names what changed."""
     workdir = setup.workdir
     os.makedirs(workdir, exist_ok=True)
-    files.write_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(setup.config))
+    path, text = os.path.join(workdir, "config.json"), config_lib.to_json(setup.config)
+    previous = _saved_json(workdir, "config.json")
+    if previous is not None and previous != json.loads(text):
+        kept = os.path.join(workdir, f"config.before-step-{start_step}.json")
+        files.write_json_atomic(kept, previous)
+        changed = ", ".join(_changed_keys(previous, json.loads(text)))
+        logging.warning("Resuming with a changed config (%s); the previous one is kept as %s", changed, kept)
+    files.write_atomic(path, text)
     labels_lib.save_label_vocab(os.path.join(workdir, "labels.json"), setup.label_names)
     files.write_json_atomic(os.path.join(workdir, MODEL_CONFIG), setup.bert_config.to_hf_dict())
     setup.tokenizer.save_pretrained(os.path.join(workdir, TOKENIZER_DIR))
@@ -357,13 +405,8 @@ def _evaluate_and_track(parallelism, eval_fn, state, split, setup, step, writer,
     metrics, totals = run_evaluation(
         eval_fn, state.params, split, setup.config, setup.label_names, step, writer, eval_dir
     )
-    name = tasks.best_metric(setup.config, setup.task)
-    if name not in metrics:
-        raise UserError(
-            f"config training.best_metric={name!r} is not an eval metric of task {setup.task.name!r}; "
-            f"choose from {', '.join(sorted(metrics))}"
-        )
-    value = metrics[name]
+    assert set(metrics) == set(setup.task.metric_names(setup.config.data)), metrics  # best_metric's choices
+    value = metrics[tasks.best_metric(setup.config, setup.task)]
     if not math.isfinite(value):  # a correlation of constant predictions is NaN: count it as the worst
         value = -math.inf if tc.best_mode == "max" else math.inf
     if best.update(value, step):
@@ -441,30 +484,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Raises:
       UserError: bad input (nothing was written), FloatingPointError: too many non-finite steps,
-      Preempted: SIGTERM arrived (a checkpoint of the current step was written first).
+      Preempted: SIGTERM or a first Ctrl-C arrived (a checkpoint of the current step was written first).
     """
     if config.training.keep_cpu_step_memory:
         cpu.keep_step_memory()  # before anything touches a device
     setup = prepare(config, workdir)
     tc = config.training
+    new_workdir = not os.path.exists(workdir)
+    # The checks that need tokens or parameters (an entity span too long, a checkpoint's shapes, a PEFT
+    # run's base) come before the run's files are written: a failed start leaves a resumed run's files as
+    # they were and removes a workdir it created.
+    try:
+        cache_dir = os.path.join(workdir, "cache") if config.data.cache else None
+        pipeline.tokenize_splits(
+            setup.splits, setup.tokenizer, config.data, cache_dir, setup.task, setup.label_names
+        )
+        train_split, bucket_list = setup.splits["train"], pipeline.buckets(config.data)
+        per_epoch = pipeline.steps_per_epoch(train_split, bucket_list, tc.batch_size)
+        total_steps = tc.num_train_steps if tc.num_train_steps > 0 else tc.num_epochs * per_epoch
+        model = create_model(config, setup.bert_config, len(setup.label_names), setup.tokenizer)
+        peft = peft_lib.from_config(config)
+        tx = optim.create_optimizer(config.optimizer, total_steps, peft)
+        # Several processes save synchronously: two async Orbax managers (latest and best) saving at the
+        # same step can collide in Orbax's multi-host barriers ("Barrier ... is already ongoing").
+        async_save = tc.async_checkpoints and jax.process_count() == 1
+        ckpts = checkpoint.Checkpoints(workdir, keep=tc.keep_checkpoints, async_save=async_save)
+        best = BestMetric(tc.best_mode, tc.early_stopping_min_delta, tc.early_stopping_patience)
+        state = _start_state(setup, model, tx, ckpts, best)
+    except UserError:
+        if new_workdir and parallel.is_chief():
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
     if parallel.is_chief():
-        _write_run_files(setup)
-    cache_dir = os.path.join(workdir, "cache") if config.data.cache else None
-    pipeline.tokenize_splits(
-        setup.splits, setup.tokenizer, config.data, cache_dir, setup.task, setup.label_names
-    )
-    train_split, bucket_list = setup.splits["train"], pipeline.buckets(config.data)
-    per_epoch = pipeline.steps_per_epoch(train_split, bucket_list, tc.batch_size)
-    total_steps = tc.num_train_steps if tc.num_train_steps > 0 else tc.num_epochs * per_epoch
-    model = create_model(config, setup.bert_config, len(setup.label_names), setup.tokenizer)
-    peft = peft_lib.from_config(config)
-    tx = optim.create_optimizer(config.optimizer, total_steps, peft)
-    # Several processes save synchronously: two async Orbax managers (latest and best) saving at the same
-    # step can collide in Orbax's multi-host barriers ("Barrier ... is already ongoing").
-    async_save = tc.async_checkpoints and jax.process_count() == 1
-    ckpts = checkpoint.Checkpoints(workdir, keep=tc.keep_checkpoints, async_save=async_save)
-    best = BestMetric(tc.best_mode, tc.early_stopping_min_delta, tc.early_stopping_patience)
-    state = _start_state(setup, model, tx, ckpts, best)
+        _write_run_files(setup, int(state.step))
     start_step = int(state.step)
     parallelism = parallel.from_config(tc)
     state = parallelism.place_state(state)
@@ -533,7 +585,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if step % tc.checkpoint_every == 0 or step == total_steps or best.should_stop or preempted:
                     save(step)
                 if preempted:
-                    raise Preempted(step)
+                    raise Preempted(step, preemption.signum)
                 if best.should_stop:
                     logging.info(
                         "Early stopping at step %d: no %s improvement in %d evaluations (best %.4f at %d)",

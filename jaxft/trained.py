@@ -122,14 +122,17 @@ def initial_params(config: ml_collections.ConfigDict, pretrained: dict | None, m
         if head is not None and "classifier" not in params:
             logging.info("The checkpoint's classifier is not used: this task's head is another")
             del pretrained["classifier"]
-        elif head is not None and head["kernel"].shape != params["classifier"]["kernel"].shape:
+        elif head is not None and head["kernel"].shape[-1] != params["classifier"]["kernel"].shape[-1]:
             logging.info(
                 "The checkpoint's classifier has %d labels, this task %d: the head starts anew",
                 head["kernel"].shape[-1],
                 params["classifier"]["kernel"].shape[-1],
             )
             del pretrained["classifier"]
-        params = convert.merge_pretrained(params, pretrained)
+        try:
+            params = convert.merge_pretrained(params, pretrained)
+        except UserError as error:
+            raise UserError(f"model.checkpoint={config.model.checkpoint}: {error}") from None
     else:
         logging.info("No model.checkpoint: the encoder starts from random weights")
     return peft_lib.init_prompt_from_vocab(params, config.seed)

@@ -258,6 +258,24 @@ def test_num_shards_that_cannot_split_the_batch(workdir):
     fails(config, workdir, "training.batch_size=16 must be divisible by data.num_shards=3")
 
 
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("optimizer.b1", 1.5, "must be in [0, 1)"),
+        ("optimizer.b2", 1.0, "must be in [0, 1)"),
+        ("optimizer.momentum", -0.1, "must be in [0, 1)"),
+        ("optimizer.eps", -1e-8, "must not be negative"),
+        ("optimizer.layer_decay", 0.0, "must be positive"),
+    ],
+)
+def test_optimizer_values_that_cannot_converge(key, value, words):
+    from jaxft import config as config_lib
+
+    with pytest.raises(UserError) as info:
+        config_lib.validate(tiny_config(**{key: value}))
+    assert str(info.value) == f"config {key}={value} {words}"
+
+
 def test_invalid_choice(workdir):
     fails(tiny_config(**{"optimizer.name": "adam"}), workdir, "optimizer.name", "'adam'", "adamw")
 
@@ -318,6 +336,16 @@ def test_cli_new_workdir(tmp_path, case):
     assert not os.path.lexists(workdir)
 
 
+def test_cli_workdir_with_an_unset_variable():
+    """`--workdir` expands `$VARS` as the data paths do; an unset one is an error, not a literal directory."""
+    assert "JAXFT_UNSET_FOR_TEST" not in os.environ
+    workdir = "$JAXFT_UNSET_FOR_TEST/run"
+    result = run_cli(workdir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1] == f"error: path {workdir!r}: environment variable in it is not set"
+    assert not os.path.lexists(REPO / "$JAXFT_UNSET_FOR_TEST")
+
+
 @pytest.mark.parametrize("case", ["batch-not-divisible", "unknown-key", "wrong-type"])
 def test_cli_previous_run(previous_run, tmp_path, case):
     args, words = CLI_CASES[case]
@@ -332,8 +360,9 @@ def test_cli_previous_run(previous_run, tmp_path, case):
         ("def get_config():\n    return (\n", ["config_file.py:2", "never closed"]),
         ("def get_config():\n    return undefined_name\n", ["NameError", "undefined_name"]),
         ("def get_config():\n    raise ValueError('no such preset')\n", ["ValueError", "no such preset"]),
+        ("def get_config():\n    return 3\n", ["must return an ml_collections.ConfigDict, not int"]),
     ],
-    ids=["syntax-error", "name-error", "value-error"],
+    ids=["syntax-error", "name-error", "value-error", "not-a-config"],
 )
 def test_cli_broken_config_file(tmp_path, source, words):
     config_file = write(tmp_path / "config_file.py", source)
@@ -348,3 +377,40 @@ def test_init_from_workdir_of_another_architecture(workdir, previous_run):
     config = tiny_config(**{"model.init_from_workdir": str(source), "model.random_init.hidden_size": 64})
     # In a previous run's workdir the resume check speaks first; either way the sizes are named.
     fails(config, workdir, "hidden_size=64", "32")
+
+
+# ---- checks that need more than the config: before the run's files are written -------------------------
+
+
+def test_best_metric_the_task_does_not_report(workdir):
+    """Checked before training (it used to fail at the first evaluation, after steps and checkpoints)."""
+    fails(tiny_config(**{"training.best_metric": "acc"}), workdir, "training.best_metric='acc'", "accuracy")
+
+
+def test_peft_method_differs_from_the_resumed_run(previous_run, tmp_path):
+    path = copy_of_previous_run(previous_run, tmp_path)
+    fails(tiny_config(**{"peft.method": "lora"}), path, "peft.method='lora'", "'none'")
+    assert_unchanged(path, previous_run[1])
+
+
+def test_checkpoint_whose_tensors_do_not_fit_its_config(tmp_path):
+    """Found when the parameters are built, after `prepare`: the workdir this start created is removed."""
+    import numpy as np
+    import safetensors.numpy
+
+    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+    config_json = {"model_type": "bert", "vocab_size": 600, "max_position_embeddings": 64, **shape}
+    checkpoint = write(tmp_path / "checkpoint" / "config.json", json.dumps(config_json)).parent
+    tensors = {"bert.embeddings.LayerNorm.bias": np.zeros(16, np.float32)}
+    safetensors.numpy.save_file(tensors, str(checkpoint / "model.safetensors"))
+    new = tmp_path / "new_workdir"
+    fails(tiny_config(**{"model.checkpoint": str(checkpoint)}), new, str(checkpoint), "(16,)", "(32,)")
+    assert not new.exists()
+
+
+@pytest.mark.parametrize("below", ["", "run"])
+def test_workdir_that_is_or_goes_through_a_file(tmp_path, below):
+    plain = write(tmp_path / "plain", "not a directory")
+    workdir = plain / below if below else plain
+    fails(tiny_config(), workdir, f"workdir {workdir}: ", "is a file, not a directory")
+    assert plain.read_text() == "not a directory"

@@ -61,7 +61,10 @@ def test_skip_policy_skips_a_non_finite_step_and_finishes(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_current_step_exits_non_zero_and_the_rerun_resumes(tmp_path):
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["TERM", "INT"])
+def test_sigterm_or_ctrl_c_saves_the_current_step_exits_non_zero_and_the_rerun_resumes(
+    tmp_path, signum, status
+):
     workdir = tmp_path / "run"
     command = [
         sys.executable,
@@ -76,8 +79,16 @@ def test_sigterm_saves_the_current_step_exits_non_zero_and_the_rerun_resumes(tmp
         "--config.training.log_every=1",
     ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    # SIGINT as from a terminal: a runner that started the tests in the background may ignore it.
+    default_int = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_int,
     )
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 120
@@ -85,11 +96,11 @@ def test_sigterm_saves_the_current_step_exits_non_zero_and_the_rerun_resumes(tmp
         time.sleep(0.2)
     assert process.poll() is None, process.communicate()[1][-2000:]
     sent = time.time()
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
     assert time.time() - sent < 30
-    assert process.returncode == 143, stderr[-2000:]
-    assert "pre-empted" in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+    assert process.returncode == status, stderr[-2000:]
+    assert f"pre-empted ({signum.name})" in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
     step, _ = _latest(workdir)
     assert step >= 3  # the step it was on when the signal came, not an older one
     rerun = subprocess.run(
@@ -122,6 +133,26 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, tmp_
     _, expected = _latest(workdir)
     _, resumed = _latest(copy)
     jax.tree.map(np.testing.assert_array_equal, resumed["params"], expected["params"])
+
+
+def test_resuming_with_a_changed_config_keeps_the_previous_one(tiny_run, tmp_path, caplog):
+    import json
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run[0], copy)
+    before = (copy / "config.json").read_text()
+    config = tiny.get_config()
+    config.training.num_train_steps, config.training.log_every = 14, 1
+    with caplog.at_level("INFO"):
+        train.train_and_evaluate(config, str(copy))
+    assert json.loads((copy / "config.before-step-12.json").read_text()) == json.loads(before)
+    assert json.loads((copy / "config.json").read_text())["training"]["num_train_steps"] == 14
+    changed = [r.getMessage() for r in caplog.records if "changed config" in r.getMessage()]
+    assert changed == [
+        "Resuming with a changed config (training.log_every, training.num_train_steps); the previous one is "
+        f"kept as {copy / 'config.before-step-12.json'}"
+    ]
 
 
 @pytest.mark.slow

@@ -143,6 +143,18 @@ def from_config(config: ml_collections.ConfigDict) -> Task:
 
 
 def best_metric(config: ml_collections.ConfigDict, task: Task) -> str:
-    """`training.best_metric`, "auto" resolved to the task's own (accuracy, pearson, micro_f1, f1, f1)."""
+    """`training.best_metric`, "auto" resolved to the task's own (accuracy, pearson, micro_f1, f1, f1).
+
+    Raises `UserError` when the task's evaluation does not report it: checked before training, not at the
+    first evaluation.
+    """
     chosen = config.training.best_metric
-    return task.default_metric if chosen == "auto" else chosen
+    if chosen == "auto":
+        return task.default_metric
+    names = task.metric_names(config.data)
+    if chosen not in names:
+        raise UserError(
+            f"config training.best_metric={chosen!r} is not an eval metric of task {task.name!r}; "
+            f"choose from auto, {', '.join(sorted(names))}"
+        )
+    return chosen

@@ -53,7 +53,13 @@ class Task:
 
     name: ClassVar[str] = ""
     default_metric: ClassVar[str] = ""  # training.best_metric="auto" picks this one
+    # The keys of `report(...).metrics`: what training.best_metric may name.
+    summary_metrics: ClassVar[tuple[str, ...]] = ()
     head: ClassVar[str] = "sequence"  # "sequence" (pooled output) or "token" (every position)
+
+    def metric_names(self, data: ml_collections.ConfigDict) -> tuple[str, ...]:
+        """The keys of `report(...).metrics` under this data config, known before any evaluation."""
+        return self.summary_metrics
 
     # ---- host: data --------------------------------------------------------------------------------------
     def read(self, path: str, data: ml_collections.ConfigDict, *, require_label: bool = True) -> list:

@@ -26,6 +26,7 @@ class Classification(Task):
 
     name = "classification"
     default_metric = "accuracy"
+    summary_metrics = ("accuracy", "macro_f1", "weighted_f1", "loss", "num_examples")
     # Training targets (1 - s) * one-hot + s / classes (Szegedy et al. 2016); the reported eval loss is plain.
     label_smoothing: float = 0.0
 
@@ -33,6 +34,9 @@ class Classification(Task):
         names = labels_lib.build_label_vocab(examples, data.labels)
         self.check_label_names(names, data)
         return names
+
+    def metric_names(self, data: ml_collections.ConfigDict) -> tuple[str, ...]:
+        return self.summary_metrics + (("f1",) if data.positive_label is not None else ())
 
     def check_label_names(self, names: list[str], data: ml_collections.ConfigDict) -> None:
         if data.positive_label is not None and data.positive_label not in names:

@@ -102,6 +102,15 @@ class MultiLabel(Task):
 
     name = "multilabel"
     default_metric = "micro_f1"
+    summary_metrics = (
+        "micro_f1",
+        "macro_f1",
+        "weighted_f1",
+        "samples_f1",
+        "subset_accuracy",
+        "loss",
+        "num_examples",
+    )
 
     def read(self, path: str, data: ml_collections.ConfigDict, *, require_label: bool = True) -> list:
         jsonl = _is_jsonl(path, data.format)

@@ -61,6 +61,7 @@ class Ner(Task):
 
     name = "ner"
     default_metric = "f1"
+    summary_metrics = ("f1", "precision", "recall", "accuracy", "loss", "num_examples")
     head = "token"
 
     def read(self, path: str, data: ml_collections.ConfigDict, *, require_label: bool = True) -> list:

@@ -39,6 +39,7 @@ class QuestionAnswering(Task):
 
     name = "qa"
     default_metric = "f1"
+    summary_metrics = ("exact_match", "f1", "loss", "num_examples")
     head = "span"
 
     def read(self, path: str, data: ml_collections.ConfigDict, *, require_label: bool = True) -> list:

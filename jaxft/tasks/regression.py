@@ -61,6 +61,7 @@ class Regression(Task):
 
     name = "regression"
     default_metric = "pearson"
+    summary_metrics = ("pearson", "spearman", "mse", "loss", "num_examples")
 
     def label_names(self, examples: list, data: ml_collections.ConfigDict) -> list[str]:
         refuse_given_labels(data, self.name)
