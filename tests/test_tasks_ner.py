@@ -110,7 +110,9 @@ def test_tag_vocab_has_o_and_both_prefixes_of_every_type():
         tagging.Sentence(("c",), ("B-LOC",), "f:4"),
     ]
     assert tagging.tag_vocab(sentences) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
-    with pytest.raises(UserError, match="f:5: tag 'B-ORG' is not in the tag set"):
+    with pytest.raises(
+        UserError, match=r"f:5: tag 'B-ORG' \(in IOB2, as tags are read\) is not in the tag set"
+    ):
         tagging.encode_tags([tagging.Sentence(("x", "y"), ("O", "B-ORG"), "f:4")], ["O", "B-PER", "I-PER"])
 
 

@@ -149,8 +149,8 @@ def encode_tags(sentences: list[Sentence], names: list[str]) -> list[np.ndarray]
         for i, tag in enumerate(sentence.tags):
             if tag not in ids:
                 raise UserError(
-                    f"{sentence.where(i)}: tag {tag!r} is not in the tag set {names} "
-                    "(tags come from the train split or data.labels)"
+                    f"{sentence.where(i)}: tag {tag!r} (in IOB2, as tags are read) is not in the tag set "
+                    f"{names} (tags come from the train split or data.labels)"
                 )
         out.append(np.array([ids[tag] for tag in sentence.tags], np.int32))
     return out
