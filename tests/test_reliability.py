@@ -79,17 +79,15 @@ def test_sigterm_or_ctrl_c_saves_the_current_step_exits_non_zero_and_the_rerun_r
         "--config.training.log_every=1",
     ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    # SIGINT as from a terminal: a runner that started the tests in the background may ignore it.
-    default_int = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-    process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=default_int,
-    )
+    # SIGINT as from a terminal: a runner that started the tests in the background may ignore it, and the
+    # child would inherit that. A handler (not SIG_IGN) in this process becomes the default in the child.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
