@@ -41,6 +41,23 @@ def test_pairs_and_errors():
         readers.read_examples("tfds:glue/sst2", text_field="sentence", label_field="label")
 
 
+def test_an_unprepared_split_is_refused_without_a_download(tmp_path, monkeypatch):
+    import tensorflow_datasets.text.glue  # noqa: F401  (registers glue, as the reader does)
+    from tensorflow_datasets.core import constants, download
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("TFDS was asked to download")
+
+    monkeypatch.setattr(download.DownloadManager, "download", no_download)
+    monkeypatch.setattr(download.DownloadManager, "download_and_extract", no_download)
+    monkeypatch.setattr(constants, "DATA_DIR", str(tmp_path))  # an empty data dir, wherever tests run
+    with pytest.raises(UserError) as raised:
+        readers.read_examples("tfds:glue/sst2:train", text_field="sentence", label_field="label")
+    message = str(raised.value)
+    assert message.startswith(f"tfds:glue/sst2:train: not prepared in {tmp_path}/glue/sst2/"), message
+    assert "jaxft never downloads" in message and "`tfds build glue/sst2`" in message
+
+
 # ---- NER and QA splits ---------------------------------------------------------------------------------
 # TFDS's random mock records do not hold together (tokens and tags of different lengths, answers that are not
 # in their context), so these tests hand TFDS records of their own, shaped as real array_record data reads

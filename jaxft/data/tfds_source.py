@@ -74,10 +74,16 @@ def _open(spec: str):
             importlib.import_module(module)
         except ImportError:
             pass
+    builder = None
     try:
         builder = tfds.builder(name)
-        source = tfds.data_source(name, split=split)
+        source = tfds.data_source(name, split=split, download=False)  # never a download at run time
     except Exception as error:  # TFDS raises its own types for unknown names, splits and unprepared data
+        if builder is not None and not builder.is_prepared():
+            raise UserError(
+                f"{spec}: not prepared in {builder.data_dir} (jaxft never downloads: prepare it once with "
+                f"`tfds build {name}`, or set TFDS_DATA_DIR to where it is prepared)"
+            ) from None
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{spec}: cannot open the TFDS split ({first})") from None
     return builder, source
