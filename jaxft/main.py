@@ -143,6 +143,11 @@ def run():
     for root in config_package_roots(sys.argv):
         if root not in sys.path:
             sys.path.insert(0, root)
+    # absl's --help lists the flags of the module named by sys.argv[0] (train.py, the console script).
+    listed = flags.FLAGS.get_key_flags_for_module(sys.argv[0])
+    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+        if flag not in listed:
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main, flags_parser=parse)
 
 

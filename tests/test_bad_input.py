@@ -414,3 +414,11 @@ def test_workdir_that_is_or_goes_through_a_file(tmp_path, below):
     workdir = plain / below if below else plain
     fails(tiny_config(), workdir, f"workdir {workdir}: ", "is a file, not a directory")
     assert plain.read_text() == "not a directory"
+
+
+def test_cli_help_lists_the_training_flags():
+    result = subprocess.run(
+        [sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    flags = [line.split(":")[0].strip() for line in result.stdout.splitlines() if line.startswith("  --")]
+    assert {"--config", "--workdir", "--[no]distributed"} <= set(flags), result.stdout
