@@ -284,10 +284,11 @@ def eval_counts(eval_fn, params, split, bucket_list: list[int], batch_size: int,
 
 
 def run_evaluation(
-    eval_fn, params, split, config, label_names, step, writer, eval_dir, totals=None
+    eval_fn, params, split, config, label_names, step, writer, eval_dir, totals=None, *, params_step=None
 ) -> tuple[dict, dict]:
     """Evaluates `split` exactly (every example once), writes its report; returns (summary metrics, the
-    counts it was built from). `totals`: counts of an earlier evaluation of these very parameters, reused."""
+    counts it was built from). `step`: the training step, or None for the final report, whose parameters
+    are those of `params_step`. `totals`: counts of an earlier evaluation of these very parameters, reused."""
     task = tasks.from_config(config)
     if totals is None:
         totals = eval_counts(
@@ -301,7 +302,11 @@ def run_evaluation(
     result = task.report(totals, split, label_names, config.data)
     if parallel.is_chief():
         name = evaluate.report_name(split.name, step)
-        extra = {"step": step, "split": split.name, "loss": result.metrics["loss"]}
+        extra = {
+            "step": params_step if step is None else step,
+            "split": split.name,
+            "loss": result.metrics["loss"],
+        }
         evaluate.write_result(eval_dir, name, result, label_names, extra, task.name)
         if step is not None:
             writer.write_eval(step, split.name, result.metrics)
@@ -435,7 +440,7 @@ def _final_reports(parallelism, eval_fn, state, setup, writer, ckpts, best, step
         if best_params
         else state.params
     )
-    final = {}
+    final, final_from = {}, best.best_step if best_params else step
     for name in ("eval", "test"):
         if name in setup.splits:
             reuse = best_params and best_eval and best_eval[0] == best.best_step and name == "eval"
@@ -449,12 +454,12 @@ def _final_reports(parallelism, eval_fn, state, setup, writer, ckpts, best, step
                 writer,
                 eval_dir,
                 totals=best_eval[1] if reuse else None,
+                params_step=final_from,
             )
             if parallel.is_chief():
                 with open(os.path.join(eval_dir, evaluate.report_name(name, None) + ".txt")) as f:
                     print(f.read())
     if parallel.is_chief():
-        final_from = best.best_step if best_params else step
         files.write_json_atomic(
             os.path.join(setup.workdir, "final_metrics.json"),
             {"params_from_step": final_from, **_run_facts(current, peft), **final},

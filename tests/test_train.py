@@ -45,6 +45,10 @@ def test_end_to_end_writes_everything_a_user_relies_on(tiny_run):
     assert json.loads((workdir / "config.json").read_text())["training"]["num_train_steps"] == 12
     report = json.loads((workdir / "eval/final_eval.json").read_text())
     assert report["report"]["macro avg"]["support"] == 100  # every dev example, once
+    # The final report says whose parameters it describes: the best checkpoint's step.
+    best_step = json.loads((workdir / "final_metrics.json").read_text())["params_from_step"]
+    assert report["step"] == best_step == int(os.listdir(workdir / "checkpoints/best")[0])
+    assert f"step: {best_step}" in (workdir / "eval/final_eval.txt").read_text()
     assert sum(map(sum, report["confusion_matrix"])) == 100
     assert final["eval"]["accuracy"] == pytest.approx(report["report"]["accuracy"])
     records = read_metrics(str(workdir / "metrics.jsonl"))
