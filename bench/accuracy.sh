@@ -7,6 +7,7 @@
 #   bench/accuracy.sh DATA_DIR imdb-torch  PyTorch reference on the same subset
 # DATA_DIR holds sst2/ and imdb/ (e.g. ../shared/data). Not run by CI.
 set -euo pipefail
+if [ $# -lt 2 ]; then echo "usage: $0 DATA_DIR sst2|sst2-bf16|sst2-torch|imdb-cpu|imdb-torch" >&2; exit 2; fi
 cd "$(dirname "$0")/.."
 data=$(cd "$1" && pwd); job=$2
 py=${PYTHON:-.venv/bin/python}

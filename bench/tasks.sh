@@ -10,6 +10,7 @@
 # DATA_DIR holds mrpc/, conll2003/, squad_v1.1/ (e.g. ../shared/data). Extra arguments go to train.py
 # (e.g. --config.training.num_epochs=1). Not run by CI.
 set -euo pipefail
+if [ $# -lt 2 ]; then echo "usage: $0 DATA_DIR mrpc|conll03|squad" >&2; exit 2; fi
 cd "$(dirname "$0")/.."
 data=$(cd "$1" && pwd); job=$2; shift 2
 py=${PYTHON:-.venv/bin/python}

@@ -20,6 +20,8 @@ from configs import common, default
 
 
 def get_config(variant: str = "gpu"):
+    if variant not in ("gpu", "cpu"):
+        raise ValueError(f"unknown variant {variant!r} (gpu, cpu)")
     config = default.get_config()
     config.model.checkpoint = common.minilm_checkpoint()
     config.data.train_path = "$JAXFT_DATA/imdb/train.jsonl.gz"

@@ -6,7 +6,7 @@
 Files (`$JAXFT_DATA/mrpc/`): GLUE's TSVs, UTF-8 with a byte-order mark, tab-only, no quoting, header
 `Quality<TAB>#1 ID<TAB>#2 ID<TAB>#1 String<TAB>#2 String`; train 3,668 / dev 408 / the labelled MSR test
 1,725. The second sentence gets token type 1. Recipe: max_seq_length 128 (4 length buckets), batch 32,
-AdamW lr 5e-5 with 10% warm-up and linear decay, weight decay 0.01, clipping 1.0, 3 epochs (345 steps),
+AdamW lr 5e-5 with 10% warm-up and linear decay, weight decay 0.01, clipping 1.0, 3 epochs (351 steps),
 evaluated every epoch; the best checkpoint is picked by "f1" (F1 of class "1", GLUE's MRPC metric) and
 evaluated on dev and test at the end. Result (2026-11-29, 2-core CPU shared with a CI run, 1,168 s wall,
 `bench/tasks.sh ../shared/data mrpc`): dev accuracy 0.7917, F1 0.8600; test accuracy 0.7675, F1 0.8359.
