@@ -3,6 +3,7 @@
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 
 from jaxft.errors import UserError
 
@@ -26,14 +27,17 @@ def check_directory_path(path: str, what: str) -> None:
         raise UserError(f"{what} {path}: {where}, not a directory")
 
 
-def write_atomic(path: str, data: str | bytes) -> None:
-    """Writes `data` beside `path` and renames it into place: the file is either the old one or all new."""
+def write_atomic(path: str, data: str | bytes | Iterable[str]) -> None:
+    """Writes `data` beside `path` and renames it into place: the file is either the old one or all new.
+
+    `data`: the whole content, or text chunks written as they come (a long output is never held whole).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
-            f.write(data)
+            f.writelines([data] if isinstance(data, str | bytes) else data)
         # mkstemp creates the file owner-only; outputs should be as readable as any other file.
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)

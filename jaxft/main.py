@@ -120,9 +120,8 @@ def main(argv):
     except FloatingPointError as error:
         fail(str(error), status=3)
     except Preempted as error:
-        fail(
-            str(error), status=error.status
-        )  # 143 for SIGTERM, 130 for Ctrl-C: as if the signal had ended it
+        # 143 for SIGTERM, 130 for Ctrl-C: as if the signal had ended the process
+        fail(str(error), status=error.status)
     except KeyboardInterrupt:  # a Ctrl-C before training started, or a second one: nothing saved for it
         fail("interrupted (Ctrl-C)", status=130)
 

@@ -132,18 +132,9 @@ def check_output(path: str) -> None:
 
 
 def write_predictions(path: str, records) -> None:
-    """Writes `records` as JSONL beside `path` and renames the file into place, creating missing parents."""
+    """Writes `records` as JSONL, atomically, record by record; creates missing parent directories."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            for record in records:
-                f.write(json.dumps(record) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
+    files.write_atomic(path, (json.dumps(record) + "\n" for record in records))
 
 
 def main(argv=None) -> int:
