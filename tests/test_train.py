@@ -97,8 +97,10 @@ def test_early_stopping_stops_at_the_expected_step_and_keeps_the_best(tmp_path, 
     evaluated_steps = []
     real = train.run_evaluation
 
-    def fake(p_eval, params, split, config, label_names, step, writer, eval_dir, totals=None):
-        metrics, totals = real(p_eval, params, split, config, label_names, step, writer, eval_dir, totals)
+    def fake(p_eval, params, split, config, label_names, step, writer, eval_dir, totals=None, **kwargs):
+        metrics, totals = real(
+            p_eval, params, split, config, label_names, step, writer, eval_dir, totals, **kwargs
+        )
         if step is not None:
             evaluated_steps.append(step)
             metrics["accuracy"] = next(scripted)
