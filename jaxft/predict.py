@@ -13,10 +13,10 @@ Writes one JSON object per input example, in input order, by task:
   data.text_pair_field.
 - relation: the `text`, the `head` and `tail` spans, the predicted `label` and `probabilities`. Input: JSONL
   as for training (the label may be absent).
-Uses the run's best checkpoint (else its newest), its label set and its saved tokenizer, so a workdir is all
-it needs. Bad input ends with one `error:` line on stderr and exit status 2; --batch-size and --output are
-checked before anything is loaded. Missing parent directories of --output are created, and an existing
---output is replaced only once all predictions are written.
+Uses the run's best checkpoint (else its newest; a damaged one is skipped for the next), its label set and
+its saved tokenizer, so a workdir is all it needs. Bad input ends with one `error:` line on stderr and exit
+status 2; --batch-size and --output are checked before anything is loaded. Missing parent directories of
+--output are created, and an existing --output is replaced only once all predictions are written.
 """
 
 import argparse
@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxft import checkpoint, files, parallel, steps, tasks, trained
+from jaxft import files, parallel, steps, tasks, trained
 from jaxft.data import batching, tokenize
 from jaxft.data import labels as labels_lib
 from jaxft.errors import UserError
@@ -73,8 +73,7 @@ def load_run(workdir: str) -> TrainedRun:
     model = train.create_model(config, bert_config, len(label_names), tokenizer)
     template = jax.device_get(trained.initial_params_shape(model, config))
     template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
-    _, step = checkpoint.find_checkpoint(workdir, key="--workdir")
-    params = trained.load_params(workdir, template, model, key="--workdir")
+    params, step = trained.load_params(workdir, template, model, key="--workdir")
     return TrainedRun(config, label_names, bert_config, params, tokenizer, step)
 
 

@@ -51,6 +51,11 @@ class PreemptionGuard:
         self._previous = {}
         return False
 
+    def now(self) -> bool:
+        """True when a stop was asked for and this process alone decides (one process): work between steps
+        (an evaluation) is abandoned at once. Several processes only stop at a step they agree on."""
+        return self.requested and jax.process_count() == 1
+
     def should_stop(self, step: int) -> bool:
         """True when this step is where every process stops for a pre-emption."""
         if jax.process_count() > 1:

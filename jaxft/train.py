@@ -253,16 +253,27 @@ def _place_by_index(placed: list, num_examples: int) -> dict:
     return {**out, "seen": seen}
 
 
-def eval_counts(eval_fn, params, split, bucket_list: list[int], batch_size: int, num_devices: int) -> dict:
+class EvaluationInterrupted(Exception):
+    """A pre-emption arrived during an evaluation, which was abandoned (it is done again on resuming)."""
+
+
+def eval_counts(
+    eval_fn, params, split, bucket_list: list[int], batch_size: int, num_devices: int, stop=None
+) -> dict:
     """Counts summed over every batch, device and process: each example of `split` counted once.
 
     `eval_fn` is a `Parallelism.eval_step` function (pmap's signature: each of this process's
     `num_devices` devices gets its rows, and returns its outputs). A task's per-example outputs
     (`tasks.PER_EXAMPLE`) are not summed but placed by row index (the example, or for QA the context window),
     into arrays [rows, ...] under the same key; every row must have been placed exactly once.
+
+    `stop`: asked before each batch; when it says True, the evaluation is abandoned
+    (`EvaluationInterrupted`): a cluster's grace period after SIGTERM is shorter than a long evaluation.
     """
     totals, placed = None, []
     for batch in pipeline.eval_batches(split, bucket_list, batch_size):
+        if stop is not None and stop():
+            raise EvaluationInterrupted
         counts = dict(eval_fn(params, parallel.split_for_devices(batch, num_devices)))
         per_example = counts.pop(tasks.PER_EXAMPLE, None)
         if per_example is not None:
@@ -284,11 +295,23 @@ def eval_counts(eval_fn, params, split, bucket_list: list[int], batch_size: int,
 
 
 def run_evaluation(
-    eval_fn, params, split, config, label_names, step, writer, eval_dir, totals=None, *, params_step=None
+    eval_fn,
+    params,
+    split,
+    config,
+    label_names,
+    step,
+    writer,
+    eval_dir,
+    totals=None,
+    *,
+    params_step=None,
+    stop=None,
 ) -> tuple[dict, dict]:
     """Evaluates `split` exactly (every example once), writes its report; returns (summary metrics, the
     counts it was built from). `step`: the training step, or None for the final report, whose parameters
-    are those of `params_step`. `totals`: counts of an earlier evaluation of these very parameters, reused."""
+    are those of `params_step`. `totals`: counts of an earlier evaluation of these very parameters, reused.
+    `stop`: as for `eval_counts`."""
     task = tasks.from_config(config)
     if totals is None:
         totals = eval_counts(
@@ -298,6 +321,7 @@ def run_evaluation(
             pipeline.buckets(config.data),
             parallel.eval_batch_size(config.training.eval_batch_size),
             parallel.local_devices(),
+            stop,
         )
     result = task.report(totals, split, label_names, config.data)
     if parallel.is_chief():
@@ -345,11 +369,13 @@ def _write_run_files(setup: Setup, start_step: int) -> None:
 
 def _start_state(
     setup: Setup, model, tx, ckpts: checkpoint.Checkpoints, best: BestMetric
-) -> steps.TrainState:
-    """Resume > warm start > pretrained > random: the state the loop starts from (host arrays).
+) -> tuple[steps.TrainState, bool]:
+    """Resume > warm start > pretrained > random: the state the loop starts from (host arrays), and whether
+    the evaluation of its step is still to be done (a pre-emption interrupted it).
 
     A PEFT run's checkpoints hold only the trained parameters; resuming completes them with the base, which
-    is rebuilt as at the start and checked against the fingerprint the run recorded.
+    is rebuilt as at the start and checked against the fingerprint the run recorded. The best checkpoints
+    are made to agree with the state resumed from (`Checkpoints.reconcile_best`).
     """
     config = setup.config
     peft = peft_lib.from_config(config)
@@ -359,9 +385,11 @@ def _start_state(
         trainable, total = peft_lib.count(base, peft)
         logging.info("Trainable parameters: %d of %d (%.4f%%)", trainable, total, 100 * trainable / total)
     if fresh:
+        # Best checkpoints without a full state: a run killed before its first one saved, redone from 0.
+        ckpts.reconcile_best(0, None, None, redo_step=True)
         if parallel.is_chief():
             trained.write_base(setup.workdir, config, base, peft)
-        return steps.create_train_state(base, tx, config.seed)
+        return steps.create_train_state(base, tx, config.seed), False
     if peft.method == "none":
         base = jax.eval_shape(lambda: trained.initial_params_shape(model, config))
     else:
@@ -369,9 +397,23 @@ def _start_state(
     # Shapes and dtypes only: the restore reads into fresh host arrays, so nothing is built or held here.
     template = jax.eval_shape(lambda params: steps.create_train_state(params, tx, config.seed), base)
     state, meta = ckpts.restore(peft_lib.saved_state(template, peft))
+    step, redo_eval = meta["step"], bool(meta.get("pending_eval"))
     best.load(meta["best"])
-    logging.info("Resuming from step %d in %s (epoch %d)", meta["step"], setup.workdir, meta["epoch"])
-    return state.replace(params=peft_lib.merge(base, state.params, peft))
+    intact = ckpts.reconcile_best(
+        step, best.best_step, peft_lib.trained_subset(template.params, peft), redo_step=redo_eval
+    )
+    if not intact and best.best_step == step and not redo_eval:
+        # Killed between this state's save and its best's: the state's parameters are that best.
+        ckpts.save_best(step, peft_lib.trained_subset(state.params, peft), {"step": step, **meta["best"]})
+    elif not intact:
+        logging.warning(
+            "the best checkpoint of step %d is missing or damaged; the best is tracked anew from step %d",
+            best.best_step,
+            step,
+        )
+        best.load({"best": None, "best_step": None, "evals_without_improvement": 0})
+    logging.info("Resuming from step %d in %s (epoch %d)", step, setup.workdir, meta["epoch"])
+    return state.replace(params=peft_lib.merge(base, state.params, peft)), redo_eval
 
 
 def _log_train(step, metrics, state, *, parallelism, config, schedule, writer, progress, since) -> None:
@@ -400,15 +442,18 @@ def _check_finite(parallelism, state, step: int, limit: int) -> None:
         )
 
 
-def _evaluate_and_track(parallelism, eval_fn, state, split, setup, step, writer, ckpts, best) -> dict | None:
+def _evaluate_and_track(
+    parallelism, eval_fn, state, split, setup, step, writer, ckpts, best, stop=None
+) -> dict | None:
     """Evaluates, keeps the best parameters by `training.best_metric`, and updates early stopping.
 
     Returns the evaluation's counts when it is the new best (the final report reuses them), else None.
+    Raises `EvaluationInterrupted` when `stop` says so before the evaluation is complete (nothing recorded).
     """
     tc = setup.config.training
     eval_dir = os.path.join(setup.workdir, "eval")
     metrics, totals = run_evaluation(
-        eval_fn, state.params, split, setup.config, setup.label_names, step, writer, eval_dir
+        eval_fn, state.params, split, setup.config, setup.label_names, step, writer, eval_dir, stop=stop
     )
     assert set(metrics) == set(setup.task.metric_names(setup.config.data)), metrics  # best_metric's choices
     value = metrics[tasks.best_metric(setup.config, setup.task)]
@@ -425,15 +470,22 @@ def _evaluate_and_track(parallelism, eval_fn, state, split, setup, step, writer,
     return improved
 
 
-def _final_reports(parallelism, eval_fn, state, setup, writer, ckpts, best, step, best_eval=None) -> dict:
+def _final_reports(
+    parallelism, eval_fn, state, setup, writer, ckpts, best, step, best_eval=None, stop=None
+) -> dict:
     """Evaluates the best parameters (else the last) on eval and test, prints and writes their reports.
 
     `best_eval`: (step, counts) of the best evaluation of this process's loop; when that is the best
-    checkpoint, its eval counts are reused instead of evaluating the same parameters again.
+    checkpoint, its eval counts are reused instead of evaluating the same parameters again. A damaged best
+    checkpoint is reported and the last parameters are used. `stop`: as for `eval_counts`.
     """
     eval_dir = os.path.join(setup.workdir, "eval")
     peft, current = peft_lib.from_config(setup.config), parallelism.to_host(state.params)
-    best_params = ckpts.restore_best_params(peft_lib.trained_subset(current, peft))
+    try:
+        best_params = ckpts.restore_best_params(peft_lib.trained_subset(current, peft))
+    except checkpoint.Damaged as error:
+        logging.warning("%s; the final reports use the parameters of the last step, %d", error, step)
+        best_params = None
     # The frozen parameters never change, so the current ones complete the best trained subset exactly.
     params = (
         parallelism.place_params(peft_lib.merge(current, best_params[0], peft))
@@ -455,6 +507,7 @@ def _final_reports(parallelism, eval_fn, state, setup, writer, ckpts, best, step
                 eval_dir,
                 totals=best_eval[1] if reuse else None,
                 params_step=final_from,
+                stop=stop,
             )
             if parallel.is_chief():
                 with open(os.path.join(eval_dir, evaluate.report_name(name, None) + ".txt")) as f:
@@ -515,7 +568,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         async_save = tc.async_checkpoints and jax.process_count() == 1
         ckpts = checkpoint.Checkpoints(workdir, keep=tc.keep_checkpoints, async_save=async_save)
         best = BestMetric(tc.best_mode, tc.early_stopping_min_delta, tc.early_stopping_patience)
-        state = _start_state(setup, model, tx, ckpts, best)
+        state, redo_eval = _start_state(setup, model, tx, ckpts, best)
     except UserError:
         if new_workdir and parallel.is_chief():
             shutil.rmtree(workdir, ignore_errors=True)
@@ -549,7 +602,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         start_step,
     )
 
-    def save(step):
+    def save(step, pending_eval=False):
         _check_finite(parallelism, state, step, tc.max_nonfinite_steps)
         meta = {
             "step": step,
@@ -557,8 +610,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "batch_in_epoch": step % per_epoch,
             "best": best.to_dict(),
             "labels": setup.label_names,
+            "pending_eval": pending_eval,  # a pre-emption interrupted this step's evaluation: redo it
         }
         ckpts.save(step, parallelism.to_save(peft_lib.saved_state(state, peft)), meta)
+
+    def evaluate_at(step, preemption, saved=False):
+        """The evaluation of `step`. A pre-emption during it stops the run at once: the step is saved
+        (unless it is already, `saved`) with its evaluation marked as still to do."""
+        nonlocal best_eval
+        try:
+            counts = _evaluate_and_track(
+                parallelism, eval_fn, state, eval_split, setup, step, writer, ckpts, best, preemption.now
+            )
+        except EvaluationInterrupted:
+            if not saved:
+                save(step, pending_eval=True)
+            raise Preempted(step, preemption.signum) from None
+        best_eval = (step, counts) if counts is not None else best_eval
 
     writer = MetricWriter(workdir, enabled=parallel.is_chief(), tensorboard=tc.tensorboard)
     progress = ProgressBar(total_steps, initial=start_step, enabled=parallel.is_chief() and tc.progress_bar)
@@ -574,7 +642,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best_eval = None  # (step, eval counts) of the best evaluation since this process started
     try:
         with PreemptionGuard() as preemption:
-            for step in range(start_step + 1, total_steps + 1):
+            if redo_eval and eval_split is not None:
+                evaluate_at(start_step, preemption, saved=True)
+            stop_early = redo_eval and best.should_stop
+            for step in range(start_step + 1, 1 if stop_early else total_steps + 1):
                 state, metrics = train_step(state, next(batches))
                 if sync:  # CPU: collectives deadlock when ~100 steps are in flight
                     metrics["loss"].block_until_ready()
@@ -582,10 +653,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     log(step, metrics, state, since=since)
                     since = (step, time.time())
                 if eval_split is not None and (step % eval_every == 0 or step == total_steps):
-                    counts = _evaluate_and_track(
-                        parallelism, eval_fn, state, eval_split, setup, step, writer, ckpts, best
-                    )
-                    best_eval = (step, counts) if counts is not None else best_eval
+                    evaluate_at(step, preemption)
                 preempted = preemption.should_stop(step)
                 if step % tc.checkpoint_every == 0 or step == total_steps or best.should_stop or preempted:
                     save(step)
@@ -601,17 +669,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         best.best_step,
                     )
                     break
+            progress.close()
+            if ckpts.latest_step() != step:
+                save(step)
+            ckpts.wait()
+            try:
+                final = _final_reports(
+                    parallelism, eval_fn, state, setup, writer, ckpts, best, step, best_eval, preemption.now
+                )
+            except EvaluationInterrupted:  # the rerun resumes from the saved last step and reports
+                raise Preempted(step, preemption.signum) from None
     except BaseException:
-        # Whatever stops the loop (a signal, a non-finite loss, Ctrl-C), saves already started finish.
+        # Whatever stops the run (a signal, a non-finite loss, Ctrl-C), saves already started finish.
         progress.close()
         writer.close()
         ckpts.close()
         raise
-    progress.close()
-    if ckpts.latest_step() != step:
-        save(step)
-    ckpts.wait()
-    final = _final_reports(parallelism, eval_fn, state, setup, writer, ckpts, best, step, best_eval)
     writer.close()
     ckpts.close()
     if parallel.is_chief():

@@ -77,7 +77,8 @@ def base_params(config: ml_collections.ConfigDict, model) -> dict:
 
 
 def load_params(workdir: str, template, model, key: str = "model.init_from_workdir", log=None):
-    """The full parameter tree of the run in `workdir` (best checkpoint, else newest), shaped like `template`.
+    """The full parameter tree of the run in `workdir` (best checkpoint, else newest; a damaged checkpoint is
+    skipped for the next), shaped like `template`, and the step it is from.
 
     Args:
       workdir: a jaxft run's directory.
@@ -93,8 +94,9 @@ def load_params(workdir: str, template, model, key: str = "model.init_from_workd
         return checkpoint.params_from_workdir(workdir, template, key, **kwargs)
     base = base_params(config, model)
     check_base(workdir, base, peft)
-    trained = checkpoint.params_from_workdir(workdir, peft_lib.trained_subset(template, peft), key, **kwargs)
-    return peft_lib.merge(base, trained, peft)
+    subset = peft_lib.trained_subset(template, peft)
+    trained, step = checkpoint.params_from_workdir(workdir, subset, key, **kwargs)
+    return peft_lib.merge(base, trained, peft), step
 
 
 def initial_params(config: ml_collections.ConfigDict, pretrained: dict | None, model) -> dict:
@@ -112,7 +114,7 @@ def initial_params(config: ml_collections.ConfigDict, pretrained: dict | None, m
     if config.model.init_from_workdir:
         source = config_lib.expand_path(config.model.init_from_workdir)
         logging.info("Warm start: a new run from the fine-tuned parameters of %s", source)
-        return load_params(source, params, model)
+        return load_params(source, params, model)[0]
     if pretrained is not None:
         pretrained = convert.grow_word_embeddings(dict(pretrained), params)  # tokens a task added
         if "pooler" not in params["bert"] and "pooler" in pretrained.get("bert", {}):
