@@ -433,3 +433,39 @@ def params_from_workdir(
         ckpts.close()
     log(f"Parameters from {workdir} ({kind} checkpoint, step {step})")
     return params, step
+
+
+def saved_metas(workdir: str) -> list[tuple[str, int, dict]]:
+    """The JSON meta of every checkpoint in `workdir` that has one: ("latest" | "best", step, meta), newest
+    first within each kind. Reads only; a checkpoint whose meta cannot be read is left out (restoring it
+    reports that)."""
+    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(root):
+        return []
+    ckpts = Checkpoints(workdir, read_only=True)
+    found = []
+    try:
+        for kind, manager in (("latest", ckpts.latest), ("best", ckpts.best)):
+            for step in sorted(manager.all_steps(), reverse=True):
+                try:
+                    with _quiet_reads():
+                        meta = manager.restore(
+                            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+                        ).meta
+                except Exception:  # damaged: `restore` warns and falls back when it gets there
+                    continue
+                if isinstance(meta, dict):
+                    found.append((kind, step, meta))
+    finally:
+        ckpts.close()
+    return found
+
+
+def saved_labels(workdir: str) -> dict[str, list[str]]:
+    """The label sets the checkpoints of `workdir` were trained with, as their meta records them:
+    {"checkpoint latest step 12": [...], ...}; checkpoints written without labels are left out."""
+    return {
+        f"checkpoint {kind} step {step}": list(meta["labels"])
+        for kind, step, meta in saved_metas(workdir)
+        if isinstance(meta.get("labels"), list)
+    }

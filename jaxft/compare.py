@@ -409,6 +409,8 @@ def main(argv):
     if _CELL.value is not None:  # one job of an array: the tables come later from --aggregate_only
         [(record, _)] = compare_runner.run_cells(plan, workdir, [plan.cells[_CELL.value]])
         sys.exit(0 if record["status"] == "done" else 1)
+    if _AGGREGATE_ONLY.value and not compare_runner.read_records(plan, workdir):
+        main_lib.fail(f"--aggregate_only: no cell of this comparison has run in {workdir}; nothing to do")
     results = [] if _AGGREGATE_ONLY.value else compare_runner.run_cells(plan, workdir)
     command = shlex.join(["python", "-m", "jaxft.compare", *sys.argv[1:]])
     rows = compare_runner.write_results(plan, workdir, command)

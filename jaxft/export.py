@@ -16,6 +16,7 @@ The run's labels are id2label / label2id. Uses the run's best checkpoint, else i
 import argparse
 import json
 import os
+import secrets
 import sys
 
 from jaxft import files, tasks, trained
@@ -27,8 +28,9 @@ from jaxft.strategies import peft as peft_lib
 def export(workdir: str, out: str) -> str:
     """Writes the run in `workdir` as a Hugging Face model directory `out`; returns `out`.
 
-    Files are written to a temporary sibling directory and renamed into place, so `out` is never half
-    written. An existing non-empty `out`, or a file there, is refused rather than overwritten.
+    Files are written to a new temporary sibling directory of this export's own (never one a crashed export
+    left) and renamed into place, so `out` is never half written and holds nothing else. An existing
+    non-empty `out`, or a file there, is refused rather than overwritten.
     """
     from safetensors.numpy import save
 
@@ -57,8 +59,10 @@ def export(workdir: str, out: str) -> str:
         **tasks.from_config(run.config).export_config(run.label_names),
         "classifier_dropout": run.config.model.classifier_dropout,
     }
-    tmp = out.rstrip("/") + ".tmp-export"
-    os.makedirs(tmp, exist_ok=True)
+    # A directory of our own, new and empty: a fixed name would pick up what a crashed export left there.
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = f"{out.rstrip('/')}.tmp-export-{os.getpid()}-{secrets.token_hex(4)}"
+    os.mkdir(tmp)
     # Written by us, not by safetensors' save_file, whose file is owner-only (0600): this way it gets the
     # umask's mode, as the other files do.
     with open(os.path.join(tmp, "model.safetensors"), "wb") as f:

@@ -61,14 +61,37 @@ def one_line(error: BaseException) -> str:
     return " ".join(lines) or type(error).__name__
 
 
+def config_paths(argv) -> list[str]:
+    """The --config files of `argv`, without ml_collections' ":ARGS" suffix."""
+    paths = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    paths += [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    return [path.split(":", 1)[0] for path in paths]
+
+
+def check_config_file(path: str) -> None:
+    """Ends the process with one line if `path` exists but cannot be a config file: a directory, or not a
+    Python file (ml_collections would run a JSON file as Python and report a missing key)."""
+    if os.path.isdir(path):
+        fail(f"--config {path}: is a directory, not a config file (e.g. configs/default.py)")
+    if os.path.exists(path) and not path.endswith(".py"):
+        fail(
+            f"--config {path}: not a Python config file (a .py file defining get_config(), "
+            "e.g. configs/default.py)"
+        )
+
+
 def parse(argv):
     """Parses the flags of `argv`; any flag or config error ends the process with one line."""
+    for path in config_paths(argv):
+        check_config_file(path)
     # absl raises a multi-line AttributeError for an unknown --config.KEY: turn it into one line.
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
         fail(one_line(error))
     except (AttributeError, KeyError) as error:
+        if "get_config" in str(error):  # the file ran, but defines no get_config()
+            fail(f"--config {', '.join(config_paths(argv))}: not a config file: it defines no get_config()")
         fail(unknown_key(argv, error))
     except Exception as error:  # the config file itself fails to import or run (SyntaxError, NameError, ...)
         fail(f"--config: cannot load the config file: {type(error).__name__}: {one_line(error)}")
@@ -130,11 +153,7 @@ def config_package_roots(argv) -> list[str]:
     """Directories to put on sys.path so that the config files of `argv` can import `configs.*`."""
     # Config files import `configs.common` / `configs.default`: the directory holding `configs/` must be
     # importable however the command was started (python train.py, jaxft-train, from another directory).
-    paths = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
-    paths += [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
-    return [os.path.dirname(os.path.dirname(os.path.abspath(p.split(":", 1)[0]))) for p in paths] + [
-        os.getcwd()
-    ]
+    return [os.path.dirname(os.path.dirname(os.path.abspath(p))) for p in config_paths(argv)] + [os.getcwd()]
 
 
 def run():

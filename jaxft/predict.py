@@ -14,9 +14,11 @@ Writes one JSON object per input example, in input order, by task:
 - relation: the `text`, the `head` and `tail` spans, the predicted `label` and `probabilities`. Input: JSONL
   as for training (the label may be absent).
 Uses the run's best checkpoint (else its newest; a damaged one is skipped for the next), its label set and
-its saved tokenizer, so a workdir is all it needs. Bad input ends with one `error:` line on stderr and exit
-status 2; --batch-size and --output are checked before anything is loaded. Missing parent directories of
---output are created, and an existing --output is replaced only once all predictions are written.
+its saved tokenizer, so a workdir is all it needs; each of its files is checked as training checked it
+(`load_run`). Bad input ends with one `error:` line on stderr and exit status 2; --batch-size and --output
+are checked before anything is loaded (an --output that is the --input file, under any name, is refused),
+and an input without examples is an error. Missing parent directories of --output are created, and an
+existing --output is replaced only once all predictions are written.
 """
 
 import argparse
@@ -30,7 +32,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxft import files, parallel, steps, tasks, trained
+from jaxft import checkpoint, files, parallel, steps, tasks, trained
 from jaxft.data import batching, tokenize
 from jaxft.data import labels as labels_lib
 from jaxft.errors import UserError
@@ -49,27 +51,87 @@ class TrainedRun:
     step: int
 
 
+def _read_json(path: str) -> dict:
+    """A JSON object the run wrote; raises `UserError` naming the file if it is unreadable or truncated."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"{path}: unreadable ({' '.join(str(error).split())})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def check_run_config(config: ml_collections.ConfigDict, path: str) -> None:
+    """Runs the checks training ran on its config on a run's config.json read back (hand edits included).
+
+    Raises:
+      UserError: naming `path` and the key.
+    """
+    from jaxft import config as config_lib
+    from jaxft.strategies import checks as strategy_checks
+
+    try:
+        config_lib.validate(config)
+        tasks.validate(config)
+        task = tasks.from_config(config)
+        strategy_checks.validate(config, task.name)
+        tasks.best_metric(config, task)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+    except (KeyError, AttributeError, TypeError, ValueError) as error:  # a section or key missing, a type
+        raise UserError(f"{path}: not a jaxft run config ({type(error).__name__}: {error})") from None
+
+
+def check_labels(workdir: str, label_names: list[str], path: str) -> None:
+    """Raises `UserError` unless `label_names` (from `path`) are those the run's checkpoints were trained
+    with: an edited labels.json would silently rename every output."""
+    for where, recorded in checkpoint.saved_labels(workdir).items():
+        if recorded != label_names:
+            raise UserError(
+                f"{path}: the label set {label_names} differs from {recorded}, which {where} was trained with"
+            )
+
+
 def load_run(workdir: str) -> TrainedRun:
     """Loads a workdir's config, labels, tokenizer and best (else newest) parameters.
 
+    Everything read back is checked as training checked it before use: config.json by the config, task and
+    strategy validators, `data.max_seq_length` against model_config.json's position table, model_config.json
+    as a model config, labels.json against the labels the checkpoints recorded, and the tokenizer against
+    the model's vocabulary (`tokenize.check_fits_model`).
+
     Raises:
-      UserError: `workdir` is not a jaxft run or has no checkpoint yet.
+      UserError: `workdir` is not a jaxft run, has no checkpoint yet, or one of its files fails a check.
     """
     from jaxft import train  # deferred: train imports this module's neighbours, not the other way round
+    from jaxft.strategies import checks as strategy_checks
 
     paths = {name: os.path.join(workdir, name) for name in ("config.json", "labels.json", train.MODEL_CONFIG)}
     for path in paths.values():
         if not os.path.exists(path):
             raise UserError(f"{workdir}: not a jaxft workdir ({os.path.basename(path)} is missing)")
-    with open(paths["config.json"]) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(_read_json(paths["config.json"]))
     if "task" not in config:  # a run from before tasks existed: classification
         config.task = ml_collections.ConfigDict(tasks.DEFAULTS)
-    with open(paths[train.MODEL_CONFIG]) as f:
-        bert_config = BertConfig.from_dict(json.load(f))
+    check_run_config(config, paths["config.json"])
+    checkpoint.find_checkpoint(workdir, key="--workdir")  # none yet: say so before the checks below
+    try:
+        bert_config = BertConfig.from_dict(_read_json(paths[train.MODEL_CONFIG]))
+    except (UserError, TypeError) as error:
+        raise UserError(f"{paths[train.MODEL_CONFIG]}: {error}") from None
+    try:
+        tokenize.check_max_seq_length(config.data.max_seq_length, bert_config.max_position_embeddings)
+        strategy_checks.check_positions(config, bert_config.max_position_embeddings)
+    except UserError as error:
+        raise UserError(f"{paths['config.json']}: {error} (of {paths[train.MODEL_CONFIG]})") from None
     label_names = labels_lib.load_label_vocab(paths["labels.json"])
-    tokenizer = tokenize.load_tokenizer(os.path.join(workdir, train.TOKENIZER_DIR))
+    check_labels(workdir, label_names, paths["labels.json"])
+    tokenizer_dir = os.path.join(workdir, train.TOKENIZER_DIR)
+    tokenizer = tokenize.load_tokenizer(tokenizer_dir)
     tasks.from_config(config).prepare_tokenizer(tokenizer)  # no-op: the saved tokenizer has them already
+    tokenize.check_fits_model(tokenizer, bert_config.vocab_size, bert_config.pad_token_id, tokenizer_dir)
     model = train.create_model(config, bert_config, len(label_names), tokenizer)
     template = jax.device_get(trained.initial_params_shape(model, config))
     template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
@@ -116,11 +178,15 @@ def predict_probabilities(
     return predict_outputs(run, examples, batch_size, progress)[0]
 
 
-def check_output(path: str) -> None:
+def check_output(path: str, input_path: str | None = None) -> None:
     """Raises UserError if `path` cannot become the output file, before any inference is spent on it.
 
-    Missing parent directories are fine: they are created when the predictions are written.
+    Missing parent directories are fine: they are created when the predictions are written. The input file
+    (under any name: a link, a relative path) is refused: the predictions would replace it.
     """
+    if input_path is not None and os.path.exists(path) and os.path.exists(input_path):
+        if os.path.samefile(path, input_path):
+            raise UserError(f"--output {path}: is the --input file; the predictions would replace it")
     if os.path.isdir(path):
         raise UserError(f"--output {path}: is a directory (give a file name)")
     above = files.nearest_existing(os.path.dirname(os.path.abspath(path)))
@@ -131,9 +197,13 @@ def check_output(path: str) -> None:
 
 
 def write_predictions(path: str, records) -> None:
-    """Writes `records` as JSONL, atomically, record by record; creates missing parent directories."""
+    """Writes `records` as JSONL, atomically, record by record; creates missing parent directories.
+
+    Raises:
+      ValueError: a record holds NaN or infinity (no JSON); nothing is written then.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    files.write_atomic(path, (json.dumps(record) + "\n" for record in records))
+    files.write_atomic(path, (json.dumps(record, allow_nan=False) + "\n" for record in records))
 
 
 def main(argv=None) -> int:
@@ -146,16 +216,22 @@ def main(argv=None) -> int:
     try:
         if args.batch_size < 1:
             raise UserError(f"--batch-size {args.batch_size}: must be a positive number of examples")
-        check_output(args.output)
+        check_output(args.output, args.input)
         run = load_run(args.workdir)
         task = tasks.from_config(run.config)
         examples = task.read(args.input, run.config.data, require_label=False)
+        if not examples:
+            raise UserError(f"--input {args.input}: no examples to predict")
         outputs, features = predict_outputs(run, examples, args.batch_size, progress=True)
         records = task.prediction_records(examples, outputs, features, run.label_names)
         try:
             write_predictions(args.output, records)
         except OSError as error:  # e.g. the disk filled up: the old file stays as it was
             raise UserError(f"--output {args.output}: {error.strerror or error}") from None
+        except ValueError:  # NaN or infinity, which JSON cannot hold
+            raise UserError(
+                f"{args.workdir}: the model gave a non-finite output; nothing was written to {args.output}"
+            ) from None
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -52,6 +52,9 @@ class Setup:
     bert_config: BertConfig
     pretrained: dict | None  # converted Hugging Face tensors, when starting from a checkpoint
     task: tasks.Task  # what the labels are, the loss, the evaluation (config.task)
+    # The train data and tokenizer as read ({"train": pipeline.fingerprint, "tokenizer": ...}): every
+    # checkpoint's meta records them, and a resumed run compares (`_check_checkpoints`).
+    fingerprints: dict = dataclasses.field(default_factory=dict)
 
 
 def _bert_config(config: ml_collections.ConfigDict, tokenizer) -> BertConfig:
@@ -143,6 +146,49 @@ def _check_same_model(workdir: str, bert_config: BertConfig, label_names: list[s
         raise UserError(f"the label set {label_names} differs from {labels_path} {whose}")
 
 
+def _check_checkpoints(
+    workdir: str, label_names: list[str], labels_source: str, fingerprints: dict, tokenizer_key: str
+) -> None:
+    """Compares what this start read with what the checkpoints of the run being resumed were trained on.
+
+    Another label set (labels.json edited, or lost and rebuilt from changed data) would silently swap what
+    every output means: refused. Another tokenizer is refused too: the embeddings were learnt for its token
+    ids, which the new one gives other meanings. Changed train data is allowed (more data, a fixed label)
+    but logged as a warning naming the step, so that nobody takes the run for one over a single data set.
+    """
+    metas = checkpoint.saved_metas(workdir)
+    for kind, step, meta in metas:
+        recorded = meta.get("labels")
+        if isinstance(recorded, list) and recorded != label_names:
+            raise UserError(
+                f"{labels_source}: the label set {label_names} differs from {recorded}, which checkpoint "
+                f"{kind} step {step} in this workdir was trained with (restore labels.json, or use another "
+                "workdir)"
+            )
+    latest = [
+        (step, meta["data_fingerprint"])
+        for kind, step, meta in metas
+        if kind == "latest" and isinstance(meta.get("data_fingerprint"), dict)
+    ]
+    if not latest:
+        return  # a new run, or one whose checkpoints predate fingerprints
+    step, recorded = latest[0]
+    if recorded.get("tokenizer") != fingerprints["tokenizer"]:
+        raise UserError(
+            f"{tokenizer_key}: the tokenizer differs from the one the run being resumed in this workdir was "
+            f"trained with until step {step}; its embeddings belong to the old token ids (restore that "
+            "tokenizer, or use another workdir)"
+        )
+    before, now = recorded.get("train") or {}, fingerprints["train"]
+    if before != now:
+        counts = (
+            f"{before.get('examples')} -> {now['examples']} examples"
+            if before.get("examples") != now["examples"]
+            else f"{now['examples']} examples, other content"
+        )
+        logging.warning("The train data changed since step %d (%s); resuming on the new data", step, counts)
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     """Reads and checks config, data, tokenizer and checkpoint; raises `UserError` before any write."""
     config_lib.validate(config)
@@ -158,19 +204,27 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     label_names, splits = pipeline.read_splits(
         config.data, saved_labels, config.seed, task, augment_config=config.get("augment")
     )
+    if saved_labels is not None:
+        labels_source = labels_path
+    elif config.data.labels is not None:
+        labels_source = "config data.labels"
+    else:
+        labels_source = config_lib.expand_path(config.data.train_path)
+    if task.name not in ("regression", "qa"):  # the tasks whose reports hold an entry per label
+        labels_lib.check_report_names(label_names, labels_source, tags=task.name == "ner")
     checkpoint_dir = config_lib.expand_path(config.model.checkpoint)
-    tokenizer = tokenize.load_tokenizer(config_lib.expand_path(config.model.tokenizer) or checkpoint_dir)
+    tokenizer_key = "model.tokenizer" if config.model.tokenizer else "model.checkpoint"
+    tokenizer_dir = config_lib.expand_path(config.model.tokenizer) or checkpoint_dir
+    tokenizer = tokenize.load_tokenizer(tokenizer_dir)
     task_tokens = task.prepare_tokenizer(tokenizer)  # relation: its entity markers, new rows of the vocab
     bert_config = _bert_config(config, tokenizer)
     grown = convert.vocab_size_with(tokenizer, task_tokens, bert_config.vocab_size)
     bert_config = dataclasses.replace(bert_config, vocab_size=grown)
     tokenize.check_max_seq_length(config.data.max_seq_length, bert_config.max_position_embeddings)
     strategy_checks.check_positions(config, bert_config.max_position_embeddings)
-    if len(tokenizer) > bert_config.vocab_size:
-        raise UserError(
-            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
-            f"{bert_config.vocab_size}: model.tokenizer does not belong to model.checkpoint"
-        )
+    tokenize.check_fits_model(
+        tokenizer, bert_config.vocab_size, bert_config.pad_token_id, f"{tokenizer_key}={tokenizer_dir}"
+    )
     parallel.check_batch_size(config.training.batch_size, config.training.grad_accum_steps)
     shards = pipeline.num_shards(config.data)
     if config.training.batch_size % shards:
@@ -179,6 +233,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
             f"data.num_shards={shards} (each batch holds an equal part of each shard)"
         )
     _check_same_model(workdir, bert_config, label_names, "of the run being resumed in this workdir")
+    fingerprints = {
+        "train": pipeline.fingerprint(splits["train"].examples),
+        "tokenizer": tokenize.fingerprint(tokenizer),
+    }
+    _check_checkpoints(workdir, label_names, labels_source, fingerprints, f"{tokenizer_key}={tokenizer_dir}")
     if task.head == "mlm":
         task.token_ids(tokenizer)  # a verbaliser word that is not one token fails here, before any write
     if config.model.init_from_workdir:
@@ -199,7 +258,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
             )
         if ignored:
             logging.info("Not used from %s: %s", checkpoint_dir, ", ".join(sorted(ignored)))
-    return Setup(config, workdir, label_names, splits, tokenizer, bert_config, pretrained, task)
+    return Setup(config, workdir, label_names, splits, tokenizer, bert_config, pretrained, task, fingerprints)
 
 
 def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num_labels: int, tokenizer=None):
@@ -611,6 +670,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "best": best.to_dict(),
             "labels": setup.label_names,
             "pending_eval": pending_eval,  # a pre-emption interrupted this step's evaluation: redo it
+            "data_fingerprint": setup.fingerprints,
         }
         ckpts.save(step, parallelism.to_save(peft_lib.saved_state(state, peft)), meta)
 

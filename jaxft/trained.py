@@ -60,11 +60,18 @@ def check_base(workdir: str, base, peft: peft_lib.PeftConfig) -> None:
 
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
+    """The config a run in `workdir` wrote (None: there is none); a damaged file raises `UserError`."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"{path}: unreadable ({' '.join(str(error).split())})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return ml_collections.ConfigDict(data)
 
 
 def base_params(config: ml_collections.ConfigDict, model) -> dict:

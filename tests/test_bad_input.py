@@ -264,7 +264,7 @@ def test_num_shards_that_cannot_split_the_batch(workdir):
         ("optimizer.b1", 1.5, "must be in [0, 1)"),
         ("optimizer.b2", 1.0, "must be in [0, 1)"),
         ("optimizer.momentum", -0.1, "must be in [0, 1)"),
-        ("optimizer.eps", -1e-8, "must not be negative"),
+        ("optimizer.eps", -1e-8, "must be positive"),
         ("optimizer.layer_decay", 0.0, "must be positive"),
     ],
 )

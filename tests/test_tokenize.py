@@ -112,6 +112,7 @@ class RaisingTokenizer:
         self.name_or_path = real.name_or_path
         self.vocab_size = real.vocab_size
         self.pad_token_id = real.pad_token_id
+        self.backend_tokenizer = real.backend_tokenizer
 
     def __call__(self, *args, **kwargs):
         raise AssertionError("the tokenizer was called on a cache hit")
@@ -166,6 +167,7 @@ def test_load_tokenizer_errors(tmp_path):
         load_tokenizer(str(tmp_path / "absent"))
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "tokenizer_config.json").write_text("{not json")
+    (tmp_path / "junk" / "vocab.txt").write_text("[PAD]\n[UNK]\n")  # a vocabulary: the config is the fault
     with pytest.raises(UserError) as info:
         load_tokenizer(str(tmp_path / "junk"))
     assert str(info.value).startswith(f"{tmp_path / 'junk'}: cannot load a tokenizer")

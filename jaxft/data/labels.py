@@ -15,6 +15,10 @@ from jaxft.data.readers import Example
 from jaxft.errors import UserError
 
 _INTEGER = re.compile(r"[+-]?\d+")
+# Keys the evaluation reports hold beside one entry per label (sklearn's classification_report and
+# seqeval's, jaxft.evaluate): a label of that name would overwrite them, or be overwritten.
+REPORT_KEYS = ("accuracy", "macro avg", "weighted avg", "micro avg", "samples avg")
+_ENTITY_REPORT_KEYS = ("micro avg", "macro avg", "weighted avg")  # seqeval's, beside one per entity type
 _MAX_LABELS_SHOWN = 20
 
 
@@ -115,3 +119,20 @@ def load_label_vocab(path: str) -> list[str]:
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise UserError(f'{path}: not a label file (expected {{"labels": [strings]}})')
     return labels
+
+
+def check_report_names(names: list[str], where: str, *, tags: bool = False) -> None:
+    """Raises `UserError` for a label the evaluation reports already use as a key (`REPORT_KEYS`).
+
+    Args:
+        names: the label set.
+        where: where it came from (a file, or "config data.labels"), named in the message.
+        tags: NER tags: their entity types (the part after "B-" / "I-") are the keys of seqeval's report.
+    """
+    reserved = _ENTITY_REPORT_KEYS if tags else REPORT_KEYS
+    for name in names:
+        key = name[2:] if tags and name[1:2] == "-" else name
+        if key in reserved:
+            raise UserError(
+                f"{where}: label {name!r} clashes with the evaluation report's own {key!r} entry; rename it"
+            )

@@ -16,6 +16,8 @@ process counts.
 """
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 
@@ -136,6 +138,21 @@ def read_splits(
     # Data augmentation: copies of the (sampled) train examples only, labels encoded with them.
     splits["train"] = augment.augment_split(splits["train"], augment_config, seed, task, names)
     return names, splits
+
+
+def fingerprint(examples: list) -> dict:
+    """What a resumed run checks its train data against: {"examples": count, "sha256": 16 hex digits}.
+
+    Hashes every example's content as read (texts, labels, spans: every field but its file:line `source`,
+    so moving or renaming the file changes nothing), in order.
+    """
+    digest = hashlib.sha256()
+    for example in examples:
+        fields = vars(example) if hasattr(example, "__dict__") else {"value": example}
+        content = {key: value for key, value in fields.items() if key != "source"}
+        data = json.dumps(content, sort_keys=True, default=repr, ensure_ascii=False).encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little") + data)  # length-prefixed: no two splits alike
+    return {"examples": len(examples), "sha256": digest.hexdigest()[:16]}
 
 
 def tokenize_splits(

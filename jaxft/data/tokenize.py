@@ -20,6 +20,21 @@ logger = logging.getLogger(__name__)
 
 _CACHE_VERSION = 1  # bump when the cached arrays change meaning
 _FEATURE_KEYS = ("input_ids", "token_type_ids", "length")
+# The files that hold a tokenizer's vocabulary, by kind: without one of them transformers still builds a
+# tokenizer (from tokenizer_config.json alone), but one holding only its special tokens, which maps every
+# word to [UNK]. A tuple is a set of files that must all be there.
+VOCABULARY_FILES = (
+    "tokenizer.json",  # any fast tokenizer's full serialisation
+    "vocab.txt",  # WordPiece (BERT, ELECTRA, DistilBERT)
+    "spiece.model",  # SentencePiece (ALBERT, T5, XLNet)
+    "sentencepiece.bpe.model",  # SentencePiece BPE (XLM-R, CamemBERT)
+    "tokenizer.model",  # SentencePiece under the name Llama-style checkpoints use
+    ("vocab.json", "merges.txt"),  # byte-level BPE (RoBERTa, GPT-2)
+)
+# Embedding tables are often padded beyond the tokenizer to a multiple of 8, 64 or 128 rows (tensor-core
+# friendly shapes: T5 32100 -> 32128, GPT-2 50257 -> 50304); more unreachable rows than that mean the
+# tokenizer is another model's, or lost its vocabulary.
+_VOCAB_PADDING = 128
 
 
 def load_tokenizer(path: str):
@@ -33,7 +48,8 @@ def load_tokenizer(path: str):
         A `transformers` fast tokenizer.
 
     Raises:
-        UserError: If the directory is missing, holds no loadable tokenizer, or only a slow one.
+        UserError: If the directory is missing, holds no vocabulary file (`VOCABULARY_FILES`), holds no
+            loadable tokenizer, or only a slow one.
     """
     import transformers  # deferred: importing transformers takes seconds and most callers never need it
 
@@ -42,6 +58,7 @@ def load_tokenizer(path: str):
     path = resolve_model_dir(os.path.expanduser(os.path.expandvars(path)))
     if not os.path.isdir(path):
         raise UserError(f"{path}: no such tokenizer directory (model.tokenizer / model.checkpoint)")
+    check_vocabulary_files(path)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as e:  # transformers raises many types (OSError, ValueError, KeyError) for a bad dir
@@ -49,6 +66,76 @@ def load_tokenizer(path: str):
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"{path}: {type(tokenizer).__name__} is not a fast tokenizer; add a tokenizer.json")
     return tokenizer
+
+
+def check_vocabulary_files(path: str) -> None:
+    """Raises `UserError` if the tokenizer directory `path` holds none of the `VOCABULARY_FILES`."""
+    for entry in VOCABULARY_FILES:
+        if all(
+            os.path.isfile(os.path.join(path, name))
+            for name in (entry if isinstance(entry, tuple) else (entry,))
+        ):
+            return
+    names = ", ".join(" + ".join(e) if isinstance(e, tuple) else e for e in VOCABULARY_FILES)
+    raise UserError(f"{path}: the tokenizer has no vocabulary file (none of {names})")
+
+
+def check_fits_model(tokenizer, vocab_size: int, pad_token_id: int | None, where: str) -> None:
+    """Raises `UserError` unless `tokenizer` is one the model's embedding table was made for.
+
+    The rule, from what the model takes as input: every id the tokenizer emits must have a row
+    (`len(tokenizer) <= vocab_size`, the special tokens [CLS] [SEP] [PAD] [MASK] [UNK] included), the
+    model's own padding id must be a token of the tokenizer, and the tokenizer must reach every row of the
+    table except padding up to the next multiple of 128 (`vocab_size <= round_up(len(tokenizer), 128)`):
+    rows no token can reach mean another model's tokenizer, or one that lost its vocabulary. A tokenizer that
+    holds nothing but its special tokens is refused too, whatever the model: it maps every word to [UNK].
+
+    Args:
+        tokenizer: a tokenizer from `load_tokenizer` (after the task added its tokens).
+        vocab_size: rows of the model's word-embedding table.
+        pad_token_id: the model config's padding id (None: not recorded).
+        where: names the tokenizer in the message (its directory and the config key).
+    """
+    size = len(tokenizer)
+    special = {i for i in tokenizer.all_special_ids if i is not None}
+    if size <= len(special):
+        raise UserError(
+            f"{where}: the tokenizer holds only its {size} special token(s); its vocabulary is missing"
+        )
+    if size > vocab_size:
+        raise UserError(
+            f"{where}: the tokenizer has {size} tokens but the model's vocab_size is {vocab_size}"
+        )
+    padded = -(-size // _VOCAB_PADDING) * _VOCAB_PADDING
+    if vocab_size > padded:
+        raise UserError(
+            f"{where}: the tokenizer has {size} tokens but the model's vocab_size is {vocab_size}: "
+            f"{vocab_size - size} embedding rows no token reaches (more than padding to a multiple of "
+            f"{_VOCAB_PADDING}); it is not this model's tokenizer"
+        )
+    if pad_token_id is not None and not 0 <= pad_token_id < size:
+        raise UserError(
+            f"{where}: the model's pad_token_id={pad_token_id} is not a token of the tokenizer "
+            f"({size} tokens)"
+        )
+
+
+def fingerprint(tokenizer) -> str:
+    """16 hex digits that change whenever the tokenizer would map some text to other ids.
+
+    The hash of its backend (Rust) serialisation: vocabulary, normaliser (lower-casing, accents),
+    pre-tokeniser, model, post-processor and added tokens; the truncation and padding settings that a call
+    leaves behind are left out. A tokenizer without a backend is hashed by its class, size and vocabulary.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        description = json.loads(backend.to_str())
+        description.pop("truncation", None)
+        description.pop("padding", None)
+    else:
+        description = {"class": type(tokenizer).__name__, "vocab": sorted(tokenizer.get_vocab().items())}
+    blob = json.dumps(description, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def check_max_seq_length(max_seq_length: int, max_position_embeddings: int) -> None:
@@ -148,6 +235,8 @@ def cache_key(examples: list[Example], tokenizer, max_seq_length: int, key_parts
         "max_seq_length": max_seq_length,
         "tokenizer": getattr(tokenizer, "name_or_path", ""),
         "vocab_size": getattr(tokenizer, "vocab_size", None),
+        # Same path and size, other vocabulary or lower-casing: without this, stale tokens would be reused.
+        "tokenizer_fingerprint": fingerprint(tokenizer),
         "content": _content_hash(examples),
     }
     blob = json.dumps(description, sort_keys=True, default=str).encode("utf-8")
@@ -178,7 +267,8 @@ def cached_tokenize(
 
     Args:
         examples: As for `tokenize`.
-        tokenizer: As for `tokenize`; only its `name_or_path` and `vocab_size` are read on a cache hit.
+        tokenizer: As for `tokenize`; on a cache hit only what `cache_key` reads (its path, size and
+            `fingerprint`).
         max_seq_length: As for `tokenize`.
         cache_dir: Directory of cache files (created if missing); None disables caching.
         key_parts: Anything else that should separate cache entries (e.g. the split name and file path).

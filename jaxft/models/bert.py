@@ -23,6 +23,7 @@ projecting its keys and values: `first_query_attention`, the same function in an
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -55,6 +56,21 @@ _ACTIVATIONS = {
     "relu": jax.nn.relu,
 }
 _ATTENTION_IMPLS = (None, "xla", "cudnn")
+_POSITIVE_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 _NO_PEFT = PeftConfig()
 
 
@@ -77,6 +93,25 @@ class BertConfig:
     pad_token_id: int = 0
 
     def __post_init__(self):
+        # Read back from a hand-editable config.json: a zero size or a NaN rate would give NaN outputs or a
+        # traceback instead of this one line.
+        for name in _POSITIVE_SIZES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name}={value!r} must be a positive integer")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value < 1:
+                raise UserError(f"{name}={value!r} must be a number in [0, 1)")
+        for name in ("layer_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 < value < math.inf:
+                raise UserError(f"{name}={value!r} must be a positive finite number")
+        pad = self.pad_token_id
+        if pad is not None and (
+            isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size
+        ):
+            raise UserError(f"pad_token_id={pad!r} must be a token id below vocab_size={self.vocab_size}")
         if self.hidden_act not in _ACTIVATIONS:
             raise UserError(
                 f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}"

@@ -156,12 +156,22 @@ def _first_line(e: Exception) -> str:
 
 
 def _torch_refusal(e: Exception) -> str:
-    """The reason inside torch's weights_only error, without its advice to load the file unsafely."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:Check the documentation|$)", text, re.S)
-    if not found:
-        return _first_line(e)
-    return re.sub(r" was not an allowed global.*", "", " ".join(found.group(1).split()))
+    """The reason inside torch's weights_only error: the global it refused, by name, without torch's advice
+    to re-run `torch.load` with `weights_only=False` (which would run the pickled code)."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())
+    found = re.search(r"GLOBAL\s+([\w.]+)", text)  # torch words this several ways across versions
+    if found:
+        return f"refused global {found.group(1)} (only tensors and plain containers are read)"
+    found = re.search(r"Unsupported operand (\d+)", text)
+    if found:
+        return f"not a PyTorch weights file (pickle opcode {found.group(1)} is not allowed)"
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:Check the documentation|$)", text)
+    if found:
+        text = found.group(1)
+    # Whatever else torch says: its sentences without the advice to load the file unsafely.
+    advice = re.compile(r"weights_only|re-run|trusted source|arbitrary code|check the documentation", re.I)
+    kept = [part for part in re.split(r"(?<=[.!?])\s+", text) if part and not advice.search(part)]
+    return " ".join(kept) or type(e).__name__
 
 
 def _load_torch_bin(path: str) -> dict:

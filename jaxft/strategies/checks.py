@@ -6,6 +6,7 @@ the combinations: which tasks a strategy applies to, and what prompt tuning need
 
 import ml_collections
 
+from jaxft.config import number
 from jaxft.errors import UserError
 from jaxft.strategies import adversarial, peft
 
@@ -13,10 +14,34 @@ from jaxft.strategies import adversarial, peft
 SOFTMAX_TASKS = ("classification", "pet", "relation")
 
 
+# Numeric strategy keys: (section, key, integer). Checked for type and finiteness here, before the
+# strategy modules compare them (NaN passes every comparison they make).
+_NUMBERS = (
+    ("peft", "lora_rank", True),
+    ("peft", "lora_alpha", False),
+    ("peft", "lora_dropout", False),
+    ("peft", "adapter_size", True),
+    ("peft", "num_virtual_tokens", True),
+    ("adversarial", "epsilon", False),
+    ("adversarial", "step_size", False),
+    ("adversarial", "steps", True),
+    ("regularization", "label_smoothing", False),
+    ("regularization", "rdrop_alpha", False),
+    ("augment", "eda_alpha", False),
+    ("augment", "num_augmented", True),
+    ("optimizer", "layer_decay", False),
+)
+
+
 def validate(config: ml_collections.ConfigDict, task_name: str) -> None:
     """Raises `UserError` naming the first strategy key that cannot work with this config."""
+    for section, key, integer in _NUMBERS:
+        if key in (config.get(section) or {}):
+            number(f"{section}.{key}", config[section][key], integer=integer)
     peft.from_config(config)
     adversarial.from_config(config)
+    if config.get("peft") is not None and config.peft.get("lora_alpha", 1) <= 0:
+        raise UserError(f"config peft.lora_alpha={config.peft.lora_alpha} must be positive")
     regularization = config.get("regularization")
     if regularization is not None:
         smoothing, rdrop = regularization.label_smoothing, regularization.rdrop_alpha

@@ -16,6 +16,7 @@ of a config before anything is read.
 
 import ml_collections
 
+from jaxft.config import number
 from jaxft.errors import UserError
 from jaxft.tasks.base import IGNORE, PER_EXAMPLE, Task, TaskReport
 from jaxft.tasks.classification import Classification
@@ -54,6 +55,15 @@ _CHOICES = {
     "relation_pooling": ("markers", "cls"),
 }
 
+_NUMBERS = {  # key: whether it is an integer
+    "threshold": False,
+    "tag_column": True,
+    "doc_stride": True,
+    "max_query_length": True,
+    "max_answer_length": True,
+    "n_best": True,
+}
+
 
 def _section(config: ml_collections.ConfigDict) -> dict:
     given = config.get("task") or {}
@@ -66,9 +76,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key, choices in _CHOICES.items():
         if task[key] not in choices:
             raise UserError(f"config task.{key}={task[key]!r} must be one of {', '.join(choices)}")
+    for key, integer in _NUMBERS.items():  # a JSON config.json can hold any type, NaN too
+        number(f"task.{key}", task[key], integer=integer)
     if not 0 < task["threshold"] < 1:
         raise UserError(f"config task.threshold={task['threshold']} must be in (0, 1)")
-    if not task["label_separator"]:
+    if not isinstance(task["label_separator"], str) or not task["label_separator"]:
         raise UserError("config task.label_separator must not be empty")
     name, data = task["name"], config.data
     if name not in ("classification", "pet", "relation") and data.positive_label is not None:
