@@ -119,6 +119,12 @@ def main(argv):
     if CONFIG.value is None or WORKDIR.value is None:
         fail("--config and --workdir are required (see --help)")
     config = config_or_fail()
+    if config.get("training", {}).get("keep_cpu_step_memory", False):
+        # A process-wide setting (the C library's heap, JAX's dispatch), so the command line makes it, for
+        # its own process, before anything touches a device; a library call never does.
+        from jaxft import cpu
+
+        cpu.keep_step_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     if DISTRIBUTED.value:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxft import checkpoint, cpu, evaluate, files, optim, parallel, steps, tasks, trained
+from jaxft import checkpoint, evaluate, files, optim, parallel, steps, tasks, trained
 from jaxft import config as config_lib
 from jaxft.data import labels as labels_lib
 from jaxft.data import pipeline, tokenize
@@ -603,8 +603,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       UserError: bad input (nothing was written), FloatingPointError: too many non-finite steps,
       Preempted: SIGTERM or a first Ctrl-C arrived (a checkpoint of the current step was written first).
     """
-    if config.training.keep_cpu_step_memory:
-        cpu.keep_step_memory()  # before anything touches a device
     setup = prepare(config, workdir)
     tc = config.training
     new_workdir = not os.path.exists(workdir)

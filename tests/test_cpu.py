@@ -88,3 +88,33 @@ def test_changes_nothing_once_jax_has_started():
     before = jax.config.read("jax_cpu_enable_async_dispatch")
     assert cpu.keep_step_memory() is False
     assert jax.config.read("jax_cpu_enable_async_dispatch") == before
+
+
+_LIBRARY_CALL = """
+import json, sys
+import jax
+from configs import tiny
+from jaxft import train
+
+config = tiny.get_config()
+config.training.num_train_steps = 1
+train.train_and_evaluate(config, sys.argv[1])
+print(json.dumps({"async": jax.config.read("jax_cpu_enable_async_dispatch"), "devices": jax.device_count()}))
+"""
+
+
+@pytest.mark.skipif(not _glibc(), reason="the setting is glibc's (mallopt); this C library is another")
+def test_a_library_call_leaves_the_process_settings_as_they_were(tmp_path):
+    # keep_cpu_step_memory is on in every config: only the command line applies it, for its own process.
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", _LIBRARY_CALL, str(tmp_path / "run")],
+        env=env,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"async": True, "devices": 1}
