@@ -49,3 +49,16 @@ def write_atomic(path: str, data: str | bytes | Iterable[str]) -> None:
 def write_json_atomic(path: str, payload, **dump_options) -> None:
     """`payload` as indented JSON (plus `json.dumps` options), written with `write_atomic`."""
     write_atomic(path, json.dumps(payload, **{"indent": 2, **dump_options}) + "\n")
+
+
+def read_json_object(path: str) -> dict:
+    """The JSON object in `path` (a file a run wrote); raises `UserError` naming the file when it is
+    unreadable, truncated or holds something other than an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"{path}: unreadable ({' '.join(str(error).split())})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data

@@ -51,18 +51,6 @@ class TrainedRun:
     step: int
 
 
-def _read_json(path: str) -> dict:
-    """A JSON object the run wrote; raises `UserError` naming the file if it is unreadable or truncated."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise UserError(f"{path}: unreadable ({' '.join(str(error).split())})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
 def check_run_config(config: ml_collections.ConfigDict, path: str) -> None:
     """Runs the checks training ran on its config on a run's config.json read back (hand edits included).
 
@@ -112,13 +100,13 @@ def load_run(workdir: str) -> TrainedRun:
     for path in paths.values():
         if not os.path.exists(path):
             raise UserError(f"{workdir}: not a jaxft workdir ({os.path.basename(path)} is missing)")
-    config = ml_collections.ConfigDict(_read_json(paths["config.json"]))
+    config = ml_collections.ConfigDict(files.read_json_object(paths["config.json"]))
     if "task" not in config:  # a run from before tasks existed: classification
         config.task = ml_collections.ConfigDict(tasks.DEFAULTS)
     check_run_config(config, paths["config.json"])
     checkpoint.find_checkpoint(workdir, key="--workdir")  # none yet: say so before the checks below
     try:
-        bert_config = BertConfig.from_dict(_read_json(paths[train.MODEL_CONFIG]))
+        bert_config = BertConfig.from_dict(files.read_json_object(paths[train.MODEL_CONFIG]))
     except (UserError, TypeError) as error:
         raise UserError(f"{paths[train.MODEL_CONFIG]}: {error}") from None
     try:

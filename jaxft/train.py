@@ -26,7 +26,7 @@ from jaxft.data import pipeline, tokenize
 from jaxft.early_stopping import BestMetric
 from jaxft.errors import UserError
 from jaxft.models import convert
-from jaxft.models.bert import BertConfig
+from jaxft.models.bert import SHAPE_FIELDS, BertConfig
 from jaxft.models.heads import (
     MaskedLMClassifier,
     RelationClassifier,
@@ -71,27 +71,12 @@ def _bert_config(config: ml_collections.ConfigDict, tokenizer) -> BertConfig:
 
 MODEL_CONFIG = "model_config.json"  # the encoder's Hugging Face config, written into every workdir
 TOKENIZER_DIR = "tokenizer"  # the tokenizer, saved so that prediction and export need only the workdir
-_SHAPE_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-    "type_vocab_size",
-)
 
 
 def _saved_json(workdir: str, name: str) -> dict | None:
     """A JSON file a run wrote into its workdir; None when it is not there."""
     path = os.path.join(workdir, name)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: unreadable ({error})") from None
+    return files.read_json_object(path) if os.path.exists(path) else None
 
 
 def _check_same_task(workdir: str, task: tasks.Task, whose: str) -> None:
@@ -135,7 +120,7 @@ def _check_same_model(workdir: str, bert_config: BertConfig, label_names: list[s
     if saved is None:
         return
     ours = bert_config.to_hf_dict()
-    for field in _SHAPE_FIELDS:
+    for field in SHAPE_FIELDS:
         if saved.get(field) != ours[field]:
             raise UserError(
                 f"the model's {field}={ours[field]} differs from {saved.get(field)} {whose} "

@@ -64,14 +64,7 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise UserError(f"{path}: unreadable ({' '.join(str(error).split())})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return ml_collections.ConfigDict(data)
+    return ml_collections.ConfigDict(files.read_json_object(path))
 
 
 def base_params(config: ml_collections.ConfigDict, model) -> dict:

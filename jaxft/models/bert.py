@@ -56,7 +56,7 @@ _ACTIVATIONS = {
     "relu": jax.nn.relu,
 }
 _ATTENTION_IMPLS = (None, "xla", "cudnn")
-_POSITIVE_SIZES = (
+SHAPE_FIELDS = (  # the sizes that decide every parameter's shape
     "vocab_size",
     "hidden_size",
     "num_hidden_layers",
@@ -95,7 +95,7 @@ class BertConfig:
     def __post_init__(self):
         # Read back from a hand-editable config.json: a zero size or a NaN rate would give NaN outputs or a
         # traceback instead of this one line.
-        for name in _POSITIVE_SIZES:
+        for name in SHAPE_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name}={value!r} must be a positive integer")
