@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Real-data accuracy benchmarks (issue 3), one command each; results land in runs/bench/*.json.
+# Real-data accuracy benchmarks, one command each; results land in runs/bench/*.json.
 #   bench/accuracy.sh DATA_DIR sst2        jaxft, configs/sst2.py        (~20-25 min on 2 CPU cores)
 #   bench/accuracy.sh DATA_DIR sst2-bf16   the same recipe computing in bfloat16 (float32 weights and state)
 #   bench/accuracy.sh DATA_DIR sst2-torch  PyTorch reference, same recipe

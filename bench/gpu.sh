@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5's GPU measurements, all in one run of at most 6 minutes on one GPU (bench/README.md, "GPU"):
+# The GPU measurements, all in one run of at most 6 minutes on one GPU (bench/README.md, "GPU"):
 #
 #   bench/gpu.sh DATA_DIR                 on a machine with an NVIDIA GPU (random-init weights, no download)
 #   GPU_SMOKE=1 bench/gpu.sh DATA_DIR     every section at toy sizes on CPU (4-5 min): checks this script

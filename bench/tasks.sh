@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Real-data task benchmarks (issue 4), one command each; results land in runs/bench/<job>.json.
+# Real-data task benchmarks, one command each; results land in runs/bench/<job>.json.
 #   bench/tasks.sh DATA_DIR mrpc     jaxft, configs/mrpc.py: MiniLM, sentence pairs, 3 epochs; dev + MSR test
 #                                    (classification report + F1 of class "1")
 #   bench/tasks.sh DATA_DIR conll03  jaxft, configs/conll03.py: MiniLM, NER, 3 epochs; dev (testa) + test

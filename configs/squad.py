@@ -3,9 +3,12 @@
     JAXFT_DATA=DIR python train.py --config configs/squad.py --workdir runs/squad
     JAXFT_DATA=DIR python train.py --config configs/squad.py:tiny --workdir runs/squad_tiny  # smoke
 
-Files: SQuAD v1.1 JSON, `$JAXFT_DATA/squad/train.json` and `$JAXFT_DATA/squad/dev.json`. The project's
-shared data has only the official dev set (48 articles, 10,570 questions): `bench/tasks.sh DATA squad`
-splits it by article (first 38 articles to train, last 10 to evaluate) into `runs/bench_data/squad/`.
+Files: SQuAD v1.1 JSON, `$JAXFT_DATA/squad/train.json` and `$JAXFT_DATA/squad/dev.json` (the official
+release calls them train-v1.1.json and dev-v1.1.json: link or copy them under these names). The project's
+shared data has only the official dev set, `../shared/data/squad_v1.1/dev-v1.1.json` (48 articles, 10,570
+questions): `bench/tasks.sh ../shared/data squad` splits it by article (first 38 articles to train, last 10
+to evaluate) into `runs/bench_data/squad/{train,dev}.json` and trains on them; after that, the commands above
+run with `JAXFT_DATA=runs/bench_data`.
 Windows of 384 tokens sharing 128 (task.doc_stride, Hugging Face's `stride`), questions cut at 64 tokens,
 answers of at most 30 tokens from the 20 best starts and ends per window. Recipe: batch 32, AdamW lr 5e-5
 with 10% warm-up, weight decay 0.01, 2 epochs; best checkpoint by F1. Measured only on a CPU subset

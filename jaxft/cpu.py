@@ -2,8 +2,8 @@
 
 XLA:CPU gives every execution of a compiled step a fresh buffer for its temporaries (1.19 GB for MiniLM-L6 at
 batch 32 x 128) and frees it afterwards. glibc serves requests above 32 MB with a new memory mapping and
-unmaps it on free, so every page of that buffer faults again on every step: ~300,000 minor faults and ~0.5 s
-of system time per step on a 2-core machine. Two settings keep the buffer instead:
+unmaps it on free, so every page of that buffer faults again on every step (the faults and the system time
+they cost are measured in bench/README.md). Two settings keep the buffer instead:
 
 - single-device computations run on the calling thread (`jax_cpu_enable_async_dispatch` off; jaxft blocks on
   every CPU step anyway), so their buffers come from glibc's main arena — the other threads' arenas map every

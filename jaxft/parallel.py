@@ -62,7 +62,7 @@ def sync_every_step() -> bool:
     """Whether the loop must block on each step's output.
 
     Collective programs on CPU devices deadlock when about 100 steps are in flight (XLA's rendezvous times
-    out; see ENVIRONMENT.md); GPUs and TPUs keep dispatching ahead and sync only when metrics are read.
+    out; docs/platform-notes.md); GPUs and TPUs keep dispatching ahead and sync only when metrics are read.
     """
     return jax.default_backend() == "cpu"
 

@@ -2,8 +2,8 @@
 
 Single process: our own SIGTERM handler sets a flag that the loop checks after each step. Ctrl-C (SIGINT)
 does the same, and a second Ctrl-C interrupts at once (Python's default: KeyboardInterrupt). Under
-`jax.distributed`, JAX's preemption service already catches SIGTERM (ENVIRONMENT.md), and every process
-must stop at the same step: `multihost_utils.reached_preemption_sync_point` says when.
+`jax.distributed`, JAX's preemption service already catches SIGTERM (docs/platform-notes.md), and every
+process must stop at the same step: `multihost_utils.reached_preemption_sync_point` says when.
 """
 
 import signal

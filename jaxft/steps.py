@@ -177,7 +177,7 @@ def _guard_with_cond() -> bool:
     """Whether `train_step` skips a non-finite update with `lax.cond` (CPU) or a select (GPU, TPU).
 
     With `where(finite, new, old)` XLA:CPU copies the whole optimizer state every step (the old moments must
-    outlive their in-place update): 4% of a MiniLM step (bench/README.md). On a GPU the select fuses into
+    outlive their in-place update; measured in bench/README.md). On a GPU the select fuses into
     the update, and a conditional can make the host wait for its predicate.
     """
     return jax.default_backend() == "cpu"

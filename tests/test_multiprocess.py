@@ -63,7 +63,8 @@ def test_two_processes_equal_one_process(tmp_path, parallelism, devices_each):
     )
     assert single.returncode == 0, single.stderr[-2000:]
     port = _free_port()
-    # timeout -s KILL: a worker that called jax.distributed.initialize ignores SIGTERM (ENVIRONMENT.md).
+    # timeout -s KILL: a worker that called jax.distributed.initialize ignores SIGTERM
+    # (docs/platform-notes.md).
     workers = [
         subprocess.Popen(
             [

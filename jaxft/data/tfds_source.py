@@ -4,7 +4,7 @@
     --config.data.text_field=sentence
 
 Read through `tfds.data_source` (random access over array_record files), the one TFDS reader that works
-without TensorFlow (ENVIRONMENT.md); the dataset must already be prepared under TFDS's data dir
+without TensorFlow (docs/platform-notes.md); the dataset must already be prepared under TFDS's data dir
 (`$TFDS_DATA_DIR`, default ~/tensorflow_datasets). Text comes back as bytes from real data and as str from
 `tfds.testing.mock_data`; both become str. ClassLabel values become their names (e.g. "negative").
 

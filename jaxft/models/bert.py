@@ -40,7 +40,7 @@ def gelu(x):
     """Exact GELU as PyTorch computes it, `x / 2 * (1 + erf(x / sqrt(2)))`.
 
     `jax.nn.gelu(approximate=False)` is the same function written with erfc, which XLA:CPU evaluates more
-    slowly (its forward fusions were 96 ms of a 2.7 s MiniLM step; bench/README.md). The two agree within
+    slowly (measured in bench/README.md). The two agree within
     2e-6 (tested); far in the negative tail, where both are ~0, this form returns 0 a little earlier, as
     PyTorch's does.
     """
@@ -180,8 +180,8 @@ def softmax_attention(query, key, value, mask, *, dropout_rate=0.0, dropout_rng=
 
     It computes the function of `jax.nn.dot_product_attention`'s XLA path (float32 logits and softmax; keys
     masked out get the float32 minimum, so exactly zero probability), tested equal within float32 rounding.
-    Written for XLA:CPU, which runs it faster than that path: the batched matmuls take head-major operands
-    (PV 8.3 ms against 12.0 in isolation), the queries are scaled before `QKᵀ` and the padding is added as
+    Written for XLA:CPU, which runs it faster than that path: the batched matmuls take head-major operands,
+    the queries are scaled before `QKᵀ` and the padding is added as
     a `[B, 1, 1, S]` bias, because a scalar or a `where` applied to the `[B, N, T, S]` logits reaches
     XLA:CPU's matmul fusions as a whole materialised array (bench/README.md).
 

@@ -1,17 +1,17 @@
 """Dropout from 16-bit random draws: half the threefry work of `flax.linen.Dropout`.
 
 `jax.random.bernoulli` (which `nn.Dropout` uses) spends one 32-bit threefry word per element; through JAX's
-CPU lowering threefry was ~10% of a CPU train step (bench/README.md, "Where the CPU step goes"). Here each
-32-bit word is split into two 16-bit draws, one per element. An element is dropped when its draw is below
-`round(rate * 2**16)`, so the drop probability is `rate` rounded to a multiple of 2**-16 (0.1 becomes
-6554 / 65536 = 0.1000061), and kept elements are scaled by the inverse of that exact keep probability: the
+CPU lowering threefry was a large part of a CPU train step (bench/README.md, "Where the CPU step goes"). Here
+each 32-bit word is split into two 16-bit draws, one per element. An element is dropped when its draw is below
+`round(rate * 2**16)`, so the drop probability is `rate` rounded to a multiple of 2**-16 (0.1 becomes 6554 /
+65536 = 0.1000061), and kept elements are scaled by the inverse of that exact keep probability: the
 expectation is unchanged. The scaling is done in float32 and rounded once, also for bfloat16 activations
 (`nn.Dropout` divides bfloat16 inputs by the keep probability rounded to bfloat16, 0.9 -> 0.8984375: every
 kept value 0.17% too large).
 
-The 32-bit words are `jax.random.bits(rng, shape, jnp.uint32)` bit for bit, but computed by `random_bits`:
-JAX lowers threefry on CPU as a 5-trip `while` loop over whole arrays, which XLA cannot fuse (25-27 ms for
-one MiniLM layer's attention mask); written out round by round it is one elementwise fusion (2.2 ms).
+The 32-bit words are `jax.random.bits(rng, shape, jnp.uint32)` bit for bit, but computed by `random_bits`: JAX
+lowers threefry on CPU as a 5-trip `while` loop over whole arrays, which XLA cannot fuse; written out round by
+round it is one elementwise fusion (the two timed in bench/README.md).
 
 The draws keep every leading axis of the masked array (only the last is halved), so a batch sharded over
 devices draws its mask where its rows live, as `jax.random.bits` does for any shape.
