@@ -175,8 +175,8 @@ def get_config() -> ml_collections.ConfigDict:
     )
     training.async_checkpoints = True  # write checkpoints in the background
     # On one CPU device: XLA's per-step temporaries stay in glibc's heap instead of being mapped (and page-
-    # faulted) afresh every step (jaxft/cpu.py); the process then keeps its peak heap until it exits. Applied
-    # by the command line (train.py, jaxft-train) for its own process; a library call leaves the caller's alone.
+    # faulted) afresh every step (jaxft/cpu.py); the process then keeps its peak heap until it exits.
+    # Applied by the command line (train.py, jaxft-train) for its own process, never by a library call.
     training.keep_cpu_step_memory = True
     training.progress_bar = True  # show a progress bar with loss, learning rate and examples/s
     training.tensorboard = True  # write TensorBoard event files to WORKDIR/tensorboard
