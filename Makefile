@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh machine (the package index is the only network used):
 #   make demo   set up .venv, then fine-tune MiniLM on the shipped demo data and print the dev report
-#   make test   set up .venv, then lint and run the test suite (what CI runs)
+#   make test   set up .venv, then lint and run the whole test suite (what CI runs)
+#   make check  the fast tier for contributors: lint and every test but the end-to-end and slow ones
+#               (every parity proof is in it)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +10,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint bench-cpu clean
+.PHONY: setup demo test check lint bench-cpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +32,9 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q tests/
+
+check: lint
+	$(PY) -m pytest -q -m "not e2e and not slow" tests/
 
 clean:
 	rm -rf $(VENV) runs

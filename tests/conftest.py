@@ -4,7 +4,9 @@ The suite runs with 8 forced host CPU devices, so every test exercises the multi
 wants one device passes `devices=jax.devices()[:1]`. The flag must be set before jax is first imported.
 """
 
+import inspect
 import os
+import re
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -47,3 +49,41 @@ def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny") / "run"
     final = train.train_and_evaluate(tiny.get_config(), str(workdir))
     return workdir, final
+
+
+# Tiers, by what a test does: one that runs a whole training job (`train_and_evaluate`, a comparison) or a
+# process of its own is end-to-end (`e2e`), whether it does so itself or through a helper of its module;
+# `make check` runs the rest (every parity proof is among them), `make test` runs everything.
+_RUNS_A_JOB = re.compile(r"\bsubprocess\.|\btrain_and_evaluate\(|\brun_cells?\(|\bcompare\.main\(")
+
+
+def _end_to_end_functions(module) -> set[str]:
+    """The names of `module`'s functions that run a job, directly or by calling another such function."""
+    sources = {}
+    for name, obj in vars(module).items():
+        function = getattr(obj, "__wrapped__", obj)  # a pytest fixture wraps its function
+        if inspect.isfunction(function) and function.__module__ == module.__name__:
+            sources[name] = inspect.getsource(function)
+    found = {name for name, source in sources.items() if _RUNS_A_JOB.search(source)}
+    grown = True
+    while grown:
+        callers = {
+            name
+            for name, source in sources.items()
+            if name not in found and any(re.search(rf"\b{callee}\(", source) for callee in found)
+        }
+        found |= callers
+        grown = bool(callers)
+    return found
+
+
+def pytest_collection_modifyitems(config, items):
+    by_module = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is None:
+            continue
+        if module not in by_module:
+            by_module[module] = _end_to_end_functions(module)
+        if item.originalname in by_module[module] or getattr(item, "name", "") in by_module[module]:
+            item.add_marker(pytest.mark.e2e)
