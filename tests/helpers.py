@@ -1,6 +1,6 @@
 """Helpers shared by the test files: tiny BERT configurations, random batches, parameter initialisation,
-the relative error between two parameter trees, and, on forced host devices, one step's loss and gradients
-and an evaluation's totals.
+the relative error between two parameter trees, on forced host devices one step's loss and gradients and an
+evaluation's totals, and a jaxpr's equations and matmul FLOPs (backend-independent, unlike compiled HLO).
 
 Imported as `from tests.helpers import ...` (pytest's pythonpath holds the repository root).
 """
@@ -129,3 +129,25 @@ def eval_totals(
         parallel.eval_batch_size(batch_size, num_devices),
         num_devices,
     )
+
+
+def jaxpr_eqns(jaxpr):
+    """Every equation of a (closed) jaxpr and of the jaxprs inside it (jit, cond, scan, custom_vjp...)."""
+    for eqn in jaxpr.jaxpr.eqns if hasattr(jaxpr, "jaxpr") else jaxpr.eqns:
+        yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from jaxpr_eqns(sub)
+
+
+def dot_flops(jaxpr) -> int:
+    """The FLOPs (2 per multiply-add) of every `dot_general` in a jaxpr and the jaxprs inside it: what the
+    traced program asks for, whatever a backend's compiler then makes of it (its `cost_analysis()` counts
+    what XLA compiled, which depends on the XLA version and the CPU)."""
+    total = 0
+    for eqn in jaxpr_eqns(jaxpr):
+        if eqn.primitive.name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            contracted = int(np.prod([lhs[d] for d in lhs_contract]))
+            total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * contracted
+    return total

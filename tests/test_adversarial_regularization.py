@@ -53,9 +53,10 @@ def test_epsilon_zero_reproduces_plain_training_exactly(method):
     attacked, losses = _train(
         3, adversarial=adv.AdversarialConfig(method, epsilon=0.0, step_size=0.5, steps=2)
     )
-    # Every loss is bit-identical. The parameters agree to float rounding: the attacked step is another XLA
-    # program (it also differentiates the embedding output), whose fusions may round differently.
-    np.testing.assert_array_equal(losses, plain_losses)
+    # The attacked step is another XLA program (it also differentiates the embedding output), whose fusions
+    # may round differently on another CPU: the losses agree to float32 rounding (bit-identical on the
+    # machines seen so far, but not promised), the parameters after three updates to a little more.
+    np.testing.assert_allclose(losses, plain_losses, rtol=1e-6, atol=0)
     for a, b in zip(jax.tree.leaves(attacked), jax.tree.leaves(plain), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
 

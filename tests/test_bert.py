@@ -13,7 +13,7 @@ from jaxft.models.bert import BertConfig, BertEncoder, first_query_attention, ge
 from jaxft.models.convert import hf_to_flax, load_state_dict
 from jaxft.models.heads import SequenceClassifier
 from jaxft.strategies.peft import LORA_TARGETS, PeftConfig
-from tests.helpers import ODD_SIZES
+from tests.helpers import ODD_SIZES, dot_flops
 
 # Odd sizes (99 and ODD_SIZES' 37) catch transposed or swapped dimensions that square shapes would hide.
 TINY = dict(vocab_size=99, **ODD_SIZES)
@@ -261,7 +261,12 @@ def test_first_token_only_gives_the_full_pooled_output_and_gradients(peft, remat
 
 
 def test_first_token_only_leaves_out_the_last_layers_other_positions():
-    """The work is removed, not computed and sliced: the compiled FLOPs fall by the last layer's share."""
+    """The work is removed, not computed and sliced: the traced matmul FLOPs fall by the last layer's share.
+
+    Counted from the jaxpr's `dot_general` shapes, not from the compiled program's `cost_analysis()`: what
+    XLA:CPU compiles a dot into (its own loops, a YNNPACK fusion, a library call), and so what its cost
+    analysis counts, depends on the XLA version and the CPU. The jaxpr is what the model asks for, and a
+    computed-then-sliced last layer would show there at full size."""
     config = BertConfig(**{**TINY, "num_hidden_layers": 3})
     ids = np.ones((4, 48), np.int32)
     model = BertEncoder(config)
@@ -269,7 +274,7 @@ def test_first_token_only_leaves_out_the_last_layers_other_positions():
 
     def flops(first_only):
         pooled = lambda p: model.apply({"params": p}, ids, ids, first_token_only=first_only)[1]
-        return jax.jit(pooled).lower(params).compile().cost_analysis()["flops"]
+        return dot_flops(jax.make_jaxpr(pooled)(params))
 
     hidden, ffn, length = config.hidden_size, config.intermediate_size, ids.shape[1]
     per_token = 2 * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * length * hidden  # matmuls, one layer
@@ -278,7 +283,8 @@ def test_first_token_only_leaves_out_the_last_layers_other_positions():
     heads = config.num_attention_heads
     per_row = per_token + 2 * 2 * hidden * hidden + 2 * 2 * length * hidden * heads
     saved = per_token * ids.size - per_row * ids.shape[0]
-    assert flops(False) - flops(True) >= 0.95 * saved
+    # Exact counts: at least what the analysis above saves, at most the whole last layer.
+    assert saved <= flops(False) - flops(True) <= per_token * ids.size
 
 
 def _first_query_inputs(dtype):

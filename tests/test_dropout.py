@@ -71,8 +71,15 @@ def test_bfloat16_values_are_scaled_in_float32_and_rounded_once():
     mask, keep_prob = keep_mask(rng, rate, x.shape)
     out = dropout(rng, rate, x)
     assert out.dtype == jnp.bfloat16
-    expected = (np.asarray(x, np.float32) / keep_prob).astype(jnp.bfloat16)  # one rounding of the exact value
-    np.testing.assert_array_equal(np.asarray(out)[np.asarray(mask)], expected[np.asarray(mask)])
+    # One rounding of the exact value: within half a bf16 ulp of it. (Not equal to numpy's bf16 of the
+    # float32 quotient bit for bit: the float32 product on the way may sit on the other side of a bf16
+    # tie, and `x` itself may differ in its last bits on another CPU.) A bf16 scale (1/0.9 -> 1.109375)
+    # is off by more for ~1,000 of the ~3,700 kept values.
+    kept = np.asarray(mask)
+    exact = np.asarray(x, np.float64)[kept] / keep_prob
+    half_ulp = 2.0 ** (np.floor(np.log2(np.abs(exact))) - 8)  # bf16: 8 significant bits
+    error = np.abs(np.asarray(out, np.float64)[kept] - exact)
+    assert np.all(error <= half_ulp + 2**-22 * np.abs(exact)), error.max()  # + the float32 product's
 
 
 def test_rate_one_zeros_everything_and_the_module_passes_through_when_off():

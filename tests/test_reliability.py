@@ -168,7 +168,9 @@ def test_sigkill_then_resume_is_bit_identical(tiny_run, tmp_path, kill_after):
         "--config.training.checkpoint_every=2",
         "--config.training.log_every=1",
     ]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    # This process's XLA flags (conftest's 8 devices and any the caller set): bit-identity is promised only
+    # to the same program, so the run compared against (tiny_run, in this process) must compile as this one.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ["XLA_FLAGS"]}
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -15,6 +15,7 @@ from tests.helpers import (
     classification_batch,
     eval_totals,
     init_params,
+    jaxpr_eqns,
     loss_and_grads,
     random_features,
     rel_error,
@@ -191,8 +192,9 @@ def test_a_non_finite_step_leaves_parameters_and_optimizer_state_untouched(condi
     batch = _batch(8)
     before = steps.create_train_state(params, tx, 0)
     nan_batch = {**batch, "weights": batch["weights"] * np.float32("nan")}
-    compiled = _jitted_step(tx).lower(before, batch).compile().as_text()
-    assert (" conditional(" in compiled) == conditional
+    # Which guard the step traced (read from its jaxpr, not from what a backend compiled it into).
+    traced = {eqn.primitive.name for eqn in jaxpr_eqns(jax.make_jaxpr(_jitted_step(tx))(before, batch))}
+    assert ("cond" in traced) == conditional
     state, _ = _one_step(nan_batch, params, tx)
     assert int(state.step) == 1 and int(state.nonfinite_steps) == 1
     jax.tree.map(np.testing.assert_array_equal, (state.params, state.opt_state), (params, before.opt_state))
@@ -218,4 +220,5 @@ def test_the_compiled_step_does_not_copy_the_optimizer_state():
     hlo = _jitted_step(tx, donate=True).lower(state, _batch(8)).compile().as_text()
     table = "f32[{},{}]".format(*params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape)
     copies = [line for line in hlo.splitlines() if f"= {table}" in line and " copy(" in line]
-    assert "dot(" in hlo and copies == []
+    # The table's shape is there (so the search means something) whatever kernels the CPU's dots became.
+    assert table in hlo and copies == []
