@@ -204,7 +204,11 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     ckpts.wait()
     restored, meta = ckpts.restore(state)
     ckpts.close()
-    assert meta == {"step": 7, "epoch": 1}
+    assert meta == {"step": 7, "epoch": 1, "checksums": checkpoint.checksums(state)}
+    assert (
+        meta["checksums"]["opt_state/0/mu/dense/kernel"]
+        == checkpoint.checksums(opt_state[0].mu)["dense/kernel"]
+    )
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     jax.tree.map(np.testing.assert_array_equal, restored, state)
 
