@@ -10,6 +10,7 @@ Where a run starts from, in order: resume from `latest` in its own workdir > par
 (`model.init_from_workdir`) > a pretrained Hugging Face checkpoint > random initialisation.
 """
 
+import contextlib
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxft import files
 from jaxft.errors import UserError
 
 
@@ -59,17 +61,20 @@ class Checkpoints:
         `state` holds host arrays, or global `jax.Array`s sharded over the devices: then each process writes
         only the shards it holds (nothing is gathered), and the async save has copied them off the devices
         when this returns (the next step may donate their buffers)."""
-        self.latest.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        )
+        with _storage_errors(self.latest.directory, "saving a checkpoint"):
+            self.latest.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            )
 
     def save_best(self, step: int, params, meta: dict) -> None:
         """Replaces the best checkpoint with `params`; the caller decides what "best" means."""
-        self.best.save(
-            step,
-            args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+        with _storage_errors(self.best.directory, "saving the best checkpoint"):
+            self.best.save(
+                step,
+                args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -173,13 +178,32 @@ class Checkpoints:
 
     def wait(self) -> None:
         """Blocks until background saves are on disk."""
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        with _storage_errors(self.latest.directory, "saving a checkpoint"):
+            self.latest.wait_until_finished()
+        with _storage_errors(self.best.directory, "saving the best checkpoint"):
+            self.best.wait_until_finished()
 
     def close(self) -> None:
         self.wait()
         self.latest.close()
         self.best.close()
+
+
+@contextlib.contextmanager
+def _storage_errors(directory, doing: str):
+    """A save that the machine refused (a full disk, a read-only filesystem) as one `StorageError` line.
+
+    An async save's error surfaces in the next save or wait (Orbax raises it there); either way it ends the
+    run. Errors without an OS reason are not the machine's and keep their traceback.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        if files.error_number(error) is None:
+            raise
+        raise files.storage_error(error, str(directory), doing) from None
 
 
 def _first_line(error: BaseException) -> str:

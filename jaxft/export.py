@@ -16,6 +16,7 @@ The run's labels are id2label / label2id. Uses the run's best checkpoint, else i
 import argparse
 import json
 import os
+import shutil
 import sys
 
 from jaxft import files, tasks, trained
@@ -58,17 +59,25 @@ def export(workdir: str, out: str) -> str:
         "classifier_dropout": run.config.model.classifier_dropout,
     }
     tmp = out.rstrip("/") + ".tmp-export"
-    os.makedirs(tmp, exist_ok=True)
-    # Written by us, not by safetensors' save_file, whose file is owner-only (0600): this way it gets the
-    # umask's mode, as the other files do.
-    with open(os.path.join(tmp, "model.safetensors"), "wb") as f:
-        f.write(save(tensors, metadata={"format": "pt"}))
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    run.tokenizer.save_pretrained(tmp)
-    if os.path.isdir(out):
-        os.rmdir(out)
-    os.replace(tmp, out)
+    try:
+        # Ours by its name: what an export that crashed left there must not end up in this one.
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        # Written by us, not by safetensors' save_file, whose file is owner-only (0600): this way it gets
+        # the umask's mode, as the other files do.
+        with open(os.path.join(tmp, "model.safetensors"), "wb") as f:
+            f.write(save(tensors, metadata={"format": "pt"}))
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        run.tokenizer.save_pretrained(tmp)
+        if os.path.isdir(out):
+            os.rmdir(out)
+        os.replace(tmp, out)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError):  # a full or read-only disk
+            raise files.storage_error(error, out, "exporting") from None
+        raise
     return out
 
 
@@ -81,6 +90,9 @@ def main(argv=None) -> int:
         export(args.workdir, args.out)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # reading the run, or anything else the machine refused
+        print(f"error: {files.storage_error(error, args.workdir)}", file=sys.stderr)
         return 2
     print(f"exported {args.workdir} to {args.out}")
     return 0
