@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxft import files
 from jaxft.errors import UserError
 
 
@@ -154,21 +155,25 @@ class Checkpoints:
         only the shards it holds (nothing is gathered), and the async save has copied them off the devices
         when this returns (the next step may donate their buffers)."""
         meta = {**meta, "checksums": checksums(state)}
-        self.latest.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        )
+        with _storage_errors(self.latest.directory, "saving a checkpoint"):
+            self.latest.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            )
         self._best_of[step] = (meta.get("best") or {}).get("best_step")
-        self.prune_best()
+        with _storage_errors(self.best.directory, "deleting a best checkpoint no full state names"):
+            self.prune_best()
 
     def save_best(self, step: int, params, meta: dict) -> None:
         """Saves `params` as the best so far; the caller decides what "best" means. The best checkpoints
         that a kept full state still names stay (`prune_best`)."""
         meta = {**meta, "checksums": checksums(params)}
-        self.best.save(
-            step,
-            args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+        with _storage_errors(self.best.directory, "saving the best checkpoint"):
+            self.best.save(
+                step,
+                args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
 
     def prune_best(self) -> None:
         """Deletes the best checkpoints no kept full state names, except those newer than every full state
@@ -370,13 +375,32 @@ class Checkpoints:
 
     def wait(self) -> None:
         """Blocks until background saves are on disk."""
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        with _storage_errors(self.latest.directory, "saving a checkpoint"):
+            self.latest.wait_until_finished()
+        with _storage_errors(self.best.directory, "saving the best checkpoint"):
+            self.best.wait_until_finished()
 
     def close(self) -> None:
         self.wait()
         self.latest.close()
         self.best.close()
+
+
+@contextlib.contextmanager
+def _storage_errors(directory, doing: str):
+    """A save that the machine refused (a full disk, a read-only filesystem) as one `StorageError` line.
+
+    An async save's error surfaces in the next save or wait (Orbax raises it there); either way it ends the
+    run. Errors without an OS reason are not the machine's and keep their traceback.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        if files.error_number(error) is None:
+            raise
+        raise files.storage_error(error, str(directory), doing) from None
 
 
 def _first_line(error: BaseException) -> str:

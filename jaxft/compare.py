@@ -34,6 +34,7 @@ from ml_collections import config_flags
 from jaxft import compare_results, compare_runner, files
 from jaxft import config as config_lib
 from jaxft import main as main_lib
+from jaxft import workdir as workdir_lib
 from jaxft.errors import UserError
 
 # Each value must be of its key's type in configs/default.py: cells receive it as --config.KEY=VALUE text.
@@ -393,7 +394,7 @@ def main(argv):
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
     workdir = main_lib.WORKDIR.value
     try:
-        files.check_directory_path(workdir, "--workdir")
+        workdir_lib.check_path(workdir, "--workdir")
         plan = make_plan(
             config_path, _forwarded_config_args(sys.argv), _STRATEGIES.value, _GRID.value, _SEEDS.value
         )
@@ -406,14 +407,17 @@ def main(argv):
         for cell in plan.cells:
             print(f"{cell.index}\t{cell.name}")
         return
-    if _CELL.value is not None:  # one job of an array: the tables come later from --aggregate_only
-        [(record, _)] = compare_runner.run_cells(plan, workdir, [plan.cells[_CELL.value]])
-        sys.exit(0 if record["status"] == "done" else 1)
-    if _AGGREGATE_ONLY.value and not compare_runner.read_records(plan, workdir):
-        main_lib.fail(f"--aggregate_only: no cell of this comparison has run in {workdir}; nothing to do")
-    results = [] if _AGGREGATE_ONLY.value else compare_runner.run_cells(plan, workdir)
-    command = shlex.join(["python", "-m", "jaxft.compare", *sys.argv[1:]])
-    rows = compare_runner.write_results(plan, workdir, command)
+    try:
+        if _CELL.value is not None:  # one job of an array: the tables come later from --aggregate_only
+            [(record, _)] = compare_runner.run_cells(plan, workdir, [plan.cells[_CELL.value]])
+            sys.exit(0 if record["status"] == "done" else 1)
+        if _AGGREGATE_ONLY.value and not compare_runner.read_records(plan, workdir):
+            main_lib.fail(f"--aggregate_only: no cell of this comparison has run in {workdir}; nothing to do")
+        results = [] if _AGGREGATE_ONLY.value else compare_runner.run_cells(plan, workdir)
+        command = shlex.join(["python", "-m", "jaxft.compare", *sys.argv[1:]])
+        rows = compare_runner.write_results(plan, workdir, command)
+    except OSError as error:  # a cell's record, its log or the tables: the machine refused the write
+        main_lib.fail(str(files.storage_error(error, f"--workdir {workdir}")))
     print(f"{len(rows)} rows -> {os.path.join(workdir, compare_results.RESULTS_MD)}")
     failed = [record["cell"] for record, _ in results if record["status"] != "done"]
     if failed:

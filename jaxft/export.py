@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import sys
 
 from jaxft import files, tasks, trained
@@ -60,19 +61,25 @@ def export(workdir: str, out: str) -> str:
         "classifier_dropout": run.config.model.classifier_dropout,
     }
     # A directory of our own, new and empty: a fixed name would pick up what a crashed export left there.
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = f"{out.rstrip('/')}.tmp-export-{os.getpid()}-{secrets.token_hex(4)}"
-    os.mkdir(tmp)
-    # Written by us, not by safetensors' save_file, whose file is owner-only (0600): this way it gets the
-    # umask's mode, as the other files do.
-    with open(os.path.join(tmp, "model.safetensors"), "wb") as f:
-        f.write(save(tensors, metadata={"format": "pt"}))
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    run.tokenizer.save_pretrained(tmp)
-    if os.path.isdir(out):
-        os.rmdir(out)
-    os.replace(tmp, out)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        os.mkdir(tmp)
+        # Written by us, not by safetensors' save_file, whose file is owner-only (0600): this way it gets
+        # the umask's mode, as the other files do.
+        with open(os.path.join(tmp, "model.safetensors"), "wb") as f:
+            f.write(save(tensors, metadata={"format": "pt"}))
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        run.tokenizer.save_pretrained(tmp)
+        if os.path.isdir(out):
+            os.rmdir(out)
+        os.replace(tmp, out)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError):  # a full or read-only disk
+            raise files.storage_error(error, out, "exporting") from None
+        raise
     return out
 
 
@@ -85,6 +92,9 @@ def main(argv=None) -> int:
         export(args.workdir, args.out)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # reading the run, or anything else the machine refused
+        print(f"error: {files.storage_error(error, args.workdir)}", file=sys.stderr)
         return 2
     print(f"exported {args.workdir} to {args.out}")
     return 0

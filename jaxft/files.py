@@ -1,11 +1,14 @@
-"""Writing files so that a crash or a reader never meets half of one."""
+"""Writing files so that a crash or a reader never meets half of one, and saying in one line why a write
+failed."""
 
+import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 
-from jaxft.errors import UserError
+from jaxft.errors import StorageError, UserError
 
 
 def nearest_existing(path: str) -> str:
@@ -62,3 +65,32 @@ def read_json_object(path: str) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
+
+
+# tensorstore (Orbax's writer) reports an OS error inside a ValueError: "...: No space left on device
+# [os_error_code='28']".
+_TENSORSTORE_ERRNO = re.compile(r"os_error_code='?(\d+)")
+
+
+def error_number(error: BaseException) -> int | None:
+    """The errno behind `error`: an `OSError`'s own, or one that tensorstore names in its message."""
+    if isinstance(error, OSError):
+        return error.errno
+    match = _TENSORSTORE_ERRNO.search(str(error))
+    return int(match.group(1)) if match else None
+
+
+def os_reason(error: BaseException) -> str:
+    """The OS's reason for `error` as "No space left on device (ENOSPC)"; else the error's first line."""
+    number = error_number(error)
+    if number is not None and number in errno.errorcode:
+        return f"{os.strerror(number)} ({errno.errorcode[number]})"
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def storage_error(error: BaseException, path: str, doing: str | None = None) -> StorageError:
+    """`error` (an OS error) as one line: the path (the error's own file, if it names one), what was being
+    done ("saving checkpoint step 8") and the OS's reason."""
+    named = getattr(error, "filename", None)
+    return StorageError(f"{named or path}: {f'{doing}: ' if doing else ''}{os_reason(error)}")

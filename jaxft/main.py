@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import threading
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -137,15 +138,22 @@ def main(argv):
             num_processes=NUM_PROCESSES.value,
             process_id=PROCESS_ID.value,
         )
+    from jaxft import files
     from jaxft.config import expand_path
     from jaxft.errors import UserError
     from jaxft.preemption import Preempted
     from jaxft.train import train_and_evaluate
 
     try:
-        train_and_evaluate(config, expand_path(WORKDIR.value))  # `$RUNS/x` as the data paths take it
+        workdir = expand_path(WORKDIR.value)  # `$RUNS/x` as the data paths take it
+        _BackgroundErrors.install()
+        train_and_evaluate(config, workdir)
     except UserError as error:
+        _BackgroundErrors.reported = True
         fail(str(error))
+    except OSError as error:  # a write the machine refused (full disk, read-only): not a traceback
+        _BackgroundErrors.reported = True
+        fail(str(files.storage_error(error, f"workdir {WORKDIR.value}")))
     except FloatingPointError as error:
         fail(str(error), status=3)
     except Preempted as error:
@@ -153,6 +161,62 @@ def main(argv):
         fail(str(error), status=error.status)
     except KeyboardInterrupt:  # a Ctrl-C before training started, or a second one: nothing saved for it
         fail("interrupted (Ctrl-C)", status=130)
+
+
+class _BackgroundErrors:
+    """From `install` to the process's end, a background thread's OS error (Orbax's async save, TensorBoard's
+    writer on a full disk) is logged in one line instead of a traceback: the main thread meets the same
+    failure (the next save, the next write) and ends with the one `error:` line. Once that line is out
+    (`reported`), what the threads still say while shutting down goes to the debug log only, so the
+    `error:` line stays the last."""
+
+    reported = False
+
+    @classmethod
+    def install(cls) -> None:
+        from jaxft import files
+
+        def os_level(error) -> bool:
+            return isinstance(error, OSError) or files.error_number(error) is not None
+
+        def log(text: str, error) -> None:
+            logging.log(
+                logging.DEBUG if cls.reported else logging.WARNING, "%s: %s", text, files.os_reason(error)
+            )
+
+        def strip_traceback(record: logging.LogRecord) -> bool:
+            error = record.exc_info[1] if record.exc_info else None
+            if error is None or not os_level(error):
+                return True
+            if cls.reported:
+                return False
+            text = " ".join(record.getMessage().split())
+            record.msg, record.args = f"{text} ({files.os_reason(error)})", None
+            record.exc_info, record.exc_text = None, None
+            return True
+
+        previous_thread_hook, previous_unraisable_hook = threading.excepthook, sys.unraisablehook
+
+        def thread_hook(args):
+            if os_level(args.exc_value):
+                log(f"in thread {getattr(args.thread, 'name', '?')}", args.exc_value)
+            else:
+                previous_thread_hook(args)
+
+        def unraisable_hook(unraisable):
+            error = unraisable.exc_value
+            if os_level(error):
+                log(unraisable.err_msg or "in a background write", error)
+            elif isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+                # tensorstore's callbacks for the rest of an async save that failed (the failure itself is
+                # reported once), arriving after Orbax closed that save's event loop.
+                logging.debug("after a failed checkpoint save: %s", error)
+            else:
+                previous_unraisable_hook(unraisable)
+
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(strip_traceback)
+        threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
 
 
 def config_package_roots(argv) -> list[str]:

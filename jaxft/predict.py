@@ -35,7 +35,7 @@ import tqdm
 from jaxft import checkpoint, files, parallel, steps, tasks, trained
 from jaxft.data import batching, tokenize
 from jaxft.data import labels as labels_lib
-from jaxft.errors import UserError
+from jaxft.errors import StorageError, UserError
 from jaxft.models.bert import BertConfig
 
 
@@ -215,13 +215,16 @@ def main(argv=None) -> int:
         try:
             write_predictions(args.output, records)
         except OSError as error:  # e.g. the disk filled up: the old file stays as it was
-            raise UserError(f"--output {args.output}: {error.strerror or error}") from None
+            raise StorageError(f"--output {args.output}: {files.os_reason(error)}") from None
         except ValueError:  # NaN or infinity, which JSON cannot hold
             raise UserError(
                 f"{args.workdir}: the model gave a non-finite output; nothing was written to {args.output}"
             ) from None
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # reading the run or the input, or anything else the machine refused
+        print(f"error: {files.storage_error(error, args.workdir)}", file=sys.stderr)
         return 2
     print(f"wrote {len(examples)} predictions to {args.output} (parameters of step {run.step})")
     return 0

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 
 from jaxft import checkpoint, evaluate, files, optim, parallel, steps, tasks, trained
 from jaxft import config as config_lib
+from jaxft import workdir as workdir_lib
 from jaxft.data import labels as labels_lib
 from jaxft.data import pipeline, tokenize
 from jaxft.early_stopping import BestMetric
@@ -579,22 +579,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Args:
       config: a config from `configs/` (see configs/default.py for every field).
-      workdir: the run's directory; an existing run there is resumed.
+      workdir: the run's directory; an existing run there is resumed. It must be a jaxft workdir
+        (`jaxft.workdir`), and is locked against a second run for as long as this one runs.
 
     Returns:
       The final evaluation metrics by split ({"eval": {...}, "test": {...}}), empty without eval data.
 
     Raises:
-      UserError: bad input (nothing was written), FloatingPointError: too many non-finite steps,
+      UserError: bad input, or the workdir is in use (nothing was written); as `StorageError`, the machine
+      refused a write (a full disk, a read-only filesystem). FloatingPointError: too many non-finite steps,
       Preempted: SIGTERM or a first Ctrl-C arrived (a checkpoint of the current step was written first).
     """
-    setup = prepare(config, workdir)
-    tc = config.training
-    new_workdir = not os.path.exists(workdir)
-    # The checks that need tokens or parameters (an entity span too long, a checkpoint's shapes, a PEFT
-    # run's base) come before the run's files are written: a failed start leaves a resumed run's files as
-    # they were and removes a workdir it created.
+    workdir_lib.check(workdir)
+    lock = workdir_lib.Lock(workdir, enabled=parallel.is_chief())
+    lock.acquire()
     try:
+        return _train_and_evaluate(config, workdir, lock)
+    finally:
+        lock.release()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, lock: workdir_lib.Lock) -> dict:
+    tc = config.training
+    # The checks that need tokens or parameters (an entity span too long, a checkpoint's shapes, a PEFT
+    # run's base) come before the run's files are written: a failed start (bad input, a full disk, ...)
+    # leaves a resumed run's files as they were and removes a workdir it created.
+    try:
+        setup = prepare(config, workdir)
         cache_dir = os.path.join(workdir, "cache") if config.data.cache else None
         pipeline.tokenize_splits(
             setup.splits, setup.tokenizer, config.data, cache_dir, setup.task, setup.label_names
@@ -611,12 +622,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpts = checkpoint.Checkpoints(workdir, keep=tc.keep_checkpoints, async_save=async_save)
         best = BestMetric(tc.best_mode, tc.early_stopping_min_delta, tc.early_stopping_patience)
         state, redo_eval = _start_state(setup, model, tx, ckpts, best)
-    except UserError:
-        if new_workdir and parallel.is_chief():
-            shutil.rmtree(workdir, ignore_errors=True)
+        if parallel.is_chief():
+            _write_run_files(setup, int(state.step))
+    except BaseException:
+        lock.remove_created()
         raise
-    if parallel.is_chief():
-        _write_run_files(setup, int(state.step))
     start_step = int(state.step)
     parallelism = parallel.from_config(tc)
     state = parallelism.place_state(state)

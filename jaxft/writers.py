@@ -24,6 +24,8 @@ import tqdm
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from jaxft import files
+
 _log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
@@ -101,8 +103,11 @@ class MetricWriter:
         step = int(step)
         values = {name: _plain(value) for name, value in scalars.items()}
         record = {"kind": kind, "step": step, "time": time.time(), **extra, **values}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as error:  # a full disk: the run ends with one line naming the file
+            raise files.storage_error(error, self.path, "writing metrics") from None
         if self._tensorboard is not None:
             for name, value in values.items():
                 if _is_number(value):
@@ -143,12 +148,21 @@ class MetricWriter:
 
     def close(self) -> None:
         """Flushes and closes both outputs; later writes are ignored and a second close is harmless."""
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-            self._tensorboard = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        try:
+            if self._tensorboard is not None:
+                self._tensorboard, tensorboard = None, self._tensorboard
+                try:
+                    tensorboard.close()
+                except OSError as error:
+                    where = os.path.join(os.path.dirname(self.path), TENSORBOARD_DIR)
+                    raise files.storage_error(error, where, "writing TensorBoard events") from None
+        finally:
+            if self._file is not None:
+                self._file, file = None, self._file
+                try:
+                    file.close()
+                except OSError as error:  # what a full disk kept from the last write
+                    raise files.storage_error(error, self.path, "writing metrics") from None
 
     def __enter__(self) -> "MetricWriter":
         return self

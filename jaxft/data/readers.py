@@ -11,6 +11,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterator
 
@@ -290,6 +291,25 @@ def _json_type(value) -> str:
     return _JSON_TYPES.get(type(value), "a number")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(where: str, value: str, what: str) -> str:
+    """`value`, unless it holds a lone UTF-16 surrogate (JSON's escape of half a pair, e.g. of U+D800),
+    which is not text: the tokenizer, and every file or terminal it would be written to, fail on it.
+
+    Raises:
+      UserError: naming `where` (path:line) and `what` (the field), without the character itself.
+    """
+    match = _SURROGATE.search(value)
+    if match:
+        raise UserError(
+            f"{where}: {what} holds U+{ord(match.group()):04X} at character {match.start()}, half of a "
+            "UTF-16 surrogate pair: not valid Unicode text"
+        )
+    return value
+
+
 def _json_string(where: str, record: dict, key: str | None, option: str, required: bool) -> str | None:
     """The value of `key` as a string; None when no key is configured, or it is absent (and not required)."""
     if key is None:
@@ -301,7 +321,7 @@ def _json_string(where: str, record: dict, key: str | None, option: str, require
         raise UserError(f"{where}: no key {key!r} ({option}); the keys are {keys}")
     value = record[key]
     if value is None or isinstance(value, str):
-        return value
+        return value if value is None else check_unicode(where, value, f"{key!r} ({option})")
     if isinstance(value, bool):
         return json.dumps(value)  # true / false, as the file spells them
     if isinstance(value, int | float):

@@ -13,6 +13,7 @@ import tempfile
 
 import numpy as np
 
+from jaxft import files
 from jaxft.data.readers import Example
 from jaxft.errors import UserError
 
@@ -285,14 +286,17 @@ def cached_tokenize(
         if features is not None:
             return features
     features, num_truncated = tokenize(examples, tokenizer, max_seq_length)
-    os.makedirs(cache_dir, exist_ok=True)
-    # Write then rename: a crash or a concurrent reader never sees half a file.
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tokens_", suffix=".npz.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, num_truncated=np.int64(num_truncated), **features)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        os.makedirs(cache_dir, exist_ok=True)
+        # Write then rename: a crash or a concurrent reader never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tokens_", suffix=".npz.tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, num_truncated=np.int64(num_truncated), **features)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as error:  # a full or read-only disk: one line naming the cache file
+        raise files.storage_error(error, path, "writing the token cache") from None
     return features

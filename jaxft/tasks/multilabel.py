@@ -73,7 +73,7 @@ def _split_labels(where: str, value, separator: str) -> tuple[str, ...]:
             f"{where}: the labels (data.label_field) must be a list of strings or a string joined by "
             f"task.label_separator={separator!r}, found {json.dumps(value)[:60]}"
         )
-    labels = [part.strip() for part in parts]
+    labels = [readers.check_unicode(where, part, "a label (data.label_field)").strip() for part in parts]
     return tuple(dict.fromkeys(label for label in labels if label))  # order kept, duplicates and blanks gone
 
 

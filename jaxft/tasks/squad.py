@@ -24,6 +24,7 @@ import string
 
 import numpy as np
 
+from jaxft.data import readers
 from jaxft.errors import UserError
 
 
@@ -67,7 +68,7 @@ def _load_json(path: str):
 def _string(value, where: str, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise UserError(f"{where}: the {what} is missing, empty or not a string")
-    return value
+    return readers.check_unicode(where, value, f"the {what}")
 
 
 def read_squad(path: str, *, require_answers: bool = True) -> list[QAExample]:
@@ -92,6 +93,7 @@ def read_squad(path: str, *, require_answers: bool = True) -> list[QAExample]:
             context = _string(paragraph.get("context"), f"{path}: article {a}", "context")
             for qa in qas:
                 qid = str(qa.get("id")) if isinstance(qa, dict) else "?"
+                readers.check_unicode(f"{path}: article {a}", qid, "a question id")
                 where = f"{path}: question {qid}"
                 if qid in seen:
                     raise UserError(f"{where}: the id occurs twice")
