@@ -5,9 +5,10 @@
 
 Each `Case` prepares a fresh temporary directory (`setup`), runs its command there, and passes when the exit
 status is the expected one, stderr has no traceback and ends in exactly one `error:` line that holds the
-expected text, and its invariant holds (e.g. "the workdir's files are byte-identical"). Add a case with
-`CASES.append(Case(...))`. Cases that need a tmpfs mount (a full or read-only disk) are SKIPped where this
-process may not mount one (mounting needs root). Exit status: 1 if any case failed.
+expected text (or, for a case that must succeed, holds no `error:` line at all), and its invariant holds
+(e.g. "the workdir's files are byte-identical", "the resumed run ends where an uninterrupted one did").
+Add a case with `CASES.append(Case(...))`. Cases that need a tmpfs mount (a full or read-only disk) are
+SKIPped where this process may not mount one (mounting needs root). Exit status: 1 if any case failed.
 """
 
 import dataclasses
@@ -40,7 +41,7 @@ class Case:
       setup: (tmp: Path) -> context dict; its "command" (argv) is run with cwd=context.get("cwd", tmp).
         "cleanup" (a callable) runs afterwards.
       status: the expected exit status.
-      stderr: text the last stderr line must hold.
+      stderr: text the last stderr line must hold; None: the command must succeed (no `error:` line).
       invariant: (tmp, context) -> None; raises AssertionError when violated. Default: the snapshot of
         context["watch"] (if any) taken before the command equals the one after.
     """
@@ -48,7 +49,7 @@ class Case:
     name: str
     setup: Callable[[Path], dict]
     status: int
-    stderr: str
+    stderr: str | None
     invariant: Callable[[Path, dict], None] | None = None
 
 
@@ -177,7 +178,245 @@ def _export_disk_full(tmp):
     return {"command": command, "watch": run, "cleanup": unmount, "mnt": tmp / "mnt", "cwd": REPO}
 
 
+# ---- checkpoints that must agree, whatever the kill point or the damage ----------------------------------
+
+# The training command, killed with SIGKILL right after one of the two checkpoint managers finished a save
+# of a given step, or sent SIGTERM while it evaluates; the patches live in this driver only.
+DRIVER = """
+import os, signal, sys
+from jaxft import checkpoint
+from jaxft.data import pipeline
+how, at = sys.argv[1], int(sys.argv[2])
+if how == "sigterm-in-eval":
+    real_batches = pipeline.eval_batches
+    def batches(*args, **kwargs):
+        for i, batch in enumerate(real_batches(*args, **kwargs), start=1):
+            if i == at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+    pipeline.eval_batches = batches
+else:
+    real = getattr(checkpoint.Checkpoints, how)
+    def save_then_die(self, step, *args, **kwargs):
+        real(self, step, *args, **kwargs)
+        if step == at:
+            self.wait()
+            os.kill(os.getpid(), signal.SIGKILL)
+    setattr(checkpoint.Checkpoints, how, save_then_die)
+sys.argv = ["train.py", *sys.argv[3:]]
+from jaxft import main
+main.run()
+"""
+
+
+def _jaxft():
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from jaxft import checkpoint
+
+    return checkpoint
+
+
+def _latest_state(workdir: Path):
+    import orbax.checkpoint as ocp
+
+    ckpts = _jaxft().Checkpoints(str(workdir), read_only=True)
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    restored = ckpts.latest.restore(ckpts.latest_step(), args=args)
+    ckpts.close()
+    assert restored.state is not None and restored.meta is not None, f"{workdir}: no state read back"
+    return restored.state, restored.meta
+
+
+def _killed(how: str, at: int, *flags: str):
+    def setup(tmp):
+        workdir = tmp / "run"
+        command = [PY, "-c", DRIVER, how, str(at), *TRAIN[2:], "--workdir", str(workdir), *flags]
+        killed = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True)
+        assert killed.returncode == -9, f"the driver was not killed: {killed.stderr[-500:]}"
+        return {"command": [*TRAIN, "--workdir", str(workdir), *flags], "run": workdir}
+
+    return setup
+
+
+def _truncate(directory: Path):
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _copy_of_the_run(tmp, damage=()):
+    workdir = tmp / "run"
+    shutil.copytree(trained_run(), workdir)
+    for part in damage:
+        _truncate(workdir / part)
+    return workdir
+
+
+def _damaged_resume(*parts):
+    def setup(tmp):
+        workdir = _copy_of_the_run(tmp, parts)
+        return {"command": [*TRAIN, "--workdir", str(workdir)], "run": workdir}
+
+    return setup
+
+
+def _altered_newest_state(tmp):
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    workdir = _copy_of_the_run(tmp)
+    manager = ocp.CheckpointManager(str(workdir / "checkpoints/latest"))
+    restored = manager.restore(12)
+    state, meta = restored["state"], restored["meta"]
+    state["opt_state"][1][0]["mu"]["classifier"]["kernel"][0, 0] = np.float32(
+        7.8e37
+    )  # as a flipped bit reads
+    manager.delete(12)
+    manager.save(
+        12, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    )
+    manager.wait_until_finished()
+    manager.close()
+    return {"command": [*TRAIN, "--workdir", str(workdir)], "run": workdir}
+
+
+def _ends_as_uninterrupted(tmp, context):
+    import numpy as np
+
+    state, _ = _latest_state(context["run"])
+    expected, _ = _latest_state(trained_run())
+    flat, want = (_flatten(tree) for tree in (state, expected))
+    assert flat.keys() == want.keys() and len(flat) > 10, "another state structure"
+    for name in flat:
+        assert np.array_equal(flat[name], want[name]), f"{name} differs from the uninterrupted run's"
+
+
+def _same_final_report(tmp, context):
+    _ends_as_uninterrupted(tmp, context)
+    final, want = (
+        json.loads((w / "final_metrics.json").read_text()) for w in (context["run"], trained_run())
+    )
+    assert final == want, "another final report than the uninterrupted run's"
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}/").items()}
+    if isinstance(tree, list | tuple):
+        return {k: v for i, sub in enumerate(tree) for k, v in _flatten(sub, f"{prefix}{i}/").items()}
+    return {prefix: tree}
+
+
+def _damaged_best_predict(tmp):
+    workdir = _copy_of_the_run(tmp, ["checkpoints/best"])
+    (tmp / "in.jsonl").write_text('{"text": "a good film"}\n{"text": "a bad film"}\n')
+    command = [PY, "-m", "jaxft.predict", "--workdir", str(workdir), "--input", str(tmp / "in.jsonl")]
+    return {"command": [*command, "--output", str(tmp / "p.jsonl")], "cwd": REPO}
+
+
+def _two_predictions(tmp, context):
+    lines = (tmp / "p.jsonl").read_text().splitlines()
+    assert len(lines) == 2, f"{len(lines)} predictions for 2 inputs"
+
+
+def _pending_evaluation(tmp, context):
+    _, meta = _latest_state(context["run"])
+    assert meta["step"] == 6 and meta["pending_eval"], (
+        f"saved step {meta['step']}, pending {meta.get('pending_eval')}"
+    )
+
+
+def _sigterm_in_eval(tmp):
+    workdir = tmp / "run"
+    flags = ["--config.training.eval_batch_size=16"]
+    command = [PY, "-c", DRIVER, "sigterm-in-eval", "2", *TRAIN[2:], "--workdir", str(workdir), *flags]
+    return {"command": command, "run": workdir, "cwd": REPO}
+
+
+# ---- what is loaded back is checked as training checks it --------------------------------------------------
+
+
+def _edited_run(edit):
+    def setup(tmp):
+        workdir = _copy_of_the_run(tmp)
+        edit(workdir)
+        (tmp / "in.jsonl").write_text('{"text": "a good film"}\n')
+        command = [PY, "-m", "jaxft.predict", "--workdir", str(workdir), "--input", str(tmp / "in.jsonl")]
+        return {"command": [*command, "--output", str(tmp / "p.jsonl")], "watch": workdir, "cwd": REPO}
+
+    return setup
+
+
+def _reverse_labels(workdir):
+    path = workdir / "labels.json"
+    labels = json.loads(path.read_text())
+    path.write_text(json.dumps({**labels, "labels": labels["labels"][::-1]}))
+
+
+def _drop_vocabulary(workdir):
+    for name in ("tokenizer.json", "vocab.txt"):
+        (workdir / "tokenizer" / name).unlink(missing_ok=True)
+
+
+def _truncate_config(workdir):
+    path = workdir / "config.json"
+    path.write_text(path.read_text()[:100])
+
+
+def _output_is_input(tmp):
+    (tmp / "in.jsonl").write_text('{"text": "a good film"}\n')
+    command = [PY, "-m", "jaxft.predict", "--workdir", str(trained_run()), "--input", str(tmp / "in.jsonl")]
+    return {"command": [*command, "--output", str(tmp / "in.jsonl")], "watch": tmp, "cwd": REPO}
+
+
+def _config_not_a_config(tmp):
+    (tmp / "config.json").write_text("{}")
+    return {
+        "command": [
+            PY,
+            str(REPO / "train.py"),
+            "--config",
+            str(tmp / "config.json"),
+            "--workdir",
+            str(tmp / "run"),
+        ],
+        "watch": tmp,
+    }
+
+
 CASES = [
+    Case(
+        "kill-after-best-before-any-latest",
+        _killed("save_best", 6, "--config.training.checkpoint_every=1000"),
+        0,
+        None,
+        _same_final_report,
+    ),
+    Case("kill-after-best-after-latest", _killed("save_best", 6), 0, None, _same_final_report),
+    Case("kill-after-latest", _killed("save", 8), 0, None, _same_final_report),
+    Case("damaged-newest-latest", _damaged_resume("checkpoints/latest/12"), 0, None, _same_final_report),
+    Case(
+        "damaged-latest-and-best",
+        _damaged_resume("checkpoints/latest/12", "checkpoints/best"),
+        0,
+        None,
+        _ends_as_uninterrupted,
+    ),
+    Case("altered-newest-latest", _altered_newest_state, 0, None, _same_final_report),
+    Case("damaged-best-predict", _damaged_best_predict, 0, None, _two_predictions),
+    Case(
+        "sigterm-during-evaluation",
+        _sigterm_in_eval,
+        143,
+        "pre-empted (SIGTERM): checkpoint saved at step 6",
+        _pending_evaluation,
+    ),
+    Case("predict-reversed-labels", _edited_run(_reverse_labels), 2, "differs from"),
+    Case("predict-tokenizer-without-vocabulary", _edited_run(_drop_vocabulary), 2, "no vocabulary file"),
+    Case("predict-truncated-config", _edited_run(_truncate_config), 2, "unreadable"),
+    Case("predict-output-is-input", _output_is_input, 2, "is the --input file"),
+    Case("config-not-a-config", _config_not_a_config, 2, "not a Python config file"),
     Case("workdir-empty-path", _empty_workdir, 2, "an empty path (an unset variable?)"),
     Case("workdir-hugging-face-dir", _hf_dir, 2, "not a jaxft workdir"),
     Case("workdir-in-use", _in_use, 2, "in use by another run (pid"),
@@ -214,9 +453,12 @@ def replay(case: Case) -> tuple[str, str]:
             problems.append(f"exit status {result.returncode}, expected {case.status}")
         if "Traceback" in result.stderr:
             problems.append("a traceback on stderr")
-        if not last.startswith("error: ") or sum(line.startswith("error: ") for line in lines) != 1:
+        errors = sum(line.startswith("error: ") for line in lines)
+        if case.stderr is None and errors:
+            problems.append("an error: line from a command that must succeed")
+        elif case.stderr is not None and (not last.startswith("error: ") or errors != 1):
             problems.append("stderr does not end in exactly one error: line")
-        if case.stderr not in last:
+        elif case.stderr is not None and case.stderr not in last:
             problems.append(f"{case.stderr!r} not in the last line")
         if watch is not None and snapshot(watch) != before:
             problems.append(f"{watch} changed")
