@@ -1,15 +1,10 @@
 """What a jaxft workdir is, and the lock that keeps two runs out of one.
 
-A directory is taken as a jaxft workdir (training may write there) when it
-
-- does not exist yet, or is empty;
-- holds only entries jaxft writes at a workdir's top level (`ENTRIES`, `config.before-step-N.json`, the
-  `NAME.*.tmp` files an interrupted atomic write leaves, and a comparison cell's `compare.log` / `cell.json`):
-  a run killed early, e.g. with only `cache/`;
-- or holds a run's own files, all of `RUN_FILES`: a run into which the user put a file of their own.
-
-Anything else (a Hugging Face checkpoint directory, a home directory, a source tree) is refused before a
-byte is written: training would replace its `config.json` and fill it with checkpoints.
+A directory is taken as a jaxft workdir (training may write there) unless it holds a `config.json` that
+jaxft did not write: a Hugging Face checkpoint directory, a project's settings. Training would replace that
+file, so such a directory is refused before a byte is written. Anything else is accepted: a new or empty
+directory, a run (killed early, finished, or with a file of the user's beside it), a directory a cluster job
+created with its log file in it. `ENTRIES` names what jaxft itself writes at a workdir's top level.
 
 While a run trains, process 0 holds an exclusive `flock` on `WORKDIR/.lock`; a second start on the same
 workdir is refused at once. The kernel drops the lock when its process ends however it ends (SIGKILL
@@ -19,6 +14,7 @@ would let a third process lock a new file while a second still waits on the old 
 
 import errno
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -48,7 +44,6 @@ ENTRIES = frozenset(
         "cell.json",
     }
 )
-RUN_FILES = ("config.json", "labels.json", "model_config.json")
 _OTHER_NAMES = re.compile(r"config\.before-step-\d+\.json")
 
 
@@ -72,25 +67,37 @@ def check_path(workdir: str, what: str = "workdir") -> None:
     files.check_directory_path(workdir, what)
 
 
+def _jaxft_config(path: str) -> bool:
+    """Whether the `config.json` at `path` is a jaxft run's (its sections); an unreadable one is left to
+    the run's own checks, which name it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return True
+    return isinstance(saved, dict) and all(isinstance(saved.get(key), dict) for key in ("model", "training"))
+
+
 def check(workdir: str, what: str = "workdir") -> None:
-    """Raises `UserError` unless training may write into `workdir` (see the module docstring and
+    """Raises `UserError` when training may not write into `workdir` (see the module docstring and
     `check_path`). Reads only."""
     check_path(workdir, what)
-    if not os.path.isdir(workdir) or all(os.path.exists(os.path.join(workdir, n)) for n in RUN_FILES):
+    config = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config) or _jaxft_config(config):
         return
     try:
-        foreign = foreign_entries(workdir)
+        foreign = [name for name in foreign_entries(workdir) if name != "config.json"]
     except OSError as error:
         raise UserError(f"{what} {workdir}: cannot list it: {files.os_reason(error)}") from None
-    if foreign:
-        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
-        hint = ""
-        if {"model.safetensors", "pytorch_model.bin"} & set(foreign):
-            hint = " (a Hugging Face checkpoint goes in model.checkpoint)"
-        raise UserError(
-            f"{what} {workdir}: not a jaxft workdir: it holds {shown}, which jaxft did not write{hint}; "
-            "give a new or empty directory"
-        )
+    shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+    hint = ""
+    if {"model.safetensors", "pytorch_model.bin"} & set(foreign):
+        hint = " (a Hugging Face checkpoint goes in model.checkpoint)"
+    raise UserError(
+        f"{what} {workdir}: not a jaxft workdir: its config.json is not a jaxft run's"
+        + (f" and it holds {shown}" if shown else "")
+        + f"{hint}; give a new or empty directory"
+    )
 
 
 def _holder(path: str) -> int | None:

@@ -94,6 +94,17 @@ def test_directories_holding_only_jaxft_entries_are_accepted(tmp_path, entries):
     workdir_lib.check(str(tmp_path))
 
 
+def test_a_directory_a_cluster_job_made_for_its_log_is_accepted(tmp_path):
+    (tmp_path / "slurm-4242.out").write_text("starting\n")  # sbatch --output=WORKDIR/slurm-%j.out
+    workdir_lib.check(str(tmp_path))
+
+
+def test_a_directory_with_another_programs_config_json_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"lr": 0.1}))
+    with pytest.raises(UserError, match="its config.json is not a jaxft run's; give a new or empty"):
+        workdir_lib.check(str(tmp_path))
+
+
 def test_a_run_with_a_file_of_the_users_is_accepted(tiny_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(tiny_run[0], copy)
@@ -111,9 +122,9 @@ def test_a_hugging_face_checkpoint_directory_is_refused_byte_for_byte(tmp_path):
     with pytest.raises(UserError) as info:
         train(tiny_config(), hf)
     assert one_line(info) == (
-        f"workdir {hf}: not a jaxft workdir: it holds model.safetensors, tokenizer.json, vocab.txt, "
-        "which jaxft did not write (a Hugging Face checkpoint goes in model.checkpoint); give a new or empty "
-        "directory"
+        f"workdir {hf}: not a jaxft workdir: its config.json is not a jaxft run's and it holds "
+        "model.safetensors, tokenizer.json, vocab.txt (a Hugging Face checkpoint goes in model.checkpoint); "
+        "give a new or empty directory"
     )
     assert_unchanged(hf, before)
 
