@@ -323,3 +323,50 @@ def test_export_refuses_architectures_a_plain_bert_lacks(lora_run, tmp_path):
     with pytest.raises(UserError, match="peft.method='adapter' adds layers or inputs"):
         export.export(str(workdir), str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
+
+
+def test_lora_delta_is_x_a_b_times_alpha_over_rank_in_numpy():
+    peft = PeftConfig(method="lora", lora_rank=4, lora_alpha=6.0)  # scale 1.5: neither alpha, 1 nor 1 / r
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, 5, 16)).astype(np.float32)
+    a = rng.normal(size=(16, 4)).astype(np.float32)
+    b = rng.normal(size=(4, 24)).astype(np.float32)
+    out = peft_lib.LoraDelta(24, peft).apply({"params": {"lora_a": a, "lora_b": b}}, x, True)
+    expected = x.astype(np.float64) @ a.astype(np.float64) @ b.astype(np.float64) * (6.0 / 4)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_lora_model_equals_the_base_model_with_w_plus_a_b_alpha_over_r_kernels():
+    """The reference is built in NumPy from the definition, not with `merge_lora` (code under test)."""
+    peft = PeftConfig(method="lora", lora_targets=peft_lib.LORA_TARGETS, lora_rank=4, lora_alpha=6.0)
+    model, base_model = SequenceClassifier(CONFIG, 3, peft=peft), SequenceClassifier(CONFIG, 3)
+    rng = np.random.default_rng(3)
+    flat = {k: np.asarray(v) for k, v in _flatten(_init(model)).items()}
+    for path in [p for p in flat if p[-1] in ("lora_a", "lora_b")]:
+        flat[path] = rng.normal(0, 0.2, flat[path].shape).astype(np.float32)  # B non-zero too
+    reference, adapted = {}, 0
+    for path, value in flat.items():
+        if path[-1] == "lora_b" or path[-1] == "lora_a":
+            continue
+        if path[-1] == "kernel" and (*path[:-2], f"{path[-2]}_lora", "lora_a") in flat:
+            lora = path[:-2] + (f"{path[-2]}_lora",)
+            a, b = flat[(*lora, "lora_a")].astype(np.float64), flat[(*lora, "lora_b")].astype(np.float64)
+            value = (value.astype(np.float64) + a @ b * (6.0 / 4)).astype(np.float32)
+            adapted += 1
+        reference[path] = value
+    assert adapted == 6 * CONFIG.num_hidden_layers  # every target of every layer
+    from flax import traverse_util
+
+    x = _inputs()
+    lora_logits = np.asarray(model.apply({"params": traverse_util.unflatten_dict(flat)}, *x))
+    ref_logits = np.asarray(base_model.apply({"params": traverse_util.unflatten_dict(reference)}, *x))
+    np.testing.assert_allclose(lora_logits, ref_logits, rtol=1e-5, atol=1e-6)
+    # The comparison can tell the scale apart: the update scaled by alpha (not alpha / r) gives other logits.
+    wrong = {
+        p: (v + flat[(*p[:-2], f"{p[-2]}_lora", "lora_a")] @ flat[(*p[:-2], f"{p[-2]}_lora", "lora_b")] * 4.5)
+        if p[-1] == "kernel" and (*p[:-2], f"{p[-2]}_lora", "lora_a") in flat
+        else v
+        for p, v in reference.items()
+    }  # reference already holds 1.5 A B; adding 4.5 A B more makes it alpha = 6 A B
+    wrong_logits = np.asarray(base_model.apply({"params": traverse_util.unflatten_dict(wrong)}, *x))
+    assert np.abs(wrong_logits - lora_logits).max() > 100 * np.abs(ref_logits - lora_logits).max() + 1e-4

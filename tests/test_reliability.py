@@ -237,3 +237,27 @@ def test_training_and_prediction_free_what_they_compiled(tiny_run, tmp_path):
     before = _memory_maps()
     jobs("second")
     assert _memory_maps() - before < 100
+
+
+def test_a_diverged_run_exits_3_from_the_command_line_with_one_error_line(tmp_path):
+    # An L2 coefficient near float32's largest value makes 0.5 * coefficient * ||w||^2 infinite at step 1
+    # (a tiny model's ||w||^2 is about 10): the loss of every step is non-finite.
+    command = [
+        sys.executable,
+        "train.py",
+        "--config",
+        "configs/tiny.py",
+        "--workdir",
+        str(tmp_path / "run"),
+        "--config.optimizer.l2_penalty=3e38",
+        "--config.training.log_every=1",
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: non-finite loss or gradients in 1 step(s) by step 1 (training.max_nonfinite_steps=0); those "
+        "updates were skipped, so the saved checkpoints hold finite parameters"
+    ], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr

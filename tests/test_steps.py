@@ -222,3 +222,62 @@ def test_the_compiled_step_does_not_copy_the_optimizer_state():
     copies = [line for line in hlo.splitlines() if f"= {table}" in line and " copy(" in line]
     # The table's shape is there (so the search means something) whatever kernels the CPU's dots became.
     assert table in hlo and copies == []
+
+
+def test_devices_draw_different_dropout_masks_reproducibly_per_step_and_seed():
+    """A train step with dropout on, every device given the same row: each device's logits (recorded from
+    inside the step) differ from every other's, are the same when the step is run again from the same state,
+    change with the step, and are those of the model with dropout key fold_in(fold_in(key(seed), step),
+    device) (micro-batch 0 folds in 0 more), as `steps.train_step` documents."""
+    import flax.linen as nn
+
+    inner = SequenceClassifier(tiny_bert(50, dropout=0.1), num_labels=LABELS)
+    recorded = {}
+
+    class Recording(nn.Module):
+        inner: nn.Module
+        record: bool = True
+
+        def __call__(self, *args, **kwargs):
+            logits = self.inner(*args, **kwargs)
+            if self.record:
+                record = lambda index, x: recorded.__setitem__(int(index), np.asarray(x))  # noqa: E731
+                jax.debug.callback(record, jax.lax.axis_index(parallel.AXIS), logits)
+            return logits
+
+    params = init_params(inner)
+    row = _batch(1, seed=4)
+    batch = {k: np.repeat(v, 8, axis=0) for k, v in row.items()}
+    tx = optax.sgd(0.0)
+
+    def run(step: int, deterministic: bool = False) -> dict:
+        recorded.clear()
+        state = steps.create_train_state({"inner": params}, tx, seed=0).replace(step=jnp.int32(step))
+        p_train = parallel.pmap_train_step(
+            steps.train_step, model=Recording(inner), tx=tx, deterministic=deterministic
+        )
+        jax.block_until_ready(p_train(parallel.replicate(state), parallel.split_for_devices(batch, 8)))
+        jax.effects_barrier()  # every device's callback has run
+        assert sorted(recorded) == list(range(8))
+        return dict(recorded)
+
+    first = run(0)
+    for a in range(8):
+        for b in range(a):
+            assert np.abs(first[a] - first[b]).max() > 1e-4, (a, b)
+    again, later = run(0), run(1)
+    for d in range(8):
+        np.testing.assert_array_equal(again[d], first[d])
+        assert np.abs(later[d] - first[d]).max() > 1e-4
+    for step, outputs in ((0, first), (1, later)):
+        for d in range(8):
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(0), step), d), 0)
+            expected = Recording(inner, record=False).apply(  # the same module paths, so the same masks
+                {"params": {"inner": params}}, row["input_ids"], row["attention_mask"], row["token_type_ids"],
+                deterministic=False, rngs={"dropout": key},
+            )  # fmt: skip
+            np.testing.assert_allclose(outputs[d], expected, rtol=1e-5, atol=1e-6)
+    # With dropout off the eight devices agree: the differences above are the masks, nothing else.
+    off = run(0, deterministic=True)
+    for d in range(1, 8):
+        np.testing.assert_array_equal(off[d], off[0])
