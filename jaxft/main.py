@@ -120,12 +120,6 @@ def main(argv):
     if CONFIG.value is None or WORKDIR.value is None:
         fail("--config and --workdir are required (see --help)")
     config = config_or_fail()
-    if config.get("training", {}).get("keep_cpu_step_memory", False):
-        # A process-wide setting (the C library's heap, JAX's dispatch), so the command line makes it, for
-        # its own process, before anything touches a device; a library call never does.
-        from jaxft import cpu
-
-        cpu.keep_step_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     if DISTRIBUTED.value:
@@ -138,6 +132,13 @@ def main(argv):
             num_processes=NUM_PROCESSES.value,
             process_id=PROCESS_ID.value,
         )
+    if config.get("training", {}).get("keep_cpu_step_memory", False):
+        # A process-wide setting (the C library's heap, JAX's dispatch), so the command line makes it, for
+        # its own process, before anything touches a device (after jax.distributed, which must come first);
+        # a library call never does.
+        from jaxft import cpu
+
+        cpu.keep_step_memory()
     from jaxft import files
     from jaxft.config import expand_path
     from jaxft.errors import UserError

@@ -101,11 +101,11 @@ main.run()
     "method, at_step, checkpoint_every",
     [
         ("save_best", 6, 1000),  # a best and no full state yet: the red-team case
-        ("save_best", 6, 4),  # a best newer than the newest full state (4)
-        ("save", 8, 4),  # a full state that names the best (6) before it
         ("save_best", 12, 4),  # a second best: the first (6) is still named by the full state of 8
     ],
-    ids=["best6-no-latest", "best6-after-latest4", "latest8", "best12-after-latest8"],
+    # Two more kill points (a best after the newest full state, right after a full state) are replayed by
+    # bench/redteam.py; these two are the ones a rotating best manager got wrong.
+    ids=["best6-no-latest", "best12-after-latest8"],
 )
 def test_sigkill_between_the_two_saves_then_resume_is_bit_identical(
     loss_run, tmp_path, method, at_step, checkpoint_every
