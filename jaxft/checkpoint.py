@@ -188,12 +188,9 @@ class Checkpoints:
     def _named_best(self, step: int) -> int | None:
         if step not in self._best_of:
             try:
-                with _quiet_reads():
-                    meta = self.latest.restore(
-                        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-                    ).meta
+                meta = _restore(self.latest, step, meta=ocp.args.JsonRestore()).meta
                 self._best_of[step] = (meta.get("best") or {}).get("best_step")
-            except Exception:  # a damaged meta names nothing; resuming sets that step aside
+            except (Damaged, AttributeError):  # a damaged meta names nothing; resuming sets it aside
                 self._best_of[step] = None
         return self._best_of[step]
 
@@ -230,16 +227,12 @@ class Checkpoints:
         return None
 
     def _read_latest(self, step: int, template_state):
-        try:
-            with _quiet_reads():
-                restored = self.latest.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(_on_host(template_state)), meta=ocp.args.JsonRestore()
-                    ),
-                )
-        except Exception as error:  # tensorstore and Orbax raise many types for a damaged directory
-            raise Damaged(_first_line(error)) from None
+        restored = _restore(
+            self.latest,
+            step,
+            state=ocp.args.StandardRestore(_on_host(template_state)),
+            meta=ocp.args.JsonRestore(),
+        )
         meta = restored.meta
         if not isinstance(meta, dict) or "step" not in meta:
             raise Damaged("its meta is missing")
@@ -273,17 +266,12 @@ class Checkpoints:
         return True
 
     def _read_best(self, step: int, template_params):
-        try:
-            with _quiet_reads():
-                restored = self.best.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        params=ocp.args.StandardRestore(_on_host(template_params)),
-                        meta=ocp.args.JsonRestore(),
-                    ),
-                )
-        except Exception as error:
-            raise Damaged(_first_line(error)) from None
+        restored = _restore(
+            self.best,
+            step,
+            params=ocp.args.StandardRestore(_on_host(template_params)),
+            meta=ocp.args.JsonRestore(),
+        )
         if not isinstance(restored.meta, dict):
             raise Damaged("its meta is missing")
         check_shapes(restored.params, template_params, f"best checkpoint step {step}")
@@ -293,21 +281,16 @@ class Checkpoints:
     def _read_latest_params(self, step: int, template_params):
         """Only the parameters of a full state (its Adam moments stay on disk)."""
         item = {"params": _on_host(template_params)}
-        try:
-            with _quiet_reads():
-                restored = self.latest.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.PyTreeRestore(
-                            item=item,
-                            restore_args=ocp.checkpoint_utils.construct_restore_args(item),  # host arrays
-                            partial_restore=True,
-                        ),
-                        meta=ocp.args.JsonRestore(),
-                    ),
-                )
-        except Exception as error:
-            raise Damaged(_first_line(error)) from None
+        restored = _restore(
+            self.latest,
+            step,
+            state=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),  # host arrays, as item
+                partial_restore=True,
+            ),
+            meta=ocp.args.JsonRestore(),
+        )
         params = restored.state["params"]
         check_shapes(params, template_params, f"checkpoint step {step}")
         verify({"params": params}, (restored.meta or {}).get("checksums"), f"checkpoint step {step}")
@@ -403,6 +386,15 @@ def _storage_errors(directory, doing: str):
         raise files.storage_error(error, str(directory), doing) from None
 
 
+def _restore(manager: ocp.CheckpointManager, step: int, **items):
+    """`items` (Orbax restore args by item name) of checkpoint `step`; a failure to read them is `Damaged`."""
+    try:
+        with _quiet_reads():
+            return manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as error:  # tensorstore and Orbax raise many types for a damaged directory
+        raise Damaged(_first_line(error)) from None
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
@@ -472,11 +464,8 @@ def saved_metas(workdir: str) -> list[tuple[str, int, dict]]:
         for kind, manager in (("latest", ckpts.latest), ("best", ckpts.best)):
             for step in sorted(manager.all_steps(), reverse=True):
                 try:
-                    with _quiet_reads():
-                        meta = manager.restore(
-                            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-                        ).meta
-                except Exception:  # damaged: `restore` warns and falls back when it gets there
+                    meta = _restore(manager, step, meta=ocp.args.JsonRestore()).meta
+                except Damaged:  # `restore` warns and falls back when it gets there
                     continue
                 if isinstance(meta, dict):
                     found.append((kind, step, meta))
