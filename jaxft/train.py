@@ -247,7 +247,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
 
 
 def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num_labels: int, tokenizer=None):
-    """The head the task asks for with `num_labels` outputs (compute dtype, attention implementation, remat).
+    """The head the task asks for with `num_labels` outputs (compute dtype, attention implementation, remat),
+    with the config's PEFT method applied (`peft.wrap`).
 
     Sequence tasks (classification, regression, multi-label) use `SequenceClassifier`, NER `TokenClassifier`,
     QA `SpanExtractor`, pet `MaskedLMClassifier`, whose verbaliser and mask token ids come from `tokenizer`,
@@ -270,15 +271,15 @@ def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num
             raise ValueError(f"task.name={task.name!r}: create_model needs the tokenizer")
         verbalizer_ids, mask_token_id = task.token_ids(tokenizer)
         head = functools.partial(head, verbalizer_ids=verbalizer_ids, mask_token_id=mask_token_id)
-    return head(
+    model = head(
         config=bert_config,
         num_labels=num_labels,
         dtype=jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32,
         classifier_dropout=config.model.classifier_dropout,
         attention_impl=attention,
         remat=config.model.remat,
-        peft=peft_lib.from_config(config),
     )
+    return peft_lib.wrap(model, peft_lib.from_config(config))
 
 
 def _place_by_index(placed: list, num_examples: int) -> dict:

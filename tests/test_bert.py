@@ -12,7 +12,7 @@ from jaxft.errors import UserError
 from jaxft.models.bert import BertConfig, BertEncoder, first_query_attention, gelu, softmax_attention
 from jaxft.models.convert import hf_to_flax, load_state_dict
 from jaxft.models.heads import SequenceClassifier
-from jaxft.strategies.peft import LORA_TARGETS, PeftConfig
+from jaxft.strategies.peft import LORA_TARGETS, PeftConfig, wrap
 from tests.helpers import ODD_SIZES, dot_flops
 
 # Odd sizes (99 and ODD_SIZES' 37) catch transposed or swapped dimensions that square shapes would hide.
@@ -229,7 +229,7 @@ def test_remat_gives_the_same_outputs_and_gradients():
 def test_first_token_only_gives_the_full_pooled_output_and_gradients(peft, remat):
     config = BertConfig(**TINY)
     ids, mask, types = _batch()
-    model = BertEncoder(config, remat=remat, peft=peft)
+    model = wrap(BertEncoder(config, remat=remat), peft)
     params = model.init(jax.random.key(0), ids, mask, types)["params"]
     # Perturb every leaf (LoRA's B starts at zero) so that each parameter reaches the output.
     leaves, tree = jax.tree.flatten(params)

@@ -252,7 +252,7 @@ def test_adapters_leave_earlier_tasks_bit_identical():
     tasks = _tasks()
     first = loop.run_sequence(tasks[:1], _config("adapter"), CONFIG, _optimizer(), log=lambda _: None)
     both = loop.run_sequence(tasks, _config("adapter"), CONFIG, _optimizer(), log=lambda _: None)
-    encoder = BertEncoder(CONFIG, peft=loop.PeftConfig(method="adapter", adapter_size=4))
+    encoder = loop.wrap(BertEncoder(CONFIG), loop.PeftConfig(method="adapter", adapter_size=4))
     batch = loop._device_batch(batching.make_batch(tasks[0].eval, None, np.arange(16), 12, 16))
 
     def logits(result):

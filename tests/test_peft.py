@@ -45,7 +45,7 @@ def _with_base(params, base):
     "peft", [LORA_ALL, PeftConfig(method="adapter", adapter_size=4)], ids=["lora", "adapter"]
 )
 def test_lora_and_adapters_start_as_the_base_model(peft):
-    base_model, model = SequenceClassifier(CONFIG, 3), SequenceClassifier(CONFIG, 3, peft=peft)
+    base_model, model = SequenceClassifier(CONFIG, 3), peft_lib.wrap(SequenceClassifier(CONFIG, 3), peft)
     base = _init(base_model)
     params = _with_base(_init(model), base)
     new = set(_flatten(params)) - set(_flatten(base))
@@ -61,7 +61,7 @@ def test_lora_and_adapters_start_as_the_base_model(peft):
 
 
 def test_lora_targets_every_named_dense_and_merges_into_the_kernels():
-    model = SequenceClassifier(CONFIG, 3, peft=LORA_ALL)
+    model = peft_lib.wrap(SequenceClassifier(CONFIG, 3), LORA_ALL)
     params = _init(model)
     flat = {"/".join(k) for k in _flatten(params)}
     layer = "bert/encoder/layer_0/"
@@ -94,7 +94,7 @@ def _flatten(tree):
 def test_prompt_tuning_equals_the_base_model_reading_the_virtual_tokens_as_words():
     virtual = np.array([7, 9, 11], np.int32)
     peft = PeftConfig(method="prompt", num_virtual_tokens=len(virtual))
-    base_encoder, encoder = BertEncoder(CONFIG), BertEncoder(CONFIG, peft=peft)
+    base_encoder, encoder = BertEncoder(CONFIG), peft_lib.wrap(BertEncoder(CONFIG), peft)
     base = _init(base_encoder)
     params = _with_base(_init(encoder), base)
     params["embeddings"]["prompt_embeddings"] = base["embeddings"]["word_embeddings"]["embedding"][virtual]
@@ -123,7 +123,7 @@ def test_prompt_starts_from_vocabulary_embeddings():
 
 def test_prefix_tuning_attends_to_the_prepended_keys_and_values():
     peft = PeftConfig(method="prefix", num_virtual_tokens=2)
-    layer = BertSelfAttention(CONFIG, peft=peft)
+    layer = peft_lib.wrap(BertSelfAttention(CONFIG), peft)
     hidden = jax.random.normal(jax.random.key(0), (2, 5, CONFIG.hidden_size))
     mask = jnp.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     params = jax.device_get(layer.init(jax.random.key(1), hidden, mask, True)["params"])
@@ -158,7 +158,7 @@ def test_prefix_tuning_attends_to_the_prepended_keys_and_values():
 )
 def test_only_the_chosen_parameters_train_and_the_head_always_does(method, trains):
     peft = PeftConfig(method=method, num_virtual_tokens=2, adapter_size=4)
-    model = SequenceClassifier(CONFIG, 3, peft=peft)
+    model = peft_lib.wrap(SequenceClassifier(CONFIG, 3), peft)
     params = _init(model)
     tx = optim.create_optimizer(tiny.get_config().optimizer, 10, peft)
     p_train = parallel.pmap_train_step(
@@ -267,7 +267,7 @@ def test_bad_peft_settings_name_the_key(key, value, message):
 
 def test_optimizer_state_covers_only_the_trained_parameters():
     peft = PeftConfig(method="bitfit")
-    params = _init(SequenceClassifier(CONFIG, 3, peft=peft))
+    params = _init(peft_lib.wrap(SequenceClassifier(CONFIG, 3), peft))
     opt_state = optim.create_optimizer(tiny.get_config().optimizer, 10, peft).init(params)
     leaves = sum(np.size(x) for x in jax.tree.leaves(opt_state) if np.ndim(x) > 0)
     trained_count, _ = peft_lib.count(params, peft)
@@ -339,7 +339,7 @@ def test_lora_delta_is_x_a_b_times_alpha_over_rank_in_numpy():
 def test_a_lora_model_equals_the_base_model_with_w_plus_a_b_alpha_over_r_kernels():
     """The reference is built in NumPy from the definition, not with `merge_lora` (code under test)."""
     peft = PeftConfig(method="lora", lora_targets=peft_lib.LORA_TARGETS, lora_rank=4, lora_alpha=6.0)
-    model, base_model = SequenceClassifier(CONFIG, 3, peft=peft), SequenceClassifier(CONFIG, 3)
+    model, base_model = peft_lib.wrap(SequenceClassifier(CONFIG, 3), peft), SequenceClassifier(CONFIG, 3)
     rng = np.random.default_rng(3)
     flat = {k: np.asarray(v) for k, v in _flatten(_init(model)).items()}
     for path in [p for p in flat if p[-1] in ("lora_a", "lora_b")]:

@@ -19,12 +19,17 @@ Attention has two paths that compute the same function:
 
 A layer asked for its first position alone (pooled heads' last layer) attends from that one query without
 projecting its keys and values: `first_query_attention`, the same function in another order of products.
+
+Methods that add layers or inputs are applied from outside, by a method interceptor
+(`flax.linen.intercept_methods`): the encoder declares the Dense layers they may adapt
+(`BertEncoder.dense_targets`) and calls identity hooks that an interceptor may override (`extend_inputs`,
+`extend_keys_values`, `plain_keys_values`, `residual_branch`). The forward pass knows none of them.
 """
 
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -33,7 +38,6 @@ import jax.numpy as jnp
 from jaxft.errors import UserError
 from jaxft.models import matmul
 from jaxft.models.dropout import Dropout, dropout
-from jaxft.strategies.peft import Adapter, LoraDelta, PeftConfig
 
 
 def gelu(x):
@@ -69,9 +73,6 @@ SHAPE_FIELDS = (  # the sizes that decide every parameter's shape
 
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-_NO_PEFT = PeftConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,13 +260,12 @@ def first_query_attention(
 class BertEmbeddings(nn.Module):
     """Word + position + token-type embeddings, then LayerNorm and dropout.
 
-    With prompt tuning, the trainable `prompt_embeddings` are inserted among the word embeddings right after
-    [CLS] (token type 0), so the output is `num_virtual_tokens` positions longer than the input.
+    `extend_inputs` may insert vectors after the first word (with token type 0): the output is then longer
+    than the input by as many positions.
     """
 
     config: BertConfig
     dtype: Any = jnp.float32
-    peft: PeftConfig = _NO_PEFT
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids, deterministic: bool):
@@ -276,13 +276,10 @@ class BertEmbeddings(nn.Module):
             # Lookups and the sum stay float32; the LayerNorm casts to the compute dtype.
             return nn.Embed(num, cfg.hidden_size, embedding_init=init, param_dtype=jnp.float32, name=name)
 
-        words = embed(cfg.vocab_size, "word_embeddings")(input_ids)
-        if self.peft.method == "prompt":
-            shape = (self.peft.num_virtual_tokens, cfg.hidden_size)
-            prompt = self.param("prompt_embeddings", init, shape, jnp.float32)
-            prompt = jnp.broadcast_to(prompt, (words.shape[0], *shape))
-            words = jnp.concatenate([words[:, :1], prompt, words[:, 1:]], axis=1)
-            zeros = jnp.zeros((words.shape[0], shape[0]), token_type_ids.dtype)
+        words = self.extend_inputs(embed(cfg.vocab_size, "word_embeddings")(input_ids))
+        extra = words.shape[1] - input_ids.shape[1]
+        if extra:
+            zeros = jnp.zeros((words.shape[0], extra), token_type_ids.dtype)
             token_type_ids = jnp.concatenate([token_type_ids[:, :1], zeros, token_type_ids[:, 1:]], axis=1)
         positions = jnp.arange(words.shape[1])[None, :]
         x = (
@@ -293,18 +290,21 @@ class BertEmbeddings(nn.Module):
         x = _layer_norm(cfg, self.dtype)(x)
         return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
+    def extend_inputs(self, words):
+        """The word embeddings `[B, L, H]` as the layers read them: these, unchanged.
+
+        A hook for a method interceptor (`flax.linen.intercept_methods`): vectors it inserts go right after
+        the first position, and the encoder widens the attention mask and narrows its output to match.
+        """
+        return words
+
 
 class BertSelfAttention(nn.Module):
-    """Multi-head self-attention over the unpadded keys (Hugging Face `BertSelfAttention`).
-
-    PEFT: LoRA paths beside the query / key / value projections it targets; prefix tuning prepends
-    trainable keys and values that every query attends to.
-    """
+    """Multi-head self-attention over the unpadded keys (Hugging Face `BertSelfAttention`)."""
 
     config: BertConfig
     dtype: Any = jnp.float32
     attention_impl: str | None = None
-    peft: PeftConfig = _NO_PEFT
 
     @nn.compact
     def __call__(self, hidden, attention_mask, deterministic: bool, first_only: bool = False):
@@ -315,10 +315,6 @@ class BertSelfAttention(nn.Module):
 
         def project(name, x):
             out = _dense(cfg.hidden_size, cfg, self.dtype, name)(x)
-            if self.peft.lora_on(name):
-                out = out + LoraDelta(cfg.hidden_size, self.peft, self.dtype, name=f"{name}_lora")(
-                    x, deterministic
-                )
             return out.reshape(batch, x.shape[1], heads, head_dim)
 
         q = project("query", _computed_positions(hidden, first_only))
@@ -327,8 +323,8 @@ class BertSelfAttention(nn.Module):
         dropout_args = (
             {"dropout_rate": rate, "dropout_rng": self.make_rng("dropout")} if apply_dropout else {}
         )
-        projected = self.peft.method == "prefix" or self.peft.lora_on("key") or self.peft.lora_on("value")
-        if first_only and not projected:  # one query: no key or value projections (exact, see the function)
+        # One query: no key or value projections (exact, see the function).
+        if first_only and self.plain_keys_values():
             init = weight_init(cfg)
             key, value = (
                 matmul.DenseParams(cfg.hidden_size, init, name=name)(hidden.shape[-1])
@@ -338,18 +334,11 @@ class BertSelfAttention(nn.Module):
                 q, hidden.astype(self.dtype), key, value, _key_mask(attention_mask), **dropout_args
             )
             return out.reshape(batch, 1, cfg.hidden_size)
-        k, v = project("key", hidden), project("value", hidden)
-        if self.peft.method == "prefix":
-            shape = (self.peft.num_virtual_tokens, heads, head_dim)
-            init = weight_init(cfg)
-
-            def prepend(name, x):
-                prefix = self.param(name, init, shape, jnp.float32).astype(x.dtype)
-                return jnp.concatenate([jnp.broadcast_to(prefix, (batch, *shape)), x], axis=1)
-
-            k, v = prepend("prefix_key", k), prepend("prefix_value", v)
+        k, v = self.extend_keys_values(project("key", hidden), project("value", hidden))
+        extra = k.shape[1] - attention_mask.shape[-1]
+        if extra:  # keys put before the real ones: attended to by every query
             attention_mask = jnp.concatenate(
-                [jnp.ones((batch, shape[0]), attention_mask.dtype), attention_mask], axis=1
+                [jnp.ones((batch, extra), attention_mask.dtype), attention_mask], axis=1
             )
         # cuDNN takes no dropout RNG, and one query is not worth a fused kernel: those go through XLA too.
         if self.attention_impl == "cudnn" and not apply_dropout and not first_only:
@@ -360,28 +349,43 @@ class BertSelfAttention(nn.Module):
             out = softmax_attention(q, k, v, _key_mask(attention_mask), **dropout_args)
         return out.reshape(batch, q.shape[1], cfg.hidden_size)
 
+    def plain_keys_values(self) -> bool:
+        """Whether keys and values are the key and value projections of the input alone: True.
+
+        A hook for a method interceptor (`flax.linen.intercept_methods`) that alters those projections or
+        `extend_keys_values`: it answers False, and the single-query path (`first_query_attention`, which
+        never computes the keys and values) is not taken.
+        """
+        return True
+
+    def extend_keys_values(self, keys, values):
+        """The keys and values `[B, S, N, D]` attended to: these, unchanged.
+
+        A hook for a method interceptor (`flax.linen.intercept_methods`): keys and values it adds go before
+        the real ones, and every query may attend to them.
+        """
+        return keys, values
+
 
 class BertAddNorm(nn.Module):
-    """Dense, dropout, residual add and LayerNorm (Hugging Face `BertSelfOutput` and `BertOutput`).
-
-    PEFT: a LoRA path beside the Dense when `lora_target` is targeted; a Houlsby adapter before the residual.
-    """
+    """Dense, dropout, residual add and LayerNorm (Hugging Face `BertSelfOutput` and `BertOutput`)."""
 
     config: BertConfig
     dtype: Any = jnp.float32
-    peft: PeftConfig = _NO_PEFT
-    lora_target: str = "output"  # "attention_output" or "output": the name `peft.lora_targets` uses
 
     @nn.compact
     def __call__(self, x, residual, deterministic: bool):
         cfg = self.config
         out = _dense(cfg.hidden_size, cfg, self.dtype, "dense")(x)
-        if self.peft.lora_on(self.lora_target):
-            out = out + LoraDelta(cfg.hidden_size, self.peft, self.dtype, name="dense_lora")(x, deterministic)
-        out = Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic)
-        if self.peft.method == "adapter":
-            out = Adapter(self.peft.adapter_size, self.dtype, name="adapter")(out)
+        out = self.residual_branch(Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic))
         return _layer_norm(cfg, self.dtype)(out + residual)
+
+    def residual_branch(self, out):
+        """The sublayer's output as it is added to the residual: `out`, unchanged.
+
+        A hook for a method interceptor (`flax.linen.intercept_methods`), which may put a layer here.
+        """
+        return out
 
 
 class BertAttention(nn.Module):
@@ -390,14 +394,13 @@ class BertAttention(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
     attention_impl: str | None = None
-    peft: PeftConfig = _NO_PEFT
 
     @nn.compact
     def __call__(self, hidden, attention_mask, deterministic: bool, first_only: bool = False):
-        x = BertSelfAttention(self.config, self.dtype, self.attention_impl, self.peft, name="self")(
+        x = BertSelfAttention(self.config, self.dtype, self.attention_impl, name="self")(
             hidden, attention_mask, deterministic, first_only
         )
-        output = BertAddNorm(self.config, self.dtype, self.peft, "attention_output", name="output")
+        output = BertAddNorm(self.config, self.dtype, name="output")
         return output(x, _computed_positions(hidden, first_only), deterministic)
 
 
@@ -406,14 +409,10 @@ class BertIntermediate(nn.Module):
 
     config: BertConfig
     dtype: Any = jnp.float32
-    peft: PeftConfig = _NO_PEFT
 
     @nn.compact
-    def __call__(self, hidden, deterministic: bool = True):
-        size = self.config.intermediate_size
-        x = _dense(size, self.config, self.dtype, "dense")(hidden)
-        if self.peft.lora_on("intermediate"):
-            x = x + LoraDelta(size, self.peft, self.dtype, name="dense_lora")(hidden, deterministic)
+    def __call__(self, hidden):
+        x = _dense(self.config.intermediate_size, self.config, self.dtype, "dense")(hidden)
         return _ACTIVATIONS[self.config.hidden_act](x)
 
 
@@ -427,15 +426,14 @@ class BertLayer(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
     attention_impl: str | None = None
-    peft: PeftConfig = _NO_PEFT
 
     @nn.compact
     def __call__(self, hidden, attention_mask, deterministic: bool, first_only: bool = False):
         cfg = self.config
-        attention = BertAttention(cfg, self.dtype, self.attention_impl, self.peft, name="attention")
+        attention = BertAttention(cfg, self.dtype, self.attention_impl, name="attention")
         hidden = attention(hidden, attention_mask, deterministic, first_only)
-        x = BertIntermediate(cfg, self.dtype, self.peft, name="intermediate")(hidden, deterministic)
-        return BertAddNorm(cfg, self.dtype, self.peft, "output", name="output")(x, hidden, deterministic)
+        x = BertIntermediate(cfg, self.dtype, name="intermediate")(hidden)
+        return BertAddNorm(cfg, self.dtype, name="output")(x, hidden, deterministic)
 
 
 class BertLayerStack(nn.Module):
@@ -445,7 +443,6 @@ class BertLayerStack(nn.Module):
     dtype: Any = jnp.float32
     attention_impl: str | None = None
     remat: bool = False
-    peft: PeftConfig = _NO_PEFT
 
     @nn.compact
     def __call__(self, hidden, attention_mask, deterministic: bool, first_only: bool = False):
@@ -455,7 +452,7 @@ class BertLayerStack(nn.Module):
         layer_cls = nn.remat(BertLayer, static_argnums=(3, 4)) if self.remat else BertLayer
         last = self.config.num_hidden_layers - 1
         for i in range(last + 1):
-            layer = layer_cls(self.config, self.dtype, self.attention_impl, self.peft, name=f"layer_{i}")
+            layer = layer_cls(self.config, self.dtype, self.attention_impl, name=f"layer_{i}")
             hidden = layer(hidden, attention_mask, deterministic, first_only and i == last)
         return hidden
 
@@ -482,6 +479,8 @@ class BertEncoder(nn.Module):
         remat: recompute each layer's activations in the backward pass to save memory.
         add_pooling_layer: False leaves the pooler out (its parameters too), as Hugging Face's argument of
             that name, for heads that read every position.
+        dense_targets: (class attribute) the Dense layers that method interceptors may adapt,
+            by the names configs use, as paths below this module (`*`: any one name).
     """
 
     config: BertConfig
@@ -489,7 +488,14 @@ class BertEncoder(nn.Module):
     attention_impl: str | None = None
     remat: bool = False
     add_pooling_layer: bool = True
-    peft: PeftConfig = _NO_PEFT
+    dense_targets: ClassVar[dict[str, str]] = {
+        "query": "encoder/layer_*/attention/self/query",
+        "key": "encoder/layer_*/attention/self/key",
+        "value": "encoder/layer_*/attention/self/value",
+        "attention_output": "encoder/layer_*/attention/output/dense",
+        "intermediate": "encoder/layer_*/intermediate/dense",
+        "output": "encoder/layer_*/output/dense",
+    }
 
     @nn.compact
     def __call__(
@@ -512,7 +518,7 @@ class BertEncoder(nn.Module):
                 read only the pooled output: the same pooled output, with the queries, attention, output
                 projection and feed-forward of every other position of the last layer left out (14% of
                 MiniLM-L6's matmuls, 7% of BERT-base's), and its keys and values not projected either
-                (`first_query_attention`; a further 2.6% and 1.4%) unless PEFT adds to those projections.
+                (`first_query_attention`; a further 2.6% and 1.4%) unless `plain_keys_values` says no.
                 sequence_output is then `[B, 1, H]`. In training the last layer's dropout masks are drawn for
                 the positions computed, so they differ from a full computation's (same distribution).
 
@@ -527,22 +533,20 @@ class BertEncoder(nn.Module):
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        hidden = BertEmbeddings(cfg, self.dtype, self.peft, name="embeddings")(
-            input_ids, token_type_ids, deterministic
-        )
+        hidden = BertEmbeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
         # Adversarial training perturbs the embedding output through this (a no-op unless the caller passes
         # a "perturbations" collection; see jaxft.strategies.adversarial).
         if not self.is_initializing():  # init must not create the collection: its shape is per batch
             hidden = self.perturb("embedding_output", hidden)
-        virtual = self.peft.extra_positions
-        if virtual:  # prompt tuning: the virtual tokens after [CLS] are attended to like real ones
-            ones = jnp.ones((attention_mask.shape[0], virtual), attention_mask.dtype)
+        extra = hidden.shape[1] - input_ids.shape[1]  # vectors `extend_inputs` put after the first
+        if extra:  # attended to like real tokens
+            ones = jnp.ones((attention_mask.shape[0], extra), attention_mask.dtype)
             attention_mask = jnp.concatenate([attention_mask[:, :1], ones, attention_mask[:, 1:]], axis=1)
-        hidden = BertLayerStack(cfg, self.dtype, self.attention_impl, self.remat, self.peft, name="encoder")(
+        hidden = BertLayerStack(cfg, self.dtype, self.attention_impl, self.remat, name="encoder")(
             hidden, attention_mask, deterministic, first_token_only
         )
-        if virtual and not first_token_only:  # position i of the output is input token i again
-            hidden = jnp.concatenate([hidden[:, :1], hidden[:, 1 + virtual :]], axis=1)
+        if extra and not first_token_only:  # position i of the output is input token i again
+            hidden = jnp.concatenate([hidden[:, :1], hidden[:, 1 + extra :]], axis=1)
         if not self.add_pooling_layer:
             return hidden, None
         return hidden, BertPooler(cfg, self.dtype, name="pooler")(hidden)

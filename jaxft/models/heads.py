@@ -25,7 +25,6 @@ import jax.numpy as jnp
 
 from jaxft.models.bert import _ACTIVATIONS, BertConfig, BertEncoder, _dense, _layer_norm, weight_init
 from jaxft.models.dropout import Dropout
-from jaxft.strategies.peft import PeftConfig
 
 
 def _classifier(num_labels: int, config: BertConfig, dtype) -> nn.Dense:
@@ -49,7 +48,6 @@ class EncoderHead(nn.Module):
             Face does.
         attention_impl: passed to `BertEncoder`.
         remat: passed to `BertEncoder`.
-        peft: which encoder parameters train (`jaxft.strategies.peft`), passed to `BertEncoder`.
     """
 
     config: BertConfig
@@ -58,7 +56,6 @@ class EncoderHead(nn.Module):
     classifier_dropout: float | None = None
     attention_impl: str | None = None
     remat: bool = False
-    peft: PeftConfig = PeftConfig()
 
     def encoder(self, add_pooling_layer: bool) -> BertEncoder:
         """The encoder submodule `bert` (call from the head's compact `__call__`)."""
@@ -68,7 +65,6 @@ class EncoderHead(nn.Module):
             self.attention_impl,
             self.remat,
             add_pooling_layer=add_pooling_layer,
-            peft=self.peft,
             name="bert",
         )
 

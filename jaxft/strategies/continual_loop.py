@@ -43,7 +43,7 @@ from jaxft.errors import UserError
 from jaxft.models.bert import BertConfig, BertEncoder
 from jaxft.models.convert import merge_pretrained
 from jaxft.strategies import continual as cl
-from jaxft.strategies.peft import PeftConfig
+from jaxft.strategies.peft import PeftConfig, wrap
 
 _INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
@@ -242,7 +242,7 @@ def run_sequence(
         if method == "adapter"
         else PeftConfig()
     )
-    encoder = BertEncoder(bert_config, peft=peft)
+    encoder = wrap(BertEncoder(bert_config), peft)
     key = jax.random.PRNGKey(config.seed)
     width = max(t.train["input_ids"].shape[1] for t in tasks)
     buckets = batching.bucket_lengths(width, config.num_buckets)

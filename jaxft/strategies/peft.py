@@ -1,4 +1,4 @@
-"""Parameter-efficient fine-tuning: which parameters train, the modules that add new ones, saving only those.
+"""Parameter-efficient fine-tuning: which parameters train, the layers that add new ones, saving only those.
 
 `peft.method` picks one of:
 
@@ -19,22 +19,22 @@
 In every method the task head (`classifier`, `qa_outputs`, the pooler of a sequence head) trains too, and a
 checkpoint holds only what trains (`trained_subset`); the rest is the base checkpoint, which `merge` fills
 back in and whose fingerprint the checkpoint records so that restoring from another base is refused.
+
+The layers, and how they reach an encoder that knows nothing of them, are `jaxft.models.peft`'s: a model is
+built plain and adapted with `wrap(model, peft)` (re-exported here with the layers).
 """
 
 import dataclasses
 import hashlib
 from collections.abc import Callable
-from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import traverse_util
 
 from jaxft.errors import UserError
-from jaxft.models.dropout import Dropout
+from jaxft.models.peft import Adapter, LoraDelta, PeftModel, wrap  # noqa: F401  (re-exported)
 
 METHODS = ("none", "bitfit", "lora", "adapter", "prompt", "prefix")
 # Dense layers of a BERT layer that LoRA can adapt, by the name `peft.lora_targets` uses.
@@ -112,42 +112,6 @@ def validate(peft: PeftConfig) -> None:
         raise UserError(
             f"config peft.lora_targets={peft.lora_targets!r}: choose from {', '.join(LORA_TARGETS)}"
         )
-
-
-# ---- modules (used by jaxft.models.bert) ------------------------------------------------------------------
-class LoraDelta(nn.Module):
-    """The low-rank path `dropout(x) @ A @ B * scale` added to a Dense layer's output."""
-
-    features: int
-    peft: PeftConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, deterministic: bool):
-        # A as in the reference implementation (Kaiming-uniform); B zero, so the path starts at exactly 0.
-        a = self.param(
-            "lora_a", nn.initializers.he_uniform(), (x.shape[-1], self.peft.lora_rank), jnp.float32
-        )
-        b = self.param("lora_b", nn.initializers.zeros, (self.peft.lora_rank, self.features), jnp.float32)
-        x = Dropout(self.peft.lora_dropout)(x, deterministic=deterministic)
-        return (
-            (x @ a.astype(self.dtype)) @ b.astype(self.dtype) * jnp.asarray(self.peft.lora_scale, self.dtype)
-        )
-
-
-class Adapter(nn.Module):
-    """Houlsby bottleneck `x + up(gelu(down(x)))`; `up` starts at zero: the adapter starts as the identity."""
-
-    size: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        dense = lambda n, init, name: nn.Dense(  # noqa: E731
-            n, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init, name=name
-        )
-        h = jax.nn.gelu(dense(self.size, nn.initializers.normal(1e-3), "down")(x), approximate=False)
-        return x + dense(x.shape[-1], nn.initializers.zeros, "up")(h)
 
 
 # ---- trainable subsets, checkpoints, export ---------------------------------------------------------------
