@@ -5,6 +5,9 @@ as words; prefix tuning equals attention over the prepended keys and values; onl
 move; a PEFT checkpoint holds only those and restores the run exactly; LoRA merges for export.
 """
 
+from typing import ClassVar
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -370,3 +373,36 @@ def test_a_lora_model_equals_the_base_model_with_w_plus_a_b_alpha_over_r_kernels
     }  # reference already holds 1.5 A B; adding 4.5 A B more makes it alpha = 6 A B
     wrong_logits = np.asarray(base_model.apply({"params": traverse_util.unflatten_dict(wrong)}, *x))
     assert np.abs(wrong_logits - lora_logits).max() > 100 * np.abs(ref_logits - lora_logits).max() + 1e-4
+
+
+class _Block(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(5, name="out")(jnp.tanh(nn.Dense(7, name="mix")(x)))
+
+
+class _OtherEncoder(nn.Module):
+    """Not BERT: it declares which of its Dense layers the target names mean, and nothing else."""
+
+    dense_targets: ClassVar[dict[str, str]] = {"query": "block_*/mix", "output": "block_*/out"}
+
+    @nn.compact
+    def __call__(self, x):
+        return _Block(name="block_1")(_Block(name="block_0")(x))
+
+
+def test_an_encoder_that_declares_its_dense_targets_gets_lora_by_the_same_mechanism():
+    peft = PeftConfig(method="lora", lora_targets=("query",), lora_rank=2)
+    model = peft_lib.wrap(_OtherEncoder(), peft)
+    x = jax.random.normal(jax.random.key(0), (3, 5))
+    params = jax.device_get(model.init(jax.random.key(1), x)["params"])
+    flat = {"/".join(k) for k in _flatten(params)}
+    assert {f"block_{i}/mix_lora/lora_{m}" for i in (0, 1) for m in "ab"} <= flat
+    assert not any("out_lora" in name for name in flat)  # "output" is not targeted
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: v + 0.3 if p[-1].key == "lora_b" else v, params
+    )  # B non-zero: the paths count
+    merged = peft_lib.merge_lora(params, peft)
+    np.testing.assert_allclose(
+        model.apply({"params": params}, x), _OtherEncoder().apply({"params": merged}, x), rtol=1e-5, atol=1e-6
+    )

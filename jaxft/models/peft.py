@@ -17,7 +17,8 @@ offers what the interceptor needs:
 A new encoder family gets every method here by declaring those names. New parameters keep the names and
 places they had when the encoder built them itself, so checkpoints and exports read the same: a LoRA path
 is the sibling `<name>_lora` of the Dense it adapts, an adapter is the child `adapter` of the module whose
-`residual_branch` it follows, and prompt or prefix vectors are parameters of the hooked module itself.
+`residual_branch` it follows, and prompt or prefix vectors are parameters of the hooked module itself,
+drawn as its weights are (normal, `module.config.initializer_range` wide).
 
 Dropout inside a LoRA path is on exactly when the model is given a `"dropout"` RNG, which every caller in
 this package passes if and only if it runs with `deterministic=False`.
