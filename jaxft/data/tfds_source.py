@@ -20,7 +20,7 @@ import importlib
 import numpy as np
 
 from jaxft.data import conll, squad
-from jaxft.data.readers import Example
+from jaxft.data.example import Example
 from jaxft.errors import UserError
 
 PREFIX = "tfds:"
