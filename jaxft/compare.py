@@ -35,6 +35,7 @@ from jaxft import compare_results, compare_runner, files
 from jaxft import config as config_lib
 from jaxft import main as main_lib
 from jaxft import workdir as workdir_lib
+from jaxft.compare_runner import Cell, Plan, flag_text
 from jaxft.errors import UserError
 
 # Each value must be of its key's type in configs/default.py: cells receive it as --config.KEY=VALUE text.
@@ -59,8 +60,6 @@ STRATEGIES = {
 # optimizer.learning_rate is given by --grid or --config.
 LEARNING_RATES = {"bitfit": 1e-3, "lora": 5e-4, "adapter": 1e-3, "prompt": 3e-2, "prefix": 1e-2}
 _LR = "optimizer.learning_rate"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")  # anything else in a cell name becomes "_"
-_MAX_NAME = 200  # longer cell names end in a hash instead (most filesystems allow 255 bytes)
 
 
 def _strategy_help() -> str:
@@ -89,78 +88,6 @@ _LIST = flags.DEFINE_bool("list", False, "Print the cells with their index and e
 _AGGREGATE_ONLY = flags.DEFINE_bool(
     "aggregate_only", False, "Run nothing; write results.csv/md/png from the cells that have finished."
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    """One training run of the comparison: a strategy at one grid point with one seed.
-
-    Attributes:
-      index: position in the expansion order (strategy, then grid point, then seed); `--cell` takes it.
-      strategy: the strategy name as given, e.g. "lora+fgm".
-      grid_point: (config key, value text as given on the command line) per --grid flag, in flag order.
-      seed: the value of config key `seed`.
-      overrides: the strategy's config overrides (Python values).
-      metric: the eval metric that decides (the cell config's `training.best_metric`, "auto" resolved).
-      best_mode: "max" or "min": which way `metric` is better.
-    """
-
-    index: int
-    strategy: str
-    grid_point: tuple[tuple[str, str], ...]
-    seed: int
-    overrides: dict
-    metric: str | None = None
-    best_mode: str = "max"
-
-    @property
-    def name(self) -> str:
-        """The cell's directory name: <strategy>__<key=value,...>__seed<k>, filesystem-safe."""
-        return cell_name(self.strategy, self.grid_point, self.seed)
-
-    def config_args(self) -> list[str]:
-        """The --config.KEY=VALUE arguments that make this cell (seed, strategy overrides, grid point)."""
-        args = [f"--config.seed={self.seed}"]
-        args += [f"--config.{key}={flag_text(value)}" for key, value in self.overrides.items()]
-        return args + [f"--config.{key}={value}" for key, value in self.grid_point]
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """Everything a comparison runs, checked: the config file, the options passed on, the cells.
-
-    `trainer` is the command that trains one cell, given --config, --workdir and --config.KEY=VALUE as
-    `jaxft.main` takes them (tests put a stand-in there).
-    """
-
-    config_path: str
-    config_args: tuple[str, ...]
-    grid_keys: tuple[str, ...]
-    cells: tuple[Cell, ...]
-    trainer: tuple[str, ...] = (sys.executable, "-m", "jaxft.main")
-
-
-def cell_name(strategy: str, grid_point: Sequence[tuple[str, str]], seed: int) -> str:
-    """<strategy>__<key=value,...>__seed<k> (no middle part without --grid), unsafe characters as "_"."""
-    parts = [strategy, ",".join(f"{key}={value}" for key, value in grid_point), f"seed{seed}"]
-    name = _UNSAFE.sub("_", "__".join(part for part in parts if part))
-    if len(name) > _MAX_NAME:
-        import hashlib
-
-        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
-        name = f"{name[: _MAX_NAME - 13]}-{digest}"
-    return name
-
-
-def flag_text(value) -> str:
-    """A Python value as the text of --config.KEY=TEXT that ml_collections parses back to the same value."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float | tuple):
-        return repr(value)
-    raise TypeError(f"no command-line form for {value!r}")
 
 
 def strategy_overrides(strategy: str) -> dict:

@@ -12,8 +12,11 @@ and no further cell starts.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -21,17 +24,85 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from jaxft import compare_results, files
-
-if TYPE_CHECKING:  # not at run time: `python -m jaxft.compare` would define its flags a second time
-    from jaxft.compare import Cell, Plan
 
 CELLS_DIR = "cells"
 CELL_RECORD = "cell.json"
 CELL_LOG = "compare.log"
 FINAL_METRICS = "final_metrics.json"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")  # anything else in a cell name becomes "_"
+_MAX_NAME = 200  # longer cell names end in a hash instead (most filesystems allow 255 bytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One training run of the comparison: a strategy at one grid point with one seed.
+
+    Attributes:
+      index: position in the expansion order (strategy, then grid point, then seed); `--cell` takes it.
+      strategy: the strategy name as given, e.g. "lora+fgm".
+      grid_point: (config key, value text as given on the command line) per --grid flag, in flag order.
+      seed: the value of config key `seed`.
+      overrides: the strategy's config overrides (Python values).
+      metric: the eval metric that decides (the cell config's `training.best_metric`, "auto" resolved).
+      best_mode: "max" or "min": which way `metric` is better.
+    """
+
+    index: int
+    strategy: str
+    grid_point: tuple[tuple[str, str], ...]
+    seed: int
+    overrides: dict
+    metric: str | None = None
+    best_mode: str = "max"
+
+    @property
+    def name(self) -> str:
+        """The cell's directory name: <strategy>__<key=value,...>__seed<k>, filesystem-safe."""
+        return cell_name(self.strategy, self.grid_point, self.seed)
+
+    def config_args(self) -> list[str]:
+        """The --config.KEY=VALUE arguments that make this cell (seed, strategy overrides, grid point)."""
+        args = [f"--config.seed={self.seed}"]
+        args += [f"--config.{key}={flag_text(value)}" for key, value in self.overrides.items()]
+        return args + [f"--config.{key}={value}" for key, value in self.grid_point]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything a comparison runs, checked: the config file, the options passed on, the cells.
+
+    `trainer` is the command that trains one cell, given --config, --workdir and --config.KEY=VALUE as
+    `jaxft.main` takes them (tests put a stand-in there).
+    """
+
+    config_path: str
+    config_args: tuple[str, ...]
+    grid_keys: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    trainer: tuple[str, ...] = (sys.executable, "-m", "jaxft.main")
+
+
+def cell_name(strategy: str, grid_point: Sequence[tuple[str, str]], seed: int) -> str:
+    """<strategy>__<key=value,...>__seed<k> (no middle part without --grid), unsafe characters as "_"."""
+    parts = [strategy, ",".join(f"{key}={value}" for key, value in grid_point), f"seed{seed}"]
+    name = _UNSAFE.sub("_", "__".join(part for part in parts if part))
+    if len(name) > _MAX_NAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        name = f"{name[: _MAX_NAME - 13]}-{digest}"
+    return name
+
+
+def flag_text(value) -> str:
+    """A Python value as the text of --config.KEY=TEXT that ml_collections parses back to the same value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float | tuple):
+        return repr(value)
+    raise TypeError(f"no command-line form for {value!r}")
 
 
 def cell_dir(workdir: str, cell: Cell) -> str:

@@ -137,12 +137,12 @@ def test_cells_expand_in_order_with_exact_names_and_flags():
         "--config.training.batch_size=16",
     ]
     assert {(cell.metric, cell.best_mode) for cell in plan.cells} == {("accuracy", "max")}
-    assert compare.cell_name("full", [], 3) == "full__seed3"
-    unsafe = compare.cell_name("eda", [("augment.eda_ops", "('swap',)")], 1)
+    assert compare_runner.cell_name("full", [], 3) == "full__seed3"
+    unsafe = compare_runner.cell_name("eda", [("augment.eda_ops", "('swap',)")], 1)
     assert unsafe == "eda__augment.eda_ops=__swap_,___seed1"
-    long_name = compare.cell_name("full", [("data.train_path", "x" * 300)], 0)
+    long_name = compare_runner.cell_name("full", [("data.train_path", "x" * 300)], 0)
     assert len(long_name) == 200 and long_name.startswith("full__data.train_path=xxx")
-    assert long_name != compare.cell_name("full", [("data.train_path", "x" * 301)], 0)
+    assert long_name != compare_runner.cell_name("full", [("data.train_path", "x" * 301)], 0)
 
 
 def test_every_strategy_value_round_trips_through_the_command_line():
@@ -159,7 +159,7 @@ def test_every_strategy_value_round_trips_through_the_command_line():
     assert (config.optimizer.layer_decay, config.peft.method) == (0.9, "bitfit")
     assert config.adversarial.method == "pgd"
     assert config.seed == 5
-    assert [compare.flag_text(v) for v in ("a b", 0.1, 3, True, ("x",), ())] == [
+    assert [compare_runner.flag_text(v) for v in ("a b", 0.1, 3, True, ("x",), ())] == [
         "a b", "0.1", "3", "true", "('x',)", "()",
     ]  # fmt: skip
 

@@ -421,7 +421,8 @@ def test_a_lone_surrogate_in_training_and_prediction_input(tiny_run, tmp_path, c
 
 
 def test_a_lone_surrogate_in_squad_and_multilabel_files(tmp_path):
-    from jaxft.tasks import multilabel, squad
+    from jaxft.data import squad
+    from jaxft.tasks import multilabel
 
     context = "the cat sat \ud800"
     article = {"paragraphs": [{"context": context, "qas": [{"id": "q1", "question": "who?", "answers": []}]}]}

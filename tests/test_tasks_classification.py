@@ -11,6 +11,7 @@ from seqeval.metrics.sequence_labeling import get_entities
 
 from configs import conll03, default, mrpc, multilabel, squad, stsb, tiny
 from jaxft import tasks, train
+from jaxft.data import conll
 from jaxft.errors import UserError
 from jaxft.tasks import tagging
 
@@ -83,7 +84,7 @@ def test_unknown_task_and_wrong_best_metric_are_user_errors(tmp_path):
 @pytest.mark.realdata
 @pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, "conll2003")), reason=f"no conll2003 under {DATA}")
 def test_conll2003_reads_to_its_published_counts():
-    sentences = tagging.read_conll(os.path.join(DATA, "conll2003", "eng.train"), scheme="iob1")
+    sentences = conll.read_conll(os.path.join(DATA, "conll2003", "eng.train"), scheme="iob1")
     assert len(sentences) == 14041 and sum(len(s.words) for s in sentences) == 203621
     counts = {}
     for sentence in sentences:

@@ -12,7 +12,7 @@ from seqeval.scheme import IOB2
 
 from configs import conll03
 from jaxft import predict, tasks, train
-from jaxft.data import tokenize
+from jaxft.data import conll, tokenize
 from jaxft.errors import UserError
 from jaxft.tasks import IGNORE, tagging
 from jaxft.tasks.ner import Ner, entity_report
@@ -60,18 +60,18 @@ def test_read_conll_converts_iob1_and_skips_docstart(tmp_path):
     text = "-DOCSTART- -X- -X- O\n\nAcme NNP I-NP I-ORG\nhires VBZ I-VP O\nDanish JJ I-NP I-MISC\n\n"
     text += "Mara NNP I-NP I-PER\nQuist NNP I-NP I-PER\nI-PER NNP I-NP B-PER\n"
     path = _write(tmp_path / "eng.train", text)
-    sentences = tagging.read_conll(path, scheme="iob1")
+    sentences = conll.read_conll(path, scheme="iob1")
     assert [s.words for s in sentences] == [("Acme", "hires", "Danish"), ("Mara", "Quist", "I-PER")]
     assert sentences[0].tags == ("B-ORG", "O", "B-MISC")
     assert sentences[1].tags == ("B-PER", "I-PER", "B-PER")
     assert sentences[1].source == f"{path}:7" and sentences[1].where(2) == f"{path}:9"
-    assert tagging.read_conll(path, scheme="iob2")[0].tags == ("I-ORG", "O", "I-MISC")  # taken as is
+    assert conll.read_conll(path, scheme="iob2")[0].tags == ("I-ORG", "O", "I-MISC")  # taken as is
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_iob1_to_iob2_keeps_the_entities(seed):
     for _, tags in _sentences(seed, 20):
-        converted = tagging.iob1_to_iob2(tags)
+        converted = conll.iob1_to_iob2(tags)
         previous = ["O", *converted[:-1]]
         assert all(not t.startswith("I-") or p[2:] == t[2:] for p, t in zip(previous, converted, strict=True))
         assert get_entities(converted) == get_entities(tags)  # seqeval's lenient reading of the IOB1 tags
@@ -89,7 +89,7 @@ def test_iob1_to_iob2_keeps_the_entities(seed):
 def test_read_conll_refuses_bad_lines_naming_the_line(tmp_path, text, line, words):
     path = _write(tmp_path / "bad.conll", text)
     with pytest.raises(UserError) as info:
-        tagging.read_conll(path)
+        conll.read_conll(path)
     message = str(info.value)
     assert message.startswith(f"{path}:{line}: ") and "\n" not in message
     assert all(word in message for word in words), message
@@ -99,21 +99,21 @@ def test_read_conll_refuses_bad_lines_naming_the_line(tmp_path, text, line, word
 def test_a_tag_column_outside_the_lines_is_refused(tmp_path, column):
     path = _write(tmp_path / "three.conll", "a NN O\nb NN B-PER\n")
     with pytest.raises(UserError, match=f"three.conll:1: task.tag_column={column} is outside the line's 3"):
-        tagging.read_conll(path, tag_column=column)
-    assert [s.tags for s in tagging.read_conll(path, tag_column=2)] == [("O", "B-PER")]
-    assert [s.words for s in tagging.read_conll(path, tag_column=column, require_tags=False)] == [("a", "b")]
+        conll.read_conll(path, tag_column=column)
+    assert [s.tags for s in conll.read_conll(path, tag_column=2)] == [("O", "B-PER")]
+    assert [s.words for s in conll.read_conll(path, tag_column=column, require_tags=False)] == [("a", "b")]
 
 
 def test_tag_vocab_has_o_and_both_prefixes_of_every_type():
     sentences = [
-        tagging.Sentence(("a", "b"), ("B-PER", "O"), "f:1"),
-        tagging.Sentence(("c",), ("B-LOC",), "f:4"),
+        conll.Sentence(("a", "b"), ("B-PER", "O"), "f:1"),
+        conll.Sentence(("c",), ("B-LOC",), "f:4"),
     ]
     assert tagging.tag_vocab(sentences) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
     with pytest.raises(
         UserError, match=r"f:5: tag 'B-ORG' \(in IOB2, as tags are read\) is not in the tag set"
     ):
-        tagging.encode_tags([tagging.Sentence(("x", "y"), ("O", "B-ORG"), "f:4")], ["O", "B-PER", "I-PER"])
+        tagging.encode_tags([conll.Sentence(("x", "y"), ("O", "B-ORG"), "f:4")], ["O", "B-PER", "I-PER"])
 
 
 # ---- alignment and truncation --------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def tokenizer(tiny_tokenizer_dir):
 @pytest.mark.parametrize("subword", ["first", "all"])
 def test_alignment_labels_the_first_or_every_sub_token(tokenizer, subword):
     names = ["O", "B-PER", "I-PER"]
-    sentence = tagging.Sentence(("the", "cats", "sat"), ("O", "B-PER", "O"), "f:1")  # cats -> cat ##s
+    sentence = conll.Sentence(("the", "cats", "sat"), ("O", "B-PER", "O"), "f:1")  # cats -> cat ##s
     tags = tagging.encode_tags([sentence], names)
     features = tagging.tokenize_words(
         [sentence], tokenizer, 8, tags, subword_labels=subword, continuation=tagging.continuation_ids(names)
@@ -142,7 +142,7 @@ def test_truncated_words_are_predicted_o_and_still_counted(tokenizer):
     names = ["O", "B-PER", "I-PER"]
     words = ("the", "cat") * 5  # 10 words; max_seq_length 6 keeps 4 of them
     gold = ("O", "B-PER") * 5
-    sentence = tagging.Sentence(words, gold, "f:1")
+    sentence = conll.Sentence(words, gold, "f:1")
     features = tagging.tokenize_words([sentence], tokenizer, 6, tagging.encode_tags([sentence], names))
     perfect = np.where(features["labels"] == IGNORE, 0, features["labels"])  # right wherever it can see
     predicted = tagging.word_predictions(sentence, perfect[0], features["word_index"][0], names)
@@ -156,7 +156,7 @@ def test_truncated_words_are_predicted_o_and_still_counted(tokenizer):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_entity_report_equals_seqeval_strict_iob2(seed):
-    gold = [tagging.iob1_to_iob2(tags) for _, tags in _sentences(seed, 30)]
+    gold = [conll.iob1_to_iob2(tags) for _, tags in _sentences(seed, 30)]
     rng = np.random.default_rng(seed + 100)
     predicted = [list(tags) for tags in gold]
     for tags in predicted:  # corrupt some: wrong type, lost B-, spurious I- (invalid in strict IOB2)
@@ -173,8 +173,8 @@ def test_task_report_reads_words_from_placed_predictions(tokenizer):
     """The host report from device-style totals equals seqeval on the word tags they mean."""
     names = ["O", "B-PER", "I-PER"]
     sentences = [
-        tagging.Sentence(("the", "cats", "sat"), ("O", "B-PER", "O"), "f:1"),
-        tagging.Sentence(("a", "dog", "cat"), ("B-PER", "I-PER", "O"), "f:5"),
+        conll.Sentence(("the", "cats", "sat"), ("O", "B-PER", "O"), "f:1"),
+        conll.Sentence(("a", "dog", "cat"), ("B-PER", "I-PER", "O"), "f:5"),
     ]
     task = Ner(max_seq_length=8)
     features = tagging.tokenize_words(sentences, tokenizer, 8, tagging.encode_tags(sentences, names))
@@ -226,7 +226,7 @@ def test_end_to_end_report_counts_every_entity(ner_run):
     labels = json.loads((workdir / "labels.json").read_text())["labels"]
     assert labels == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
     saved = json.loads((workdir / "eval/final_eval.json").read_text())
-    gold = [tagging.iob1_to_iob2(tags) for _, tags in _sentences(1, 20, long_every=7)]
+    gold = [conll.iob1_to_iob2(tags) for _, tags in _sentences(1, 20, long_every=7)]
     assert saved["report"]["micro avg"]["support"] == sum(len(get_entities(t)) for t in gold)
     assert saved["num_entities"] == saved["report"]["micro avg"]["support"]
     assert saved["num_words"] == sum(map(len, gold)) and saved["task"] == "ner"

@@ -12,6 +12,7 @@ import pytest
 from configs import squad as squad_config
 from jaxft import parallel, predict, steps, tasks, train
 from jaxft.data import pipeline, tokenize
+from jaxft.data import squad as squad_data
 from jaxft.errors import UserError
 from jaxft.tasks import squad
 
@@ -33,7 +34,7 @@ def test_normalisation_and_scores_by_hand():
 
 def test_squad_scores_take_the_best_gold_answer_and_average_over_questions():
     def example(qid, *answers):
-        return squad.QAExample(qid, "q?", "c", tuple((a, 0) for a in answers), qid)
+        return squad_data.QAExample(qid, "q?", "c", tuple((a, 0) for a in answers), qid)
 
     examples = [
         example("1", "Red Kites", "The Red Kites"),
@@ -92,10 +93,10 @@ def test_bad_squad_files_fail_naming_file_and_question(tmp_path, mutate, words):
     mutate(data)
     path = _write(tmp_path / "bad.json", data)
     with pytest.raises(UserError) as info:
-        squad.read_squad(path)
+        squad_data.read_squad(path)
     assert str(info.value).startswith(path) and all(w in str(info.value) for w in words), str(info.value)
     with pytest.raises(UserError, match=r"bad2.json:2: invalid JSON"):
-        squad.read_squad(_write(tmp_path / "bad2.json", '{"data":\n [}'))
+        squad_data.read_squad(_write(tmp_path / "bad2.json", '{"data":\n [}'))
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_windows_overlap_and_point_at_the_answer_where_it_is_inside(tokenizer):
     words = "the cat sat on the mat and the dog sat on the cat".split()  # one token each
     context = " ".join(words)
     start = context.index("dog sat")
-    example = squad.QAExample("1", "a cat?", context, (("dog sat", start),), "x")
+    example = squad_data.QAExample("1", "a cat?", context, (("dog sat", start),), "x")
     features = squad.make_windows([example], tokenizer, 12, doc_stride=3, max_query_length=8)
     # [CLS] a cat ? [SEP] leaves 6 context tokens and [SEP]; windows start 6 - 3 = 3 words apart.
     offsets = features["offsets"]
@@ -134,7 +135,7 @@ def test_best_span_is_chosen_across_windows_within_the_length_limit():
         for t in range(5):
             offsets[w, t + 1] = (2 * (first + t), 2 * (first + t) + 1)
     features = {"offsets": offsets, "example_index": np.array([0, 0])}
-    example = squad.QAExample("1", "q", context, (), "x")
+    example = squad_data.QAExample("1", "q", context, (), "x")
     start, end = np.zeros((2, 6)), np.zeros((2, 6))
     start[0, 1], end[0, 2] = 1.0, 1.0  # "a b": score 2
     start[1, 2], end[1, 5] = 1.5, 1.5  # "e f g h": score 3, 4 tokens
@@ -178,7 +179,7 @@ def test_end_to_end_answers_every_question_once(qa_run):
         set(final["eval"]) == {"exact_match", "f1", "loss", "num_examples"}
         and final["eval"]["num_examples"] == 9
     )
-    gold = squad.read_squad(str(workdir.parent / "dev.json"))
+    gold = squad_data.read_squad(str(workdir.parent / "dev.json"))
     assert squad.squad_scores(saved["predictions"], gold)["f1"] == final["eval"]["f1"]
 
 
@@ -243,7 +244,7 @@ DATA = os.environ.get("JAXFT_DATA") or os.path.join(os.path.dirname(__file__), "
 @pytest.mark.realdata
 @pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, "squad_v1.1")), reason=f"no squad_v1.1 under {DATA}")
 def test_squad_dev_reads_to_its_published_counts_and_gold_scores_full_marks():
-    examples = squad.read_squad(os.path.join(DATA, "squad_v1.1", "dev-v1.1.json"))
+    examples = squad_data.read_squad(os.path.join(DATA, "squad_v1.1", "dev-v1.1.json"))
     assert len(examples) == 10570 and sum(len(e.answers) for e in examples) == 34726
     gold = {e.id: e.answers[0][0] for e in examples}
     assert squad.squad_scores(gold, examples) == {"exact_match": 100.0, "f1": 100.0, "num_questions": 10570}

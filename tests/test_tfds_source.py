@@ -10,9 +10,9 @@ from seqeval.metrics.sequence_labeling import get_entities
 
 from configs import conll03
 from jaxft import train
-from jaxft.data import readers, tokenize
+from jaxft.data import readers, squad, tokenize
 from jaxft.errors import UserError
-from jaxft.tasks import squad
+from jaxft.tasks import squad as squad_task
 from jaxft.tasks.ner import Ner
 from jaxft.tasks.qa import QuestionAnswering
 
@@ -186,14 +186,15 @@ def test_squad_records_become_qa_examples_whose_spans_map_back_to_the_answers(ti
     ]
     assert examples == expected  # the context keeps its leading spaces, so answer starts still hold
     tokenizer = tokenize.load_tokenizer(tiny_tokenizer_dir)
-    features = squad.make_windows(examples, tokenizer, 32, doc_stride=8, max_query_length=12)
+    features = squad_task.make_windows(examples, tokenizer, 32, doc_stride=8, max_query_length=12)
     assert features["example_index"].tolist() == [0, 1, 2]  # one window each
     for window, example in enumerate(examples):
         start, end = features["targets"][window]
         first, last = features["offsets"][window, start, 0], features["offsets"][window, end, 1]
         assert example.context[first:last] == example.answers[0][0]
     golden = {e.id: e.answers[-1][0] for e in examples}
-    assert squad.squad_scores(golden, examples) == {"exact_match": 100.0, "f1": 100.0, "num_questions": 3}
+    scores = squad_task.squad_scores(golden, examples)
+    assert scores == {"exact_match": 100.0, "f1": 100.0, "num_questions": 3}
 
 
 def test_bad_squad_records_fail_naming_the_question():

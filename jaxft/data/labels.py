@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxft import files
-from jaxft.data.readers import Example
+from jaxft.data.example import Example
 from jaxft.errors import UserError
 
 _INTEGER = re.compile(r"[+-]?\d+")

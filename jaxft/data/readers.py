@@ -7,7 +7,6 @@ Bytes are decoded line by line, which is what lets a decoding error report its l
 
 import codecs
 import csv
-import dataclasses
 import gzip
 import json
 import os
@@ -15,28 +14,11 @@ import re
 import zlib
 from collections.abc import Iterator
 
+from jaxft.data.example import Example
 from jaxft.errors import UserError
 
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 _FORMATS = ("csv", "tsv", "jsonl")
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-    """One text (or text pair) with its raw label.
-
-    Attributes:
-        text: The text, with surrounding whitespace stripped.
-        text_pair: The second text of a sentence-pair task, or None.
-        label: The raw label as a string (JSON numbers and booleans become `str(value)`), or None when the
-            file has no labels and labels are not required.
-        source: "path:line", for error messages about this example.
-    """
-
-    text: str
-    text_pair: str | None
-    label: str | None
-    source: str
 
 
 def read_examples(

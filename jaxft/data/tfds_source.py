@@ -16,13 +16,12 @@ reader. Install with `pip install 'jaxft[tfds]'`; TensorFlow itself is never nee
 """
 
 import importlib
-import re
 
 import numpy as np
 
-from jaxft.data.readers import Example
+from jaxft.data import conll, squad
+from jaxft.data.example import Example
 from jaxft.errors import UserError
-from jaxft.tasks import squad, tagging
 
 PREFIX = "tfds:"
 
@@ -129,7 +128,6 @@ def read_tfds(
 
 # ---- named-entity recognition: CoNLL-style datasets (conll2003) ----------------------------------------
 
-_TAG = re.compile(r"(?:[BI]-\S+|O)")
 # Where builders without a CoNLL column order (not ConllDatasetBuilder) keep the entity tags.
 _TAG_FEATURES = ("ner", "ner_tags", "tags")
 
@@ -156,7 +154,7 @@ def _tag_feature(spec: str, builder, tag_column: int) -> str:
 def read_tfds_sentences(
     spec: str, *, tag_column: int = -1, scheme: str = "iob2", require_tags: bool = True
 ) -> list:
-    """Reads a TFDS tagging split (`tfds:conll2003:train`) as the sentences `tagging.read_conll` gives.
+    """Reads a TFDS tagging split (`tfds:conll2003:train`) as the sentences `conll.read_conll` gives.
 
     Words are the `tokens` feature; tags are the feature in CoNLL column `tag_column` of the builder's column
     order (conll2003: tokens, pos, chunks, ner; -1 is `ner`), ClassLabel ids turned into their names. TFDS's
@@ -196,14 +194,14 @@ def read_tfds_sentences(
             tags = [names[int(v)] if names else _text(v, where, field) for v in np.asarray(record[field])]
             if len(tags) != len(words):
                 raise UserError(f"{where}: {len(words)} tokens but {len(tags)} tags in feature {field!r}")
-            bad = next((tag for tag in tags if not _TAG.fullmatch(tag)), None)
+            bad = next((tag for tag in tags if not conll.TAG.fullmatch(tag)), None)
             if bad is not None:
                 raise UserError(
                     f"{where}: tag {bad!r} (feature {field!r}, task.tag_column={tag_column}) is not O, "
                     "B-TYPE or I-TYPE"
                 )
-            tags = tuple(tagging.iob1_to_iob2(tags) if scheme == "iob1" else tags)
-        sentences.append(tagging.Sentence(words, tags, f"{where}:1"))
+            tags = tuple(conll.iob1_to_iob2(tags) if scheme == "iob1" else tags)
+        sentences.append(conll.Sentence(words, tags, f"{where}:1"))
     if not sentences:
         raise UserError(f"{spec}: the split contains no sentences")
     return sentences

@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 
 from jaxft import files
-from jaxft.data.readers import Example
+from jaxft.data.example import Example
 from jaxft.errors import UserError
 
 logger = logging.getLogger(__name__)

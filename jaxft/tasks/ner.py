@@ -24,6 +24,7 @@ import optax
 import seqeval.metrics
 from seqeval.scheme import IOB2, Entities
 
+from jaxft.data import conll
 from jaxft.tasks import tagging
 from jaxft.tasks.base import IGNORE, PER_EXAMPLE, Task, TaskReport
 
@@ -75,8 +76,8 @@ class Ner(Task):
         if not require_label and os.path.splitext(stem)[1].lower() in _TEXT_EXTENSIONS:
             # Prediction on plain text: words are the whitespace-separated tokens of data.text_field.
             examples = super().read(path, data, require_label=False)
-            return [tagging.Sentence(tuple(e.text.split()), None, e.source) for e in examples]
-        return tagging.read_conll(
+            return [conll.Sentence(tuple(e.text.split()), None, e.source) for e in examples]
+        return conll.read_conll(
             path, tag_column=self.tag_column, scheme=self.tag_scheme, require_tags=require_label
         )
 

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxft.data import squad as squad_data
 from jaxft.tasks import squad
 from jaxft.tasks.base import PER_EXAMPLE, Task, TaskReport, refuse_given_labels
 
@@ -47,13 +48,14 @@ class QuestionAnswering(Task):
             from jaxft.data import tfds_source  # deferred: TFDS is optional
 
             return tfds_source.read_tfds_squad(path, require_answers=require_label)
-        if not require_label and squad.is_text_file(path):
+        if not require_label and squad_data.is_text_file(path):
             # Prediction input as lines: question in data.text_field, context in data.text_pair_field.
             examples = super().read(path, data, require_label=False)
             return [
-                squad.QAExample(str(i), e.text, e.text_pair, (), e.source) for i, e in enumerate(examples)
+                squad_data.QAExample(str(i), e.text, e.text_pair, (), e.source)
+                for i, e in enumerate(examples)
             ]
-        return squad.read_squad(path, require_answers=require_label)
+        return squad_data.read_squad(path, require_answers=require_label)
 
     def label_names(self, examples: list, data: ml_collections.ConfigDict) -> list[str]:
         refuse_given_labels(data, self.name)

@@ -20,31 +20,22 @@ then carry the markers too); "markers" pooling has no Hugging Face class and is 
 """
 
 import dataclasses
-import json
 import logging
-import os
 
 import ml_collections
 import numpy as np
 
-from jaxft.data import readers
+from jaxft.data.relations import (
+    HEAD_END,
+    HEAD_START,
+    MARKERS,
+    TAIL_END,
+    TAIL_START,
+    RelationExample,
+    read_relations,
+)
 from jaxft.errors import UserError
 from jaxft.tasks.classification import Classification
-
-HEAD_START, HEAD_END, TAIL_START, TAIL_END = MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
-
-
-@dataclasses.dataclass(frozen=True)
-class RelationExample(readers.Example):
-    """An `Example` (text as in the file, no text pair) with its two entity spans.
-
-    Attributes:
-        head: [start, end) character offsets of the head entity in `text`.
-        tail: [start, end) character offsets of the tail entity in `text`.
-    """
-
-    head: tuple[int, int]
-    tail: tuple[int, int]
 
 
 def mark_entities(text: str, head: tuple[int, int], tail: tuple[int, int]) -> str:
@@ -56,72 +47,6 @@ def mark_entities(text: str, head: tuple[int, int], tail: tuple[int, int]) -> st
         f"{text[: first[0]]}{open_1} {text[first[0] : first[1]]} {close_1}"
         f"{text[first[1] : second[0]]}{open_2} {text[second[0] : second[1]]} {close_2}{text[second[1] :]}"
     )
-
-
-def _span(where: str, record: dict, key: str, option: str, text: str) -> tuple[int, int]:
-    if key not in record:
-        keys = ", ".join(map(repr, record)) or "none"
-        raise UserError(f"{where}: no key {key!r} ({option}); the keys are {keys}")
-    value = record[key]
-    is_pair = isinstance(value, list) and len(value) == 2
-    if not is_pair or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
-        raise UserError(
-            f"{where}: {key!r} ({option}) must be [start, end] character offsets, found {value!r}"
-        )
-    start, end = value
-    if not 0 <= start < end <= len(text):
-        why = "is empty" if 0 <= end <= start else f"is outside the text of {len(text)} characters"
-        raise UserError(f"{where}: {key!r} ({option}) span [{start}, {end}) {why}")
-    if not text[start:end].strip():
-        raise UserError(f"{where}: {key!r} ({option}) span [{start}, {end}) holds only whitespace")
-    return start, end
-
-
-def read_relations(
-    path: str, data: ml_collections.ConfigDict, head_field: str, tail_field: str, *, require_label: bool
-) -> list[RelationExample]:
-    """The examples of a relation JSONL file (optionally .gz); raises `UserError` naming file:line."""
-    path = os.path.expanduser(os.path.expandvars(path))
-    if path.startswith("tfds:") or readers._resolve_format(path, data.format) != "jsonl":
-        raise UserError(f"{path}: task.name='relation' reads JSONL files (data.format='jsonl')")
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
-    if require_label and data.label_field is None:
-        raise UserError(f"{path}: labels are required but data.label_field is not set")
-    examples = []
-    for line, raw in readers.numbered_lines(path):
-        if not raw.strip():
-            continue
-        where = f"{path}:{line}"
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{where}: expected a JSON object, found {readers._json_type(record)}")
-        # Offsets count characters of the text as stored, so it is kept unstripped.
-        text = readers._json_string(where, record, data.text_field, "data.text_field", True)
-        if text is None or not text.strip():
-            raise UserError(f"{where}: the text ({data.text_field!r}, data.text_field) is null or empty")
-        written = [marker for marker in MARKERS if marker in text]
-        if written:  # the model reads the first [E1] / [E2]: one in the text would stand for an entity
-            raise UserError(
-                f"{where}: the text contains {written[0]}, a marker this task writes around entities"
-            )
-        label = readers._json_string(where, record, data.label_field, "data.label_field", require_label)
-        label = None if label is None else label.strip() or None
-        if label is None and require_label:
-            raise UserError(
-                f"{where}: the label ({data.label_field!r}, data.label_field) is missing or empty"
-            )
-        head = _span(where, record, head_field, "task.head_field", text)
-        tail = _span(where, record, tail_field, "task.tail_field", text)
-        if max(head[0], tail[0]) < min(head[1], tail[1]):
-            raise UserError(f"{where}: the head span {list(head)} and the tail span {list(tail)} overlap")
-        examples.append(RelationExample(text, None, label, where, head, tail))
-    if not examples:
-        raise UserError(f"{path}: the file contains no examples")
-    return examples
 
 
 def tokenize_relations(

@@ -15,106 +15,12 @@ gold answers; averages times 100).
 """
 
 import collections
-import dataclasses
-import gzip
-import json
-import os
 import re
 import string
 
 import numpy as np
 
-from jaxft.data import readers
-from jaxft.errors import UserError
-
-
-@dataclasses.dataclass(frozen=True)
-class QAExample:
-    """One question on one context.
-
-    Attributes:
-        id: the question id.
-        question: the question text.
-        context: the paragraph.
-        answers: (text, character start) of each gold answer; empty for unlabelled input.
-        source: where it came from, for messages ("path: question ID").
-    """
-
-    id: str
-    question: str
-    context: str
-    answers: tuple[tuple[str, int], ...]
-    source: str
-
-
-# ---- reading -------------------------------------------------------------------------------------------
-
-
-def _load_json(path: str):
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8-sig") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, expected a data file") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
-    except (UnicodeDecodeError, OSError, EOFError) as e:
-        raise UserError(f"{path}: cannot read the file: {' '.join(str(e).split())}") from None
-
-
-def _string(value, where: str, what: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise UserError(f"{where}: the {what} is missing, empty or not a string")
-    return readers.check_unicode(where, value, f"the {what}")
-
-
-def read_squad(path: str, *, require_answers: bool = True) -> list[QAExample]:
-    """Reads a SQuAD v1.1 JSON file (`{"data": [{"paragraphs": [{"context", "qas": [...]}]}]}`).
-
-    Raises:
-        UserError: naming the file (and the question id) of the first problem: invalid JSON, a missing
-            field, a duplicate id, or an answer that is not found at its `answer_start` in the context.
-    """
-    root = _load_json(path)
-    if not isinstance(root, dict) or not isinstance(root.get("data"), list):
-        raise UserError(f'{path}: not a SQuAD file (expected {{"data": [articles]}} at the top)')
-    examples, seen = [], set()
-    for a, article in enumerate(root["data"]):
-        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
-        if not isinstance(paragraphs, list):
-            raise UserError(f"{path}: article {a} has no list of paragraphs")
-        for paragraph in paragraphs:
-            qas = paragraph.get("qas") if isinstance(paragraph, dict) else None
-            if not isinstance(qas, list):
-                raise UserError(f"{path}: a paragraph of article {a} has no list of questions (qas)")
-            context = _string(paragraph.get("context"), f"{path}: article {a}", "context")
-            for qa in qas:
-                qid = str(qa.get("id")) if isinstance(qa, dict) else "?"
-                readers.check_unicode(f"{path}: article {a}", qid, "a question id")
-                where = f"{path}: question {qid}"
-                if qid in seen:
-                    raise UserError(f"{where}: the id occurs twice")
-                seen.add(qid)
-                question = _string(qa.get("question"), where, "question")
-                answers = []
-                for answer in qa.get("answers") or []:
-                    text = _string(answer.get("text") if isinstance(answer, dict) else None, where, "answer")
-                    start = answer.get("answer_start")
-                    if not isinstance(start, int) or context[start : start + len(text)] != text:
-                        raise UserError(
-                            f"{where}: answer {text!r} is not at answer_start={start} of its context"
-                        )
-                    answers.append((text, start))
-                if require_answers and not answers:
-                    raise UserError(f"{where}: the question has no answer")
-                examples.append(QAExample(qid, question, context, tuple(answers), where))
-    if not examples:
-        raise UserError(f"{path}: the file contains no questions")
-    return examples
-
+from jaxft.data.squad import QAExample
 
 # ---- windows -------------------------------------------------------------------------------------------
 
@@ -282,9 +188,3 @@ def squad_scores(predictions: dict[str, str], examples: list[QAExample]) -> dict
         score += max(f1(prediction, truth) for truth in truths)
     total = len(examples)
     return {"exact_match": 100.0 * em / total, "f1": 100.0 * score / total, "num_questions": total}
-
-
-def is_text_file(path: str) -> bool:
-    """True for prediction input given as JSONL / CSV / TSV rather than SQuAD JSON."""
-    stem = path[: -len(".gz")] if path.endswith(".gz") else path
-    return os.path.splitext(stem)[1].lower() in (".jsonl", ".csv", ".tsv")
