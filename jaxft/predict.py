@@ -21,18 +21,19 @@ and an input without examples is an error. Missing parent directories of --outpu
 existing --output is replaced only once all predictions are written.
 """
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
+import types
 
 import jax
 import ml_collections
 import numpy as np
 import tqdm
+from absl import flags
 
-from jaxft import checkpoint, files, parallel, steps, tasks, trained
+from jaxft import checkpoint, cli, files, parallel, steps, tasks, trained
 from jaxft.data import batching, tokenize
 from jaxft.data import labels as labels_lib
 from jaxft.errors import StorageError, UserError
@@ -194,13 +195,31 @@ def write_predictions(path: str, records) -> None:
     files.write_atomic(path, (json.dumps(record, allow_nan=False) + "\n" for record in records))
 
 
+def _flags() -> flags.FlagValues:
+    """The command line's flags, defined afresh for each call of `main` (no value left from the last)."""
+    values = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "A jaxft training run's directory.", flag_values=values)
+    flags.DEFINE_string(
+        "input", None, "CSV / TSV / JSONL file (optionally .gz) of texts.", flag_values=values
+    )
+    flags.DEFINE_string("output", None, "JSONL file to write (one object per input).", flag_values=values)
+    flags.DEFINE_integer("batch-size", 128, "Examples per batch.", flag_values=values)
+    return values
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxft-predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="a jaxft training run's directory")
-    parser.add_argument("--input", required=True, help="CSV / TSV / JSONL file (optionally .gz) of texts")
-    parser.add_argument("--output", required=True, help="JSONL file to write (one object per input)")
-    parser.add_argument("--batch-size", type=int, default=128, help="examples per batch (default 128)")
-    args = parser.parse_args(argv)
+    """Entry point of `python -m jaxft.predict` and `jaxft-predict`; `argv`: the flags (sys.argv[1:])."""
+    values = _flags()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    names = ("workdir", "input", "output", "batch-size")
+    cli.no_leftovers(cli.parse(values, ["jaxft-predict", *argv], __doc__, "jaxft-predict", names))
+    cli.require(values, names[:3])
+    args = types.SimpleNamespace(
+        workdir=values.workdir,
+        input=values.input,
+        output=values.output,
+        batch_size=values["batch-size"].value,
+    )
     try:
         if args.batch_size < 1:
             raise UserError(f"--batch-size {args.batch_size}: must be a positive number of examples")
