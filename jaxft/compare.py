@@ -353,7 +353,7 @@ def make_plan(
             raise UserError(f"--grid: two cells get the same directory name {cell.name}; change a value")
         try:
             config = parse_cell_config(config_path, [*config_args, *cell.config_args()])
-            config_lib.validate(config)  # a value no run could take (batch 0, b1 1.5): before any cell runs
+            config_lib.check(config)  # a value no run could take (batch 0, b1 1.5): before any cell runs
         except UserError as error:
             raise UserError(f"{error} (cell {cell.name})") from None
         for key, value in cell.overrides.items():

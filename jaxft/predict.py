@@ -59,14 +59,10 @@ def check_run_config(config: ml_collections.ConfigDict, path: str) -> None:
       UserError: naming `path` and the key.
     """
     from jaxft import config as config_lib
-    from jaxft.strategies import checks as strategy_checks
 
     try:
-        config_lib.validate(config)
-        tasks.validate(config)
-        task = tasks.from_config(config)
-        strategy_checks.validate(config, task.name)
-        tasks.best_metric(config, task)
+        config_lib.check(config)
+        tasks.best_metric(config, tasks.from_config(config))
     except UserError as error:
         raise UserError(f"{path}: {error}") from None
     except (KeyError, AttributeError, TypeError, ValueError) as error:  # a section or key missing, a type
@@ -86,14 +82,15 @@ def check_labels(workdir: str, label_names: list[str], path: str) -> None:
 def load_run(workdir: str) -> TrainedRun:
     """Loads a workdir's config, labels, tokenizer and best (else newest) parameters.
 
-    Everything read back is checked as training checked it before use: config.json by the config, task and
-    strategy validators, `data.max_seq_length` against model_config.json's position table, model_config.json
-    as a model config, labels.json against the labels the checkpoints recorded, and the tokenizer against
-    the model's vocabulary (`tokenize.check_fits_model`).
+    Everything read back is checked as training checked it before use: config.json by `jaxft.config.check`
+    (the keys an older jaxft did not write take configs/default.py's values), `data.max_seq_length` against
+    model_config.json's position table, model_config.json as a model config, labels.json against the labels
+    the checkpoints recorded, and the tokenizer against the model's vocabulary (`tokenize.check_fits_model`).
 
     Raises:
       UserError: `workdir` is not a jaxft run, has no checkpoint yet, or one of its files fails a check.
     """
+    from jaxft import config as config_lib
     from jaxft import train  # deferred: train imports this module's neighbours, not the other way round
     from jaxft.strategies import checks as strategy_checks
 
@@ -101,9 +98,7 @@ def load_run(workdir: str) -> TrainedRun:
     for path in paths.values():
         if not os.path.exists(path):
             raise UserError(f"{workdir}: not a jaxft workdir ({os.path.basename(path)} is missing)")
-    config = ml_collections.ConfigDict(files.read_json_object(paths["config.json"]))
-    if "task" not in config:  # a run from before tasks existed: classification
-        config.task = ml_collections.ConfigDict(tasks.DEFAULTS)
+    config = config_lib.with_defaults(files.read_json_object(paths["config.json"]))  # an older run's too
     check_run_config(config, paths["config.json"])
     checkpoint.find_checkpoint(workdir, key="--workdir")  # none yet: say so before the checks below
     try:
