@@ -287,7 +287,7 @@ def augment_train(
     if config is None:
         return examples
     validate(config, task_name)
-    ops, num = _ops(config), int(config.get("num_augmented", 1))
+    ops, num = _ops(config), int(config.num_augmented)
     path = config.get("paraphrases_path")
     if not ops and not path:
         return examples
@@ -295,7 +295,7 @@ def augment_train(
     if ops:
         synonyms = load_synonyms(config.get("synonyms"))
         rng = np.random.default_rng([seed, _EDA_STREAM])
-        alpha = float(config.get("eda_alpha", 0.1))
+        alpha = float(config.eda_alpha)
         eda_copies = [
             dataclasses.replace(example, text=eda(example.text, ops, alpha, synonyms, rng))
             for example in examples
