@@ -17,7 +17,7 @@ Cluster job arrays: `--list` prints the cells with their index, `--cell INDEX` r
 `--aggregate_only` writes the tables once they have all finished. Any --config.KEY=VALUE is passed on to
 every cell. Bad input (an unknown strategy or config key, a malformed --grid or --seeds, a --workdir that is
 a file) ends with one line on stderr and exit status 2 before anything is written; a failed cell makes the
-exit status 1.
+exit status 1. `--help` lists the flags and the strategies and exits 0.
 """
 
 import dataclasses
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxft import compare_results, compare_runner, files
+from jaxft import cli, compare_results, compare_runner, files
 from jaxft import config as config_lib
 from jaxft import main as main_lib
 from jaxft import workdir as workdir_lib
@@ -88,6 +88,8 @@ _LIST = flags.DEFINE_bool("list", False, "Print the cells with their index and e
 _AGGREGATE_ONLY = flags.DEFINE_bool(
     "aggregate_only", False, "Run nothing; write results.csv/md/png from the cells that have finished."
 )
+
+KEY_FLAGS = ("config", "workdir", "strategies", "seeds", "grid", "cell", "list", "aggregate_only")
 
 
 def strategy_overrides(strategy: str) -> dict:
@@ -208,11 +210,11 @@ def parse_cell_config(config_path: str, args: Sequence[str]):
         config = holder.value
         config.keys()  # ml_collections defers a load failure to the first access
     except flags.Error as error:
-        raise UserError(main_lib.one_line(error)) from None
+        raise UserError(cli.one_line(error)) from None
     except (AttributeError, KeyError) as error:
-        raise UserError(main_lib.unknown_key(argv, error)) from None
+        raise UserError(cli.unknown_key(argv, error)) from None
     except Exception as error:  # the config file itself fails to import or run
-        raise UserError(f"--config: cannot load {config_path}: {main_lib.one_line(error)}") from None
+        raise UserError(f"--config: cannot load {config_path}: {cli.one_line(error)}") from None
     return config
 
 
@@ -278,7 +280,7 @@ def make_plan(
             raise UserError(f"--grid: two cells get the same directory name {cell.name}; change a value")
         try:
             config = parse_cell_config(config_path, [*config_args, *cell.config_args()])
-            config_lib.validate(config)  # a value no run could take (batch 0, b1 1.5): before any cell runs
+            config_lib.check(config)  # a value no run could take (batch 0, b1 1.5): before any cell runs
         except UserError as error:
             raise UserError(f"{error} (cell {cell.name})") from None
         for key, value in cell.overrides.items():
@@ -311,13 +313,12 @@ def _forwarded_config_args(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv):
-    if len(argv) > 1:
-        main_lib.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_leftovers(argv)
     if main_lib.CONFIG.value is None or main_lib.WORKDIR.value is None:
-        main_lib.fail("--config and --workdir are required (see --help)")
+        cli.fail("--config and --workdir are required (see --help)")
     if main_lib.DISTRIBUTED.value:
-        main_lib.fail("--distributed is for jaxft.main; run one cell per job with --cell INDEX instead")
-    main_lib.config_or_fail()
+        cli.fail("--distributed is for jaxft.main; run one cell per job with --cell INDEX instead")
+    cli.config_or_fail()
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
     workdir = main_lib.WORKDIR.value
     try:
@@ -329,7 +330,7 @@ def main(argv):
             count = len(plan.cells)
             raise UserError(f"--cell={_CELL.value}: there are {count} cells, 0 to {count - 1} (see --list)")
     except UserError as error:
-        main_lib.fail(str(error))
+        cli.fail(str(error))
     if _LIST.value:
         for cell in plan.cells:
             print(f"{cell.index}\t{cell.name}")
@@ -339,12 +340,12 @@ def main(argv):
             [(record, _)] = compare_runner.run_cells(plan, workdir, [plan.cells[_CELL.value]])
             sys.exit(0 if record["status"] == "done" else 1)
         if _AGGREGATE_ONLY.value and not compare_runner.read_records(plan, workdir):
-            main_lib.fail(f"--aggregate_only: no cell of this comparison has run in {workdir}; nothing to do")
+            cli.fail(f"--aggregate_only: no cell of this comparison has run in {workdir}; nothing to do")
         results = [] if _AGGREGATE_ONLY.value else compare_runner.run_cells(plan, workdir)
         command = shlex.join(["python", "-m", "jaxft.compare", *sys.argv[1:]])
         rows = compare_runner.write_results(plan, workdir, command)
     except OSError as error:  # a cell's record, its log or the tables: the machine refused the write
-        main_lib.fail(str(files.storage_error(error, f"--workdir {workdir}")))
+        cli.fail(str(files.storage_error(error, f"--workdir {workdir}")))
     print(f"{len(rows)} rows -> {os.path.join(workdir, compare_results.RESULTS_MD)}")
     failed = [record["cell"] for record, _ in results if record["status"] != "done"]
     if failed:
@@ -356,15 +357,10 @@ def main(argv):
 
 def run():
     """Entry point of `python -m jaxft.compare` and the `jaxft-compare` console script."""
-    for root in main_lib.config_package_roots(sys.argv):
+    for root in cli.config_package_roots(sys.argv):
         if root not in sys.path:
             sys.path.insert(0, root)
-    # absl's --help lists the key flags of the module named by argv[0] under __main__'s docstring: the same
-    # for `python -m jaxft.compare` and the console script.
-    sys.modules["__main__"].__doc__ = __doc__
-    for name in ("config", "workdir", "strategies", "seeds", "grid", "cell", "list", "aggregate_only"):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-    app.run(main, flags_parser=main_lib.parse)
+    app.run(main, flags_parser=cli.parser(__doc__, "jaxft-compare", KEY_FLAGS))
 
 
 if __name__ == "__main__":

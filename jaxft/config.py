@@ -1,17 +1,35 @@
-"""Checks on a resolved config, so that a wrong value fails before anything is read or written.
+"""The config, parsed and checked once: every rule on a config's values lives here, and `check` runs them.
 
-Configs are `ml_collections.ConfigDict`s built by `configs/*.py`. Unknown keys are already refused by the
-locked ConfigDict; this module checks values and the combinations that only make sense together, and raises
-`UserError` with the key's full name.
+Configs are `ml_collections.ConfigDict`s built by `configs/*.py` from `configs/default.py`, which holds every
+key and its default (also for a run's config.json written by an older jaxft: `with_defaults`). Unknown keys
+are already refused by the locked ConfigDict; `check` refuses a value that cannot work, or a combination
+that makes no sense (a strategy on a task it does not apply to), with one `UserError` that names the key.
+It runs before anything is read or written: on a training config (`jaxft.train.prepare`), on each cell of a
+comparison (`jaxft.compare`) and on a finished run's config.json (`jaxft.predict.load_run`). What reads a
+config afterwards (`tasks.from_config`, `peft.from_config`, `adversarial.from_config`) only reads it.
 """
 
+import importlib.util
 import json
 import math
 import os
+from pathlib import Path
 
 import ml_collections
 
 from jaxft.errors import UserError
+
+TASKS = ("classification", "regression", "multilabel", "ner", "qa", "pet", "relation")
+SOFTMAX_TASKS = ("classification", "pet", "relation")  # one [B, classes] row of exclusive classes per example
+PEFT_METHODS = ("none", "bitfit", "lora", "adapter", "prompt", "prefix")
+# Dense layers of a BERT layer that LoRA can adapt, by the name `peft.lora_targets` uses.
+LORA_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
+ADVERSARIAL_METHODS = ("none", "fgm", "pgd", "freelb")
+AUGMENT_OPS = ("synonym", "insert", "swap", "delete")  # EDA's four operations
+# Tasks whose examples are whole texts with one target: changing words keeps the target meaningful. NER
+# tags, QA answer offsets and relation entity spans point into the text and would no longer match it.
+AUGMENTABLE_TASKS = ("classification", "regression", "multilabel", "pet")
+MASK = "[MASK]"  # a pet template's placeholder for the tokenizer's mask token
 
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
@@ -21,6 +39,12 @@ _CHOICES = {
     "optimizer.schedule": ("linear", "constant"),
     "training.best_mode": ("max", "min"),
     "training.parallelism": ("pmap", "dp", "fsdp"),
+    "task.name": TASKS,
+    "task.subword_labels": ("first", "all"),
+    "task.tag_scheme": ("iob1", "iob2"),
+    "task.relation_pooling": ("markers", "cls"),
+    "peft.method": PEFT_METHODS,
+    "adversarial.method": ADVERSARIAL_METHODS,
 }
 # Numeric keys by what they may hold. Every one must be a finite number of its kind (NaN and infinity pass
 # `<= 0`-style checks, and a JSON config can hold any type); integers are counts, sizes and steps.
@@ -38,6 +62,13 @@ _POSITIVE_INTS = (
     "model.random_init.num_attention_heads",
     "model.random_init.intermediate_size",
     "model.random_init.max_position_embeddings",
+    "task.max_query_length",
+    "task.max_answer_length",
+    "task.n_best",
+    "peft.lora_rank",
+    "peft.adapter_size",
+    "peft.num_virtual_tokens",
+    "adversarial.steps",
 )
 _NON_NEGATIVE_INTS = (
     "seed",  # numpy's generators take no negative seed
@@ -52,8 +83,16 @@ _NON_NEGATIVE_INTS = (
     "training.max_nonfinite_steps",
     "training.fsdp_min_size",
 )
-_INTS = ("training.num_train_steps",)  # -1 (or 0): num_epochs decides
-_POSITIVE_FLOATS = ("optimizer.eps",)  # 0 divides 0 by 0 in Adam for a parameter whose gradient is always 0
+_INTS = (
+    "training.num_train_steps",  # -1 (or 0): num_epochs decides
+    "task.tag_column",  # -1: the last column
+    "task.doc_stride",  # its range depends on the window (`_check_qa`)
+)
+_FLOATS = ("adversarial.epsilon", "adversarial.step_size")  # not negative, checked together
+_POSITIVE_FLOATS = (
+    "optimizer.eps",  # 0 divides 0 by 0 in Adam for a parameter whose gradient is always 0
+    "peft.lora_alpha",
+)
 _NON_NEGATIVE_FLOATS = (
     "optimizer.learning_rate",  # 0 keeps the parameters as they start: a warm start's check, an eval
     "optimizer.warmup_ratio",
@@ -61,6 +100,7 @@ _NON_NEGATIVE_FLOATS = (
     "optimizer.l2_penalty",
     "optimizer.max_grad_norm",
     "training.early_stopping_min_delta",
+    "regularization.rdrop_alpha",
 )
 _UNIT_INTERVAL = (  # [0, 1): decay rates (1 or more never forgets, or grows without bound), dropout rates
     "optimizer.b1",
@@ -72,7 +112,14 @@ _UNIT_INTERVAL = (  # [0, 1): decay rates (1 or more never forgets, or grows wit
     "model.attention_dropout",
     "model.random_init.hidden_dropout_prob",
     "model.random_init.attention_probs_dropout_prob",
+    "peft.lora_dropout",
+    "regularization.label_smoothing",  # 1 would make every target uniform
 )
+# (0, 1): a probability threshold that 0 or 1 would make every label predicted or none.
+_OPEN_UNIT_INTERVAL = ("task.threshold",)
+# (0, 1]: layer i of n learns at decay^(n - i) of the rate, so 1 is off and above 1 would grow the rate
+# towards the embeddings: no longer a decay (Clark et al. 2020 use 0.65 to 0.9).
+_DECAYS = ("optimizer.layer_decay",)
 _MISSING = object()
 
 
@@ -104,12 +151,50 @@ def get(config: ml_collections.ConfigDict, dotted: str):
     return value
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises `UserError` naming the first key whose value cannot work.
+def defaults() -> ml_collections.ConfigDict:
+    """`configs/default.py`'s config: every key with its default."""
+    path = Path(__file__).resolve().parent.parent / "configs" / "default.py"
+    if not path.is_file():  # an installed jaxft without its repository: the configs package, if importable
+        from configs import default
 
-    Also run on a finished run's config.json (prediction, export); a key an older jaxft did not write is
-    not checked there.
+        return default.get_config()
+    spec = importlib.util.spec_from_file_location("jaxft_default_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+    """A run's config.json as a ConfigDict, the keys it lacks (an older jaxft did not write them: the whole
+    task section before tasks existed) filled in from `defaults`; its own values and types stay as written."""
+
+    def fill(given: dict, default: dict) -> dict:
+        filled = dict(given)
+        for key, value in default.items():
+            if key not in filled:
+                filled[key] = value
+            elif isinstance(value, dict) and isinstance(filled[key], dict):
+                filled[key] = fill(filled[key], value)
+        return filled
+
+    return ml_collections.ConfigDict(fill(saved, defaults().to_dict()))
+
+
+def check(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Runs every rule on `config`; returns it unchanged. The one check of a config, before any use.
+
+    Raises:
+      UserError: naming the first key whose value cannot work, alone or with the others.
     """
+    _check_values(config)
+    _check_run(config)
+    _check_task(config)
+    _check_strategies(config)
+    return config
+
+
+def _check_values(config: ml_collections.ConfigDict) -> None:
+    """Each key on its own: a choice among its values, a finite number in its range."""
     for key, choices in _CHOICES.items():
         value = _lookup(config, key)
         if value is not _MISSING and value not in choices:
@@ -118,13 +203,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         *((key, True, "positive") for key in _POSITIVE_INTS),
         *((key, True, "non-negative") for key in _NON_NEGATIVE_INTS),
         *((key, True, None) for key in _INTS),
+        *((key, False, None) for key in _FLOATS),
         *((key, False, "positive") for key in _POSITIVE_FLOATS),
         *((key, False, "non-negative") for key in _NON_NEGATIVE_FLOATS),
         *((key, False, "unit") for key in _UNIT_INTERVAL),
+        *((key, False, "open unit") for key in _OPEN_UNIT_INTERVAL),
+        *((key, False, "decay") for key in _DECAYS),
     ]
     for key, integer, sign in numeric:
         value = _lookup(config, key)
-        if value is _MISSING or (value is None and sign == "unit"):  # an older run's config.json; unset
+        if value is _MISSING or (value is None and sign == "unit"):  # unset (a placeholder)
             continue
         number(key, value, integer=integer)
         if sign == "positive" and value <= 0:
@@ -133,6 +221,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise UserError(f"config {key}={value} must not be negative")
         if sign == "unit" and not 0 <= value < 1:
             raise UserError(f"config {key}={value} must be in [0, 1)")
+        if sign == "open unit" and not 0 < value < 1:
+            raise UserError(f"config {key}={value} must be in (0, 1)")
+        if sign == "decay" and not 0 < value <= 1:
+            raise UserError(f"config {key}={value} must be in (0, 1]")
+    if any(_lookup(config, key) not in (_MISSING, None) and _lookup(config, key) < 0 for key in _FLOATS):
+        raise UserError("config adversarial.epsilon and adversarial.step_size must not be negative")
+    separator = _lookup(config, "task.label_separator")
+    if separator is not _MISSING and (not isinstance(separator, str) or not separator):
+        raise UserError("config task.label_separator must not be empty")
+    targets = _lookup(config, "peft.lora_targets")
+    if targets is not _MISSING:
+        unknown = [target for target in targets or () if target not in LORA_TARGETS]
+        if unknown or (_lookup(config, "peft.method") == "lora" and not targets):
+            raise UserError(
+                f"config peft.lora_targets={tuple(targets or ())!r}: choose from {', '.join(LORA_TARGETS)}"
+            )
+
+
+def _check_run(config: ml_collections.ConfigDict) -> None:
+    """What a training run needs at all: steps to take, data to read, an encoder or a tokenizer."""
     if config.training.num_epochs <= 0 and config.training.num_train_steps <= 0:
         raise UserError("config training.num_epochs or training.num_train_steps must be positive")
     if not config.data.train_path:
@@ -141,9 +249,115 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise UserError(
             "config model.checkpoint is not set, and without it model.tokenizer must name a tokenizer"
         )
-    layer_decay = _lookup(config, "optimizer.layer_decay")
-    if layer_decay is not _MISSING and number("optimizer.layer_decay", layer_decay) <= 0:
-        raise UserError(f"config optimizer.layer_decay={layer_decay} must be positive")
+
+
+# ---- task-specific keys, by task --------------------------------------------------------------------------
+def _check_classification(task, data) -> None:
+    del task, data  # its keys are the data section's own
+
+
+def _check_regression(task, data) -> None:
+    del task
+    if data.labels is not None:
+        raise UserError("config data.labels does not apply to task.name='regression' (one float target)")
+
+
+def _check_multilabel(task, data) -> None:
+    del task, data  # task.threshold and task.label_separator: checked as values
+
+
+def _check_ner(task, data) -> None:
+    del task
+    if data.text_pair_field is not None:
+        raise UserError(
+            "config data.text_pair_field does not apply to task.name='ner' (one sentence of words)"
+        )
+
+
+def _check_qa(task, data) -> None:
+    room = data.max_seq_length - task.max_query_length - 3  # context tokens a window is sure to hold
+    if not 0 <= task.doc_stride < room:
+        raise UserError(
+            f"config task.doc_stride={task.doc_stride} must be in [0, {room}): windows of "
+            f"data.max_seq_length={data.max_seq_length} hold at least {room} context tokens after a question "
+            f"of task.max_query_length={task.max_query_length} and [CLS] [SEP] [SEP]"
+        )
+
+
+def _check_pet(task, data) -> None:
+    if not task.verbalizer:
+        raise UserError("config task.verbalizer must give one word per label for task.name='pet'")
+    check_template(task.template, data.text_pair_field is not None)
+
+
+def _check_relation(task, data) -> None:
+    if data.text_pair_field is not None:
+        raise UserError("config data.text_pair_field does not apply to task.name='relation' (one text)")
+    if task.head_field == task.tail_field:
+        raise UserError(f"config task.head_field and task.tail_field are both {task.head_field!r}")
+
+
+_TASK_CHECKS = {
+    "classification": _check_classification,
+    "regression": _check_regression,
+    "multilabel": _check_multilabel,
+    "ner": _check_ner,
+    "qa": _check_qa,
+    "pet": _check_pet,
+    "relation": _check_relation,
+}
+
+
+def check_template(template: str, has_pair: bool) -> None:
+    """Raises `UserError` naming task.template unless it holds one [MASK], one {text} and, exactly when the
+    data has a second text (`data.text_pair_field`), one {text_pair}."""
+    if template.count(MASK) != 1:
+        raise UserError(f"config task.template={template!r} must contain {MASK} exactly once")
+    if template.count("{text}") != 1:
+        raise UserError(f"config task.template={template!r} must contain {{text}} exactly once")
+    pairs = template.count("{text_pair}")
+    if pairs > 1 or bool(pairs) != has_pair:
+        need = "exactly once (data.text_pair_field is set)" if has_pair else "only with data.text_pair_field"
+        raise UserError(f"config task.template={template!r} must contain {{text_pair}} {need}")
+
+
+def _check_task(config: ml_collections.ConfigDict) -> None:
+    """The task's own rules, and the data keys that do not apply to it."""
+    name, data = config.task.name, config.data
+    if name not in ("classification", "pet", "relation") and data.positive_label is not None:
+        raise UserError(f"config data.positive_label applies to task.name='classification', not {name!r}")
+    _TASK_CHECKS[name](config.task, data)
+
+
+def _check_strategies(config: ml_collections.ConfigDict) -> None:
+    """Which tasks a strategy applies to."""
+    name, regularization = config.task.name, config.regularization
+    for key in ("label_smoothing", "rdrop_alpha"):
+        if regularization[key] and name not in SOFTMAX_TASKS:
+            tasks = ", ".join(SOFTMAX_TASKS)
+            raise UserError(f"config regularization.{key} applies to task.name in {tasks}, not {name!r}")
+    check_augment(config.augment, name)
+
+
+def check_augment(augment: ml_collections.ConfigDict, task_name: str) -> None:
+    """The `augment` section's rules (files are checked on reading); also run by `augment.augment_train`,
+    which takes the section alone."""
+    ops = augment.eda_ops or ()
+    for op in (ops,) if isinstance(ops, str) else ops:
+        if op not in AUGMENT_OPS:
+            raise UserError(f"config augment.eda_ops: {op!r} is not one of {', '.join(AUGMENT_OPS)}")
+    alpha = number("augment.eda_alpha", augment.eda_alpha)
+    if not 0 < alpha <= 1:
+        raise UserError(f"config augment.eda_alpha={alpha!r} must be in (0, 1]")
+    num = number("augment.num_augmented", augment.num_augmented, integer=True)
+    if num < 1:
+        raise UserError(f"config augment.num_augmented={num!r} must be an integer >= 1")
+    on = "augment.eda_ops" if ops else "augment.paraphrases_path" if augment.paraphrases_path else None
+    if on and task_name not in AUGMENTABLE_TASKS:
+        raise UserError(
+            f"config {on}: data augmentation applies to task.name in {', '.join(AUGMENTABLE_TASKS)}, "
+            f"not {task_name!r} (its labels point into the text)"
+        )
 
 
 def expand_path(path: str | None) -> str | None:

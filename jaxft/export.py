@@ -13,14 +13,15 @@ markers, which the exported tokenizer holds); "markers" pooling has no Hugging F
 The run's labels are id2label / label2id. Uses the run's best checkpoint, else its newest.
 """
 
-import argparse
 import json
 import os
 import secrets
 import shutil
 import sys
 
-from jaxft import files, tasks, trained
+from absl import flags
+
+from jaxft import cli, files, tasks, trained
 from jaxft.errors import UserError
 from jaxft.models import convert
 from jaxft.strategies import peft as peft_lib
@@ -83,11 +84,21 @@ def export(workdir: str, out: str) -> str:
     return out
 
 
+def _flags() -> flags.FlagValues:
+    """The command line's flags, defined afresh for each call of `main` (no value left from the last)."""
+    values = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "A jaxft training run's directory.", flag_values=values)
+    flags.DEFINE_string("out", None, "New directory for the Hugging Face model.", flag_values=values)
+    return values
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxft-export", description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="a jaxft training run's directory")
-    parser.add_argument("--out", required=True, help="new directory for the Hugging Face model")
-    args = parser.parse_args(argv)
+    """Entry point of `python -m jaxft.export` and `jaxft-export`; `argv`: the flags (sys.argv[1:])."""
+    values = _flags()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cli.no_leftovers(cli.parse(values, ["jaxft-export", *argv], __doc__, "jaxft-export", ("workdir", "out")))
+    cli.require(values, ("workdir", "out"))
+    args = values
     try:
         export(args.workdir, args.out)
     except UserError as error:

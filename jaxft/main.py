@@ -1,22 +1,22 @@
 """Command line: `python train.py --config configs/X.py --workdir DIR [--config.KEY=VALUE ...]`
 (also installed as `jaxft-train`).
 
-The one module that defines the training flags; the job is `jaxft.train.train_and_evaluate`. Its public
-helpers (`parse`, `config_or_fail`, `fail`, `one_line`, ...) also serve `jaxft.compare`, which takes the same
-`--config` / `--workdir` flags. Bad input ends with one line on stderr and exit status 2, a diverged run
-with exit status 3, a pre-empted one (checkpoint saved) with 143 for SIGTERM and 130 for Ctrl-C.
+The one module that defines the training flags; the job is `jaxft.train.train_and_evaluate`, the parsing
+`jaxft.cli`'s, as for the other entry points. `jaxft.compare` takes the same `--config` / `--workdir` flags.
+`--help` (or `-h`) lists the flags and exits 0. Bad input ends with one line on stderr and exit status 2, a
+diverged run with exit status 3, a pre-empted one (checkpoint saved) with 143 for SIGTERM and 130 for Ctrl-C.
 Several hosts: start the same command on each with `--distributed` (and, where JAX cannot detect the cluster,
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`).
 """
 
 import logging
-import os
-import re
 import sys
 import threading
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from jaxft import cli
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file, e.g. configs/default.py.")
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
@@ -28,98 +28,14 @@ DISTRIBUTED = flags.DEFINE_bool(
 COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed.")
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed.")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, for --distributed.")
-
-
-def fail(message: str, status: int = 2):
-    """Ends the process with `error: MESSAGE` on stderr and `status` (2: bad input)."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(status)
-
-
-def unknown_key(argv, error: Exception) -> str:
-    """One line naming the unknown --config.KEY, from the (nested) KeyError that ml_collections raises."""
-    while error.args and isinstance(error.args[0], Exception):  # AttributeError(KeyError(...))
-        error = error.args[0]
-    text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
-    text = " ".join(text.split())  # "'name'\nDid you mean ...?" -> one line, quotes unescaped
-    keys = [arg.split("=", 1)[0][len("--config.") :] for arg in argv if arg.startswith("--config.")]
-    missing = text.split("'")[1] if text.startswith("'") and text.count("'") >= 2 else None
-    culprits = [key for key in keys if missing in key.split(".")] or keys
-    flags_text = ", ".join(f"--config.{key}" for key in culprits)
-    if len(culprits) == 1:
-        return f"unknown config key {flags_text}: {text}"
-    return f"unknown config key among {flags_text}: {text}"
-
-
-def one_line(error: BaseException) -> str:
-    """An exception as one line; of a message that carries a traceback, its first and last lines."""
-    if isinstance(error, SyntaxError):
-        return f"{error.filename}:{error.lineno}: {error.msg}"
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if "Traceback (most recent call last):" in lines:  # keep the first line and the exception's own lines
-        raised = [i for i, line in enumerate(lines) if re.match(r"[A-Za-z_][\w.]*(: |$)", line)]
-        lines = [lines[0], *lines[raised[-1] if raised else -1 :]]
-    return " ".join(lines) or type(error).__name__
-
-
-def config_paths(argv) -> list[str]:
-    """The --config files of `argv`, without ml_collections' ":ARGS" suffix."""
-    paths = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
-    paths += [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
-    return [path.split(":", 1)[0] for path in paths]
-
-
-def check_config_file(path: str) -> None:
-    """Ends the process with one line if `path` exists but cannot be a config file: a directory, or not a
-    Python file (ml_collections would run a JSON file as Python and report a missing key)."""
-    if os.path.isdir(path):
-        fail(f"--config {path}: is a directory, not a config file (e.g. configs/default.py)")
-    if os.path.exists(path) and not path.endswith(".py"):
-        fail(
-            f"--config {path}: not a Python config file (a .py file defining get_config(), "
-            "e.g. configs/default.py)"
-        )
-
-
-def parse(argv):
-    """Parses the flags of `argv`; any flag or config error ends the process with one line."""
-    for path in config_paths(argv):
-        check_config_file(path)
-    # absl raises a multi-line AttributeError for an unknown --config.KEY: turn it into one line.
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        fail(one_line(error))
-    except (AttributeError, KeyError) as error:
-        if "get_config" in str(error):  # the file ran, but defines no get_config()
-            fail(f"--config {', '.join(config_paths(argv))}: not a config file: it defines no get_config()")
-        fail(unknown_key(argv, error))
-    except Exception as error:  # the config file itself fails to import or run (SyntaxError, NameError, ...)
-        fail(f"--config: cannot load the config file: {type(error).__name__}: {one_line(error)}")
-
-
-def config_or_fail():
-    """The parsed config; a config file that could not be found fails here with one line."""
-    path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
-    if not os.path.isfile(path):
-        fail(f"--config {path}: no such file")
-    config = CONFIG.value
-    try:
-        config.keys()  # ml_collections defers a load failure (an OSError) to the first access
-    except OSError as error:
-        fail(f"--config {path}: {one_line(error.__cause__ or error)}")
-    except AttributeError:  # get_config() returned something else
-        kind = type(config).__name__
-        fail(f"--config {path}: get_config() must return an ml_collections.ConfigDict, not {kind}")
-    return config
+KEY_FLAGS = ("config", "workdir", "distributed", "coordinator_address", "num_processes", "process_id")
 
 
 def main(argv):
-    if len(argv) > 1:
-        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_leftovers(argv)
     if CONFIG.value is None or WORKDIR.value is None:
-        fail("--config and --workdir are required (see --help)")
-    config = config_or_fail()
+        cli.fail("--config and --workdir are required (see --help)")
+    config = cli.config_or_fail()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     if DISTRIBUTED.value:
@@ -151,17 +67,17 @@ def main(argv):
         train_and_evaluate(config, workdir)
     except UserError as error:
         _BackgroundErrors.reported = True
-        fail(str(error))
+        cli.fail(str(error))
     except OSError as error:  # a write the machine refused (full disk, read-only): not a traceback
         _BackgroundErrors.reported = True
-        fail(str(files.storage_error(error, f"workdir {WORKDIR.value}")))
+        cli.fail(str(files.storage_error(error, f"workdir {WORKDIR.value}")))
     except FloatingPointError as error:
-        fail(str(error), status=3)
+        cli.fail(str(error), status=3)
     except Preempted as error:
         # 143 for SIGTERM, 130 for Ctrl-C: as if the signal had ended the process
-        fail(str(error), status=error.status)
+        cli.fail(str(error), status=error.status)
     except KeyboardInterrupt:  # a Ctrl-C before training started, or a second one: nothing saved for it
-        fail("interrupted (Ctrl-C)", status=130)
+        cli.fail("interrupted (Ctrl-C)", status=130)
 
 
 class _BackgroundErrors:
@@ -220,24 +136,12 @@ class _BackgroundErrors:
         threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
 
 
-def config_package_roots(argv) -> list[str]:
-    """Directories to put on sys.path so that the config files of `argv` can import `configs.*`."""
-    # Config files import `configs.common` / `configs.default`: the directory holding `configs/` must be
-    # importable however the command was started (python train.py, jaxft-train, from another directory).
-    return [os.path.dirname(os.path.dirname(os.path.abspath(p))) for p in config_paths(argv)] + [os.getcwd()]
-
-
 def run():
     """Entry point of `train.py` and the `jaxft-train` console script."""
-    for root in config_package_roots(sys.argv):
+    for root in cli.config_package_roots(sys.argv):
         if root not in sys.path:
             sys.path.insert(0, root)
-    # absl's --help lists the flags of the module named by sys.argv[0] (train.py, the console script).
-    listed = flags.FLAGS.get_key_flags_for_module(sys.argv[0])
-    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
-        if flag not in listed:
-            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main, flags_parser=parse)
+    app.run(main, flags_parser=cli.parser(__doc__, "jaxft-train", KEY_FLAGS))
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def create_optimizer(
         if opt.weight_decay > 0:
             parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
         parts.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
-    if opt.get("layer_decay", 1.0) != 1.0:
+    if opt.layer_decay != 1.0:
         parts.append(scale_by_layer(opt.layer_decay))
     tx = optax.chain(*parts)
     if peft is None or peft.method == "none":

@@ -211,11 +211,9 @@ class Parallelism(Protocol):
 
 
 def from_config(training) -> Parallelism:
-    """The `Parallelism` a run's `training` config names; keys an older run's config lacks take their
-    defaults (training and prediction both place parameters through here)."""
-    return create(
-        training.get("parallelism", "pmap"), fsdp_min_size=training.get("fsdp_min_size", FSDP_MIN_SIZE)
-    )
+    """The `Parallelism` a run's `training` config names (training and prediction both place parameters
+    through here; an older run's config.json has the keys it lacks from `jaxft.config.with_defaults`)."""
+    return create(training.parallelism, fsdp_min_size=training.fsdp_min_size)
 
 
 def create(name: str, devices=None, *, fsdp_min_size: int = FSDP_MIN_SIZE) -> Parallelism:

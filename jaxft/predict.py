@@ -21,18 +21,19 @@ and an input without examples is an error. Missing parent directories of --outpu
 existing --output is replaced only once all predictions are written.
 """
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
+import types
 
 import jax
 import ml_collections
 import numpy as np
 import tqdm
+from absl import flags
 
-from jaxft import checkpoint, files, parallel, steps, tasks, trained
+from jaxft import checkpoint, cli, files, parallel, steps, tasks, trained
 from jaxft.data import batching, tokenize
 from jaxft.data import labels as labels_lib
 from jaxft.errors import StorageError, UserError
@@ -58,14 +59,10 @@ def check_run_config(config: ml_collections.ConfigDict, path: str) -> None:
       UserError: naming `path` and the key.
     """
     from jaxft import config as config_lib
-    from jaxft.strategies import checks as strategy_checks
 
     try:
-        config_lib.validate(config)
-        tasks.validate(config)
-        task = tasks.from_config(config)
-        strategy_checks.validate(config, task.name)
-        tasks.best_metric(config, task)
+        config_lib.check(config)
+        tasks.best_metric(config, tasks.from_config(config))
     except UserError as error:
         raise UserError(f"{path}: {error}") from None
     except (KeyError, AttributeError, TypeError, ValueError) as error:  # a section or key missing, a type
@@ -85,14 +82,15 @@ def check_labels(workdir: str, label_names: list[str], path: str) -> None:
 def load_run(workdir: str) -> TrainedRun:
     """Loads a workdir's config, labels, tokenizer and best (else newest) parameters.
 
-    Everything read back is checked as training checked it before use: config.json by the config, task and
-    strategy validators, `data.max_seq_length` against model_config.json's position table, model_config.json
-    as a model config, labels.json against the labels the checkpoints recorded, and the tokenizer against
-    the model's vocabulary (`tokenize.check_fits_model`).
+    Everything read back is checked as training checked it before use: config.json by `jaxft.config.check`
+    (the keys an older jaxft did not write take configs/default.py's values), `data.max_seq_length` against
+    model_config.json's position table, model_config.json as a model config, labels.json against the labels
+    the checkpoints recorded, and the tokenizer against the model's vocabulary (`tokenize.check_fits_model`).
 
     Raises:
       UserError: `workdir` is not a jaxft run, has no checkpoint yet, or one of its files fails a check.
     """
+    from jaxft import config as config_lib
     from jaxft import train  # deferred: train imports this module's neighbours, not the other way round
     from jaxft.strategies import checks as strategy_checks
 
@@ -100,9 +98,7 @@ def load_run(workdir: str) -> TrainedRun:
     for path in paths.values():
         if not os.path.exists(path):
             raise UserError(f"{workdir}: not a jaxft workdir ({os.path.basename(path)} is missing)")
-    config = ml_collections.ConfigDict(files.read_json_object(paths["config.json"]))
-    if "task" not in config:  # a run from before tasks existed: classification
-        config.task = ml_collections.ConfigDict(tasks.DEFAULTS)
+    config = config_lib.with_defaults(files.read_json_object(paths["config.json"]))  # an older run's too
     check_run_config(config, paths["config.json"])
     checkpoint.find_checkpoint(workdir, key="--workdir")  # none yet: say so before the checks below
     try:
@@ -194,13 +190,31 @@ def write_predictions(path: str, records) -> None:
     files.write_atomic(path, (json.dumps(record, allow_nan=False) + "\n" for record in records))
 
 
+def _flags() -> flags.FlagValues:
+    """The command line's flags, defined afresh for each call of `main` (no value left from the last)."""
+    values = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "A jaxft training run's directory.", flag_values=values)
+    flags.DEFINE_string(
+        "input", None, "CSV / TSV / JSONL file (optionally .gz) of texts.", flag_values=values
+    )
+    flags.DEFINE_string("output", None, "JSONL file to write (one object per input).", flag_values=values)
+    flags.DEFINE_integer("batch-size", 128, "Examples per batch.", flag_values=values)
+    return values
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxft-predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="a jaxft training run's directory")
-    parser.add_argument("--input", required=True, help="CSV / TSV / JSONL file (optionally .gz) of texts")
-    parser.add_argument("--output", required=True, help="JSONL file to write (one object per input)")
-    parser.add_argument("--batch-size", type=int, default=128, help="examples per batch (default 128)")
-    args = parser.parse_args(argv)
+    """Entry point of `python -m jaxft.predict` and `jaxft-predict`; `argv`: the flags (sys.argv[1:])."""
+    values = _flags()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    names = ("workdir", "input", "output", "batch-size")
+    cli.no_leftovers(cli.parse(values, ["jaxft-predict", *argv], __doc__, "jaxft-predict", names))
+    cli.require(values, names[:3])
+    args = types.SimpleNamespace(
+        workdir=values.workdir,
+        input=values.input,
+        output=values.output,
+        batch_size=values["batch-size"].value,
+    )
     try:
         if args.batch_size < 1:
             raise UserError(f"--batch-size {args.batch_size}: must be a positive number of examples")

@@ -176,10 +176,8 @@ def _check_checkpoints(
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     """Reads and checks config, data, tokenizer and checkpoint; raises `UserError` before any write."""
-    config_lib.validate(config)
-    tasks.validate(config)
+    config_lib.check(config)
     task = tasks.from_config(config)
-    strategy_checks.validate(config, task.name)
     tasks.best_metric(config, task)  # a metric the task does not report fails here, not at the first eval
     files.check_directory_path(workdir, "workdir")
     _check_same_task(workdir, task, "of the run being resumed in this workdir")

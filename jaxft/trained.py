@@ -64,7 +64,7 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return None
-    return ml_collections.ConfigDict(files.read_json_object(path))
+    return config_lib.with_defaults(files.read_json_object(path))
 
 
 def base_params(config: ml_collections.ConfigDict, model) -> dict:

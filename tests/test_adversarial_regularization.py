@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from jaxft import config as config_lib
 from jaxft import optim, parallel, steps
 from jaxft.errors import UserError
 from jaxft.models.heads import SequenceClassifier
 from jaxft.strategies import adversarial as adv
-from jaxft.strategies import checks
 from jaxft.strategies.regularization import layer_scale, symmetric_kl
 from jaxft.tasks.classification import Classification
 from tests.helpers import init_params, tiny_bert
@@ -174,13 +174,18 @@ def test_layerwise_decay_scales_each_layers_update():
         ("regularization", "rdrop_alpha", 1.0, "ner", "regularization.rdrop_alpha applies to"),
         ("regularization", "label_smoothing", 0.1, "regression", "label_smoothing applies to"),
         ("optimizer", "layer_decay", 0.0, "classification", "optimizer.layer_decay=0.0"),
+        ("optimizer", "layer_decay", 1.5, "classification", r"optimizer.layer_decay=1.5 must be in \(0, 1\]"),
+        ("adversarial", "epsilon", -0.5, "classification", "epsilon and adversarial.step_size must not be"),
+        ("adversarial", "step_size", -0.5, "classification", "epsilon and adversarial.step_size must not be"),
+        ("regularization", "rdrop_alpha", -1.0, "classification", "rdrop_alpha=-1.0 must not be negative"),
     ],
 )
 def test_bad_strategy_settings_name_the_key(section, key, value, task, message):
     config = tiny.get_config()
     config[section][key] = value
+    config.task.name = task
     with pytest.raises(UserError, match=message):
-        checks.validate(config, task)
+        config_lib.check(config)
 
 
 # ---- PGD and FreeLB against their definitions, on a function whose gradients are known in closed form -----

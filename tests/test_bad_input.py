@@ -265,14 +265,15 @@ def test_num_shards_that_cannot_split_the_batch(workdir):
         ("optimizer.b2", 1.0, "must be in [0, 1)"),
         ("optimizer.momentum", -0.1, "must be in [0, 1)"),
         ("optimizer.eps", -1e-8, "must be positive"),
-        ("optimizer.layer_decay", 0.0, "must be positive"),
+        ("optimizer.layer_decay", 0.0, "must be in (0, 1]"),
+        ("optimizer.layer_decay", 1.5, "must be in (0, 1]"),
     ],
 )
 def test_optimizer_values_that_cannot_converge(key, value, words):
     from jaxft import config as config_lib
 
     with pytest.raises(UserError) as info:
-        config_lib.validate(tiny_config(**{key: value}))
+        config_lib.check(tiny_config(**{key: value}))
     assert str(info.value) == f"config {key}={value} {words}"
 
 

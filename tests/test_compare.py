@@ -241,7 +241,8 @@ def test_cli_workdir_that_is_a_file_exits_2_with_one_line_and_leaves_the_file(tm
 
 
 def test_help_explains_every_flag_and_strategy():
-    result = _cli("--help")  # absl ends --help with exit status 1
+    result = _cli("--help")
+    assert result.returncode == 0, result.stderr
     flags_shown = set(re.findall(r"^  --(?:\[no\])?(\w+):", result.stdout, re.M))
     expected = {"aggregate_only", "cell", "config", "grid", "list", "seeds", "strategies", "workdir"}
     assert flags_shown == expected

@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from configs import tiny
+from jaxft import config as config_lib
 from jaxft import optim, parallel, steps, train, trained
 from jaxft.errors import UserError
 from jaxft.models.bert import BertEncoder, BertSelfAttention
@@ -259,13 +260,16 @@ def test_a_changed_base_is_refused(tmp_path):
         ("lora_rank", 0, "peft.lora_rank=0 must be positive"),
         ("lora_targets", ("query", "gate"), "peft.lora_targets"),
         ("lora_dropout", 1.0, "peft.lora_dropout=1.0"),
+        ("lora_alpha", 0.0, "peft.lora_alpha=0.0 must be positive"),
+        ("adapter_size", 0, "peft.adapter_size=0 must be positive"),
+        ("num_virtual_tokens", 0, "peft.num_virtual_tokens=0 must be positive"),
     ],
 )
 def test_bad_peft_settings_name_the_key(key, value, message):
     config = tiny.get_config()
     config.peft[key] = value
     with pytest.raises(UserError, match=message):
-        peft_lib.from_config(config)
+        config_lib.check(config)
 
 
 def test_optimizer_state_covers_only_the_trained_parameters():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs import pet as pet_config
+from jaxft import config as config_lib
 from jaxft import export, predict, tasks, train, trained
 from jaxft.data import tokenize
 from jaxft.data.readers import Example
@@ -92,7 +93,7 @@ def test_verbaliser_logits_equal_bert_for_masked_lm(mlm_checkpoint, template):
     config = _pet_config(mlm_checkpoint, template=template)
     if pairs:
         config.data.text_pair_field = "pair"
-    tasks.validate(config)
+    config_lib.check(config)
     task = tasks.from_config(config)
     tokenizer = tokenize.load_tokenizer(mlm_checkpoint)
     features = task.features_for_prediction(_examples(texts, pairs), tokenizer, 24)

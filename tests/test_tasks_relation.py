@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import common, relation
+from jaxft import config as config_lib
 from jaxft import export, predict, tasks, train, trained
 from jaxft.data import tokenize
 from jaxft.errors import UserError
@@ -228,20 +229,25 @@ def test_reading_keeps_the_text_as_stored_and_prediction_input_needs_no_label(tm
 
 
 def test_config_checks_name_the_key():
-    config = relation.get_config("tiny")
+    def relation_config():
+        config = relation.get_config("tiny")
+        config.data.train_path = "train.jsonl"  # left to the command line by the config
+        return config
+
+    config = relation_config()
     config.data.text_pair_field = "other"
     with pytest.raises(UserError, match="data.text_pair_field does not apply to task.name='relation'"):
-        tasks.validate(config)
-    config = relation.get_config("tiny")
+        config_lib.check(config)
+    config = relation_config()
     config.task.tail_field = "head"
     with pytest.raises(UserError, match="task.head_field and task.tail_field are both 'head'"):
-        tasks.validate(config)
-    config = relation.get_config("tiny")
+        config_lib.check(config)
+    config = relation_config()
     config.task.relation_pooling = "mean"
     with pytest.raises(UserError, match="task.relation_pooling='mean' must be one of markers, cls"):
-        tasks.validate(config)
+        config_lib.check(config)
     config.task.relation_pooling = "cls"
-    tasks.validate(config)
+    config_lib.check(config)
     assert tasks.from_config(config) == Relation(head_field="head", tail_field="tail", pooling="cls")
 
 

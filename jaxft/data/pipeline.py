@@ -201,7 +201,7 @@ def tokenize_splits(
 
 def num_shards(data: ml_collections.ConfigDict) -> int:
     """`data.num_shards`, or one shard per process when it is 0; a multiple of the process count."""
-    count = data.get("num_shards", 0) or jax.process_count()
+    count = data.num_shards or jax.process_count()
     if count < 1 or count % jax.process_count():
         raise UserError(
             f"config data.num_shards={count} must be a positive multiple of the {jax.process_count()} "

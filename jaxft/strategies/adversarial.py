@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxft.errors import UserError
+from jaxft import config as config_lib
 
-METHODS = ("none", "fgm", "pgd", "freelb")
+METHODS = config_lib.ADVERSARIAL_METHODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,21 +39,11 @@ class AdversarialConfig:
 
 
 def from_config(config: ml_collections.ConfigDict) -> AdversarialConfig:
-    section = config.get("adversarial")
-    if section is None:
-        return AdversarialConfig()
-    adversarial = AdversarialConfig(
+    """The `adversarial` section, of a config that `jaxft.config.check` has checked."""
+    section = config.adversarial
+    return AdversarialConfig(
         section.method, float(section.epsilon), float(section.step_size), int(section.steps)
     )
-    if adversarial.method not in METHODS:
-        raise UserError(
-            f"config adversarial.method={adversarial.method!r} must be one of {', '.join(METHODS)}"
-        )
-    if adversarial.epsilon < 0 or adversarial.step_size < 0:
-        raise UserError("config adversarial.epsilon and adversarial.step_size must not be negative")
-    if adversarial.steps < 1:
-        raise UserError(f"config adversarial.steps={adversarial.steps} must be positive")
-    return adversarial
 
 
 def zero_perturbations(model, params, batch: dict):

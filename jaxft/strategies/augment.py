@@ -40,13 +40,12 @@ from collections.abc import Callable, Sequence
 import ml_collections
 import numpy as np
 
+from jaxft import config as config_lib
 from jaxft.config import expand_path
 from jaxft.errors import UserError
 
-OPS = ("synonym", "insert", "swap", "delete")
-# Tasks whose examples are whole texts with one target: changing words keeps the target meaningful. NER
-# tags, QA answer offsets and relation entity spans point into the text and would no longer match it.
-AUGMENTABLE_TASKS = ("classification", "regression", "multilabel", "pet")
+OPS = config_lib.AUGMENT_OPS
+AUGMENTABLE_TASKS = config_lib.AUGMENTABLE_TASKS
 DEFAULT_SYNONYMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "synonyms.tsv")
 # Stream ids mixed into `config.seed`, so augmentation draws differ from the subset and k-shot draws.
 _EDA_STREAM, _PARAPHRASE_STREAM = 101, 102
@@ -263,23 +262,9 @@ def _ops(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def validate(config: ml_collections.ConfigDict, task_name: str = "classification") -> None:
-    """Raises `UserError` naming the first `augment.*` key that cannot work (files are checked on reading)."""
-    ops = _ops(config)
-    for op in ops:
-        if op not in OPS:
-            raise UserError(f"config augment.eda_ops: {op!r} is not one of {', '.join(OPS)}")
-    alpha = config.get("eda_alpha", 0.1)
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha <= 1:
-        raise UserError(f"config augment.eda_alpha={alpha!r} must be in (0, 1]")
-    num = config.get("num_augmented", 1)
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise UserError(f"config augment.num_augmented={num!r} must be an integer >= 1")
-    on = "augment.eda_ops" if ops else "augment.paraphrases_path" if config.get("paraphrases_path") else None
-    if on and task_name not in AUGMENTABLE_TASKS:
-        raise UserError(
-            f"config {on}: data augmentation applies to task.name in {', '.join(AUGMENTABLE_TASKS)}, "
-            f"not {task_name!r} (its labels point into the text)"
-        )
+    """Raises `UserError` naming the first `augment.*` key that cannot work (`jaxft.config.check_augment`:
+    the rules live with the others; files are checked on reading)."""
+    config_lib.check_augment(config, task_name)
 
 
 def augment_train(
@@ -302,7 +287,7 @@ def augment_train(
     if config is None:
         return examples
     validate(config, task_name)
-    ops, num = _ops(config), int(config.get("num_augmented", 1))
+    ops, num = _ops(config), int(config.num_augmented)
     path = config.get("paraphrases_path")
     if not ops and not path:
         return examples
@@ -310,7 +295,7 @@ def augment_train(
     if ops:
         synonyms = load_synonyms(config.get("synonyms"))
         rng = np.random.default_rng([seed, _EDA_STREAM])
-        alpha = float(config.get("eda_alpha", 0.1))
+        alpha = float(config.eda_alpha)
         eda_copies = [
             dataclasses.replace(example, text=eda(example.text, ops, alpha, synonyms, rng))
             for example in examples

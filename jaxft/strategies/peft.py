@@ -33,12 +33,12 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from jaxft import config as config_lib
 from jaxft.errors import UserError
 from jaxft.models.peft import Adapter, LoraDelta, PeftModel, wrap  # noqa: F401  (re-exported)
 
-METHODS = ("none", "bitfit", "lora", "adapter", "prompt", "prefix")
-# Dense layers of a BERT layer that LoRA can adapt, by the name `peft.lora_targets` uses.
-LORA_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
+METHODS = config_lib.PEFT_METHODS
+LORA_TARGETS = config_lib.LORA_TARGETS  # Dense layers of a BERT layer that LoRA can adapt
 HEADS = ("classifier", "qa_outputs", "cls")  # top-level parameter groups of task heads: they always train
 
 
@@ -82,11 +82,9 @@ class PeftConfig:
 
 
 def from_config(config: ml_collections.ConfigDict) -> PeftConfig:
-    """The `peft` section as a `PeftConfig` (an old workdir's config without one: no PEFT); checked."""
-    section = config.get("peft")
-    if section is None:
-        return PeftConfig()
-    peft = PeftConfig(
+    """The `peft` section as a `PeftConfig`, of a config that `jaxft.config.check` has checked."""
+    section = config.peft
+    return PeftConfig(
         method=section.method,
         lora_rank=int(section.lora_rank),
         lora_alpha=float(section.lora_alpha),
@@ -95,23 +93,6 @@ def from_config(config: ml_collections.ConfigDict) -> PeftConfig:
         adapter_size=int(section.adapter_size),
         num_virtual_tokens=int(section.num_virtual_tokens),
     )
-    validate(peft)
-    return peft
-
-
-def validate(peft: PeftConfig) -> None:
-    if peft.method not in METHODS:
-        raise UserError(f"config peft.method={peft.method!r} must be one of {', '.join(METHODS)}")
-    for key in ("lora_rank", "adapter_size", "num_virtual_tokens"):
-        if getattr(peft, key) < 1:
-            raise UserError(f"config peft.{key}={getattr(peft, key)} must be positive")
-    if not 0 <= peft.lora_dropout < 1:
-        raise UserError(f"config peft.lora_dropout={peft.lora_dropout} must be in [0, 1)")
-    unknown = [t for t in peft.lora_targets if t not in LORA_TARGETS]
-    if unknown or (peft.method == "lora" and not peft.lora_targets):
-        raise UserError(
-            f"config peft.lora_targets={peft.lora_targets!r}: choose from {', '.join(LORA_TARGETS)}"
-        )
 
 
 # ---- trainable subsets, checkpoints, export ---------------------------------------------------------------

@@ -19,24 +19,11 @@ import re
 import ml_collections
 import numpy as np
 
+from jaxft.config import MASK
 from jaxft.errors import UserError
 from jaxft.tasks.classification import Classification
 
-MASK = "[MASK]"  # the template's placeholder for the tokenizer's mask token
 _SLOT = re.compile(r"(\{text\}|\{text_pair\})")
-
-
-def check_template(template: str, has_pair: bool) -> None:
-    """Raises `UserError` naming task.template unless it holds one [MASK], one {text} and, exactly when the
-    data has a second text (`data.text_pair_field`), one {text_pair}."""
-    if template.count(MASK) != 1:
-        raise UserError(f"config task.template={template!r} must contain {MASK} exactly once")
-    if template.count("{text}") != 1:
-        raise UserError(f"config task.template={template!r} must contain {{text}} exactly once")
-    pairs = template.count("{text_pair}")
-    if pairs > 1 or bool(pairs) != has_pair:
-        need = "exactly once (data.text_pair_field is set)" if has_pair else "only with data.text_pair_field"
-        raise UserError(f"config task.template={template!r} must contain {{text_pair}} {need}")
 
 
 def _fit(lengths: list[int], budget: int) -> list[int]:
