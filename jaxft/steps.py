@@ -88,7 +88,8 @@ def weighted_loss_sum(
     Each of `loss_terms` is `term(params, batch, outputs) -> scalar`, a mean over this batch's weight (or a
     function of the parameters alone, like a penalty); it enters the sum multiplied by the batch's weight,
     so that after the step divides by the global weight it is the mean over the global batch, whatever the
-    number of devices or micro-batches. A term takes the arrays it needs (a teacher's logits, an anchor) from
+    number of devices or micro-batches (a term that divides by the weight must allow for a device whose
+    rows are all padding: weight 0). A term takes the arrays it needs (a teacher's logits, an anchor) from
     the batch, which a data transform can extend.
     """
     logits = _forward(model, params, batch, key, deterministic, perturbations)
