@@ -116,3 +116,21 @@ def test_fit_adds_a_loss_term_once_per_step_on_any_device_count(devices):
     mean_target = lambda p, b, o: jnp.sum(b["weights"] * b["targets"]) / jnp.maximum(jnp.sum(b["weights"]), 1)  # noqa: E731, E501
     np.testing.assert_allclose(loss((lambda p, b, o: 2.0,)), expected + 2.0, rtol=1e-6)
     np.testing.assert_allclose(loss((mean_target,)), expected + batch["targets"][:6].mean(), rtol=1e-5)
+
+
+def test_a_config_run_takes_the_callers_loss_term_transform_and_hook(tmp_path):
+    from configs import tiny
+    from jaxft import train
+
+    config = tiny.get_config()
+    config.training.num_train_steps, config.training.eval_every = 4, 4
+    seen, recorded = [], trainer.RecordLoss()
+
+    def transform(batch):
+        seen.append(batch["input_ids"].shape[0])
+        return batch
+
+    extensions = train.Extensions(loss_terms=(lambda p, b, o: 100.0,), transform=transform, hooks=(recorded,))
+    train.train_and_evaluate(config, str(tmp_path / "run"), extensions)
+    assert seen[:4] == [16] * 4  # every train batch (prefetching may take one or two more)
+    assert len(recorded.losses) == 4 and all(100 < loss < 110 for loss in recorded.losses)
