@@ -1,4 +1,4 @@
-"""Continual learning (jaxft.strategies.continual, continual_loop): each piece against a reference.
+"""Continual learning (jaxft.strategies.continual, continual_sequence): each piece against a reference.
 
 EWC penalty and KD term equal NumPy; the vmap Fisher equals a loop of per-example gradients; the reservoir
 buffer equals a hand-run of Algorithm R and keeps every example with probability capacity / seen; the
@@ -19,7 +19,7 @@ from jaxft.data import batching
 from jaxft.errors import UserError
 from jaxft.models.bert import BertEncoder
 from jaxft.strategies import continual as cl
-from jaxft.strategies import continual_loop as loop
+from jaxft.strategies import continual_sequence as loop
 from tests.helpers import tiny_bert
 
 CONFIG = tiny_bert(
@@ -157,32 +157,30 @@ def test_replay_term_scores_each_row_with_its_own_tasks_head():
         buffer.add_task(name, split, split["labels"])
     replay = buffer.sample_batch(8, np.random.default_rng(0), {"a": 0, "b": 1, "c": 2}, [12])
     assert set(replay["task"]) == {0, 1}  # both earlier tasks in the batch
-    split = _features(4, seed=3)
-    current = batching.make_batch(split, split["labels"], np.arange(4), 12, 4)
-    spec = loop.StepSpec(head="c", replay_heads=("a", "b", "c"))
-    _, metrics = loop.loss_fn(
-        {"bert": bert, "heads": heads},
-        {"bert": {}, "heads": {}},
-        jax.tree.map(
-            jnp.asarray,
-            {k: current[k] for k in ("input_ids", "token_type_ids", "attention_mask", "labels", "weights")},
-        ),
-        {"replay": jax.tree.map(jnp.asarray, replay)},
-        jax.random.PRNGKey(0),  # dropout rates 0: the key changes nothing
-        encoder=encoder,
-        spec=spec,
+    # The replayed rows as the sequence's transform adds them: scored with `OwnHeadCrossEntropy`.
+    replay_heads = ("a", "b", "c")
+    model = loop.MultiHeadClassifier(encoder.config, replay_heads)
+    inputs = {k: jnp.asarray(replay[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    outputs = model.apply(
+        {"params": {"bert": bert, "heads": heads}},
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        inputs["token_type_ids"],
+        deterministic=True,
     )
+    total, weight = loop.OwnHeadCrossEntropy(replay_heads).loss(outputs, jax.tree.map(jnp.asarray, replay))
+    metrics = {"replay": total / weight}
     nlls = []
     for i in range(8):
         n = int(replay["attention_mask"][i].sum())
         _, pooled = encoder.apply(
             {"params": bert},
             replay["input_ids"][i : i + 1, :n],
+            np.ones((1, n), np.int32),  # the encoder's order: ids, attention mask, token types
             replay["token_type_ids"][i : i + 1, :n],
-            np.ones((1, n), np.int32),
             deterministic=True,
         )
-        head = heads[spec.replay_heads[replay["task"][i]]]
+        head = heads[replay_heads[replay["task"][i]]]
         logits = np.asarray(pooled, np.float64) @ np.asarray(head["kernel"]) + np.asarray(head["bias"])
         nlls.append(np.log(np.exp(logits[0]).sum()) - logits[0, replay["labels"][i]])
     np.testing.assert_allclose(float(metrics["replay"]), np.mean(nlls), rtol=1e-5)
