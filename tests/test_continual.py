@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import serialization
 
 from configs import default
 from jaxft.data import batching
@@ -279,13 +280,20 @@ def test_two_task_sequence_runs(method):
 
 
 @pytest.mark.slow
-def test_class_incremental_grows_the_head():
+def test_class_incremental_grows_the_head(tmp_path):
     train, dev = _features(60, seed=20, num_labels=3), _features(30, seed=21, num_labels=3)
     stages = loop.class_incremental_tasks("ci", train, dev, [[0, 1], [2]])
     assert [s.num_labels for s in stages] == [2, 3]
     assert set(stages[1].train["labels"]) == {2} and set(stages[0].eval["labels"]) <= {0, 1}
-    result = loop.run_sequence(stages, _config("naive"), CONFIG, _optimizer(), log=lambda _: None)
+    result = loop.run_sequence(
+        stages, _config("naive"), CONFIG, _optimizer(), log=lambda _: None, workdir=str(tmp_path)
+    )
     assert result["params"]["heads"]["ci"]["kernel"].shape == (CONFIG.hidden_size, 3)
+    # Each stage wrote its parameters (the head as wide as it was then) and its row of R to its own directory.
+    saved = serialization.msgpack_restore((tmp_path / "stage0_ci_stage0" / "params.msgpack").read_bytes())
+    assert saved["heads"]["ci"]["kernel"].shape == (CONFIG.hidden_size, 2)
+    row = (tmp_path / "stage1_ci_stage1" / "accuracy.txt").read_text().split()
+    np.testing.assert_allclose([float(v) for v in row], result["R"][1], atol=1e-6)
     sizes = [len(s.eval["labels"]) for s in stages]
     expected = (sizes[0] * result["R"][1][0] + sizes[1] * result["R"][1][1]) / sum(sizes)
     assert result["seen_accuracy"][1] == pytest.approx(expected)
