@@ -46,7 +46,7 @@ from jaxft.models.convert import merge_pretrained
 from jaxft.strategies import continual as cl
 from jaxft.strategies.peft import PeftConfig
 
-_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+_TOKEN_ARRAYS = frozenset({"input_ids", "token_type_ids", "attention_mask"})  # [B, L], padded with 0
 
 
 @dataclasses.dataclass
@@ -197,7 +197,9 @@ def class_incremental_tasks(name: str, train: dict, eval_split: dict, stages: li
 
 def _pad_width(batch: dict, width: int) -> dict:
     """A batch's token arrays padded with zeros (attention 0) to `width` positions."""
-    return {k: np.pad(v, ((0, 0), (0, width - v.shape[1]))) if k in _INPUTS else v for k, v in batch.items()}
+    return {
+        k: np.pad(v, ((0, 0), (0, width - v.shape[1]))) if k in _TOKEN_ARRAYS else v for k, v in batch.items()
+    }
 
 
 @dataclasses.dataclass
