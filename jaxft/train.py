@@ -1,8 +1,9 @@
 """Fine-tuning from a config: set up (read, check, initialise), then the step loop.
 
 `train_and_evaluate(config, workdir)` is the whole job. Everything that can be wrong with the inputs is read
-and checked before the workdir is touched. The loop then hangs its side work (logging, evaluation,
-checkpoints, early stopping) off the step count; what each piece does lives in its own module.
+and checked before the workdir is touched. The steps then run in `jaxft.trainer.run_steps`, the one loop,
+with this run's side work as hooks in this order: logging (and the progress bar), evaluation with best
+tracking, the caller's hooks (`Extensions`), early stopping, pre-emption, checkpoints.
 """
 
 import dataclasses
@@ -12,13 +13,15 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxft import checkpoint, evaluate, files, optim, parallel, steps, tasks, trained
+from jaxft import checkpoint, evaluate, files, optim, parallel, steps, tasks, trained, trainer
 from jaxft import config as config_lib
 from jaxft import workdir as workdir_lib
 from jaxft.data import labels as labels_lib
@@ -573,13 +576,35 @@ def _run_facts(params, peft) -> dict:
     return facts
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Extensions:
+    """What a caller adds to a config-driven run: a method built on this trainer instead of a loop of its own.
+
+    Attributes:
+      model: the Flax module to train instead of `create_model`'s (its parameters are initialised, or
+        restored, as the config says).
+      loss_terms: extra loss terms, computed inside the step (`jaxft.steps.weighted_loss_sum`).
+      transform: applied to every host train batch before it is placed (e.g. adding replayed rows).
+      hooks: `jaxft.trainer.Hook`s called after the evaluation hook of each step, before early stopping,
+        pre-emption and the checkpoint (so a stop they ask for is saved).
+    """
+
+    model: Any = None
+    loss_terms: tuple = ()
+    transform: Callable[[dict], dict] | None = None
+    hooks: tuple = ()
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, extensions: Extensions | None = None
+) -> dict:
     """Fine-tunes as `config` says, writing checkpoints, metrics and reports to `workdir`.
 
     Args:
       config: a config from `configs/` (see configs/default.py for every field).
       workdir: the run's directory; an existing run there is resumed. It must be a jaxft workdir
         (`jaxft.workdir`), and is locked against a second run for as long as this one runs.
+      extensions: a model, loss terms, a batch transform or hooks from the caller (default: none).
 
     Returns:
       The final evaluation metrics by split ({"eval": {...}, "test": {...}}), empty without eval data.
@@ -593,12 +618,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     lock = workdir_lib.Lock(workdir, enabled=parallel.is_chief())
     lock.acquire()
     try:
-        return _train_and_evaluate(config, workdir, lock)
+        return _train_and_evaluate(config, workdir, lock, extensions or Extensions())
     finally:
         lock.release()
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, lock: workdir_lib.Lock) -> dict:
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, lock: workdir_lib.Lock, extensions: Extensions
+) -> dict:
     tc = config.training
     # The checks that need tokens or parameters (an entity span too long, a checkpoint's shapes, a PEFT
     # run's base) come before the run's files are written: a failed start (bad input, a full disk, ...)
@@ -612,7 +639,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, lock: w
         train_split, bucket_list = setup.splits["train"], pipeline.buckets(config.data)
         per_epoch = pipeline.steps_per_epoch(train_split, bucket_list, tc.batch_size)
         total_steps = tc.num_train_steps if tc.num_train_steps > 0 else tc.num_epochs * per_epoch
-        model = create_model(config, setup.bert_config, len(setup.label_names), setup.tokenizer)
+        model = extensions.model or create_model(
+            config, setup.bert_config, len(setup.label_names), setup.tokenizer
+        )
         peft = peft_lib.from_config(config)
         tx = optim.create_optimizer(config.optimizer, total_steps, peft)
         # Several processes save synchronously: two async Orbax managers (latest and best) saving at the
@@ -628,7 +657,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, lock: w
         raise
     start_step = int(state.step)
     parallelism = parallel.from_config(tc)
-    state = parallelism.place_state(state)
     train_step = parallelism.train_step(
         steps.train_step,
         model=model,
@@ -636,12 +664,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, lock: w
         accum_steps=tc.grad_accum_steps,
         l2_coefficient=config.optimizer.l2_penalty,
         task=setup.task,
+        loss_terms=tuple(extensions.loss_terms),
         **strategy_checks.step_options(config),
     )
     eval_fn = parallelism.eval_step(steps.eval_step, model=model, task=setup.task)
-    batches = parallelism.device_batches(
-        pipeline.train_batches(train_split, bucket_list, tc.batch_size, config.seed, start_step)
-    )
+    batches = pipeline.train_batches(train_split, bucket_list, tc.batch_size, config.seed, start_step)
+    if extensions.transform is not None:
+        batches = map(extensions.transform, batches)
+    batches = parallelism.device_batches(batches)
     eval_split, eval_every = setup.splits.get("eval"), tc.eval_every or per_epoch
     logging.info(
         "Training %d steps (%d per epoch, global batch %d on %d devices, %s) from step %d",
@@ -653,8 +683,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, lock: w
         start_step,
     )
 
+    run = trainer.Run(parallelism.place_state(state), start_step, total_steps, parallelism)
+
     def save(step, pending_eval=False):
-        _check_finite(parallelism, state, step, tc.max_nonfinite_steps)
+        _check_finite(parallelism, run.state, step, tc.max_nonfinite_steps)
         meta = {
             "step": step,
             "epoch": step // per_epoch,
@@ -664,21 +696,28 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, lock: w
             "pending_eval": pending_eval,  # a pre-emption interrupted this step's evaluation: redo it
             "data_fingerprint": setup.fingerprints,
         }
-        ckpts.save(step, parallelism.to_save(peft_lib.saved_state(state, peft)), meta)
+        ckpts.save(step, parallelism.to_save(peft_lib.saved_state(run.state, peft)), meta)
 
-    def evaluate_at(step, preemption, saved=False):
+    def evaluate_at(step, saved=False):
         """The evaluation of `step`. A pre-emption during it stops the run at once: the step is saved
         (unless it is already, `saved`) with its evaluation marked as still to do."""
         nonlocal best_eval
         try:
             counts = _evaluate_and_track(
-                parallelism, eval_fn, state, eval_split, setup, step, writer, ckpts, best, preemption.now
+                parallelism, eval_fn, run.state, eval_split, setup, step, writer, ckpts, best, preemption.now
             )
         except EvaluationInterrupted:
             if not saved:
                 save(step, pending_eval=True)
             raise Preempted(step, preemption.signum) from None
         best_eval = (step, counts) if counts is not None else best_eval
+
+    def early_stop_message(best, step):
+        metric = tasks.best_metric(config, setup.task)
+        return (
+            f"Early stopping at step {step}: no {metric} improvement in {best.patience} evaluations "
+            f"(best {best.best:.4f} at {best.best_step})"
+        )
 
     writer = MetricWriter(workdir, enabled=parallel.is_chief(), tensorboard=tc.tensorboard)
     progress = ProgressBar(total_steps, initial=start_step, enabled=parallel.is_chief() and tc.progress_bar)
@@ -690,47 +729,32 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, lock: w
         writer=writer,
         progress=progress,
     )
-    sync, since, step = parallel.sync_every_step(), (start_step, time.time()), start_step
+    since = [(start_step, time.time())]  # the step and time of the last log line (throughput)
+
+    def log_step(run, step, metrics):
+        log(step, metrics, run.state, since=since[0])
+        since[0] = (step, time.time())
+
     best_eval = None  # (step, eval counts) of the best evaluation since this process started
     try:
         with PreemptionGuard() as preemption:
-            if redo_eval and eval_split is not None:
-                evaluate_at(start_step, preemption, saved=True)
-            stop_early = redo_eval and best.should_stop
-            for step in range(start_step + 1, 1 if stop_early else total_steps + 1):
-                state, metrics = train_step(state, next(batches))
-                if sync:  # CPU: collectives deadlock when ~100 steps are in flight
-                    metrics["loss"].block_until_ready()
-                if step % tc.log_every == 0 or step == total_steps:
-                    log(step, metrics, state, since=since)
-                    since = (step, time.time())
-                if eval_split is not None and (step % eval_every == 0 or step == total_steps):
-                    evaluate_at(step, preemption)
-                preempted = preemption.should_stop(step)
-                if step % tc.checkpoint_every == 0 or step == total_steps or best.should_stop or preempted:
-                    save(step)
-                if preempted:
-                    raise Preempted(step, preemption.signum)
-                if best.should_stop:
-                    logging.info(
-                        "Early stopping at step %d: no %s improvement in %d evaluations (best %.4f at %d)",
-                        step,
-                        tasks.best_metric(config, setup.task),
-                        best.patience,
-                        best.best,
-                        best.best_step,
-                    )
-                    break
-            progress.close()
-            if ckpts.latest_step() != step:
-                save(step)
-            ckpts.wait()
+            hooks = [trainer.Every(tc.log_every, log_step, end=lambda run: progress.close())]
+            if eval_split is not None:
+                hooks.append(trainer.Evaluation(eval_every, evaluate_at, redo=redo_eval))
+            hooks += [
+                *extensions.hooks,
+                trainer.EarlyStopping(best, early_stop_message, redone=redo_eval),
+                trainer.Preemption(preemption),
+                trainer.Checkpoint(tc.checkpoint_every, save, ckpts.latest_step, ckpts.wait),
+            ]
+            trainer.run_steps(run, train_step, batches, hooks, sync=parallel.sync_every_step())
             try:
                 final = _final_reports(
-                    parallelism, eval_fn, state, setup, writer, ckpts, best, step, best_eval, preemption.now
-                )
+                    parallelism, eval_fn, run.state, setup, writer, ckpts, best, run.step, best_eval,
+                    preemption.now,
+                )  # fmt: skip
             except EvaluationInterrupted:  # the rerun resumes from the saved last step and reports
-                raise Preempted(step, preemption.signum) from None
+                raise Preempted(run.step, preemption.signum) from None
     except BaseException:
         # Whatever stops the run (a signal, a non-finite loss, Ctrl-C), saves already started finish.
         progress.close()

@@ -1,4 +1,4 @@
-"""Continual learning (jaxft.strategies.continual, continual_loop): each piece against a reference.
+"""Continual learning (jaxft.strategies.continual, continual_sequence): each piece against a reference.
 
 EWC penalty and KD term equal NumPy; the vmap Fisher equals a loop of per-example gradients; the reservoir
 buffer equals a hand-run of Algorithm R and keeps every example with probability capacity / seen; the
@@ -13,13 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import serialization
 
 from configs import default
 from jaxft.data import batching
 from jaxft.errors import UserError
 from jaxft.models.bert import BertEncoder
 from jaxft.strategies import continual as cl
-from jaxft.strategies import continual_loop as loop
+from jaxft.strategies import continual_sequence as loop
 from tests.helpers import tiny_bert
 
 CONFIG = tiny_bert(
@@ -157,32 +158,30 @@ def test_replay_term_scores_each_row_with_its_own_tasks_head():
         buffer.add_task(name, split, split["labels"])
     replay = buffer.sample_batch(8, np.random.default_rng(0), {"a": 0, "b": 1, "c": 2}, [12])
     assert set(replay["task"]) == {0, 1}  # both earlier tasks in the batch
-    split = _features(4, seed=3)
-    current = batching.make_batch(split, split["labels"], np.arange(4), 12, 4)
-    spec = loop.StepSpec(head="c", replay_heads=("a", "b", "c"))
-    _, metrics = loop.loss_fn(
-        {"bert": bert, "heads": heads},
-        {"bert": {}, "heads": {}},
-        jax.tree.map(
-            jnp.asarray,
-            {k: current[k] for k in ("input_ids", "token_type_ids", "attention_mask", "labels", "weights")},
-        ),
-        {"replay": jax.tree.map(jnp.asarray, replay)},
-        jax.random.PRNGKey(0),  # dropout rates 0: the key changes nothing
-        encoder=encoder,
-        spec=spec,
+    # The replayed rows as the sequence's transform adds them: scored with `OwnHeadCrossEntropy`.
+    replay_heads = ("a", "b", "c")
+    model = loop.MultiHeadClassifier(encoder.config, replay_heads)
+    inputs = {k: jnp.asarray(replay[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    outputs = model.apply(
+        {"params": {"bert": bert, "heads": heads}},
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        inputs["token_type_ids"],
+        deterministic=True,
     )
+    total, weight = loop.OwnHeadCrossEntropy(replay_heads).loss(outputs, jax.tree.map(jnp.asarray, replay))
+    metrics = {"replay": total / weight}
     nlls = []
     for i in range(8):
         n = int(replay["attention_mask"][i].sum())
         _, pooled = encoder.apply(
             {"params": bert},
             replay["input_ids"][i : i + 1, :n],
+            np.ones((1, n), np.int32),  # the encoder's order: ids, attention mask, token types
             replay["token_type_ids"][i : i + 1, :n],
-            np.ones((1, n), np.int32),
             deterministic=True,
         )
-        head = heads[spec.replay_heads[replay["task"][i]]]
+        head = heads[replay_heads[replay["task"][i]]]
         logits = np.asarray(pooled, np.float64) @ np.asarray(head["kernel"]) + np.asarray(head["bias"])
         nlls.append(np.log(np.exp(logits[0]).sum()) - logits[0, replay["labels"][i]])
     np.testing.assert_allclose(float(metrics["replay"]), np.mean(nlls), rtol=1e-5)
@@ -281,13 +280,20 @@ def test_two_task_sequence_runs(method):
 
 
 @pytest.mark.slow
-def test_class_incremental_grows_the_head():
+def test_class_incremental_grows_the_head(tmp_path):
     train, dev = _features(60, seed=20, num_labels=3), _features(30, seed=21, num_labels=3)
     stages = loop.class_incremental_tasks("ci", train, dev, [[0, 1], [2]])
     assert [s.num_labels for s in stages] == [2, 3]
     assert set(stages[1].train["labels"]) == {2} and set(stages[0].eval["labels"]) <= {0, 1}
-    result = loop.run_sequence(stages, _config("naive"), CONFIG, _optimizer(), log=lambda _: None)
+    result = loop.run_sequence(
+        stages, _config("naive"), CONFIG, _optimizer(), log=lambda _: None, workdir=str(tmp_path)
+    )
     assert result["params"]["heads"]["ci"]["kernel"].shape == (CONFIG.hidden_size, 3)
+    # Each stage wrote its parameters (the head as wide as it was then) and its row of R to its own directory.
+    saved = serialization.msgpack_restore((tmp_path / "stage0_ci_stage0" / "params.msgpack").read_bytes())
+    assert saved["heads"]["ci"]["kernel"].shape == (CONFIG.hidden_size, 2)
+    row = (tmp_path / "stage1_ci_stage1" / "accuracy.txt").read_text().split()
+    np.testing.assert_allclose([float(v) for v in row], result["R"][1], atol=1e-6)
     sizes = [len(s.eval["labels"]) for s in stages]
     expected = (sizes[0] * result["R"][1][0] + sizes[1] * result["R"][1][1]) / sum(sizes)
     assert result["seen_accuracy"][1] == pytest.approx(expected)

@@ -12,24 +12,27 @@ Three pieces, each usable alone:
   k-shot examples (same class -> target 1, different -> 0), the encoder fine-tuned so that the cosine
   similarity of a pair's embeddings regresses onto its target (sentence-transformers' CosineSimilarityLoss,
   an MSE), then scikit-learn's `LogisticRegression` fitted on the tuned embeddings of the same examples.
+  The fine-tuning is not a loop of its own: a model (`PairEncoder`), a loss (`CosineSimilarityTask`) and
+  pair batches handed to `jaxft.trainer.fit`, the train step and optimizer of every jaxft run.
 
-Everything here runs on one device: a few-shot set is a few dozen examples, and the batches are the pairs.
+Embedding and zero-shot prediction run on one device: a few-shot set is a few dozen examples.
 """
 
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 from flax import traverse_util
 
+from jaxft import optim, parallel, trainer
 from jaxft.data import batching, readers, tokenize
 from jaxft.errors import UserError
 from jaxft.models import convert
 from jaxft.models.bert import BertConfig, BertEncoder
-from jaxft.optim import decay_mask
 
 # Tasks whose targets are one class id per example, so "k per class" means something.
 K_SHOT_TASKS = ("classification", "pet", "relation")
@@ -231,68 +234,113 @@ def contrastive_pairs(
 
 def cosine_similarity_loss(first: jax.Array, second: jax.Array, targets: jax.Array, weights: jax.Array):
     """Weighted mean of (cos(first_i, second_i) - target_i)^2: CosineSimilarityLoss without padding rows."""
+    errors = _squared_cosine_errors(first, second, targets)
+    return jnp.sum(weights * errors) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def _squared_cosine_errors(first: jax.Array, second: jax.Array, targets: jax.Array) -> jax.Array:
     cosine = jnp.sum(l2_normalize(first) * l2_normalize(second), axis=-1)
-    return jnp.sum(weights * jnp.square(cosine - targets)) / jnp.maximum(jnp.sum(weights), 1.0)
+    return jnp.square(cosine - targets)
 
 
-def _pair_loss(params, batch: dict, bert_config: BertConfig, dropout_rng) -> jax.Array:
-    both = sentence_embeddings(params, batch, bert_config, dropout_rng)  # first halves, then second halves
-    first, second = jnp.split(both, 2)
-    return cosine_similarity_loss(first, second, batch["targets"], batch["weights"])
+class PairEncoder(nn.Module):
+    """The sentence embeddings of both texts of each pair: inputs [B, 2, L], output [B, 2, H].
+
+    The encoder's parameters sit under "bert", so the tuned tree's "bert" is what `embed` takes.
+    """
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True):
+        pairs, _, length = input_ids.shape
+        flat = lambda x: x.reshape(2 * pairs, length)  # noqa: E731  (first, second, first, ...)
+        hidden, _ = BertEncoder(self.config, add_pooling_layer=False, name="bert")(
+            flat(input_ids), flat(attention_mask), flat(token_type_ids), deterministic=deterministic
+        )
+        embeddings = l2_normalize(mean_pool(hidden.astype(jnp.float32), flat(attention_mask)))
+        return embeddings.reshape(pairs, 2, -1)
 
 
-def contrastive_step(params, opt_state, batch: dict, step, key, *, tx, bert_config: BertConfig):
-    """One AdamW update on a batch of pairs, dropout from `fold_in(key, step)`: (params, opt_state, loss)."""
-    loss, grads = jax.value_and_grad(_pair_loss)(params, batch, bert_config, jax.random.fold_in(key, step))
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+@dataclasses.dataclass(frozen=True)
+class CosineSimilarityTask:
+    """CosineSimilarityLoss as a task's loss for `jaxft.steps.train_step`: the sum over the batch's pairs
+    and their weight (padding pairs 0), which the step adds over devices before dividing."""
+
+    def loss(self, embeddings: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
+        errors = _squared_cosine_errors(embeddings[:, 0], embeddings[:, 1], batch["targets"])
+        return jnp.sum(batch["weights"] * errors), jnp.sum(batch["weights"])
 
 
 def pair_batch(features: dict, first, second, targets, buckets: list[int], batch_size: int) -> dict:
-    """Fixed-shape batch of `batch_size` pairs: rows [0, B) hold the first texts, [B, 2B) the second ones."""
+    """Fixed-shape batch of `batch_size` pairs: inputs [B, 2, L] (a pair's texts side by side, so that a
+    split over devices keeps each pair together), "targets" and "weights" [B]."""
     length = int(max(features["length"][first].max(), features["length"][second].max()))
     seq_len = buckets[int(batching.assign_buckets(np.array([length]), buckets)[0])]
     halves = [batching.make_batch(features, None, side, seq_len, batch_size) for side in (first, second)]
-    batch = {key: np.concatenate([h[key] for h in halves]) for key in _MODEL_INPUTS}
+    batch = {key: np.stack([h[key] for h in halves], axis=1) for key in _MODEL_INPUTS}
     batch["targets"] = np.zeros(batch_size, np.float32)
     batch["targets"][: len(targets)] = targets
     batch["weights"] = halves[0]["weights"]
     return batch
 
 
+def _pair_batches(features: dict, pairs, recipe: SetFitRecipe):
+    """Every epoch's pair batches, in an order drawn from the recipe's seed."""
+    first, second, targets = pairs
+    buckets = batching.bucket_lengths(recipe.max_len, recipe.num_buckets)
+    rng = np.random.default_rng(recipe.seed)
+    for _ in range(recipe.epochs):
+        order = rng.permutation(len(first))
+        for start in range(0, len(first), recipe.batch_size):
+            rows = order[start : start + recipe.batch_size]
+            yield pair_batch(features, first[rows], second[rows], targets[rows], buckets, recipe.batch_size)
+
+
+def optimizer_config(recipe: SetFitRecipe) -> ml_collections.ConfigDict:
+    """The recipe as the `optimizer` section `jaxft.optim.create_optimizer` reads: clipping, then AdamW with
+    masked decay, on a linear warm-up and linear decay to 0."""
+    return ml_collections.ConfigDict(
+        {
+            "name": "adamw",
+            "learning_rate": recipe.learning_rate,
+            "schedule": "linear",
+            "warmup_steps": 0,
+            "warmup_ratio": recipe.warmup_ratio,
+            "weight_decay": recipe.weight_decay,
+            "b1": 0.9,
+            "b2": 0.999,
+            "eps": 1e-8,
+            "max_grad_norm": recipe.max_grad_norm,
+        }
+    )
+
+
 def contrastive_finetune(
     params, bert_config: BertConfig, features: dict, labels: np.ndarray, recipe: SetFitRecipe
 ) -> tuple[dict, list[float]]:
-    """Fine-tunes the encoder on contrastive pairs of the examples; returns (params, loss of every step)."""
-    first, second, targets = contrastive_pairs(labels, recipe.iterations, recipe.seed)
-    steps_per_epoch = -(-len(first) // recipe.batch_size)
-    total = steps_per_epoch * recipe.epochs
-    warmup = int(np.ceil(recipe.warmup_ratio * total))
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, recipe.learning_rate, max(warmup, 1)),
-         optax.linear_schedule(recipe.learning_rate, 0.0, max(total - warmup, 1))],
-        [warmup],
-    )  # fmt: skip
-    tx = optax.chain(
-        optax.clip_by_global_norm(recipe.max_grad_norm),
-        optax.adamw(schedule, weight_decay=recipe.weight_decay, mask=decay_mask),
+    """Fine-tunes the encoder on contrastive pairs of the examples; returns (params, loss of every step).
+
+    The run is `jaxft.trainer.fit`: the train step of every jaxft run over every local device that the
+    pair batch splits evenly over, with the `jaxft.optim` optimizer of `optimizer_config(recipe)`.
+    """
+    pairs = contrastive_pairs(labels, recipe.iterations, recipe.seed)
+    total = -(-len(pairs[0]) // recipe.batch_size) * recipe.epochs
+    devices = jax.local_devices()
+    devices = devices[: max(n for n in range(1, len(devices) + 1) if recipe.batch_size % n == 0)]
+    losses = trainer.RecordLoss()
+    state = trainer.fit(
+        {"bert": jax.tree.map(np.array, params)},  # a host copy: the input is left as it is
+        optim.create_optimizer(optimizer_config(recipe), total),
+        _pair_batches(features, pairs, recipe),
+        total,
+        model=PairEncoder(bert_config),
+        task=CosineSimilarityTask(),
+        seed=recipe.seed,
+        hooks=[losses],
+        parallelism=parallel.create("pmap", devices),
     )
-    step_fn = jax.jit(
-        functools.partial(contrastive_step, tx=tx, bert_config=bert_config), donate_argnums=(0, 1)
-    )
-    params = jax.tree.map(jnp.array, params)  # a copy: the step donates its input buffers
-    opt_state, key = tx.init(params), jax.random.key(recipe.seed)
-    buckets = batching.bucket_lengths(recipe.max_len, recipe.num_buckets)
-    rng, losses = np.random.default_rng(recipe.seed), []
-    for epoch in range(recipe.epochs):
-        order = rng.permutation(len(first))
-        for b in range(steps_per_epoch):
-            rows = order[b * recipe.batch_size : (b + 1) * recipe.batch_size]
-            batch = pair_batch(features, first[rows], second[rows], targets[rows], buckets, recipe.batch_size)
-            step = epoch * steps_per_epoch + b
-            params, opt_state, loss = step_fn(params, opt_state, batch, step, key)
-            losses.append(float(loss))  # blocks on every step, as jaxft's loop does on CPU
-    return params, losses
+    return state.params["bert"], losses.losses
 
 
 def classification_scores(labels: np.ndarray, predictions: np.ndarray) -> dict:
