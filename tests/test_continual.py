@@ -1,4 +1,4 @@
-"""Continual learning (jaxft.strategies.continual, continual_sequence): each piece against a reference.
+"""Continual learning (jaxft.strategies.continual, jaxft.recipes.continual): each piece against a reference.
 
 EWC penalty and KD term equal NumPy; the vmap Fisher equals a loop of per-example gradients; the reservoir
 buffer equals a hand-run of Algorithm R and keeps every example with probability capacity / seen; the
@@ -19,8 +19,8 @@ from configs import default
 from jaxft.data import batching
 from jaxft.errors import UserError
 from jaxft.models.bert import BertEncoder
+from jaxft.recipes import continual as loop
 from jaxft.strategies import continual as cl
-from jaxft.strategies import continual_sequence as loop
 from tests.helpers import tiny_bert
 
 CONFIG = tiny_bert(

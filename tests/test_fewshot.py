@@ -10,6 +10,7 @@ import pytest
 from configs import default
 from jaxft.data import pipeline, tokenize
 from jaxft.errors import UserError
+from jaxft.recipes import setfit as setfit_recipe
 from jaxft.strategies import fewshot
 from jaxft.tasks.regression import Regression
 from tests.helpers import tiny_bert
@@ -186,7 +187,7 @@ def test_setfit_on_a_separable_toy_set(tokenizer, tiny_params):
         first, second, targets = fewshot.contrastive_pairs(train_labels, recipe.iterations, recipe.seed)
         return float(fewshot.cosine_similarity_loss(emb[first], emb[second], targets, np.ones(len(first))))
 
-    result = fewshot.setfit(
+    result = setfit_recipe.setfit(
         train_texts, train_labels, eval_texts, eval_labels, tokenizer, tiny_params, TINY, recipe
     )
     assert len(result.losses) == 2 * (2 * 4 * 8) // 8  # epochs * pairs / batch

@@ -2,7 +2,7 @@
 
 A sequence of tasks shares one encoder (`jaxft.models.bert.BertEncoder`) and gives each task its own
 linear head; the parameter tree is `{"bert": encoder params, "heads": {head: {"kernel", "bias"}}}`. The loop
-that trains a sequence lives in `jaxft.strategies.continual_sequence`; this module holds what it is built
+that trains a sequence lives in `jaxft.recipes.continual`; this module holds what it is built
 from, each piece a pure function with its own test:
 
 - heads: `init_head`, `head_logits`, and `grow_head` for class-incremental learning (new label columns

@@ -1,0 +1,1 @@
+"""Procedures of several trainer runs: SetFit, continual-learning sequences."""
