@@ -58,15 +58,6 @@ def is_chief() -> bool:
     return jax.process_index() == 0
 
 
-def sync_every_step() -> bool:
-    """Whether the loop must block on each step's output.
-
-    Collective programs on CPU devices deadlock when about 100 steps are in flight (XLA's rendezvous times
-    out; docs/platform-notes.md); GPUs and TPUs keep dispatching ahead and sync only when metrics are read.
-    """
-    return jax.default_backend() == "cpu"
-
-
 def check_batch_size(batch_size: int, accum_steps: int, key: str = "training.batch_size") -> None:
     """Refuses a global batch that does not split evenly over devices and micro-batches."""
     devices = global_devices()

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxft import backend
 from jaxft.optim import l2_penalty
 from jaxft.strategies import adversarial as adversarial_lib
 from jaxft.strategies import peft as peft_lib
@@ -189,10 +190,10 @@ def _guard_with_cond() -> bool:
     """Whether `train_step` skips a non-finite update with `lax.cond` (CPU) or a select (GPU, TPU).
 
     With `where(finite, new, old)` XLA:CPU copies the whole optimizer state every step (the old moments must
-    outlive their in-place update; measured in bench/README.md). On a GPU the select fuses into
-    the update, and a conditional can make the host wait for its predicate.
+    outlive their in-place update; measured in bench/README.md). On a GPU the select fuses into the update,
+    and a conditional can make the host wait for its predicate. One of `jaxft.backend`'s CPU forms.
     """
-    return jax.default_backend() == "cpu"
+    return backend.cpu_forms()
 
 
 def train_step(

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxft import checkpoint, evaluate, files, optim, parallel, steps, tasks, trained, trainer
+from jaxft import backend, checkpoint, evaluate, files, optim, parallel, steps, tasks, trained, trainer
 from jaxft import config as config_lib
 from jaxft import workdir as workdir_lib
 from jaxft.data import labels as labels_lib
@@ -257,9 +257,7 @@ def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num
     """
     attention = config.model.attention
     if attention == "auto":
-        # cuDNN's fused attention takes bf16/fp16 only; float32 runs use XLA's attention.
-        fused = jax.default_backend() == "gpu" and config.model.dtype == "bfloat16"
-        attention = "cudnn" if fused else "xla"
+        attention = "cudnn" if backend.fused_attention(config.model.dtype) else "xla"
     task = tasks.from_config(config)
     heads = {"sequence": SequenceClassifier, "token": TokenClassifier, "span": SpanExtractor}
     head = {**heads, "mlm": MaskedLMClassifier, "relation": RelationClassifier}[task.head]
@@ -747,7 +745,7 @@ def _train_and_evaluate(
                 trainer.Preemption(preemption),
                 trainer.Checkpoint(tc.checkpoint_every, save, ckpts.latest_step, ckpts.wait),
             ]
-            trainer.run_steps(run, train_step, batches, hooks, sync=parallel.sync_every_step())
+            trainer.run_steps(run, train_step, batches, hooks, sync=backend.sync_every_step())
             try:
                 final = _final_reports(
                     parallelism, eval_fn, run.state, setup, writer, ckpts, best, run.step, best_eval,

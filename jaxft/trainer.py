@@ -20,7 +20,7 @@ from typing import Any
 
 import optax
 
-from jaxft import parallel, steps
+from jaxft import backend, parallel, steps
 from jaxft.preemption import Preempted
 
 
@@ -239,6 +239,6 @@ def fit(
         train_step,
         parallelism.device_batches(batches),
         hooks,
-        sync=parallel.sync_every_step(),
+        sync=backend.sync_every_step(),
     )
     return parallelism.to_host(run.state)

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxft import backend
+
 _LEVELS = 1 << 16  # values of a 16-bit draw
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))  # threefry-2x32's rotation constants, even and odd rounds
 
@@ -53,7 +55,8 @@ def random_bits(rng, shape: tuple[int, ...]) -> jax.Array:
         rng = jax.random.wrap_key_data(rng)  # a raw key: JAX's default implementation, as jax.random reads it
     size = math.prod(shape)
     if (
-        str(jax.random.key_impl(rng)) != "threefry2x32"
+        not backend.cpu_forms()  # elsewhere JAX's own lowering is as fast
+        or str(jax.random.key_impl(rng)) != "threefry2x32"
         or size >= 1 << 32
         or not getattr(jax.config, "jax_threefry_partitionable", True)  # the only layout if the flag goes
     ):

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxft import backend
+
 _CANONICAL = (((1,), (0,)), ((), ()))  # [M, K] x [K, N]
 _RHS_TRANSPOSED = (((1,), (1,)), ((), ()))  # [M, N] x [K, N] -> [M, K]
 _DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
@@ -101,8 +103,8 @@ class CpuDense(nn.Dense):
 def dense(features: int, dtype, kernel_init, name: str) -> nn.Dense:
     """A Dense layer with float32 parameters computing in `dtype`: `CpuDense` on CPU for float32 and bf16.
 
-    On other backends, and for other dtypes, Flax's `Dense`.
+    On other backends, and for other dtypes, Flax's `Dense` (`jaxft.backend.cpu_forms` decides).
     """
     dtype = jnp.float32 if dtype is None else dtype
-    cls = CpuDense if jnp.dtype(dtype) in _DTYPES and jax.default_backend() == "cpu" else nn.Dense
+    cls = CpuDense if jnp.dtype(dtype) in _DTYPES and backend.cpu_forms() else nn.Dense
     return cls(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init, name=name)
