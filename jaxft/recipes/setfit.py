@@ -12,6 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxft import config as config_lib
 from jaxft import optim, parallel, trainer
 from jaxft.data import batching
 from jaxft.models.bert import BertConfig
@@ -42,9 +43,10 @@ def _pair_batches(features: dict, pairs, recipe: SetFitRecipe):
 
 
 def optimizer_config(recipe: SetFitRecipe) -> ml_collections.ConfigDict:
-    """The recipe as the `optimizer` section `jaxft.optim.create_optimizer` reads: clipping, then AdamW with
-    masked decay, on a linear warm-up and linear decay to 0."""
-    return ml_collections.ConfigDict(
+    """The recipe as the `optimizer` section `jaxft.optim.create_optimizer` reads (configs/default.py's, with
+    the recipe's values): clipping, then AdamW with masked decay, a linear warm-up and decay to 0."""
+    optimizer = ml_collections.ConfigDict(config_lib.defaults().optimizer.to_dict())
+    optimizer.update(
         {
             "name": "adamw",
             "learning_rate": recipe.learning_rate,
@@ -56,8 +58,10 @@ def optimizer_config(recipe: SetFitRecipe) -> ml_collections.ConfigDict:
             "b2": 0.999,
             "eps": 1e-8,
             "max_grad_norm": recipe.max_grad_norm,
+            "layer_decay": 1.0,
         }
     )
+    return optimizer
 
 
 def contrastive_finetune(
