@@ -52,8 +52,11 @@ def tiny_run(tmp_path_factory):
 
 
 # Tiers, by what a test does: one that runs a whole training job (`train_and_evaluate`, a comparison) or a
-# process of its own is end-to-end (`e2e`), whether it does so itself or through a helper of its module;
-# `make check` runs the rest (every parity proof is among them), `make test` runs everything.
+# process of its own is end-to-end (`e2e`), whether it does so itself, through a helper of its module or
+# through a fixture of its module that trains (a task's report, prediction and export checks on a trained
+# run); `make check` runs the rest (every parity proof is among them), `make test` runs everything. The one
+# session-wide run (`tiny_run`) is paid once for the whole tier, so the tests that only read it (prediction,
+# export parity with PyTorch) stay in the fast tier.
 _RUNS_A_JOB = re.compile(r"\bsubprocess\.|\btrain_and_evaluate\(|\brun_cells?\(|\bcompare\.main\(")
 
 
@@ -77,6 +80,26 @@ def _end_to_end_functions(module) -> set[str]:
     return found
 
 
+def _uses_a_training_fixture(item, by_module) -> bool:
+    """Whether a fixture `item` requests (directly or through another fixture) runs a job and is set up
+    again for each module or test, rather than once for the session."""
+    infos = getattr(item, "_fixtureinfo", None)
+    for name in getattr(item, "fixturenames", ()):
+        definitions = infos.name2fixturedefs.get(name, ()) if infos is not None else ()
+        for definition in definitions[-1:]:
+            if definition.scope == "session":
+                continue
+            function = inspect.unwrap(getattr(definition.func, "__wrapped__", definition.func))
+            module = inspect.getmodule(function)
+            if module is None:
+                continue
+            if module not in by_module:
+                by_module[module] = _end_to_end_functions(module)
+            if name in by_module[module] or function.__name__ in by_module[module]:
+                return True
+    return False
+
+
 def pytest_collection_modifyitems(config, items):
     by_module = {}
     for item in items:
@@ -85,5 +108,9 @@ def pytest_collection_modifyitems(config, items):
             continue
         if module not in by_module:
             by_module[module] = _end_to_end_functions(module)
-        if item.originalname in by_module[module] or getattr(item, "name", "") in by_module[module]:
+        if (
+            item.originalname in by_module[module]
+            or getattr(item, "name", "") in by_module[module]
+            or _uses_a_training_fixture(item, by_module)
+        ):
             item.add_marker(pytest.mark.e2e)

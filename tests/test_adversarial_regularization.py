@@ -1,6 +1,8 @@
 """Training-time strategies, each checked for its mechanism: adversarial training (FGM, PGD, FreeLB), label
 smoothing, R-Drop and layer-wise learning-rate decay."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,36 +37,44 @@ def _batch(size=4, length=10, seed=0):
     }
 
 
-def _train(steps_: int, **options):
+def _train(steps_: int, adversarial=None) -> list:
+    """(parameters, loss) after each of `steps_` steps on two devices, from step 1."""
     tx = optim.create_optimizer(tiny.get_config().optimizer, 10)
     devices = jax.devices()[:2]
+    options = {} if adversarial is None else {"adversarial": adversarial}
     p_train = parallel.pmap_train_step(steps.train_step, devices=devices, model=MODEL, tx=tx, **options)
     state = parallel.replicate(steps.create_train_state(init_params(MODEL), tx, 0), devices)
-    losses = []
+    trajectory = []
     for i in range(steps_):
         state, metrics = p_train(state, parallel.split_for_devices(_batch(seed=i), 2))
-        losses.append(np.asarray(metrics["loss"])[0])
-    return parallel.unreplicate(state.params), losses
+        # Copies: the next step donates the state's buffers.
+        params = jax.tree.map(np.copy, parallel.unreplicate(state.params))
+        trajectory.append((params, np.array(metrics["loss"])[0]))
+    return trajectory
+
+
+@functools.cache
+def _plain_training() -> list:
+    """Plain training's three steps, compiled and run once for the comparisons below (read-only)."""
+    return _train(3)
 
 
 @pytest.mark.parametrize("method", ["fgm", "pgd", "freelb"])
 def test_epsilon_zero_reproduces_plain_training_exactly(method):
-    plain, plain_losses = _train(3)
-    attacked, losses = _train(
-        3, adversarial=adv.AdversarialConfig(method, epsilon=0.0, step_size=0.5, steps=2)
-    )
+    plain = _plain_training()
+    attacked = _train(3, adv.AdversarialConfig(method, epsilon=0.0, step_size=0.5, steps=2))
     # The attacked step is another XLA program (it also differentiates the embedding output), whose fusions
     # may round differently on another CPU: the losses agree to float32 rounding (bit-identical on the
     # machines seen so far, but not promised), the parameters after three updates to a little more.
-    np.testing.assert_allclose(losses, plain_losses, rtol=1e-6, atol=0)
-    for a, b in zip(jax.tree.leaves(attacked), jax.tree.leaves(plain), strict=True):
+    np.testing.assert_allclose([x[1] for x in attacked], [x[1] for x in plain], rtol=1e-6, atol=0)
+    for a, b in zip(jax.tree.leaves(attacked[-1][0]), jax.tree.leaves(plain[-1][0]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("method", ["fgm", "pgd", "freelb"])
 def test_a_perturbation_changes_the_update(method):
-    plain, _ = _train(2)
-    attacked, _ = _train(2, adversarial=adv.AdversarialConfig(method, epsilon=1.0, step_size=0.5, steps=2))
+    plain = _plain_training()[1][0]  # after two steps
+    attacked = _train(2, adv.AdversarialConfig(method, epsilon=1.0, step_size=0.5, steps=2))[-1][0]
     differences = [
         np.abs(a - b).max() for a, b in zip(jax.tree.leaves(attacked), jax.tree.leaves(plain), strict=True)
     ]

@@ -1,6 +1,8 @@
 """The step functions on forced host devices: device-count invariance, accumulation, exact evaluation,
 bf16 compute, no recompilation."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,9 +13,9 @@ from configs import default
 from jaxft import optim, parallel, steps
 from jaxft.data import batching, pipeline
 from jaxft.models.heads import SequenceClassifier
+from jaxft.train import eval_counts
 from tests.helpers import (
     classification_batch,
-    eval_totals,
     init_params,
     jaxpr_eqns,
     loss_and_grads,
@@ -82,29 +84,51 @@ def test_accumulated_micro_batches_equal_one_large_batch():
     assert rel_error(grads4, grads1) <= 1e-6
 
 
-@pytest.mark.parametrize("num_devices", [1, 3, 8])
-@pytest.mark.parametrize("num_examples", [23, 24, 25])
-def test_evaluation_counts_every_example_exactly_once(num_devices, num_examples):
+@jax.jit
+def _alone(params, ids):
+    """One unpadded example's logits: compiled once per length for every case, rather than run op by op."""
+    return _model().apply({"params": params}, ids, jnp.ones_like(ids), jnp.zeros_like(ids))
+
+
+@functools.cache
+def _eval_case(num_examples: int):
+    """A dev split of `num_examples` random rows and, from every example alone on the host, unpadded:
+    the confusion matrix, the loss sum and the smallest margin between the two top logits (read-only,
+    shared by the device counts)."""
     model, rng = _model(), np.random.default_rng(num_examples)
     params = init_params(model)
     features = random_features(rng, num_examples, CONFIG.vocab_size)
     labels = rng.integers(0, LABELS, num_examples).astype(np.int32)
     split = pipeline.Split("dev", "dev.jsonl", [None] * num_examples, labels, features)
-    totals = eval_totals(model, params, split, num_devices, buckets=[8, 20], batch_size=8, num_labels=LABELS)
-    assert int(totals["count"]) == num_examples == int(totals["confusion"].sum())
-    # Reference: every example alone, on the host, unpadded.
     reference, margins, loss_sum = np.zeros((LABELS, LABELS), np.int64), [], 0.0
     for i in range(num_examples):
         n, ids = features["length"][i], features["input_ids"][i : i + 1]
-        logits = np.asarray(
-            model.apply({"params": params}, ids[:, :n], np.ones((1, n), np.int32), np.zeros((1, n), np.int32))
-        )[0]
+        logits = np.asarray(_alone(params, ids[:, :n]))[0]
         reference[labels[i], logits.argmax()] += 1
         margins.append(np.sort(logits)[-1] - np.sort(logits)[-2])
         loss_sum += float(jax.nn.logsumexp(logits) - logits[labels[i]])
-    assert min(margins) > 1e-3, "examples too close to a decision boundary for an exact comparison"
-    np.testing.assert_array_equal(totals["confusion"], reference)
-    np.testing.assert_allclose(float(totals["loss_sum"]), loss_sum, rtol=1e-5)
+    return params, split, reference, loss_sum, min(margins)
+
+
+@pytest.mark.parametrize("num_devices", [1, 3, 8])
+def test_evaluation_counts_every_example_exactly_once(num_devices):
+    # One compiled evaluation per device count, over splits that fill the last batch less, exactly or more.
+    devices = jax.devices()[:num_devices]
+    p_eval = parallel.pmap_eval_step(steps.eval_step, devices=devices, model=_model(), num_labels=LABELS)
+    for num_examples in (23, 24, 25):
+        params, split, reference, loss_sum, margin = _eval_case(num_examples)
+        totals = eval_counts(
+            p_eval,
+            parallel.replicate(params, devices),
+            split,
+            [8, 20],
+            parallel.eval_batch_size(8, num_devices),
+            num_devices,
+        )
+        assert int(totals["count"]) == num_examples == int(totals["confusion"].sum())
+        assert margin > 1e-3, "examples too close to a decision boundary for an exact comparison"
+        np.testing.assert_array_equal(totals["confusion"], reference)
+        np.testing.assert_allclose(float(totals["loss_sum"]), loss_sum, rtol=1e-5)
 
 
 def test_bf16_computes_in_bf16_and_keeps_float32_state():
@@ -250,16 +274,27 @@ def test_devices_draw_different_dropout_masks_reproducibly_per_step_and_seed():
     batch = {k: np.repeat(v, 8, axis=0) for k, v in row.items()}
     tx = optax.sgd(0.0)
 
+    compiled = {}  # one step per setting: the step number is an input, not part of the program
+
     def run(step: int, deterministic: bool = False) -> dict:
         recorded.clear()
         state = steps.create_train_state({"inner": params}, tx, seed=0).replace(step=jnp.int32(step))
-        p_train = parallel.pmap_train_step(
-            steps.train_step, model=Recording(inner), tx=tx, deterministic=deterministic
-        )
+        if deterministic not in compiled:
+            compiled[deterministic] = parallel.pmap_train_step(
+                steps.train_step, model=Recording(inner), tx=tx, deterministic=deterministic
+            )
+        p_train = compiled[deterministic]
         jax.block_until_ready(p_train(parallel.replicate(state), parallel.split_for_devices(batch, 8)))
         jax.effects_barrier()  # every device's callback has run
         assert sorted(recorded) == list(range(8))
         return dict(recorded)
+
+    @jax.jit  # compiled once for the sixteen keys below rather than run op by op
+    def with_dropout(key):
+        return Recording(inner, record=False).apply(  # the same module paths, so the same masks
+            {"params": {"inner": params}}, row["input_ids"], row["attention_mask"], row["token_type_ids"],
+            deterministic=False, rngs={"dropout": key},
+        )  # fmt: skip
 
     first = run(0)
     for a in range(8):
@@ -272,10 +307,7 @@ def test_devices_draw_different_dropout_masks_reproducibly_per_step_and_seed():
     for step, outputs in ((0, first), (1, later)):
         for d in range(8):
             key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(0), step), d), 0)
-            expected = Recording(inner, record=False).apply(  # the same module paths, so the same masks
-                {"params": {"inner": params}}, row["input_ids"], row["attention_mask"], row["token_type_ids"],
-                deterministic=False, rngs={"dropout": key},
-            )  # fmt: skip
+            expected = with_dropout(key)
             np.testing.assert_allclose(outputs[d], expected, rtol=1e-5, atol=1e-6)
     # With dropout off the eight devices agree: the differences above are the masks, nothing else.
     off = run(0, deterministic=True)

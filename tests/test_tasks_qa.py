@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import squad as squad_config
-from jaxft import parallel, predict, steps, tasks, train
+from jaxft import parallel, predict, steps, train, trained
 from jaxft.data import pipeline, tokenize
 from jaxft.data import squad as squad_data
 from jaxft.errors import UserError
@@ -183,23 +183,25 @@ def test_end_to_end_answers_every_question_once(qa_run):
     assert squad.squad_scores(saved["predictions"], gold)["f1"] == final["eval"]["f1"]
 
 
-def test_windows_on_different_devices_and_batches_give_the_same_answers(qa_run):
-    """Each question's windows are combined exactly once, however they were spread over devices/batches."""
-    workdir, config, _ = qa_run
-    run = predict.load_run(str(workdir))
-    task = tasks.from_config(run.config)
-    _, splits = pipeline.read_splits(config.data, run.label_names, 0, task)
-    pipeline.tokenize_splits(splits, run.tokenizer, config.data, None, task, run.label_names)
+def test_windows_on_different_devices_and_batches_give_the_same_answers(tmp_path):
+    """Each question's windows are combined exactly once, however they were spread over devices/batches.
+    The run's model at its initial parameters (no training: what is compared is the combination)."""
+    config = _config(tmp_path)
+    setup = train.prepare(config, str(tmp_path / "unused"))  # reads and checks; writes nothing
+    task = setup.task
+    splits = setup.splits
+    pipeline.tokenize_splits(splits, setup.tokenizer, config.data, None, task, setup.label_names)
     split = splits["eval"]
     assert len(split.features["length"]) > 2 * len(split.examples)  # several windows per question
-    model = train.create_model(run.config, run.bert_config, 2)
+    model = train.create_model(config, setup.bert_config, 2)
+    initial = trained.initial_params(config, None, model)
     answers = []
     for num_devices, batch_size in ((1, 4), (3, 6), (8, 8), (8, 64)):
         devices = jax.devices()[:num_devices]
         p_eval = parallel.pmap_eval_step(steps.eval_step, devices=devices, model=model, task=task)
-        params = parallel.replicate(run.params, devices)
+        params = parallel.replicate(initial, devices)
         totals = train.eval_counts(p_eval, params, split, [16, 32], batch_size, num_devices)
-        answers.append(task.report(totals, split, run.label_names, config.data).extra["predictions"])
+        answers.append(task.report(totals, split, setup.label_names, config.data).extra["predictions"])
     assert answers[0] == answers[1] == answers[2] == answers[3] and len(answers[0]) == 9
 
 
