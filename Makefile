@@ -29,6 +29,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check jaxft configs tests bench train.py
 	$(PY) -m ruff format --check jaxft configs tests bench train.py
+	$(VENV)/bin/lint-imports --no-cache
 
 test: lint
 	$(PY) -m pytest -q tests/

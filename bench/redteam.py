@@ -184,8 +184,8 @@ def _export_disk_full(tmp):
 # of a given step, or sent SIGTERM while it evaluates; the patches live in this driver only.
 DRIVER = """
 import os, signal, sys
-from jaxft import checkpoint
-from jaxft.data import pipeline
+from jaxft.training import checkpoint
+from jaxft.training import pipeline
 how, at = sys.argv[1], int(sys.argv[2])
 if how == "sigterm-in-eval":
     real_batches = pipeline.eval_batches
@@ -212,7 +212,7 @@ main.run()
 def _jaxft():
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from jaxft import checkpoint
+    from jaxft.training import checkpoint
 
     return checkpoint
 

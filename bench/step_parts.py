@@ -32,7 +32,7 @@ def _median_ms(fn, steps: int) -> float:
 def jaxft_parts(steps: int, checkpoint) -> dict:
     import jax
 
-    from jaxft import steps as steps_lib
+    from jaxft.training import steps as steps_lib
 
     net, state, tx, vocab = throughput.jaxft_setup("minilm", "float32", checkpoint, None)
     batch = jax.device_put(throughput._batch(32, 128, vocab))

@@ -96,9 +96,9 @@ def jaxft_setup(model: str, dtype: str, checkpoint, attention_dropout):
     import jax.numpy as jnp
 
     from configs import default
-    from jaxft import optim
-    from jaxft import steps as steps_lib
     from jaxft.models.heads import SequenceClassifier
+    from jaxft.training import optim
+    from jaxft.training import steps as steps_lib
 
     bert_config = _bert_config(model, checkpoint, attention_dropout)
     attention = "cudnn" if jax.default_backend() == "gpu" and dtype == "bfloat16" else "xla"
@@ -119,8 +119,8 @@ def measure_jaxft(
 ):
     import jax
 
-    from jaxft import parallel
-    from jaxft import steps as steps_lib
+    from jaxft.training import parallel
+    from jaxft.training import steps as steps_lib
 
     net, state, tx, vocab_size = jaxft_setup(model, dtype, checkpoint, attention_dropout)
     devices = jax.devices()[:1]

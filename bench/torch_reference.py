@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import common  # noqa: E402
 from jaxft.data import labels as labels_lib  # noqa: E402
-from jaxft.data import pipeline, readers  # noqa: E402
+from jaxft.data import readers  # noqa: E402
+from jaxft.training import pipeline
 
 
 def main():

@@ -97,7 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.max_eval_examples = 0  # if > 0, evaluate eval/test on a fixed random subset of this many
     data.max_seq_length = 128  # tokens per example after truncation, [CLS] and [SEP] included
     data.num_buckets = 4  # length buckets up to max_seq_length; 1 pads everything to max_seq_length
-    data.num_shards = 0  # train-data shards over processes; 0 = one per process (see jaxft.data.pipeline)
+    data.num_shards = 0  # train-data shards over processes; 0 = one per process (see jaxft.training.pipeline)
     data.k_shot = 0  # if > 0, train on k examples per class (seeded by `seed`): few-shot experiments
     data.cache = True  # cache tokenised splits in WORKDIR/cache (ner and qa splits are tokenised anew)
 
@@ -150,9 +150,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 32  # global batch (all devices, all hosts) per optimizer step
     training.grad_accum_steps = 1  # micro-batches per step: each device sees batch_size / devices / this
-    # How steps run over the devices (jaxft/parallel.py), with the same results: "pmap" (the state replicated
-    # on every device), or one sharded jit over a mesh of all devices: "dp" (the state replicated) or "fsdp"
-    # (parameters and optimizer state sharded over the devices: for encoders too large to replicate).
+    # How steps run over the devices (jaxft/training/parallel.py), with the same results: "pmap" (the state
+    # replicated on every device), or one sharded jit over a mesh of all devices: "dp" (the state replicated)
+    # or "fsdp" (parameters and optimizer state sharded over the devices: for encoders too large to
+    # replicate).
     training.parallelism = "pmap"
     # fsdp only: parameter (and Adam moment) leaves with fewer elements stay replicated; sharding a bias or a
     # LayerNorm scale saves almost no memory and adds a gather per step. 0 shards every leaf it can.

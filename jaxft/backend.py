@@ -8,7 +8,7 @@ and all of them follow one switch, `cpu_forms()`: on the CPU backend, unless the
 - dropout's random bits are hashed round by round, one elementwise fusion, where JAX's CPU lowering runs a
   loop over whole arrays (`jaxft.models.dropout.random_bits`, bit for bit `jax.random.bits`);
 - a non-finite update is skipped with `lax.cond`: a select makes XLA:CPU copy the whole optimizer state every
-  step (`jaxft.steps.train_step`).
+  step (`jaxft.training.steps.train_step`).
 
 Two choices are not about speed: the host waits for every step on CPU (`sync_every_step`: collectives on CPU
 devices deadlock with about 100 steps in flight), and "auto" attention is cuDNN's fused kernel on a GPU in

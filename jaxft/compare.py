@@ -34,9 +34,9 @@ from ml_collections import config_flags
 from jaxft import cli, compare_results, compare_runner, files
 from jaxft import config as config_lib
 from jaxft import main as main_lib
-from jaxft import workdir as workdir_lib
 from jaxft.compare_runner import Cell, Plan, flag_text
 from jaxft.errors import UserError
+from jaxft.training import workdir as workdir_lib
 
 # Each value must be of its key's type in configs/default.py: cells receive it as --config.KEY=VALUE text.
 STRATEGIES = {

@@ -4,9 +4,9 @@ Configs are `ml_collections.ConfigDict`s built by `configs/*.py` from `configs/d
 key and its default (also for a run's config.json written by an older jaxft: `with_defaults`). Unknown keys
 are already refused by the locked ConfigDict; `check` refuses a value that cannot work, or a combination
 that makes no sense (a strategy on a task it does not apply to), with one `UserError` that names the key.
-It runs before anything is read or written: on a training config (`jaxft.train.prepare`), on each cell of a
-comparison (`jaxft.compare`) and on a finished run's config.json (`jaxft.predict.load_run`). What reads a
-config afterwards (`tasks.from_config`, `peft.from_config`, `adversarial.from_config`) only reads it.
+It runs before anything is read or written: on a training config (`jaxft.training.train.prepare`), on each
+cell of a comparison (`jaxft.compare`) and on a finished run's config.json (`jaxft.predict.load_run`). What
+reads a config afterwards (`tasks.from_config`, `peft.from_config`, `adversarial.from_config`) only reads it.
 """
 
 import importlib.util

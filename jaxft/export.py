@@ -21,10 +21,12 @@ import sys
 
 from absl import flags
 
-from jaxft import cli, files, tasks, trained
+from jaxft import cli, files, tasks
 from jaxft.errors import UserError
 from jaxft.models import convert
+from jaxft.predict import load_run
 from jaxft.strategies import peft as peft_lib
+from jaxft.training import trained
 
 
 def export(workdir: str, out: str) -> str:
@@ -35,8 +37,6 @@ def export(workdir: str, out: str) -> str:
     non-empty `out`, or a file there, is refused rather than overwritten.
     """
     from safetensors.numpy import save
-
-    from jaxft.predict import load_run
 
     files.check_directory_path(out, "--out")
     if os.path.isdir(out) and os.listdir(out):

@@ -1,12 +1,12 @@
 """Command line: `python train.py --config configs/X.py --workdir DIR [--config.KEY=VALUE ...]`
 (also installed as `jaxft-train`).
 
-The one module that defines the training flags; the job is `jaxft.train.train_and_evaluate`, the parsing
-`jaxft.cli`'s, as for the other entry points. `jaxft.compare` takes the same `--config` / `--workdir` flags.
-`--help` (or `-h`) lists the flags and exits 0. Bad input ends with one line on stderr and exit status 2, a
-diverged run with exit status 3, a pre-empted one (checkpoint saved) with 143 for SIGTERM and 130 for Ctrl-C.
-Several hosts: start the same command on each with `--distributed` (and, where JAX cannot detect the cluster,
-`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`).
+The one module that defines the training flags; the job is `jaxft.training.train.train_and_evaluate`, the
+parsing `jaxft.cli`'s, as for the other entry points. `jaxft.compare` takes the same `--config` / `--workdir`
+flags. `--help` (or `-h`) lists the flags and exits 0. Bad input ends with one line on stderr and exit status
+2, a diverged run with exit status 3, a pre-empted one (checkpoint saved) with 143 for SIGTERM and 130 for
+Ctrl-C. Several hosts: start the same command on each with `--distributed` (and, where JAX cannot detect the
+cluster, `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`).
 """
 
 import logging
@@ -58,8 +58,8 @@ def main(argv):
     from jaxft import files
     from jaxft.config import expand_path
     from jaxft.errors import UserError
-    from jaxft.preemption import Preempted
-    from jaxft.train import train_and_evaluate
+    from jaxft.training.preemption import Preempted
+    from jaxft.training.train import train_and_evaluate
 
     try:
         workdir = expand_path(WORKDIR.value)  # `$RUNS/x` as the data paths take it

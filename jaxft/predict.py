@@ -33,11 +33,16 @@ import numpy as np
 import tqdm
 from absl import flags
 
-from jaxft import checkpoint, cli, files, parallel, steps, tasks, trained
+from jaxft import cli, files, tasks
+from jaxft import config as config_lib
 from jaxft.data import batching, tokenize
 from jaxft.data import labels as labels_lib
 from jaxft.errors import StorageError, UserError
 from jaxft.models.bert import BertConfig
+from jaxft.strategies import checks as strategy_checks
+from jaxft.training import checkpoint, parallel, steps, trained
+from jaxft.training.model import create_model
+from jaxft.training.workdir import MODEL_CONFIG, TOKENIZER_DIR
 
 
 @dataclasses.dataclass
@@ -58,8 +63,6 @@ def check_run_config(config: ml_collections.ConfigDict, path: str) -> None:
     Raises:
       UserError: naming `path` and the key.
     """
-    from jaxft import config as config_lib
-
     try:
         config_lib.check(config)
         tasks.best_metric(config, tasks.from_config(config))
@@ -90,11 +93,7 @@ def load_run(workdir: str) -> TrainedRun:
     Raises:
       UserError: `workdir` is not a jaxft run, has no checkpoint yet, or one of its files fails a check.
     """
-    from jaxft import config as config_lib
-    from jaxft import train  # deferred: train imports this module's neighbours, not the other way round
-    from jaxft.strategies import checks as strategy_checks
-
-    paths = {name: os.path.join(workdir, name) for name in ("config.json", "labels.json", train.MODEL_CONFIG)}
+    paths = {name: os.path.join(workdir, name) for name in ("config.json", "labels.json", MODEL_CONFIG)}
     for path in paths.values():
         if not os.path.exists(path):
             raise UserError(f"{workdir}: not a jaxft workdir ({os.path.basename(path)} is missing)")
@@ -102,21 +101,21 @@ def load_run(workdir: str) -> TrainedRun:
     check_run_config(config, paths["config.json"])
     checkpoint.find_checkpoint(workdir, key="--workdir")  # none yet: say so before the checks below
     try:
-        bert_config = BertConfig.from_dict(files.read_json_object(paths[train.MODEL_CONFIG]))
+        bert_config = BertConfig.from_dict(files.read_json_object(paths[MODEL_CONFIG]))
     except (UserError, TypeError) as error:
-        raise UserError(f"{paths[train.MODEL_CONFIG]}: {error}") from None
+        raise UserError(f"{paths[MODEL_CONFIG]}: {error}") from None
     try:
         tokenize.check_max_seq_length(config.data.max_seq_length, bert_config.max_position_embeddings)
         strategy_checks.check_positions(config, bert_config.max_position_embeddings)
     except UserError as error:
-        raise UserError(f"{paths['config.json']}: {error} (of {paths[train.MODEL_CONFIG]})") from None
+        raise UserError(f"{paths['config.json']}: {error} (of {paths[MODEL_CONFIG]})") from None
     label_names = labels_lib.load_label_vocab(paths["labels.json"])
     check_labels(workdir, label_names, paths["labels.json"])
-    tokenizer_dir = os.path.join(workdir, train.TOKENIZER_DIR)
+    tokenizer_dir = os.path.join(workdir, TOKENIZER_DIR)
     tokenizer = tokenize.load_tokenizer(tokenizer_dir)
     tasks.from_config(config).prepare_tokenizer(tokenizer)  # no-op: the saved tokenizer has them already
     tokenize.check_fits_model(tokenizer, bert_config.vocab_size, bert_config.pad_token_id, tokenizer_dir)
-    model = train.create_model(config, bert_config, len(label_names), tokenizer)
+    model = create_model(config, bert_config, len(label_names), tokenizer)
     template = jax.device_get(trained.initial_params_shape(model, config))
     template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
     params, step = trained.load_params(workdir, template, model, key="--workdir")
@@ -132,10 +131,8 @@ def predict_outputs(
     [N, labels] (multilabel), predicted tag ids per position [N, max_seq_length] (ner), start / end logits
     per window and position [windows, max_seq_length, 2] (qa).
     """
-    from jaxft import train
-
     task = tasks.from_config(run.config)
-    model = train.create_model(run.config, run.bert_config, len(run.label_names), run.tokenizer)
+    model = create_model(run.config, run.bert_config, len(run.label_names), run.tokenizer)
     features = task.features_for_prediction(examples, run.tokenizer, run.config.data.max_seq_length)
     buckets = batching.bucket_lengths(run.config.data.max_seq_length, run.config.data.num_buckets)
     batch_size = parallel.eval_batch_size(batch_size)

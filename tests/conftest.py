@@ -44,7 +44,7 @@ def tiny_tokenizer_dir(tmp_path_factory) -> str:
 def tiny_run(tmp_path_factory):
     """One finished run of configs/tiny.py (12 steps, evaluations at 6 and 12), shared read-only."""
     from configs import tiny
-    from jaxft import train
+    from jaxft.training import train
 
     workdir = tmp_path_factory.mktemp("tiny") / "run"
     final = train.train_and_evaluate(tiny.get_config(), str(workdir))

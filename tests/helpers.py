@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxft import parallel, steps
 from jaxft.models.bert import BertConfig
-from jaxft.train import eval_counts
+from jaxft.training import parallel, steps
+from jaxft.training.train import eval_counts
 
 # Odd sizes (37) catch transposed or swapped dimensions that square shapes would hide. A dict, for both
 # transformers' BertConfig and ours; its dropout is the default of each.

@@ -10,12 +10,12 @@ import pytest
 
 from configs import tiny
 from jaxft import config as config_lib
-from jaxft import optim, parallel, steps
 from jaxft.errors import UserError
 from jaxft.models.heads import SequenceClassifier
 from jaxft.strategies import adversarial as adv
 from jaxft.strategies.regularization import layer_scale, symmetric_kl
 from jaxft.tasks.classification import Classification
+from jaxft.training import optim, parallel, steps
 from tests.helpers import init_params, tiny_bert
 
 CONFIG = tiny_bert(40, dropout=0.1)
@@ -309,9 +309,8 @@ def _tiny_config(dropout: bool, **settings):
 
 def _tiny_run(workdir, config, monkeypatch=None):
     """(parameters after the last step, train records by step, the global batches of steps 1, 2, ...)."""
-    from jaxft import checkpoint, train
-    from jaxft.data import pipeline
-    from jaxft.writers import read_metrics
+    from jaxft.training import checkpoint, pipeline, train
+    from jaxft.training.writers import read_metrics
 
     first = []
     if monkeypatch is not None:
@@ -340,7 +339,7 @@ def plain_runs(tmp_path_factory):
 
 def _model_and_initial_params(config, tmp_path):
     """The run's model and its step-0 parameters, rebuilt from the config (same seed)."""
-    from jaxft import train, trained
+    from jaxft.training import train, trained
 
     setup = train.prepare(config, str(tmp_path / "unused"))  # reads and checks; writes nothing
     model = train.create_model(config, setup.bert_config, len(setup.label_names), setup.tokenizer)
@@ -434,7 +433,7 @@ def test_label_smoothing_from_the_config_logs_the_smoothed_cross_entropy(tmp_pat
     config.training.checkpoint_every = 1  # keep_checkpoints 2: steps 2 and 3
     params, records, batches = _tiny_run(tmp_path / "run", config, monkeypatch)
     assert sorted(records) == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in records.values())
-    from jaxft import checkpoint
+    from jaxft.training import checkpoint
 
     ckpts = checkpoint.Checkpoints(str(tmp_path / "run"), read_only=True)
     after_two = ckpts.latest.restore(2)["state"]["params"]

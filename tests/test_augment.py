@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 
 from configs import default, tiny
-from jaxft import train
-from jaxft.data import pipeline
 from jaxft.data.readers import Example
 from jaxft.errors import UserError
 from jaxft.strategies import augment
 from jaxft.tasks.ner import Ner
 from jaxft.tasks.regression import Regression
+from jaxft.training import pipeline, train
 
 SYNONYMS = {
     "great": ("superb", "terrific"),

@@ -5,8 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxft import backend, steps
+from jaxft import backend
 from jaxft.models import dropout, matmul
+from jaxft.training import steps
 
 
 def test_one_switch_selects_every_cpu_form(monkeypatch):

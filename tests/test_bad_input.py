@@ -1,10 +1,10 @@
 """Bad input ends with one clear line and a non-zero exit, and leaves the workdir exactly as it was.
 
-Most cases call `jaxft.train.train_and_evaluate` in-process (they must fail in `prepare`, before anything is
-written); a few go through the command line (`train.py`) in a subprocess to check what a user sees: exit
-status 2, stderr ending in one `error: ...` line, no traceback. Every in-process case runs against a workdir
-that does not exist yet (it must stay non-existent) and against one holding a previous run (made once per
-session; every file's path, size and sha256 must be unchanged).
+Most cases call `jaxft.training.train.train_and_evaluate` in-process (they must fail in `prepare`, before
+anything is written); a few go through the command line (`train.py`) in a subprocess to check what a user
+sees: exit status 2, stderr ending in one `error: ...` line, no traceback. Every in-process case runs against
+a workdir that does not exist yet (it must stay non-existent) and against one holding a previous run (made
+once per session; every file's path, size and sha256 must be unchanged).
 """
 
 import hashlib
@@ -75,7 +75,7 @@ def assert_unchanged(root: Path, before) -> None:
 @pytest.fixture(scope="session")
 def previous_run(tmp_path_factory):
     """A workdir holding a finished 2-step run of the tiny config, and its snapshot right after the run."""
-    from jaxft.train import train_and_evaluate
+    from jaxft.training.train import train_and_evaluate
 
     workdir = tmp_path_factory.mktemp("previous_run") / "workdir"
     train_and_evaluate(tiny_config(**{"training.num_train_steps": 2}), str(workdir))
@@ -126,7 +126,7 @@ TABS = COMMAS.replace(",", "\t")
 
 def fails(config, workdir, *words) -> str:
     """Runs the job, expects a one-line `UserError` that contains every one of `words`; returns its text."""
-    from jaxft.train import train_and_evaluate
+    from jaxft.training.train import train_and_evaluate
 
     with pytest.raises(UserError) as info:
         train_and_evaluate(config, str(workdir))

@@ -18,9 +18,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
-from jaxft import checkpoint, predict, train
-from jaxft.data import pipeline
-from jaxft.preemption import Preempted
+from jaxft import predict
+from jaxft.training import checkpoint, pipeline, train
+from jaxft.training.preemption import Preempted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,7 +81,7 @@ def _damage(directory):
 # The training command, killed with SIGKILL right after one of the two managers finished a save of `step`.
 _KILLER = """
 import os, signal, sys
-from jaxft import checkpoint
+from jaxft.training import checkpoint
 method, at_step = sys.argv[1], int(sys.argv[2])
 real = getattr(checkpoint.Checkpoints, method)
 def save_then_die(self, step, *args, **kwargs):

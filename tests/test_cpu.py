@@ -108,7 +108,7 @@ _LIBRARY_CALL = """
 import json, sys
 import jax
 from configs import tiny
-from jaxft import train
+from jaxft.training import train
 
 config = tiny.get_config()
 config.training.num_train_steps = 1

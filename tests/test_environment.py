@@ -19,10 +19,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxft import checkpoint, export, predict, writers
-from jaxft import workdir as workdir_lib
+from jaxft import export, predict
 from jaxft.data import readers
 from jaxft.errors import StorageError, UserError
+from jaxft.training import checkpoint, writers
+from jaxft.training import workdir as workdir_lib
 from tests.test_bad_input import REPO, assert_unchanged, jsonl, snapshot, tiny_config, write
 
 ENOSPC = "No space left on device (ENOSPC)"
@@ -30,7 +31,7 @@ EROFS = "Read-only file system (EROFS)"
 
 
 def train(config, workdir):
-    from jaxft.train import train_and_evaluate
+    from jaxft.training.train import train_and_evaluate
 
     return train_and_evaluate(config, str(workdir))
 
@@ -59,8 +60,9 @@ def last_error_line(result) -> str:
 
 
 def test_the_entries_of_a_finished_run_are_all_jaxft_entries(tiny_run):
-    from jaxft import compare_runner, trained
-    from jaxft import train as train_lib
+    from jaxft import compare_runner
+    from jaxft.training import train as train_lib
+    from jaxft.training import trained
 
     workdir, _ = tiny_run
     assert workdir_lib.foreign_entries(str(workdir)) == []

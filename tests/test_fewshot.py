@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from configs import default
-from jaxft.data import pipeline, tokenize
+from jaxft.data import tokenize
 from jaxft.errors import UserError
 from jaxft.recipes import setfit as setfit_recipe
 from jaxft.strategies import fewshot
 from jaxft.tasks.regression import Regression
+from jaxft.training import pipeline
 from tests.helpers import tiny_bert
 
 # A random tiny encoder over the conftest vocabulary (27 tokens); no dropout, so every result is exact.

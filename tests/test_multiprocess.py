@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxft import checkpoint
+from jaxft.training import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = [

@@ -16,12 +16,12 @@ import pytest
 
 from configs import tiny
 from jaxft import config as config_lib
-from jaxft import optim, parallel, steps, train, trained
 from jaxft.errors import UserError
 from jaxft.models.bert import BertEncoder, BertSelfAttention
 from jaxft.models.heads import SequenceClassifier
 from jaxft.strategies import peft as peft_lib
 from jaxft.strategies.peft import PeftConfig
+from jaxft.training import optim, parallel, steps, train, trained
 from tests.helpers import init_params, tiny_bert
 
 CONFIG = tiny_bert(40, max_position_embeddings=40)

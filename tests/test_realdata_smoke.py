@@ -13,9 +13,8 @@ import os
 import pytest
 
 from configs import common, sst2
-from jaxft import parallel, steps, train, trained
-from jaxft.data import pipeline
-from jaxft.writers import read_metrics
+from jaxft.training import parallel, pipeline, steps, train, trained
+from jaxft.training.writers import read_metrics
 
 DATA = os.environ.get("JAXFT_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from jaxft import checkpoint, predict, train
-from jaxft.data import pipeline, readers
+from jaxft import predict
+from jaxft.data import readers
+from jaxft.training import checkpoint, pipeline, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

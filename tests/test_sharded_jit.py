@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from configs import default, tiny
-from jaxft import checkpoint, optim, parallel, steps, tasks, train
-from jaxft.data import pipeline
+from jaxft import tasks
 from jaxft.errors import UserError
 from jaxft.models.heads import SequenceClassifier
 from jaxft.tasks.regression import Regression
+from jaxft.training import checkpoint, optim, parallel, pipeline, steps, train
 from tests.helpers import classification_batch, init_params, random_features, rel_error, tiny_bert
 
 CONFIG = tiny_bert(64, num_hidden_layers=1)  # one layer: compiles fast; 64 words: the embedding splits 8 ways

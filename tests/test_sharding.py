@@ -14,7 +14,8 @@ from transformers import AutoTokenizer
 from configs import squad as squad_config
 from configs import tiny
 from jaxft import tasks
-from jaxft.data import batching, pipeline
+from jaxft.data import batching
+from jaxft.training import pipeline
 
 BATCH = 8
 

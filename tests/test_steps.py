@@ -10,10 +10,10 @@ import optax
 import pytest
 
 from configs import default
-from jaxft import optim, parallel, steps
-from jaxft.data import batching, pipeline
+from jaxft.data import batching
 from jaxft.models.heads import SequenceClassifier
-from jaxft.train import eval_counts
+from jaxft.training import optim, parallel, pipeline, steps
+from jaxft.training.train import eval_counts
 from tests.helpers import (
     classification_batch,
     init_params,

@@ -11,10 +11,11 @@ from seqeval.metrics.sequence_labeling import get_entities
 
 from configs import conll03, default, mrpc, multilabel, squad, stsb, tiny
 from jaxft import config as config_lib
-from jaxft import tasks, train
+from jaxft import tasks
 from jaxft.data import conll
 from jaxft.errors import UserError
 from jaxft.tasks import tagging
+from jaxft.training import train
 
 DATA = os.environ.get("JAXFT_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 WORDS = "the film was great and you got two hours of book staff room after first week".split()
@@ -108,7 +109,7 @@ def test_mrpc_reads_to_its_published_counts(monkeypatch):
     config = mrpc.get_config()
     config.model.checkpoint = None
     task = tasks.from_config(config)
-    from jaxft.data import pipeline
+    from jaxft.training import pipeline
 
     names, splits = pipeline.read_splits(config.data, None, 0, task)
     assert names == ["0", "1"]

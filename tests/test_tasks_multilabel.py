@@ -8,9 +8,10 @@ import pytest
 import sklearn.metrics
 
 from configs import default, multilabel
-from jaxft import export, predict, tasks, train
+from jaxft import export, predict, tasks
 from jaxft.errors import UserError
 from jaxft.tasks.multilabel import MultiLabel, multilabel_report
+from jaxft.training import train
 
 WORDS = "the film was great and you got two hours of book staff room after first week".split()
 LABELS = ["art", "food", "sport", "travel"]

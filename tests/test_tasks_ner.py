@@ -11,11 +11,12 @@ from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB2
 
 from configs import conll03
-from jaxft import predict, tasks, train
+from jaxft import predict, tasks
 from jaxft.data import conll, tokenize
 from jaxft.errors import UserError
 from jaxft.tasks import IGNORE, tagging
 from jaxft.tasks.ner import Ner, entity_report
+from jaxft.training import train
 
 WORDS = "the film was great and you got two hours of book staff room after first week".split()
 TYPES = ("PER", "LOC", "ORG")

@@ -11,12 +11,13 @@ import pytest
 
 from configs import pet as pet_config
 from jaxft import config as config_lib
-from jaxft import export, predict, tasks, train, trained
+from jaxft import export, predict, tasks
 from jaxft.data import tokenize
 from jaxft.data.readers import Example
 from jaxft.errors import UserError
 from jaxft.models import convert
 from jaxft.tasks.pet import Pet
+from jaxft.training import train, trained
 from tests.helpers import ODD_SIZES
 
 GOOD = ["the movie was very good", "a good film", "the dog is good !", "it is a very good movie"]

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from configs import squad as squad_config
-from jaxft import parallel, predict, steps, train, trained
-from jaxft.data import pipeline, tokenize
+from jaxft import predict
 from jaxft.data import squad as squad_data
+from jaxft.data import tokenize
 from jaxft.errors import UserError
 from jaxft.tasks import squad
+from jaxft.training import parallel, pipeline, steps, train, trained
 
 WORDS = "the film was great and you got two hours of book staff room after first week".split()
 

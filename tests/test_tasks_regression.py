@@ -9,9 +9,10 @@ import scipy.stats
 import sklearn.metrics
 
 from configs import stsb
-from jaxft import export, predict, tasks, train
+from jaxft import export, predict, tasks
 from jaxft.errors import UserError
 from jaxft.tasks.regression import regression_report
+from jaxft.training import train
 
 WORDS = "the film was great and you got two hours of book staff room after first week".split()
 

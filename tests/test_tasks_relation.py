@@ -13,13 +13,14 @@ import pytest
 
 from configs import common, relation
 from jaxft import config as config_lib
-from jaxft import export, predict, tasks, train, trained
+from jaxft import export, predict, tasks
 from jaxft.data import tokenize
 from jaxft.errors import UserError
 from jaxft.models import convert
 from jaxft.models.bert import BertEncoder
 from jaxft.models.heads import RelationClassifier, SequenceClassifier
 from jaxft.tasks.relation import MARKERS, Relation, mark_entities, tokenize_relations
+from jaxft.training import train, trained
 from tests.helpers import tiny_bert
 
 # Toy relation: every sentence names one drink-or-device word (A) and one book-or-film word (B); the label

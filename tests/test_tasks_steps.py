@@ -7,14 +7,14 @@ import numpy as np
 import optax
 import pytest
 
-from jaxft import steps, tasks
-from jaxft.data import pipeline
+from jaxft import tasks
 from jaxft.models.heads import SequenceClassifier, SpanExtractor, TokenClassifier
 from jaxft.tasks import IGNORE
 from jaxft.tasks.multilabel import MultiLabel
 from jaxft.tasks.ner import Ner
 from jaxft.tasks.qa import QuestionAnswering
 from jaxft.tasks.regression import Regression
+from jaxft.training import pipeline, steps
 from tests.helpers import eval_totals, init_params, loss_and_grads, rel_error, tiny_bert
 
 CONFIG = tiny_bert(50)

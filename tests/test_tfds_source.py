@@ -9,12 +9,12 @@ import pytest
 from seqeval.metrics.sequence_labeling import get_entities
 
 from configs import conll03
-from jaxft import train
 from jaxft.data import readers, squad, tokenize
 from jaxft.errors import UserError
 from jaxft.tasks import squad as squad_task
 from jaxft.tasks.ner import Ner
 from jaxft.tasks.qa import QuestionAnswering
+from jaxft.training import train
 
 tfds = pytest.importorskip("tensorflow_datasets")
 

@@ -11,9 +11,9 @@ import optax
 import pytest
 
 from configs import default, tiny
-from jaxft import checkpoint, optim, steps, train
-from jaxft.early_stopping import BestMetric
-from jaxft.writers import read_metrics
+from jaxft.training import checkpoint, optim, steps, train
+from jaxft.training.early_stopping import BestMetric
+from jaxft.training.writers import read_metrics
 
 
 def _final_params(workdir):

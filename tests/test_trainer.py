@@ -1,4 +1,4 @@
-"""Tests for jaxft.trainer: the hooks' cadence and stop requests, and loss terms through `fit`."""
+"""Tests for jaxft.training.trainer: the hooks' cadence and stop requests, and loss terms through `fit`."""
 
 import dataclasses
 
@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxft import parallel, trainer
+from jaxft.training import parallel, trainer
 
 
 class _Calls(trainer.Hook):
@@ -120,7 +120,7 @@ def test_fit_adds_a_loss_term_once_per_step_on_any_device_count(devices):
 
 def test_a_config_run_takes_the_callers_loss_term_transform_and_hook(tmp_path):
     from configs import tiny
-    from jaxft import train
+    from jaxft.training import train
 
     config = tiny.get_config()
     config.training.num_train_steps, config.training.eval_every = 4, 4

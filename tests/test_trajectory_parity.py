@@ -9,10 +9,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxft import optim, parallel, steps
 from jaxft.models import convert
 from jaxft.models.bert import BertConfig
 from jaxft.models.heads import SequenceClassifier
+from jaxft.training import optim, parallel, steps
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxft import checkpoint, export, predict
 from jaxft import config as config_lib
-from jaxft.data import pipeline, tokenize
+from jaxft import export, predict
+from jaxft.data import tokenize
 from jaxft.errors import UserError
 from jaxft.models.bert import BertConfig
+from jaxft.training import checkpoint, pipeline
 from tests import test_bad_input
 from tests.test_bad_input import (
     REPO,
@@ -349,7 +350,7 @@ def test_resuming_on_changed_train_data_says_so(previous_run, tmp_path, caplog):
     changed = write(tmp_path / "train.jsonl", "\n".join(negatives[:199] + positives[:1]) + "\n")
     config = tiny_config(**{"data.train_path": str(changed), "training.num_train_steps": 3})
     with caplog.at_level(logging.WARNING):
-        from jaxft.train import train_and_evaluate
+        from jaxft.training.train import train_and_evaluate
 
         train_and_evaluate(config, str(path))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -1,4 +1,5 @@
-"""Tests for jaxft.writers: the JSON-lines record, TensorBoard events, no-op writers and the curve plot."""
+"""Tests for jaxft.training.writers: the JSON-lines record, TensorBoard events, no-op writers and the curve
+plot."""
 
 import glob
 import logging
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxft import writers
+from jaxft.training import writers
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -96,7 +97,7 @@ def test_tensorboard_events_hold_tags_steps_and_values(tmp_path):
 def test_missing_tensorboardx_warns_once(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # makes `import tensorboardX` raise ImportError
     monkeypatch.setattr(writers, "_warned_no_tensorboardx", False)
-    with caplog.at_level(logging.WARNING, logger="jaxft.writers"):
+    with caplog.at_level(logging.WARNING, logger="jaxft.training.writers"):
         for run in ("a", "b"):
             with writers.MetricWriter(str(tmp_path / run)) as writer:
                 writer.write_scalars(1, {"loss": 1.0})

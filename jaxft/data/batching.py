@@ -1,4 +1,4 @@
-"""Fixed-shape batches: length buckets, batch plans, padding and masks (devices: see jaxft.parallel).
+"""Fixed-shape batches: length buckets, batch plans, padding and masks (devices: see jaxft.training.parallel).
 
 A jitted step compiles once per input shape. Examples are therefore grouped into a few length buckets, and
 every batch has exactly `batch_size` rows and one bucket's length: a short final batch is filled with padding
@@ -69,7 +69,8 @@ def train_batch_plan(
     With `num_shards` > 1 every batch is `num_shards` equal parts, part s drawn only from the examples of
     shard s (`shard_of`), each shard in the same shuffled order; a shard that runs out in a bucket's last
     batch leaves its part short, marked -1 (a padding row). A process that holds only some shards' examples
-    can then build its own rows of every global batch (`jaxft.data.pipeline`). One shard is the plain plan.
+    can then build its own rows of every global batch (`jaxft.training.pipeline`). One shard is the plain
+    plan.
 
     Args:
         lengths: Token count of each example, shape [N].

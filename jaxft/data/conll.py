@@ -9,7 +9,7 @@ not UTF-8) is a `UserError` naming the file and line. IOB1 files (CoNLL-2003) ar
 import dataclasses
 import re
 
-from jaxft.data import readers
+from jaxft.data import lines
 from jaxft.errors import UserError
 
 TAG = re.compile(r"(?:[BI]-\S+|O)")
@@ -74,7 +74,7 @@ def read_conll(path: str, *, tag_column: int = -1, scheme: str = "iob2", require
         words.clear()
         tags.clear()
 
-    for number, line in readers.numbered_lines(path):
+    for number, line in lines.numbered_lines(path):
         line = line.rstrip("\r\n")
         fields = line.split()
         if not fields or fields[0] == DOCSTART:

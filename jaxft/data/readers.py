@@ -5,16 +5,13 @@ Every problem with the file (missing, empty, not UTF-8, a missing column, a shor
 Bytes are decoded line by line, which is what lets a decoding error report its line number.
 """
 
-import codecs
 import csv
-import gzip
 import json
 import os
-import re
-import zlib
 from collections.abc import Iterator
 
 from jaxft.data.example import Example
+from jaxft.data.lines import check_unicode, numbered_lines, one_line
 from jaxft.errors import UserError
 
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
@@ -98,32 +95,6 @@ def _resolve_format(path: str, fmt: str) -> str:
     return _EXTENSIONS[ext]
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
-def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
-    """Yields (1-based line number, decoded line with its newline), dropping a leading UTF-8 byte-order mark
-    (MRPC has one); plain or gzip. Every read error is a `UserError` naming the file (and line)."""
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            for number, raw in enumerate(f, start=1):
-                if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                    raw = raw[len(codecs.BOM_UTF8) :]
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise UserError(f"{path}: line {number} is not valid UTF-8") from None
-                yield number, line
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, expected a data file") from None
-    except (OSError, EOFError, zlib.error) as e:
-        raise UserError(f"{path}: cannot read the file: {_one_line(e)}") from None
-
-
 def _table_rows(path: str, fmt: str) -> Iterator[tuple[int, list[str]]]:
     """Yields (first line number, fields) of each non-blank CSV/TSV record."""
     lines = numbered_lines(path)
@@ -151,7 +122,7 @@ def _table_rows(path: str, fmt: str) -> Iterator[tuple[int, list[str]]]:
             return
         except csv.Error as e:
             span = f"line {start}" if last_line <= start else f"lines {start}-{last_line}"
-            raise UserError(f"{path}:{start}: malformed CSV record ({span}): {_one_line(e)}") from None
+            raise UserError(f"{path}:{start}: malformed CSV record ({span}): {one_line(e)}") from None
         if any(field.strip() for field in row):
             yield start, row
 
@@ -271,25 +242,6 @@ _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a bo
 
 def _json_type(value) -> str:
     return _JSON_TYPES.get(type(value), "a number")
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def check_unicode(where: str, value: str, what: str) -> str:
-    """`value`, unless it holds a lone UTF-16 surrogate (JSON's escape of half a pair, e.g. of U+D800),
-    which is not text: the tokenizer, and every file or terminal it would be written to, fail on it.
-
-    Raises:
-      UserError: naming `where` (path:line) and `what` (the field), without the character itself.
-    """
-    match = _SURROGATE.search(value)
-    if match:
-        raise UserError(
-            f"{where}: {what} holds U+{ord(match.group()):04X} at character {match.start()}, half of a "
-            "UTF-16 surrogate pair: not valid Unicode text"
-        )
-    return value
 
 
 def _json_string(where: str, record: dict, key: str | None, option: str, required: bool) -> str | None:

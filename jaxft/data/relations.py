@@ -12,7 +12,7 @@ import os
 
 import ml_collections
 
-from jaxft.data import readers
+from jaxft.data import lines, readers
 from jaxft.errors import UserError
 
 HEAD_START, HEAD_END, TAIL_START, TAIL_END = MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
@@ -62,7 +62,7 @@ def read_relations(
     if require_label and data.label_field is None:
         raise UserError(f"{path}: labels are required but data.label_field is not set")
     examples = []
-    for line, raw in readers.numbered_lines(path):
+    for line, raw in lines.numbered_lines(path):
         if not raw.strip():
             continue
         where = f"{path}:{line}"

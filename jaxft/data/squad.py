@@ -9,7 +9,7 @@ import gzip
 import json
 import os
 
-from jaxft.data import readers
+from jaxft.data import lines
 from jaxft.errors import UserError
 
 
@@ -50,7 +50,7 @@ def _load_json(path: str):
 def _string(value, where: str, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise UserError(f"{where}: the {what} is missing, empty or not a string")
-    return readers.check_unicode(where, value, f"the {what}")
+    return lines.check_unicode(where, value, f"the {what}")
 
 
 def read_squad(path: str, *, require_answers: bool = True) -> list[QAExample]:
@@ -75,7 +75,7 @@ def read_squad(path: str, *, require_answers: bool = True) -> list[QAExample]:
             context = _string(paragraph.get("context"), f"{path}: article {a}", "context")
             for qa in qas:
                 qid = str(qa.get("id")) if isinstance(qa, dict) else "?"
-                readers.check_unicode(f"{path}: article {a}", qid, "a question id")
+                lines.check_unicode(f"{path}: article {a}", qid, "a question id")
                 where = f"{path}: question {qid}"
                 if qid in seen:
                     raise UserError(f"{where}: the id occurs twice")

@@ -1,7 +1,7 @@
 """Continual learning: a task sequence as a sequence of runs of the one trainer, and its forgetting matrix.
 
-`run_sequence(tasks, config, ...)` trains the tasks in order, each stage a `jaxft.trainer.fit` run that
-starts from the parameters the last one ended with: one shared encoder and one head per task
+`run_sequence(tasks, config, ...)` trains the tasks in order, each stage a `jaxft.training.trainer.fit` run
+that starts from the parameters the last one ended with: one shared encoder and one head per task
 (`MultiHeadClassifier`; `jaxft.strategies.continual` holds the pieces). Nothing here steps a model: each
 method is what the trainer takes from a caller.
 
@@ -38,13 +38,13 @@ import optax
 from flax import serialization
 from sklearn.metrics import accuracy_score
 
-from jaxft import optim, parallel, trainer
 from jaxft.data import batching
 from jaxft.errors import UserError
 from jaxft.models.bert import BertConfig, BertEncoder
 from jaxft.models.convert import merge_pretrained
 from jaxft.strategies import continual as cl
 from jaxft.strategies.peft import PeftConfig, wrap
+from jaxft.training import optim, parallel, trainer
 
 _TOKEN_ARRAYS = frozenset({"input_ids", "token_type_ids", "attention_mask"})  # [B, L], padded with 0
 

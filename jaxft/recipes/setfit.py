@@ -13,7 +13,6 @@ import ml_collections
 import numpy as np
 
 from jaxft import config as config_lib
-from jaxft import optim, parallel, trainer
 from jaxft.data import batching
 from jaxft.models.bert import BertConfig
 from jaxft.strategies.fewshot import (
@@ -28,6 +27,7 @@ from jaxft.strategies.fewshot import (
     pair_batch,
     tokenize_texts,
 )
+from jaxft.training import optim, parallel, trainer
 
 
 def _pair_batches(features: dict, pairs, recipe: SetFitRecipe):
@@ -43,8 +43,9 @@ def _pair_batches(features: dict, pairs, recipe: SetFitRecipe):
 
 
 def optimizer_config(recipe: SetFitRecipe) -> ml_collections.ConfigDict:
-    """The recipe as the `optimizer` section `jaxft.optim.create_optimizer` reads (configs/default.py's, with
-    the recipe's values): clipping, then AdamW with masked decay, a linear warm-up and decay to 0."""
+    """The recipe as the `optimizer` section `jaxft.training.optim.create_optimizer` reads
+    (configs/default.py's, with the recipe's values): clipping, then AdamW with masked decay, a linear warm-up
+    and decay to 0."""
     optimizer = ml_collections.ConfigDict(config_lib.defaults().optimizer.to_dict())
     optimizer.update(
         {
@@ -69,8 +70,9 @@ def contrastive_finetune(
 ) -> tuple[dict, list[float]]:
     """Fine-tunes the encoder on contrastive pairs of the examples; returns (params, loss of every step).
 
-    The run is `jaxft.trainer.fit`: the train step of every jaxft run over every local device that the
-    pair batch splits evenly over, with the `jaxft.optim` optimizer of `optimizer_config(recipe)`.
+    The run is `jaxft.training.trainer.fit`: the train step of every jaxft run over every local device that
+    the pair batch splits evenly over, with the `jaxft.training.optim` optimizer of
+    `optimizer_config(recipe)`.
     """
     pairs = contrastive_pairs(labels, recipe.iterations, recipe.seed)
     total = -(-len(pairs[0]) // recipe.batch_size) * recipe.epochs

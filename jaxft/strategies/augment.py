@@ -23,11 +23,11 @@ Paraphrases: `paraphrase` takes any callable `text -> list[str]` (for example a 
 translation models: back-translation, Sennrich et al. 2016). No translation model ships with jaxft, so the
 config route is a file of precomputed paraphrases, `augment.paraphrases_path` (`paraphrases_from_file`).
 
-`augment_split` is the pipeline stage (`jaxft.data.pipeline.read_splits`): it runs on the train split only,
-after any subset and k-shot sampling, and re-encodes its labels. Originals are always kept, in place and
-first; the copies follow, keeping each original's label, `text_pair` and `source` (so error messages point
-at the line a copy came from). Only `text` is changed: in sentence pairs the second text stays as it is.
-Every draw comes from `config.seed`, so the same seed gives the same split.
+`augment_split` is the pipeline stage (`jaxft.training.pipeline.read_splits`): it runs on the train split
+only, after any subset and k-shot sampling, and re-encodes its labels. Originals are always kept, in place and
+first; the copies follow, keeping each original's label, `text_pair` and `source` (so error messages point at
+the line a copy came from). Only `text` is changed: in sentence pairs the second text stays as it is. Every
+draw comes from `config.seed`, so the same seed gives the same split.
 """
 
 import dataclasses

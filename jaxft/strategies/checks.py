@@ -19,7 +19,7 @@ def check_positions(config: ml_collections.ConfigDict, max_position_embeddings: 
 
 
 def step_options(config: ml_collections.ConfigDict) -> dict:
-    """The strategy arguments of `jaxft.steps.train_step` for this config."""
+    """The strategy arguments of `jaxft.training.steps.train_step` for this config."""
     return {
         "peft": peft.from_config(config),
         "adversarial": adversarial.from_config(config),

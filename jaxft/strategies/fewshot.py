@@ -3,7 +3,7 @@
 Three pieces, each usable alone:
 
 * `sample_per_class` draws k training examples per class (seeded, in file order); `data.k_shot` applies it to
-  the train split in `jaxft.data.pipeline.read_splits`, so any trainer run can be a few-shot run.
+  the train split in `jaxft.training.pipeline.read_splits`, so any trainer run can be a few-shot run.
 * Sentence embeddings from jaxft's own `BertEncoder`: mean pooling of the last hidden states over the
   attention mask, then L2 normalisation, which is what sentence-transformers' all-MiniLM-L6-v2 computes
   (Transformer -> Pooling(mean) -> Normalize). `zero_shot_predict` gives each text the class whose
@@ -262,8 +262,8 @@ class PairEncoder(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class CosineSimilarityTask:
-    """CosineSimilarityLoss as a task's loss for `jaxft.steps.train_step`: the sum over the batch's pairs
-    and their weight (padding pairs 0), which the step adds over devices before dividing."""
+    """CosineSimilarityLoss as a task's loss for `jaxft.training.steps.train_step`: the sum over the batch's
+    pairs and their weight (padding pairs 0), which the step adds over devices before dividing."""
 
     def loss(self, embeddings: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
         errors = _squared_cosine_errors(embeddings[:, 0], embeddings[:, 1], batch["targets"])

@@ -8,7 +8,7 @@ answers every task-specific question along the data flow:
 
 Device side, `loss` returns a *sum* and a *weight* (examples, or labelled positions for token tasks) so the
 step can add both over micro-batches and devices before dividing; `eval_outputs` returns sums, plus
-`"per_example"` arrays that the host places by row index (`jaxft.train.eval_counts`), so that every
+`"per_example"` arrays that the host places by row index (`jaxft.training.train.eval_counts`), so that every
 example (QA: every context window) is counted exactly once on any device count. Host side, `report` turns
 those totals into the report (built by scikit-learn, SciPy, seqeval or the official SQuAD v1.1 evaluation)
 and the summary metrics.

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import sklearn.metrics
 
-from jaxft.data import readers
+from jaxft.data import lines, readers
 from jaxft.errors import UserError
 from jaxft.tasks.base import PER_EXAMPLE, Task, TaskReport, text_record, where_of
 
@@ -73,7 +73,7 @@ def _split_labels(where: str, value, separator: str) -> tuple[str, ...]:
             f"{where}: the labels (data.label_field) must be a list of strings or a string joined by "
             f"task.label_separator={separator!r}, found {json.dumps(value)[:60]}"
         )
-    labels = [readers.check_unicode(where, part, "a label (data.label_field)").strip() for part in parts]
+    labels = [lines.check_unicode(where, part, "a label (data.label_field)").strip() for part in parts]
     return tuple(dict.fromkeys(label for label in labels if label))  # order kept, duplicates and blanks gone
 
 

@@ -23,7 +23,9 @@ from jaxft import files
 from jaxft.errors import UserError
 
 LOCK_FILE = ".lock"
-# Everything jaxft writes at the top of a workdir (train.MODEL_CONFIG, train.TOKENIZER_DIR,
+MODEL_CONFIG = "model_config.json"  # the encoder's Hugging Face config, written into every workdir
+TOKENIZER_DIR = "tokenizer"  # the tokenizer, saved so that prediction and export need only the workdir
+# Everything jaxft writes at the top of a workdir (MODEL_CONFIG, TOKENIZER_DIR,
 # trained.BASE_FILE, writers.METRICS_FILE, ...; tests/test_workdir.py checks that they are all here).
 ENTRIES = frozenset(
     {

@@ -1,8 +1,8 @@
 """Parallelism: the only module that knows about meshes, shardings and device placement.
 
-Steps are written as pure functions (`jaxft.steps`) that take `axis_name`. Two ways to run them over every
-device, chosen by `training.parallelism` (`create`), implement one small interface, `Parallelism`, which is
-all that the training loop sees:
+Steps are written as pure functions (`jaxft.training.steps`) that take `axis_name`. Two ways to run them over
+every device, chosen by `training.parallelism` (`create`), implement one small interface, `Parallelism`, which
+is all that the training loop sees:
 
 - `Pmap` ("pmap", the default): pmap's programming model. Each device runs the step on its own rows and
   reduces with `lax.psum` over the axis `AXIS`; the state is replicated on every device, and arguments and

@@ -1,8 +1,8 @@
 """Fine-tuning from a config: set up (read, check, initialise), then the step loop.
 
 `train_and_evaluate(config, workdir)` is the whole job. Everything that can be wrong with the inputs is read
-and checked before the workdir is touched. The steps then run in `jaxft.trainer.run_steps`, the one loop,
-with this run's side work as hooks in this order: logging (and the progress bar), evaluation with best
+and checked before the workdir is touched. The steps then run in `jaxft.training.trainer.run_steps`, the one
+loop, with this run's side work as hooks in this order: logging (and the progress bar), evaluation with best
 tracking, the caller's hooks (`Extensions`), early stopping, pre-emption, checkpoints.
 """
 
@@ -17,30 +17,25 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxft import backend, checkpoint, evaluate, files, optim, parallel, steps, tasks, trained, trainer
+from jaxft import backend, evaluate, files, tasks
 from jaxft import config as config_lib
-from jaxft import workdir as workdir_lib
 from jaxft.data import labels as labels_lib
-from jaxft.data import pipeline, tokenize
-from jaxft.early_stopping import BestMetric
+from jaxft.data import tokenize
 from jaxft.errors import UserError
 from jaxft.models import convert
 from jaxft.models.bert import SHAPE_FIELDS, BertConfig
-from jaxft.models.heads import (
-    MaskedLMClassifier,
-    RelationClassifier,
-    SequenceClassifier,
-    SpanExtractor,
-    TokenClassifier,
-)
-from jaxft.preemption import Preempted, PreemptionGuard
 from jaxft.strategies import checks as strategy_checks
 from jaxft.strategies import peft as peft_lib
-from jaxft.writers import MetricWriter, ProgressBar, plot_curves
+from jaxft.training import checkpoint, optim, parallel, pipeline, steps, trained, trainer
+from jaxft.training import workdir as workdir_lib
+from jaxft.training.early_stopping import BestMetric
+from jaxft.training.model import create_model
+from jaxft.training.preemption import Preempted, PreemptionGuard
+from jaxft.training.workdir import MODEL_CONFIG, TOKENIZER_DIR
+from jaxft.training.writers import MetricWriter, ProgressBar, plot_curves
 
 
 @dataclasses.dataclass
@@ -70,10 +65,6 @@ def _bert_config(config: ml_collections.ConfigDict, tokenizer) -> BertConfig:
         "attention_probs_dropout_prob": config.model.attention_dropout,
     }
     return dataclasses.replace(bert_config, **{k: v for k, v in overrides.items() if v is not None})
-
-
-MODEL_CONFIG = "model_config.json"  # the encoder's Hugging Face config, written into every workdir
-TOKENIZER_DIR = "tokenizer"  # the tokenizer, saved so that prediction and export need only the workdir
 
 
 def _saved_json(workdir: str, name: str) -> dict | None:
@@ -245,40 +236,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
         if ignored:
             logging.info("Not used from %s: %s", checkpoint_dir, ", ".join(sorted(ignored)))
     return Setup(config, workdir, label_names, splits, tokenizer, bert_config, pretrained, task, fingerprints)
-
-
-def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num_labels: int, tokenizer=None):
-    """The head the task asks for with `num_labels` outputs (compute dtype, attention implementation, remat),
-    with the config's PEFT method applied (`peft.wrap`).
-
-    Sequence tasks (classification, regression, multi-label) use `SequenceClassifier`, NER `TokenClassifier`,
-    QA `SpanExtractor`, pet `MaskedLMClassifier`, whose verbaliser and mask token ids come from `tokenizer`,
-    relation `RelationClassifier`, whose entity-marker ids do too (`tokenizer` is needed for those two only).
-    """
-    attention = config.model.attention
-    if attention == "auto":
-        attention = "cudnn" if backend.fused_attention(config.model.dtype) else "xla"
-    task = tasks.from_config(config)
-    heads = {"sequence": SequenceClassifier, "token": TokenClassifier, "span": SpanExtractor}
-    head = {**heads, "mlm": MaskedLMClassifier, "relation": RelationClassifier}[task.head]
-    if task.head == "relation":  # the entity markers' ids, which the model looks for in the input
-        if tokenizer is None:
-            raise ValueError(f"task.name={task.name!r}: create_model needs the tokenizer")
-        head = functools.partial(head, **task.model_kwargs(tokenizer))
-    if task.head == "mlm":
-        if tokenizer is None:
-            raise ValueError(f"task.name={task.name!r}: create_model needs the tokenizer")
-        verbalizer_ids, mask_token_id = task.token_ids(tokenizer)
-        head = functools.partial(head, verbalizer_ids=verbalizer_ids, mask_token_id=mask_token_id)
-    model = head(
-        config=bert_config,
-        num_labels=num_labels,
-        dtype=jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32,
-        classifier_dropout=config.model.classifier_dropout,
-        attention_impl=attention,
-        remat=config.model.remat,
-    )
-    return peft_lib.wrap(model, peft_lib.from_config(config))
 
 
 def _place_by_index(placed: list, num_examples: int) -> dict:
@@ -581,10 +538,10 @@ class Extensions:
     Attributes:
       model: the Flax module to train instead of `create_model`'s (its parameters are initialised, or
         restored, as the config says).
-      loss_terms: extra loss terms, computed inside the step (`jaxft.steps.weighted_loss_sum`).
+      loss_terms: extra loss terms, computed inside the step (`jaxft.training.steps.weighted_loss_sum`).
       transform: applied to every host train batch before it is placed (e.g. adding replayed rows).
-      hooks: `jaxft.trainer.Hook`s called after the evaluation hook of each step, before early stopping,
-        pre-emption and the checkpoint (so a stop they ask for is saved).
+      hooks: `jaxft.training.trainer.Hook`s called after the evaluation hook of each step, before early
+        stopping, pre-emption and the checkpoint (so a stop they ask for is saved).
     """
 
     model: Any = None
@@ -601,7 +558,7 @@ def train_and_evaluate(
     Args:
       config: a config from `configs/` (see configs/default.py for every field).
       workdir: the run's directory; an existing run there is resumed. It must be a jaxft workdir
-        (`jaxft.workdir`), and is locked against a second run for as long as this one runs.
+        (`jaxft.training.workdir`), and is locked against a second run for as long as this one runs.
       extensions: a model, loss terms, a batch transform or hooks from the caller (default: none).
 
     Returns:

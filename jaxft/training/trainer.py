@@ -8,9 +8,9 @@ run to end asks with `Run.request_stop`: a reason to log, or an exception to rai
 step has run (the checkpoint hook saves a stopping step whatever its cadence).
 
 `fit` runs the same loop for a caller that brings its own model, task, batches and loss terms (SetFit's
-contrastive fine-tuning): `jaxft.steps.train_step` over every device through `jaxft.parallel`, with the
-optimizer of `jaxft.optim`; `jaxft.train.train_and_evaluate` adds what a config-driven run needs (data,
-checkpoints, reports).
+contrastive fine-tuning): `jaxft.training.steps.train_step` over every device through
+`jaxft.training.parallel`, with the optimizer of `jaxft.training.optim`;
+`jaxft.training.train.train_and_evaluate` adds what a config-driven run needs (data, checkpoints, reports).
 """
 
 import dataclasses
@@ -20,8 +20,9 @@ from typing import Any
 
 import optax
 
-from jaxft import backend, parallel, steps
-from jaxft.preemption import Preempted
+from jaxft import backend
+from jaxft.training import parallel, steps
+from jaxft.training.preemption import Preempted
 
 
 @dataclasses.dataclass
@@ -29,7 +30,7 @@ class Run:
     """What the loop shares with its hooks.
 
     Attributes:
-      state: the placed train state (`jaxft.steps.TrainState`), replaced after every step.
+      state: the placed train state (`jaxft.training.steps.TrainState`), replaced after every step.
       step: the last step done (the start step before the first).
       total_steps: the step the run ends at.
       parallelism: how the state is placed (hooks read metrics and the state through its `to_host`).
@@ -208,11 +209,11 @@ def fit(
     transform: Callable[[dict], dict] | None = None,
     **step_options,
 ) -> steps.TrainState:
-    """Trains `params` for `total_steps` steps of `jaxft.steps.train_step` over every device.
+    """Trains `params` for `total_steps` steps of `jaxft.training.steps.train_step` over every device.
 
     Args:
       params: host parameters (not modified: the step donates its own placed copy).
-      tx: the optimizer (`jaxft.optim.create_optimizer`).
+      tx: the optimizer (`jaxft.training.optim.create_optimizer`).
       batches: host batches of global rows, one per step ([rows, ...] arrays).
       total_steps: steps to run.
       model: the Flax module whose output the task's loss takes.
@@ -220,9 +221,9 @@ def fit(
       seed: the base key of the dropout masks.
       hooks: side work (e.g. `RecordLoss`).
       parallelism: how the step runs over devices (default: pmap over this process's devices).
-      loss_terms: extra loss terms added inside the step (see `jaxft.steps.weighted_loss_sum`).
+      loss_terms: extra loss terms added inside the step (see `jaxft.training.steps.weighted_loss_sum`).
       transform: applied to each host batch before it is placed (e.g. adding replayed rows).
-      **step_options: more static arguments of `jaxft.steps.train_step` (accum_steps, peft, ...).
+      **step_options: more static arguments of `jaxft.training.steps.train_step` (accum_steps, peft, ...).
 
     Returns:
       The final train state, on the host.

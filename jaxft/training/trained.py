@@ -18,11 +18,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxft import checkpoint, files
 from jaxft import config as config_lib
+from jaxft import files
 from jaxft.errors import UserError
 from jaxft.models import convert
 from jaxft.strategies import peft as peft_lib
+from jaxft.training import checkpoint
 
 BASE_FILE = "peft_base.json"
 

@@ -1,12 +1,12 @@
 """The train state and the pure per-device steps: `train_step` and `eval_step`.
 
-Both are plain functions of arrays. `jaxft.parallel` runs them over devices; nothing here knows how many
-devices there are, only the name of the axis to reduce over (`pmap`), or that there is none: with
+Both are plain functions of arrays. `jaxft.training.parallel` runs them over devices; nothing here knows how
+many devices there are, only the name of the axis to reduce over (`pmap`), or that there is none: with
 `axis_name=None` a step sees the whole global batch and XLA partitions it (sharded `jit`). What differs
 between tasks (the loss, what an evaluation returns) comes from a `jaxft.tasks.Task`, a static argument like
-the model; without one the task is single-label classification. The training strategies
-(`jaxft.strategies`: which parameters train, adversarial perturbations, R-Drop) are static arguments too;
-their defaults are plain fine-tuning.
+the model; without one the task is single-label classification. The training strategies (`jaxft.strategies`:
+which parameters train, adversarial perturbations, R-Drop) are static arguments too; their defaults are plain
+fine-tuning.
 """
 
 import functools
@@ -19,12 +19,12 @@ import jax.numpy as jnp
 import optax
 
 from jaxft import backend
-from jaxft.optim import l2_penalty
 from jaxft.strategies import adversarial as adversarial_lib
 from jaxft.strategies import peft as peft_lib
 from jaxft.strategies.regularization import symmetric_kl
 from jaxft.tasks import Task
 from jaxft.tasks.classification import Classification
+from jaxft.training.optim import l2_penalty
 
 _CLASSIFICATION = Classification()
 _NO_PEFT = peft_lib.PeftConfig()

@@ -1,0 +1,1 @@
+"""Training: the trainer, its step functions, optimizer, checkpoints, devices and run files."""
