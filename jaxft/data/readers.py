@@ -264,21 +264,30 @@ def _json_string(where: str, record: dict, key: str | None, option: str, require
     raise UserError(f"{where}: {key!r} ({option}) must be a string, found {_json_type(value)}")
 
 
-def _read_jsonl(lines: Iterator[tuple[int, str]], fields: _Fields) -> list[Example]:
-    examples = []
+def json_objects(path: str, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str, dict]]:
+    """(line number, "path:line", object) of each non-blank line of a JSON-lines file; a line that is not
+    valid JSON, or not an object, is a `UserError` naming its line."""
+    first = True
     for line, text in lines:
         if not text.strip():
             continue
-        where = f"{fields.path}:{line}"
+        where = f"{path}:{line}"
         try:
             record = json.loads(text)
         except json.JSONDecodeError as e:
             hint = ""
-            if not examples and text.lstrip().startswith("["):
+            if first and text.lstrip().startswith("["):
                 hint = " — expected JSON lines (one object per line), not a JSON array"
             raise UserError(f"{where}: invalid JSON ({e.msg}, column {e.colno}){hint}") from None
         if not isinstance(record, dict):
             raise UserError(f"{where}: expected a JSON object, found {_json_type(record)}")
+        first = False
+        yield line, where, record
+
+
+def _read_jsonl(lines: Iterator[tuple[int, str]], fields: _Fields) -> list[Example]:
+    examples = []
+    for line, where, record in json_objects(fields.path, lines):
         text = _json_string(where, record, fields.text, "data.text_field", True)
         pair = _json_string(where, record, fields.pair, "data.text_pair_field", True)
         label = _json_string(where, record, fields.label, "data.label_field", fields.require_label)

@@ -7,7 +7,6 @@ writes [E1] [/E1] [E2] [/E2] around the entities); anything else is a `UserError
 """
 
 import dataclasses
-import json
 import os
 
 import ml_collections
@@ -62,16 +61,7 @@ def read_relations(
     if require_label and data.label_field is None:
         raise UserError(f"{path}: labels are required but data.label_field is not set")
     examples = []
-    for line, raw in lines.numbered_lines(path):
-        if not raw.strip():
-            continue
-        where = f"{path}:{line}"
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{where}: expected a JSON object, found {readers._json_type(record)}")
+    for _, where, record in readers.json_objects(path, lines.numbered_lines(path)):
         # Offsets count characters of the text as stored, so it is kept unstripped.
         text = readers._json_string(where, record, data.text_field, "data.text_field", True)
         if text is None or not text.strip():
