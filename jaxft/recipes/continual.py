@@ -254,6 +254,233 @@ def _save_stage(workdir: str | None, index: int, name: str, params: dict, row: l
         f.write(" ".join(f"{v:.6f}" for v in row) + "\n")
 
 
+@dataclasses.dataclass
+class _Sequence:
+    """A sequence's setup (fixed) and its running state (carried from stage to stage)."""
+
+    tasks: list[TaskData]
+    config: cl.ContinualConfig
+    bert_config: BertConfig
+    optimizer: ml_collections.ConfigDict
+    peft: PeftConfig
+    encoder: nn.Module
+    key: jax.Array
+    buckets: list[int]
+    dummy: jax.Array  # the input shape parameters are initialised with
+    heads_in_order: list[str]
+    # Running state: the tree after the last stage (for "adapter": the frozen encoder and every head),
+    # each task's adapters, EWC's anchor and summed Fisher, the replay buffer and its sampler, R.
+    params: dict
+    adapters: dict
+    ewc: dict | None
+    buffer: cl.ReservoirBuffer | None
+    replay_rng: np.random.Generator
+    matrix: list
+    final_metrics: list
+
+
+def _start_sequence(tasks, config, bert_config, optimizer, pretrained, log) -> _Sequence:
+    """The encoder (pretrained or random, with adapter slots for "adapter"), no heads, an empty R."""
+    method = config.method
+    heads_in_order = list(dict.fromkeys(t.head for t in tasks))
+    if method == "adapter" and len(heads_in_order) != len(tasks):
+        raise UserError("continual.method='adapter' needs one head per task (not class-incremental stages)")
+    peft = (
+        PeftConfig(method="adapter", adapter_size=config.adapter_size)
+        if method == "adapter"
+        else PeftConfig()
+    )
+    encoder = wrap(BertEncoder(bert_config), peft)
+    key = jax.random.PRNGKey(config.seed)
+    width = max(t.train["input_ids"].shape[1] for t in tasks)
+    buckets = batching.bucket_lengths(width, config.num_buckets)
+    dummy = jnp.zeros((1, min(width, 8)), jnp.int32)
+    bert = encoder.init(jax.random.fold_in(key, 1), dummy, jnp.ones_like(dummy))["params"]
+    if pretrained is not None:
+        bert = merge_pretrained({"bert": bert}, {"bert": pretrained["bert"]}, log=log)["bert"]
+    return _Sequence(
+        tasks=tasks,
+        config=config,
+        bert_config=bert_config,
+        optimizer=optimizer,
+        peft=peft,
+        encoder=encoder,
+        key=key,
+        buckets=buckets,
+        dummy=dummy,
+        heads_in_order=heads_in_order,
+        params={"bert": bert, "heads": {}},
+        adapters={},
+        ewc=None,
+        buffer=cl.ReservoirBuffer(config.replay_capacity, config.seed) if method == "replay" else None,
+        replay_rng=np.random.default_rng([config.seed, 1]),
+        matrix=[[None] * len(tasks) for _ in tasks],
+        final_metrics=[],
+    )
+
+
+def _record_kd_logits(seq: _Sequence, task: TaskData, existing: list[str]) -> dict:
+    """LwF: the previous model's responses on the new task's inputs, taken before any update (and before a
+    class-incremental head grows, so the old columns are what is distilled)."""
+    heads = seq.params["heads"]
+    return {
+        h: record_logits(
+            seq.encoder, seq.params["bert"], heads[h], task.train, seq.buckets, seq.config.eval_batch_size
+        )
+        for h in existing
+    }
+
+
+def _add_head(seq: _Sequence, i: int, task: TaskData) -> None:
+    """A new task's head, or a class-incremental head grown by this stage's classes (key folded 100 + i)."""
+    heads = seq.params["heads"]
+    head_key = jax.random.fold_in(seq.key, 100 + i)
+    if task.head not in heads:
+        heads[task.head] = cl.init_head(head_key, seq.bert_config.hidden_size, task.num_labels)
+    elif task.num_labels > heads[task.head]["bias"].shape[0]:
+        new_classes = task.num_labels - heads[task.head]["bias"].shape[0]
+        heads[task.head] = cl.grow_head(heads[task.head], new_classes, head_key)
+
+
+def _stage_tree(seq: _Sequence, i: int, task: TaskData, existing: list[str]):
+    """This stage's tree and which of its parts train (`trains(path)`); the optimizer leaves the rest exactly
+    as it is. "adapter" gets a fresh adapter set (key folded 200 + i); "ewc" carries its anchor and Fisher."""
+    method, heads = seq.config.method, seq.params["heads"]
+    if method == "adapter":
+        fresh = seq.encoder.init(jax.random.fold_in(seq.key, 200 + i), seq.dummy, jnp.ones_like(seq.dummy))
+        tree = {
+            "bert": cl.merge_trees(seq.params["bert"], cl.adapter_subset(fresh["params"])),
+            "heads": dict(heads),
+        }
+        trained_heads = {task.head}
+    else:
+        trained_heads = set(existing) | {task.head} if method in ("replay", "kd") else {task.head}
+        tree = {"bert": seq.params["bert"], "heads": dict(heads)}
+
+    def trains(path):
+        if path[0] == "heads":
+            return path[1] in trained_heads
+        return path[0] == "bert" and (method != "adapter" or "adapter" in path)  # not "ewc"
+
+    if method == "ewc" and seq.ewc is not None:
+        tree["ewc"] = seq.ewc
+    return tree, trains
+
+
+def _stage_inputs(seq: _Sequence, i: int, task: TaskData, tree: dict, existing: list[str], kd_logits):
+    """The stage's data transform (`_Stage`), its loss terms (EWC, KD) and its batches (every epoch's)."""
+    config, buffer = seq.config, seq.buffer
+    stage_heads = tuple(h for h in seq.heads_in_order if h in seq.params["heads"])
+    replay_heads = stage_heads if buffer is not None and len(buffer) else ()
+    stage = _Stage(
+        head_index=stage_heads.index(task.head),
+        buffer=buffer,
+        replay_ids={h: n for n, h in enumerate(replay_heads)} if replay_heads else None,
+        replay_rng=seq.replay_rng,
+        replay_size=config.replay_batch_size,
+        buckets=seq.buckets,
+        kd_logits=kd_logits,
+    )
+    terms = []
+    if "ewc" in tree:
+        terms.append(functools.partial(ewc_term, ewc_lambda=config.ewc_lambda))
+    if stage.kd_logits:
+        kd = functools.partial(
+            kd_term, heads=tuple(existing), temperature=config.kd_temperature, weight=config.kd_weight
+        )
+        terms.append(kd)
+    plans = [
+        batching.train_batch_plan(
+            task.train["length"], seq.buckets, config.batch_size, seed=config.seed + i, epoch=e
+        )
+        for e in range(config.epochs)
+    ]
+    batches = [
+        batching.make_batch(task.train, task.train["labels"], indices, seq_len, config.batch_size)
+        for plan in plans
+        for seq_len, indices in plan
+    ]
+    return stage, tuple(terms), batches
+
+
+def _fit_stage(seq: _Sequence, i: int, tree: dict, trains, stage: _Stage, terms: tuple, batches: list):
+    """The stage as one `trainer.fit` run with a fresh optimizer over the trained parts.
+
+    Returns:
+        The final parameters, row i of R (from the evaluation hook at the last step) and the stage's
+        `_last_terms`.
+    """
+    config, method, tasks = seq.config, seq.config.method, seq.tasks
+    stage_heads = tuple(h for h in seq.heads_in_order if h in seq.params["heads"])
+    opt = ml_collections.ConfigDict(seq.optimizer.to_dict())
+    opt.learning_rate = config.adapter_learning_rate if method == "adapter" else config.learning_rate
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: "train" if trains(tuple(k.key for k in path)) else "frozen", tree
+    )
+    tx = optax.multi_transform(
+        {"train": optim.create_optimizer(opt, len(batches)), "frozen": optax.set_to_zero()}, labels
+    )
+    model = wrap(MultiHeadClassifier(seq.bert_config, stage_heads), seq.peft)
+    task_loss = OwnHeadCrossEntropy(stage_heads)
+    recorded = trainer.RecordLoss()
+    row = []
+
+    def forgetting_row(run, step, metrics):
+        """The evaluation hook: row i of R, with the parameters of the stage's last step."""
+        done = run.parallelism.to_host(run.state.params)
+        for j in range(i + 1):
+            bert_j = done["bert"]  # (adapter: this task's adapters; an earlier task's are swapped in)
+            if method == "adapter" and j < i:
+                bert_j = cl.merge_trees(done["bert"], seq.adapters[tasks[j].head])
+            head = done["heads"][tasks[j].head]
+            row.append(
+                accuracy(seq.encoder, bert_j, head, tasks[j].eval, seq.buckets, config.eval_batch_size)
+            )
+
+    rows = config.batch_size + (config.replay_batch_size if stage.replay_ids else 0)
+    state = trainer.fit(
+        tree,
+        tx,
+        batches,
+        len(batches),
+        model=model,
+        task=task_loss,
+        seed=config.seed + i,
+        hooks=[recorded, trainer.Every(0, forgetting_row)],
+        parallelism=parallel.create("pmap", _devices(config.batch_size, rows)),
+        loss_terms=terms,
+        transform=stage.transform,
+    )
+    return state.params, row, _last_terms(model, task_loss, stage, terms, state.params, recorded.losses[-1])
+
+
+def _after_stage(seq: _Sequence, i: int, task: TaskData, final: dict, row: list, workdir) -> None:
+    """The sequence's state after stage i: its parameters (for "adapter": the task's adapters and head
+    only), row i of R, the EWC anchor and summed Fisher, the replay buffer, the stage's directory."""
+    config, method = seq.config, seq.config.method
+    done = jax.tree.map(jnp.asarray, final)
+    done.pop("ewc", None)
+    if method == "adapter":
+        seq.adapters[task.head] = cl.adapter_subset(done["bert"])
+        seq.params["heads"][task.head] = done["heads"][task.head]
+    else:
+        seq.params = done
+    seq.matrix[i][: i + 1] = row
+    if method == "ewc":
+        params = seq.params
+        fisher = cl.fisher_diagonal(
+            seq.encoder,
+            params["bert"],
+            params["heads"][task.head],
+            _fisher_batches(task.train, config, seq.buckets),
+        )
+        total = fisher if seq.ewc is None else jax.tree.map(jnp.add, seq.ewc["fisher"], fisher)
+        seq.ewc = {"anchor": params["bert"], "fisher": total}
+    if seq.buffer is not None:
+        seq.buffer.add_task(task.head, task.train, task.train["labels"])
+    _save_stage(workdir, i, task.name, seq.params if method != "adapter" else done, row)
+
+
 def run_sequence(
     tasks: list[TaskData],
     config: cl.ContinualConfig,
@@ -283,167 +510,29 @@ def run_sequence(
         with the final parameters), "params" (the final tree; for "adapter" also "adapters": {head:
         adapter set}).
     """
-    method = config.method
-    heads_in_order = list(dict.fromkeys(t.head for t in tasks))
-    if method == "adapter" and len(heads_in_order) != len(tasks):
-        raise UserError("continual.method='adapter' needs one head per task (not class-incremental stages)")
-    peft = (
-        PeftConfig(method="adapter", adapter_size=config.adapter_size)
-        if method == "adapter"
-        else PeftConfig()
-    )
-    encoder = wrap(BertEncoder(bert_config), peft)
-    key = jax.random.PRNGKey(config.seed)
-    width = max(t.train["input_ids"].shape[1] for t in tasks)
-    buckets = batching.bucket_lengths(width, config.num_buckets)
-    dummy = jnp.zeros((1, min(width, 8)), jnp.int32)
-    bert = encoder.init(jax.random.fold_in(key, 1), dummy, jnp.ones_like(dummy))["params"]
-    if pretrained is not None:
-        bert = merge_pretrained({"bert": bert}, {"bert": pretrained["bert"]}, log=log)["bert"]
-    params = {"bert": bert, "heads": {}}
-    adapters, ewc, kd_logits = {}, None, {}
-    buffer = cl.ReservoirBuffer(config.replay_capacity, config.seed) if method == "replay" else None
-    replay_rng = np.random.default_rng([config.seed, 1])
-    matrix = [[None] * len(tasks) for _ in tasks]
-    final_metrics = []
+    seq = _start_sequence(tasks, config, bert_config, optimizer, pretrained, log)
     for i, task in enumerate(tasks):
         start = time.time()
-        heads = params["heads"]
-        existing = [h for h in heads_in_order if h in heads]  # heads trained before this task
-        if method == "kd" and existing:
-            # LwF: the previous model's responses on the new task's inputs, taken before any update (and
-            # before a class-incremental head grows, so the old columns are what is distilled).
-            kd_logits = {
-                h: record_logits(
-                    encoder, params["bert"], heads[h], task.train, buckets, config.eval_batch_size
-                )
-                for h in existing
-            }
-        head_key = jax.random.fold_in(key, 100 + i)
-        if task.head not in heads:
-            heads[task.head] = cl.init_head(head_key, bert_config.hidden_size, task.num_labels)
-        elif task.num_labels > heads[task.head]["bias"].shape[0]:
-            new_classes = task.num_labels - heads[task.head]["bias"].shape[0]
-            heads[task.head] = cl.grow_head(heads[task.head], new_classes, head_key)
-        # This stage's tree and which of its parts train; the optimizer leaves the rest exactly as it is.
-        if method == "adapter":
-            fresh = encoder.init(jax.random.fold_in(key, 200 + i), dummy, jnp.ones_like(dummy))["params"]
-            tree = {"bert": cl.merge_trees(params["bert"], cl.adapter_subset(fresh)), "heads": dict(heads)}
-            trained_heads = {task.head}
-        else:
-            trained_heads = set(existing) | {task.head} if method in ("replay", "kd") else {task.head}
-            tree = {"bert": params["bert"], "heads": dict(heads)}
-
-        def trains(path, trained_heads=trained_heads):
-            if path[0] == "heads":
-                return path[1] in trained_heads
-            return path[0] == "bert" and (method != "adapter" or "adapter" in path)  # not "ewc"
-
-        if method == "ewc" and ewc is not None:
-            tree["ewc"] = ewc
-        stage_heads = tuple(h for h in heads_in_order if h in heads)
-        replay_heads = stage_heads if buffer is not None and len(buffer) else ()
-        stage = _Stage(
-            head_index=stage_heads.index(task.head),
-            buffer=buffer,
-            replay_ids={h: n for n, h in enumerate(replay_heads)} if replay_heads else None,
-            replay_rng=replay_rng,
-            replay_size=config.replay_batch_size,
-            buckets=buckets,
-            kd_logits={h: kd_logits[h] for h in existing} if method == "kd" and existing else None,
-        )
-        terms = []
-        if "ewc" in tree:
-            terms.append(functools.partial(ewc_term, ewc_lambda=config.ewc_lambda))
-        if stage.kd_logits:
-            kd = functools.partial(
-                kd_term, heads=tuple(existing), temperature=config.kd_temperature, weight=config.kd_weight
-            )
-            terms.append(kd)
-        plans = [
-            batching.train_batch_plan(
-                task.train["length"], buckets, config.batch_size, seed=config.seed + i, epoch=e
-            )
-            for e in range(config.epochs)
-        ]
-        batches = [
-            batching.make_batch(task.train, task.train["labels"], indices, seq_len, config.batch_size)
-            for plan in plans
-            for seq_len, indices in plan
-        ]
-        opt = ml_collections.ConfigDict(optimizer.to_dict())
-        opt.learning_rate = config.adapter_learning_rate if method == "adapter" else config.learning_rate
-        labels = jax.tree_util.tree_map_with_path(
-            lambda path, _: "train" if trains(tuple(k.key for k in path)) else "frozen", tree
-        )
-        tx = optax.multi_transform(
-            {"train": optim.create_optimizer(opt, len(batches)), "frozen": optax.set_to_zero()}, labels
-        )
-        model = wrap(MultiHeadClassifier(bert_config, stage_heads), peft)
-        task_loss = OwnHeadCrossEntropy(stage_heads)
-        recorded = trainer.RecordLoss()
-        row = []
-
-        def forgetting_row(run, step, metrics, i=i, row=row):
-            """The evaluation hook: row i of R, with the parameters of the stage's last step."""
-            done = run.parallelism.to_host(run.state.params)
-            for j in range(i + 1):
-                bert_j = done["bert"]  # (adapter: this task's adapters; an earlier task's are swapped in)
-                if method == "adapter" and j < i:
-                    bert_j = cl.merge_trees(done["bert"], adapters[tasks[j].head])
-                row.append(
-                    accuracy(
-                        encoder,
-                        bert_j,
-                        done["heads"][tasks[j].head],
-                        tasks[j].eval,
-                        buckets,
-                        config.eval_batch_size,
-                    )
-                )
-
-        rows = config.batch_size + (config.replay_batch_size if replay_heads else 0)
-        state = trainer.fit(
-            tree,
-            tx,
-            batches,
-            len(batches),
-            model=model,
-            task=task_loss,
-            seed=config.seed + i,
-            hooks=[recorded, trainer.Every(0, forgetting_row)],
-            parallelism=parallel.create("pmap", _devices(config.batch_size, rows)),
-            loss_terms=tuple(terms),
-            transform=stage.transform,
-        )
-        done = jax.tree.map(jnp.asarray, state.params)
-        done.pop("ewc", None)
-        if method == "adapter":
-            adapters[task.head] = cl.adapter_subset(done["bert"])
-            heads[task.head] = done["heads"][task.head]
-        else:
-            params = done
-            heads = params["heads"]
-        matrix[i][: i + 1] = row
-        final_metrics.append(_last_terms(model, task_loss, stage, terms, state.params, recorded.losses[-1]))
-        if method == "ewc":
-            fisher = cl.fisher_diagonal(
-                encoder,
-                params["bert"],
-                params["heads"][task.head],
-                _fisher_batches(task.train, config, buckets),
-            )
-            total = fisher if ewc is None else jax.tree.map(jnp.add, ewc["fisher"], fisher)
-            ewc = {"anchor": params["bert"], "fisher": total}
-        if buffer is not None:
-            buffer.add_task(task.head, task.train, task.train["labels"])
-        _save_stage(workdir, i, task.name, params if method != "adapter" else done, row)
+        existing = [h for h in seq.heads_in_order if h in seq.params["heads"]]  # trained before this task
+        kd_logits = _record_kd_logits(seq, task, existing) if config.method == "kd" and existing else None
+        _add_head(seq, i, task)
+        tree, trains = _stage_tree(seq, i, task, existing)
+        stage, terms, batches = _stage_inputs(seq, i, task, tree, existing, kd_logits)
+        final, row, last = _fit_stage(seq, i, tree, trains, stage, terms, batches)
+        seq.final_metrics.append(last)
+        _after_stage(seq, i, task, final, row, workdir)
         log(
-            f"{method}: after {task.name} ({len(batches)} steps, {time.time() - start:.0f} s): "
-            + ", ".join(f"{tasks[j].name}={matrix[i][j]:.4f}" for j in range(i + 1))
+            f"{config.method}: after {task.name} ({len(batches)} steps, {time.time() - start:.0f} s): "
+            + ", ".join(f"{tasks[j].name}={seq.matrix[i][j]:.4f}" for j in range(i + 1))
             + " | last step "
-            + ", ".join(f"{k}={v:.4g}" for k, v in final_metrics[-1].items())
+            + ", ".join(f"{k}={v:.4g}" for k, v in last.items())
         )
+    return _result(seq)
+
+
+def _result(seq: _Sequence) -> dict:
+    """`run_sequence`'s answer: R, its summary, the accuracy on everything seen so far, the final trees."""
+    tasks, matrix = seq.tasks, seq.matrix
     sizes = np.array([len(t.eval["labels"]) for t in tasks], np.float64)
     seen = [
         float(np.dot(sizes[: i + 1], matrix[i][: i + 1]) / sizes[: i + 1].sum()) for i in range(len(tasks))
@@ -453,11 +542,11 @@ def run_sequence(
         "R": matrix,
         **cl.forgetting_summary(matrix),
         "seen_accuracy": seen,
-        "final_metrics": final_metrics,
-        "params": params,
+        "final_metrics": seq.final_metrics,
+        "params": seq.params,
     }
-    if method == "adapter":
-        result["adapters"] = adapters
+    if seq.config.method == "adapter":
+        result["adapters"] = seq.adapters
     return result
 
 
