@@ -578,13 +578,39 @@ def train_and_evaluate(
         lock.release()
 
 
-def _train_and_evaluate(
+@dataclasses.dataclass
+class _Start:
+    """A run set up and ready to step: its inputs, model, optimizer, checkpoints and starting state."""
+
+    setup: Setup
+    train_split: Any
+    bucket_list: list[int]
+    per_epoch: int
+    total_steps: int
+    model: Any
+    peft: peft_lib.PeftConfig
+    tx: Any
+    ckpts: checkpoint.Checkpoints
+    best: BestMetric
+    state: steps.TrainState  # host arrays
+    redo_eval: bool  # the evaluation of the starting step is still to be done (a pre-emption interrupted it)
+
+    @property
+    def start_step(self) -> int:
+        return int(self.state.step)
+
+
+def _start_run(
     config: ml_collections.ConfigDict, workdir: str, lock: workdir_lib.Lock, extensions: Extensions
-) -> dict:
+) -> _Start:
+    """Reads, tokenizes and checks the inputs, builds the model and optimizer, restores or initialises the
+    state, then writes the run's files.
+
+    The checks that need tokens or parameters (an entity span too long, a checkpoint's shapes, a PEFT run's
+    base) come before the run's files are written: a failed start (bad input, a full disk, ...) leaves a
+    resumed run's files as they were and removes a workdir it created.
+    """
     tc = config.training
-    # The checks that need tokens or parameters (an entity span too long, a checkpoint's shapes, a PEFT
-    # run's base) come before the run's files are written: a failed start (bad input, a full disk, ...)
-    # leaves a resumed run's files as they were and removes a workdir it created.
     try:
         setup = prepare(config, workdir)
         cache_dir = os.path.join(workdir, "cache") if config.data.cache else None
@@ -610,114 +636,175 @@ def _train_and_evaluate(
     except BaseException:
         lock.remove_created()
         raise
-    start_step = int(state.step)
-    parallelism = parallel.from_config(tc)
+    return _Start(
+        setup,
+        train_split,
+        bucket_list,
+        per_epoch,
+        total_steps,
+        model,
+        peft,
+        tx,
+        ckpts,
+        best,
+        state,
+        redo_eval,
+    )
+
+
+def _step_functions(start: _Start, parallelism, extensions: Extensions):
+    """The train and eval steps, transformed for `parallelism`, and the device train batches from the
+    starting step on (through the caller's transform)."""
+    config, setup, tc = start.setup.config, start.setup, start.setup.config.training
     train_step = parallelism.train_step(
         steps.train_step,
-        model=model,
-        tx=tx,
+        model=start.model,
+        tx=start.tx,
         accum_steps=tc.grad_accum_steps,
         l2_coefficient=config.optimizer.l2_penalty,
         task=setup.task,
         loss_terms=tuple(extensions.loss_terms),
         **strategy_checks.step_options(config),
     )
-    eval_fn = parallelism.eval_step(steps.eval_step, model=model, task=setup.task)
-    batches = pipeline.train_batches(train_split, bucket_list, tc.batch_size, config.seed, start_step)
+    eval_fn = parallelism.eval_step(steps.eval_step, model=start.model, task=setup.task)
+    batches = pipeline.train_batches(
+        start.train_split, start.bucket_list, tc.batch_size, config.seed, start.start_step
+    )
     if extensions.transform is not None:
         batches = map(extensions.transform, batches)
-    batches = parallelism.device_batches(batches)
-    eval_split, eval_every = setup.splits.get("eval"), tc.eval_every or per_epoch
-    logging.info(
-        "Training %d steps (%d per epoch, global batch %d on %d devices, %s) from step %d",
-        total_steps,
-        per_epoch,
-        tc.batch_size,
-        parallel.global_devices(),
-        parallelism.name,
-        start_step,
-    )
+    return train_step, eval_fn, parallelism.device_batches(batches)
 
-    run = trainer.Run(parallelism.place_state(state), start_step, total_steps, parallelism)
 
-    def save(step, pending_eval=False):
-        _check_finite(parallelism, run.state, step, tc.max_nonfinite_steps)
+class _SideWork:
+    """This run's side work on the loop, as hooks (`hooks`): logging and the progress bar, evaluation with
+    best tracking, the caller's hooks, early stopping, pre-emption, checkpoints.
+
+    Holds the metric writer, the progress bar and `best_eval`: (step, eval counts) of the best evaluation
+    since this process started, which the final reports reuse.
+    """
+
+    def __init__(self, start: _Start, run: trainer.Run, eval_fn):
+        config, tc = start.setup.config, start.setup.config.training
+        self.start, self.run, self.eval_fn = start, run, eval_fn
+        self.writer = MetricWriter(
+            start.setup.workdir, enabled=parallel.is_chief(), tensorboard=tc.tensorboard
+        )
+        self.progress = ProgressBar(
+            start.total_steps, initial=start.start_step, enabled=parallel.is_chief() and tc.progress_bar
+        )
+        self._log = functools.partial(
+            _log_train,
+            parallelism=run.parallelism,
+            config=config,
+            schedule=optim.learning_rate_schedule(config.optimizer, start.total_steps),
+            writer=self.writer,
+            progress=self.progress,
+        )
+        self._since = (start.start_step, time.time())  # the step and time of the last log line (throughput)
+        self.best_eval = None
+        self.preemption = None
+
+    def hooks(self, preemption: PreemptionGuard, extensions: Extensions) -> list:
+        """The hooks, in their order; `preemption` is the guard the loop runs under."""
+        self.preemption = preemption
+        start, tc = self.start, self.start.setup.config.training
+        hooks = [trainer.Every(tc.log_every, self.log_step, end=lambda run: self.progress.close())]
+        if start.setup.splits.get("eval") is not None:
+            eval_every = tc.eval_every or start.per_epoch
+            hooks.append(trainer.Evaluation(eval_every, self.evaluate_at, redo=start.redo_eval))
+        return hooks + [
+            *extensions.hooks,
+            trainer.EarlyStopping(start.best, self.early_stop_message, redone=start.redo_eval),
+            trainer.Preemption(preemption),
+            trainer.Checkpoint(tc.checkpoint_every, self.save, start.ckpts.latest_step, start.ckpts.wait),
+        ]
+
+    def log_step(self, run, step, metrics):
+        self._log(step, metrics, run.state, since=self._since)
+        self._since = (step, time.time())
+
+    def save(self, step, pending_eval=False):
+        start, run = self.start, self.run
+        _check_finite(run.parallelism, run.state, step, start.setup.config.training.max_nonfinite_steps)
         meta = {
             "step": step,
-            "epoch": step // per_epoch,
-            "batch_in_epoch": step % per_epoch,
-            "best": best.to_dict(),
-            "labels": setup.label_names,
+            "epoch": step // start.per_epoch,
+            "batch_in_epoch": step % start.per_epoch,
+            "best": start.best.to_dict(),
+            "labels": start.setup.label_names,
             "pending_eval": pending_eval,  # a pre-emption interrupted this step's evaluation: redo it
-            "data_fingerprint": setup.fingerprints,
+            "data_fingerprint": start.setup.fingerprints,
         }
-        ckpts.save(step, parallelism.to_save(peft_lib.saved_state(run.state, peft)), meta)
+        start.ckpts.save(step, run.parallelism.to_save(peft_lib.saved_state(run.state, start.peft)), meta)
 
-    def evaluate_at(step, saved=False):
+    def evaluate_at(self, step, saved=False):
         """The evaluation of `step`. A pre-emption during it stops the run at once: the step is saved
         (unless it is already, `saved`) with its evaluation marked as still to do."""
-        nonlocal best_eval
+        start, run = self.start, self.run
         try:
             counts = _evaluate_and_track(
-                parallelism, eval_fn, run.state, eval_split, setup, step, writer, ckpts, best, preemption.now
+                run.parallelism,
+                self.eval_fn,
+                run.state,
+                start.setup.splits["eval"],
+                start.setup,
+                step,
+                self.writer,
+                start.ckpts,
+                start.best,
+                self.preemption.now,
             )
         except EvaluationInterrupted:
             if not saved:
-                save(step, pending_eval=True)
-            raise Preempted(step, preemption.signum) from None
-        best_eval = (step, counts) if counts is not None else best_eval
+                self.save(step, pending_eval=True)
+            raise Preempted(step, self.preemption.signum) from None
+        self.best_eval = (step, counts) if counts is not None else self.best_eval
 
-    def early_stop_message(best, step):
-        metric = tasks.best_metric(config, setup.task)
+    def early_stop_message(self, best, step):
+        metric = tasks.best_metric(self.start.setup.config, self.start.setup.task)
         return (
             f"Early stopping at step {step}: no {metric} improvement in {best.patience} evaluations "
             f"(best {best.best:.4f} at {best.best_step})"
         )
 
-    writer = MetricWriter(workdir, enabled=parallel.is_chief(), tensorboard=tc.tensorboard)
-    progress = ProgressBar(total_steps, initial=start_step, enabled=parallel.is_chief() and tc.progress_bar)
-    log = functools.partial(
-        _log_train,
-        parallelism=parallelism,
-        config=config,
-        schedule=optim.learning_rate_schedule(config.optimizer, total_steps),
-        writer=writer,
-        progress=progress,
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, lock: workdir_lib.Lock, extensions: Extensions
+) -> dict:
+    start = _start_run(config, workdir, lock, extensions)  # removes a workdir it created when it fails
+    tc = config.training
+    parallelism = parallel.from_config(tc)
+    train_step, eval_fn, batches = _step_functions(start, parallelism, extensions)
+    logging.info(
+        "Training %d steps (%d per epoch, global batch %d on %d devices, %s) from step %d",
+        start.total_steps,
+        start.per_epoch,
+        tc.batch_size,
+        parallel.global_devices(),
+        parallelism.name,
+        start.start_step,
     )
-    since = [(start_step, time.time())]  # the step and time of the last log line (throughput)
-
-    def log_step(run, step, metrics):
-        log(step, metrics, run.state, since=since[0])
-        since[0] = (step, time.time())
-
-    best_eval = None  # (step, eval counts) of the best evaluation since this process started
+    run = trainer.Run(parallelism.place_state(start.state), start.start_step, start.total_steps, parallelism)
+    side = _SideWork(start, run, eval_fn)
     try:
         with PreemptionGuard() as preemption:
-            hooks = [trainer.Every(tc.log_every, log_step, end=lambda run: progress.close())]
-            if eval_split is not None:
-                hooks.append(trainer.Evaluation(eval_every, evaluate_at, redo=redo_eval))
-            hooks += [
-                *extensions.hooks,
-                trainer.EarlyStopping(best, early_stop_message, redone=redo_eval),
-                trainer.Preemption(preemption),
-                trainer.Checkpoint(tc.checkpoint_every, save, ckpts.latest_step, ckpts.wait),
-            ]
+            hooks = side.hooks(preemption, extensions)
             trainer.run_steps(run, train_step, batches, hooks, sync=backend.sync_every_step())
             try:
                 final = _final_reports(
-                    parallelism, eval_fn, run.state, setup, writer, ckpts, best, run.step, best_eval,
-                    preemption.now,
+                    parallelism, eval_fn, run.state, start.setup, side.writer, start.ckpts, start.best,
+                    run.step, side.best_eval, preemption.now,
                 )  # fmt: skip
             except EvaluationInterrupted:  # the rerun resumes from the saved last step and reports
                 raise Preempted(run.step, preemption.signum) from None
     except BaseException:
         # Whatever stops the run (a signal, a non-finite loss, Ctrl-C), saves already started finish.
-        progress.close()
-        writer.close()
-        ckpts.close()
+        side.progress.close()
+        side.writer.close()
+        start.ckpts.close()
         raise
-    writer.close()
-    ckpts.close()
+    side.writer.close()
+    start.ckpts.close()
     if parallel.is_chief():
         plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
     return final
