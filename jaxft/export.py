@@ -23,7 +23,7 @@ from absl import flags
 
 from jaxft import cli, files, tasks
 from jaxft.errors import UserError
-from jaxft.models import convert
+from jaxft.models import convert, families
 from jaxft.predict import load_run
 from jaxft.strategies import peft as peft_lib
 from jaxft.training import trained
@@ -43,17 +43,19 @@ def export(workdir: str, out: str) -> str:
         raise UserError(f"--out {out}: exists and is not an empty directory (choose a new one)")
     saved = trained.saved_config(workdir)
     peft = peft_lib.from_config(saved) if saved is not None else peft_lib.PeftConfig()
+    run = load_run(workdir)
+    family = families.of(run.bert_config)
     if peft.method in ("adapter", "prompt", "prefix"):
         raise UserError(
-            f"peft.method={peft.method!r} adds layers or inputs that a plain Hugging Face BERT lacks; "
-            "use jaxft.predict with this workdir (lora and bitfit runs export)"
+            f"peft.method={peft.method!r} adds layers or inputs that a plain Hugging Face "
+            f"{family.class_prefix} model lacks; use jaxft.predict with this workdir "
+            "(lora and bitfit runs export)"
         )
-    run = load_run(workdir)
     params = dict(peft_lib.merge_lora(run.params, peft))  # LoRA folded into the kernels
     qa_head = params.pop("qa_outputs", None)
     if qa_head is not None:  # converted as a classifier, then named as BertForQuestionAnswering names it
         params["classifier"] = qa_head
-    tensors = convert.flax_to_hf(params)
+    tensors = convert.flax_to_hf(params, family)
     if qa_head is not None:
         tensors = {name.replace("classifier.", "qa_outputs.", 1): value for name, value in tensors.items()}
     config = {
@@ -61,6 +63,10 @@ def export(workdir: str, out: str) -> str:
         **tasks.from_config(run.config).export_config(run.label_names),
         "classifier_dropout": run.config.model.classifier_dropout,
     }
+    # The tasks name BERT's classes; the family's have the same suffixes (RobertaForTokenClassification).
+    config["architectures"] = [
+        family.class_prefix + name.removeprefix("Bert") for name in config["architectures"]
+    ]
     # A directory of our own, new and empty: a fixed name would pick up what a crashed export left there.
     tmp = f"{out.rstrip('/')}.tmp-export-{os.getpid()}-{secrets.token_hex(4)}"
     try:

@@ -38,6 +38,7 @@ from jaxft import config as config_lib
 from jaxft.data import batching, tokenize
 from jaxft.data import labels as labels_lib
 from jaxft.errors import StorageError, UserError
+from jaxft.models import convert
 from jaxft.models.bert import BertConfig
 from jaxft.strategies import checks as strategy_checks
 from jaxft.training import checkpoint, parallel, steps, trained
@@ -101,12 +102,12 @@ def load_run(workdir: str) -> TrainedRun:
     check_run_config(config, paths["config.json"])
     checkpoint.find_checkpoint(workdir, key="--workdir")  # none yet: say so before the checks below
     try:
-        bert_config = BertConfig.from_dict(files.read_json_object(paths[MODEL_CONFIG]))
+        bert_config = convert.config_from_dict(files.read_json_object(paths[MODEL_CONFIG]))
     except (UserError, TypeError) as error:
         raise UserError(f"{paths[MODEL_CONFIG]}: {error}") from None
     try:
-        tokenize.check_max_seq_length(config.data.max_seq_length, bert_config.max_position_embeddings)
-        strategy_checks.check_positions(config, bert_config.max_position_embeddings)
+        tokenize.check_max_seq_length(config.data.max_seq_length, bert_config.max_positions)
+        strategy_checks.check_positions(config, bert_config.max_positions)
     except UserError as error:
         raise UserError(f"{paths['config.json']}: {error} (of {paths[MODEL_CONFIG]})") from None
     label_names = labels_lib.load_label_vocab(paths["labels.json"])

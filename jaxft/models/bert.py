@@ -71,6 +71,10 @@ SHAPE_FIELDS = (  # the sizes that decide every parameter's shape
 )
 
 
+# BertConfig's fields that only the families built on BERT set (not keys of a BERT config.json).
+_VARIANT_FIELDS = ("embedding_size", "positions_from_padding", "attention_output_dropout", "qa_dropout")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -92,15 +96,30 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     pad_token_id: int = 0
+    # What the families built on BERT's layers change (their config classes set these; see
+    # jaxft.models.families): ELECTRA's embeddings are `embedding_size` wide and projected to hidden_size
+    # (`embeddings_project`); RoBERTa's positions count the non-padding tokens from pad_token_id + 1, padding
+    # keeping position pad_token_id; DistilBERT has no token types (type_vocab_size 0) and no dropout after
+    # the attention's output projection.
+    embedding_size: int | None = None
+    positions_from_padding: bool = False
+    attention_output_dropout: bool = True
+    qa_dropout: float = 0.0  # DistilBERT's dropout before the QA head (BERT has none)
+
+    model_type: ClassVar[str] = "bert"
 
     def __post_init__(self):
         # Read back from a hand-editable config.json: a zero size or a NaN rate would give NaN outputs or a
         # traceback instead of this one line.
         for name in SHAPE_FIELDS:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"{name}={value!r} must be a positive integer")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            least = 0 if name == "type_vocab_size" else 1  # 0: no token type embeddings
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UserError(f"{name}={value!r} must be an integer, at least {least}")
+        size = self.embedding_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise UserError(f"embedding_size={size!r} must be a positive integer")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "qa_dropout"):
             value = getattr(self, name)
             if not _is_number(value) or not 0 <= value < 1:
                 raise UserError(f"{name}={value!r} must be a number in [0, 1)")
@@ -143,12 +162,22 @@ class BertConfig:
         position_type = d.get("position_embedding_type", "absolute")
         if position_type != "absolute":
             raise UserError(f"position_embedding_type {position_type!r} is not supported; only 'absolute'")
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - set(_VARIANT_FIELDS)
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def to_hf_dict(self) -> dict:
         """Returns a dict that `transformers.BertConfig(**d)` accepts; the caller adds `architectures`."""
-        return {"model_type": "bert", "position_embedding_type": "absolute", **dataclasses.asdict(self)}
+        d = dataclasses.asdict(self)
+        for name in _VARIANT_FIELDS:
+            del d[name]
+        return {"model_type": self.model_type, "position_embedding_type": "absolute", **d}
+
+    @property
+    def max_positions(self) -> int:
+        """The longest input the position embeddings cover (RoBERTa's first pad_token_id + 1 are not
+        positions of tokens)."""
+        reserved = self.pad_token_id + 1 if self.positions_from_padding else 0
+        return self.max_position_embeddings - reserved
 
 
 def weight_init(config: BertConfig):
@@ -272,23 +301,38 @@ class BertEmbeddings(nn.Module):
         cfg = self.config
         init = weight_init(cfg)
 
+        width = cfg.embedding_size or cfg.hidden_size
+
         def embed(num, name):
             # Lookups and the sum stay float32; the LayerNorm casts to the compute dtype.
-            return nn.Embed(num, cfg.hidden_size, embedding_init=init, param_dtype=jnp.float32, name=name)
+            return nn.Embed(num, width, embedding_init=init, param_dtype=jnp.float32, name=name)
 
         words = self.extend_inputs(embed(cfg.vocab_size, "word_embeddings")(input_ids))
         extra = words.shape[1] - input_ids.shape[1]
-        if extra:
-            zeros = jnp.zeros((words.shape[0], extra), token_type_ids.dtype)
-            token_type_ids = jnp.concatenate([token_type_ids[:, :1], zeros, token_type_ids[:, 1:]], axis=1)
-        positions = jnp.arange(words.shape[1])[None, :]
-        x = (
-            words
-            + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
-            + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
+        x = words + embed(cfg.max_position_embeddings, "position_embeddings")(
+            self._positions(input_ids, extra)
         )
+        if cfg.type_vocab_size:
+            if extra:
+                zeros = jnp.zeros((words.shape[0], extra), token_type_ids.dtype)
+                token_type_ids = jnp.concatenate(
+                    [token_type_ids[:, :1], zeros, token_type_ids[:, 1:]], axis=1
+                )
+            x = x + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
         x = _layer_norm(cfg, self.dtype)(x)
         return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+
+    def _positions(self, input_ids, extra: int):
+        """Each input position's position id, `[B, L + extra]` or `[1, L + extra]`; the `extra` vectors
+        `extend_inputs` put after the first count as tokens."""
+        cfg = self.config
+        if not cfg.positions_from_padding:
+            return jnp.arange(input_ids.shape[1] + extra)[None, :]
+        is_token = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+        if extra:
+            ones = jnp.ones((input_ids.shape[0], extra), jnp.int32)
+            is_token = jnp.concatenate([is_token[:, :1], ones, is_token[:, 1:]], axis=1)
+        return jnp.cumsum(is_token, axis=1) * is_token + cfg.pad_token_id
 
     def extend_inputs(self, words):
         """The word embeddings `[B, L, H]` as the layers read them: these, unchanged.
@@ -372,12 +416,15 @@ class BertAddNorm(nn.Module):
 
     config: BertConfig
     dtype: Any = jnp.float32
+    dropout: bool = True  # False: no dropout before the residual add
 
     @nn.compact
     def __call__(self, x, residual, deterministic: bool):
         cfg = self.config
         out = _dense(cfg.hidden_size, cfg, self.dtype, "dense")(x)
-        out = self.residual_branch(Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic))
+        if self.dropout:
+            out = Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic)
+        out = self.residual_branch(out)
         return _layer_norm(cfg, self.dtype)(out + residual)
 
     def residual_branch(self, out):
@@ -400,7 +447,7 @@ class BertAttention(nn.Module):
         x = BertSelfAttention(self.config, self.dtype, self.attention_impl, name="self")(
             hidden, attention_mask, deterministic, first_only
         )
-        output = BertAddNorm(self.config, self.dtype, name="output")
+        output = BertAddNorm(self.config, self.dtype, self.config.attention_output_dropout, name="output")
         return output(x, _computed_positions(hidden, first_only), deterministic)
 
 
@@ -538,6 +585,8 @@ class BertEncoder(nn.Module):
         # a "perturbations" collection; see jaxft.strategies.adversarial).
         if not self.is_initializing():  # init must not create the collection: its shape is per batch
             hidden = self.perturb("embedding_output", hidden)
+        if cfg.embedding_size not in (None, cfg.hidden_size):  # ELECTRA's small embeddings
+            hidden = _dense(cfg.hidden_size, cfg, self.dtype, "embeddings_project")(hidden)
         extra = hidden.shape[1] - input_ids.shape[1]  # vectors `extend_inputs` put after the first
         if extra:  # attended to like real tokens
             ones = jnp.ones((attention_mask.shape[0], extra), attention_mask.dtype)
@@ -550,3 +599,22 @@ class BertEncoder(nn.Module):
         if not self.add_pooling_layer:
             return hidden, None
         return hidden, BertPooler(cfg, self.dtype, name="pooler")(hidden)
+
+
+def classifier(num_labels: int, config: BertConfig, dtype, name: str = "classifier") -> nn.Dense:
+    """The final projection of a head: `num_labels` outputs, kernel drawn as the encoder's weights are."""
+    return nn.Dense(
+        num_labels, dtype=dtype, param_dtype=jnp.float32, kernel_init=weight_init(config), name=name
+    )
+
+
+def sequence_head(config, hidden, pooled, *, num_labels, dtype, classifier_dropout, deterministic):
+    """`BertForSequenceClassification`'s head over the encoder's pooler: dropout -> `classifier`.
+
+    Call inside a parent's compact `__call__` (its `classifier` is created there). `hidden` is unused.
+    Returns `[B, num_labels]` float32 logits.
+    """
+    del hidden
+    rate = config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
+    x = Dropout(rate)(pooled, deterministic=deterministic)
+    return classifier(num_labels, config, dtype)(x).astype(jnp.float32)

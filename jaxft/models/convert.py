@@ -1,4 +1,4 @@
-"""Hugging Face BERT checkpoints to and from jaxft parameter trees.
+"""Hugging Face checkpoints to and from jaxft parameter trees.
 
 A checkpoint directory holds `config.json` and either `model.safetensors` or `pytorch_model.bin`. Names map
 mechanically because the Flax modules mirror Hugging Face's: `bert.encoder.layer.3.output.dense.weight` is
@@ -18,7 +18,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxft.errors import UserError
-from jaxft.models.bert import BertConfig
+from jaxft.models import families
 
 # Without these the config cannot describe the tensors; the rest have Hugging Face defaults.
 _REQUIRED_KEYS = (
@@ -30,7 +30,8 @@ _REQUIRED_KEYS = (
 )
 # Non-parameter buffers that some checkpoints carry.
 _BUFFER_SUFFIXES = ("position_ids", "token_type_ids")
-_ENCODER_ROOTS = ("embeddings", "encoder", "pooler")
+_ENCODER_ROOTS = ("embeddings", "embeddings_project", "encoder", "pooler")
+_HEAD_ROOTS = ("classifier", "pre_classifier")  # the task heads' groups kept from a checkpoint
 _TORCH_TO_SAFETENSORS_HINT = (
     'python -c "import torch, safetensors.torch as s; '
     "s.save_file(torch.load('pytorch_model.bin', weights_only=True), 'model.safetensors')\""
@@ -74,22 +75,22 @@ def resolve_model_dir(name: str) -> str:
         ) from None
 
 
-def load_config(checkpoint_dir: str) -> BertConfig:
-    """Reads a Hugging Face BERT `config.json`.
+def load_config(checkpoint_dir: str):
+    """Reads a Hugging Face `config.json` into its family's config (`jaxft.models.families`).
 
     Args:
         checkpoint_dir: the checkpoint directory.
 
     Returns:
-        The architecture.
+        The architecture: a `BertConfig` or the config of another family.
 
     Raises:
-        UserError: no `config.json`, not a BERT config, or a required key is missing.
+        UserError: no `config.json`, a family jaxft does not read, or a required key is missing.
     """
     checkpoint_dir = resolve_model_dir(checkpoint_dir)
     path = os.path.join(checkpoint_dir, "config.json")
     if not os.path.isfile(path):
-        raise UserError(f"{checkpoint_dir}: not a BERT checkpoint directory (no config.json)")
+        raise UserError(f"{checkpoint_dir}: not a checkpoint directory (no config.json)")
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
@@ -97,20 +98,30 @@ def load_config(checkpoint_dir: str) -> BertConfig:
         raise UserError(f"{path}: cannot read JSON: {e}") from None
     if not isinstance(d, dict):
         raise UserError(f"{path}: expected a JSON object")
-    architectures = d.get("architectures") or []
-    is_bert = d.get("model_type") == "bert" or any(str(a).startswith("Bert") for a in architectures)
-    if not is_bert:
-        raise UserError(
-            f"{path}: model_type {d.get('model_type')!r} (architectures {architectures}) is not BERT; "
-            "only 'bert' checkpoints are supported"
-        )
-    missing = [k for k in _REQUIRED_KEYS if k not in d]
-    if missing:
-        raise UserError(f"{path}: missing key(s) {', '.join(missing)}")
     try:
-        return BertConfig.from_dict(d)
+        return config_from_dict(d)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
+
+
+def config_from_dict(d: dict):
+    """The config of a Hugging Face `config.json` dict (or a workdir's model config), by its model_type.
+
+    Raises:
+        UserError: a family jaxft does not read, a required key missing, or a value the family refuses.
+    """
+    config_class = families.named(_model_type(d)).config
+    missing = [k for k in getattr(config_class, "REQUIRED_KEYS", _REQUIRED_KEYS) if k not in d]
+    if missing:
+        raise UserError(f"missing key(s) {', '.join(missing)}")
+    return config_class.from_dict(d)
+
+
+def _model_type(d: dict):
+    """`config.json`'s model_type; old BERT files that lack it name a `Bert*` architecture."""
+    if d.get("model_type") is None and any(str(a).startswith("Bert") for a in d.get("architectures") or []):
+        return "bert"
+    return d.get("model_type")
 
 
 def load_state_dict(checkpoint_dir: str) -> dict[str, np.ndarray]:
@@ -200,39 +211,47 @@ def _leaf_name(module: str, torch_leaf: str) -> str | None:
     return {"weight": "kernel", "bias": "bias"}.get(torch_leaf)
 
 
-def hf_to_flax(state_dict: dict[str, np.ndarray], *, mlm_head: bool = False) -> tuple[dict, list[str]]:
-    """Converts a Hugging Face BERT state dict to a nested Flax parameter tree.
+def hf_to_flax(
+    state_dict: dict[str, np.ndarray], family=None, *, mlm_head: bool = False
+) -> tuple[dict, list[str]]:
+    """Converts a Hugging Face state dict of `family` (default BERT) to a nested Flax parameter tree.
 
-    Accepts `BertModel` names (`encoder.layer.0...`) and `BertFor*` names (`bert.encoder.layer.0...`,
-    `classifier.weight`).
+    Accepts base-model names (`encoder.layer.0...`) and task-model names (`bert.encoder.layer.0...`,
+    `roberta.encoder...`, `classifier.weight`, `classifier.out_proj.weight`, `pre_classifier.weight`). Other
+    families' names become BERT's first (`families.Family.to_bert_name`).
 
     Args:
         state_dict: tensor name to array (NumPy or anything `np.asarray` takes).
+        family: a `jaxft.models.families.Family`; None is BERT.
         mlm_head: also convert the masked-LM head of `BertForMaskedLM` / `BertForPreTraining`
             (`cls.predictions.*`) into `"cls"`, for `MaskedLMClassifier`. Its decoder weight is the word
             embedding matrix (tied), so it is not kept.
 
     Returns:
-        `(params, ignored_names)`: `params` is `{"bert": {...}}` plus `"classifier"` when the checkpoint has
-        one (and `"cls"` with `mlm_head`), float32; `ignored_names` lists tensors that belong to none of them
-        (MLM/NSP heads `cls.*`, buffers), for the caller to report.
+        `(params, ignored_names)`: `params` is `{"bert": {...}}` plus the head's groups the checkpoint has
+        (`"classifier"`, `"pre_classifier"`; `"cls"` with `mlm_head`), float32; `ignored_names` lists
+        tensors that belong to none of them (MLM/NSP heads `cls.*`, buffers), for the caller to report.
 
     Raises:
         UserError: with `mlm_head`, a decoder weight that is not the word embedding matrix (untied).
     """
+    family = family or families.named("bert")
     flat, ignored = {}, []
     for name, value in state_dict.items():
-        parts = name.split(".")
         if mlm_head and name in _MLM_NAMES:
             flat[_MLM_NAMES[name]] = _mlm_tensor(name, value, state_dict)
             continue
         if mlm_head and name == _MLM_DECODER:
             _check_tied_decoder(value, state_dict)
             continue
+        renamed = name
+        if renamed.startswith(family.prefix + "."):
+            renamed = "bert." + renamed[len(family.prefix) + 1 :]
+        parts = family.to_bert_name(renamed).split(".")
         if parts[0] == "bert":
             parts = parts[1:]
-        # The sequence/token classification head is `classifier.{weight,bias}`; other heads are not ours.
-        elif parts[0] not in _ENCODER_ROOTS and not (parts[0] == "classifier" and len(parts) == 2):
+        # The heads' own groups; other heads (masked-LM, next sentence, QA) are not ours.
+        elif parts[0] not in _ENCODER_ROOTS + _HEAD_ROOTS:
             ignored.append(name)
             continue
         if parts[-1].endswith(_BUFFER_SUFFIXES) or len(parts) < 2:
@@ -245,10 +264,16 @@ def hf_to_flax(state_dict: dict[str, np.ndarray], *, mlm_head: bool = False) -> 
             continue
         # `encoder.layer.3` -> `encoder/layer_3`.
         joined = re.sub(r"(^|/)layer/(\d+)(/|$)", r"\1layer_\2\3", "/".join(path))
-        root = () if path[0] == "classifier" else ("bert",)
+        root = () if path[0] in _HEAD_ROOTS else ("bert",)
         array = np.asarray(value, dtype=np.float32)
         flat[(*root, *joined.split("/"), leaf)] = array.T if leaf == "kernel" else array
     return traverse_util.unflatten_dict(flat), ignored
+
+
+def read_pretrained(checkpoint_dir: str, *, mlm_head: bool = False) -> tuple[dict, list[str]]:
+    """`hf_to_flax` of the checkpoint in `checkpoint_dir`, by the family its config.json names."""
+    family = families.of(load_config(checkpoint_dir))
+    return hf_to_flax(load_state_dict(checkpoint_dir), family, mlm_head=mlm_head)
 
 
 _MLM = ("cls", "predictions")
@@ -293,26 +318,31 @@ def _check_tied_decoder(decoder, state_dict: dict) -> None:
             )
 
 
-def flax_to_hf(params: dict) -> dict[str, np.ndarray]:
-    """Converts `{"bert": ..., "classifier": ...}` back to Hugging Face `BertFor*` names.
+def flax_to_hf(params: dict, family=None) -> dict[str, np.ndarray]:
+    """Converts `{"bert": ..., "classifier": ...}` back to the names of `family`'s (default BERT's)
+    transformers task classes.
 
-    The inverse of `hf_to_flax`: `bert.`-prefixed names, kernels transposed back, float32 and contiguous
-    (ready for `safetensors.numpy.save_file`). A masked-LM head (`cls`) becomes `cls.predictions.*`
-    without a decoder weight, which `BertForMaskedLM` ties to the word embeddings.
+    The inverse of `hf_to_flax`: `<prefix>.`-prefixed encoder names, kernels transposed back, float32 and
+    contiguous (ready for `safetensors.numpy.save_file`). A masked-LM head (`cls`) becomes
+    `cls.predictions.*` without a decoder weight, which `BertForMaskedLM` ties to the word embeddings.
 
     Args:
-        params: a parameter tree with top-level keys `bert` and optionally `classifier` or `cls`.
+        params: a parameter tree with top-level keys `bert` and optionally `classifier`, `pre_classifier` or
+            `cls`.
+        family: a `jaxft.models.families.Family`; None is BERT.
 
     Returns:
         Hugging Face tensor name to array.
 
     Raises:
-        UserError: a top-level key other than `bert`, `classifier` or `cls`.
+        UserError: a top-level key the family's classes have no place for.
     """
-    unknown = sorted(set(params) - {"bert", "classifier", "cls"})
+    family = family or families.named("bert")
+    unknown = sorted(set(params) - {"bert", "cls", *_HEAD_ROOTS})
     if unknown:
         raise UserError(
-            f"cannot export parameter group {unknown[0]!r}: only 'bert', 'classifier' and 'cls' map to BERT"
+            f"cannot export parameter group {unknown[0]!r}: only 'bert', "
+            f"{', '.join(map(repr, _HEAD_ROOTS))} and 'cls' map to {family.class_prefix}'s classes"
         )
     out = {}
     for path, value in traverse_util.flatten_dict(params).items():
@@ -322,7 +352,10 @@ def flax_to_hf(params: dict) -> dict[str, np.ndarray]:
         if leaf == "kernel":
             array = array.T
         torch_leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(leaf, leaf)
-        out[".".join([*modules, torch_leaf])] = np.ascontiguousarray(array)
+        name = family.from_bert_name(".".join([*modules, torch_leaf]))
+        if name.startswith("bert."):
+            name = family.prefix + name[len("bert") :]
+        out[name] = np.ascontiguousarray(array)
     return out
 
 
@@ -376,8 +409,8 @@ def _why_unexpected(init_flat: dict) -> str:
     return f"the model has {len(layers)} layers and no parameter of that name"
 
 
-def load_pretrained(checkpoint_dir: str, init_params: dict, *, log=logging.info) -> tuple[dict, BertConfig]:
-    """Loads a Hugging Face BERT checkpoint into an initialised parameter tree.
+def load_pretrained(checkpoint_dir: str, init_params: dict, *, log=logging.info) -> tuple[dict, object]:
+    """Loads a Hugging Face checkpoint of any family into an initialised parameter tree.
 
     Args:
         checkpoint_dir: directory with `config.json` and `model.safetensors` or `pytorch_model.bin`.
@@ -391,7 +424,7 @@ def load_pretrained(checkpoint_dir: str, init_params: dict, *, log=logging.info)
         UserError: see `load_config`, `load_state_dict` and `merge_pretrained`.
     """
     config = load_config(checkpoint_dir)
-    pretrained, ignored = hf_to_flax(load_state_dict(checkpoint_dir))
+    pretrained, ignored = hf_to_flax(load_state_dict(checkpoint_dir), families.of(config))
     if ignored:
         shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
         log(f"ignoring {len(ignored)} checkpoint tensor(s) this model does not use: {shown}")

@@ -23,18 +23,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxft.models.bert import _ACTIVATIONS, BertConfig, BertEncoder, _dense, _layer_norm, weight_init
+from jaxft.models import families
+from jaxft.models.bert import _ACTIVATIONS, BertConfig, _dense, _layer_norm, weight_init
+from jaxft.models.bert import classifier as _classifier
 from jaxft.models.dropout import Dropout
-
-
-def _classifier(num_labels: int, config: BertConfig, dtype) -> nn.Dense:
-    return nn.Dense(
-        num_labels,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=weight_init(config),
-        name="classifier",
-    )
 
 
 class EncoderHead(nn.Module):
@@ -50,16 +42,20 @@ class EncoderHead(nn.Module):
         remat: passed to `BertEncoder`.
     """
 
-    config: BertConfig
+    config: Any
     num_labels: int
     dtype: Any = jnp.float32
     classifier_dropout: float | None = None
     attention_impl: str | None = None
     remat: bool = False
 
-    def encoder(self, add_pooling_layer: bool) -> BertEncoder:
-        """The encoder submodule `bert` (call from the head's compact `__call__`)."""
-        return BertEncoder(
+    @property
+    def family(self) -> families.Family:
+        return families.of(self.config)
+
+    def encoder(self, add_pooling_layer: bool) -> nn.Module:
+        """The family's encoder as the submodule `bert` (call from the head's compact `__call__`)."""
+        return self.family.encoder(
             self.config,
             self.dtype,
             self.attention_impl,
@@ -73,11 +69,27 @@ class EncoderHead(nn.Module):
         rate = self.config.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
         return Dropout(rate)(x, deterministic=deterministic)
 
+    def sequence_logits(self, input_ids, attention_mask, token_type_ids, deterministic: bool):
+        """The encoder, then the family's sequence-classification head (`Family.sequence_head`)."""
+        family = self.family
+        hidden, pooled = self.encoder(add_pooling_layer=family.pooled_head)(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic, first_token_only=True
+        )
+        return family.sequence_head(
+            self.config,
+            hidden,
+            pooled,
+            num_labels=self.num_labels,
+            dtype=self.dtype,
+            classifier_dropout=self.classifier_dropout,
+            deterministic=deterministic,
+        )
+
 
 class SequenceClassifier(EncoderHead):
-    """Pooled output -> dropout -> Dense(num_labels), as `BertForSequenceClassification`.
+    """The family's `*ForSequenceClassification`: for BERT, pooled output -> dropout -> Dense(num_labels).
 
-    The pooler reads only [CLS], so the encoder's last layer is computed at that position alone
+    The heads read only the first token, so the encoder's last layer is computed at that position alone
     (`BertEncoder`'s `first_token_only`): the same logits with less work.
 
     Attributes: as `EncoderHead`.
@@ -96,13 +108,7 @@ class SequenceClassifier(EncoderHead):
         Returns:
             `[B, num_labels]` float32 logits.
         """
-        encoder = self.encoder(add_pooling_layer=True)
-        _, pooled = encoder(
-            input_ids, attention_mask, token_type_ids, deterministic=deterministic, first_token_only=True
-        )
-        logits = _classifier(self.num_labels, self.config, self.dtype)(self.dropout(pooled, deterministic))
-        # Losses and metrics want float32 even when the encoder runs in bfloat16.
-        return logits.astype(jnp.float32)
+        return self.sequence_logits(input_ids, attention_mask, token_type_ids, deterministic)
 
 
 class TokenClassifier(EncoderHead):
@@ -130,7 +136,7 @@ class SpanExtractor(EncoderHead):
     """Sequence output -> Dense(2) (`qa_outputs`) at every position, as `BertForQuestionAnswering`.
 
     Attributes: as `EncoderHead` (`num_labels` is 2: start and end; `classifier_dropout` is unused: Hugging
-    Face has no dropout before this head).
+    Face has no dropout before this head but DistilBERT's, at the config's `qa_dropout`).
     """
 
     num_labels: int = 2
@@ -140,6 +146,7 @@ class SpanExtractor(EncoderHead):
         """Computes `[B, L, 2]` float32 start (`[..., 0]`) and end (`[..., 1]`) logits."""
         encoder = self.encoder(add_pooling_layer=False)
         hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
+        hidden = Dropout(self.config.qa_dropout)(hidden, deterministic=deterministic)  # DistilBERT's
         head = nn.Dense(
             self.num_labels,
             dtype=self.dtype,
@@ -256,17 +263,14 @@ class RelationClassifier(EncoderHead):
             raise ValueError(f"pooling {self.pooling!r} is not 'markers' or 'cls'")
         if self.pooling == "markers" and min(self.marker_ids) < 0:
             raise ValueError("pooling 'markers' needs the token ids of [E1] and [E2] (marker_ids)")
-        cls = self.pooling == "cls"
-        encoder = self.encoder(add_pooling_layer=cls)
-        hidden, pooled = encoder(
-            input_ids, attention_mask, token_type_ids, deterministic=deterministic, first_token_only=cls
+        if self.pooling == "cls":
+            return self.sequence_logits(input_ids, attention_mask, token_type_ids, deterministic)
+        hidden, _ = self.encoder(add_pooling_layer=False)(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic
         )
-        if cls:
-            pair = pooled
-        else:
-            is_marker = input_ids[:, :, None] == jnp.asarray(self.marker_ids, input_ids.dtype)  # [B, L, 2]
-            positions = jnp.argmax(is_marker, axis=1)  # [B, 2]: each marker's first position
-            starts = jnp.take_along_axis(hidden, positions[:, :, None], axis=1)  # [B, 2, H]
-            pair = starts.reshape(starts.shape[0], -1)  # [B, 2H]: head start, then tail start
+        is_marker = input_ids[:, :, None] == jnp.asarray(self.marker_ids, input_ids.dtype)  # [B, L, 2]
+        positions = jnp.argmax(is_marker, axis=1)  # [B, 2]: each marker's first position
+        starts = jnp.take_along_axis(hidden, positions[:, :, None], axis=1)  # [B, 2, H]
+        pair = starts.reshape(starts.shape[0], -1)  # [B, 2H]: head start, then tail start
         pair = self.dropout(pair, deterministic)
         return _classifier(self.num_labels, self.config, self.dtype)(pair).astype(jnp.float32)

@@ -29,8 +29,8 @@ from flax import traverse_util
 
 from jaxft.data import batching, readers, tokenize
 from jaxft.errors import UserError
-from jaxft.models import convert
-from jaxft.models.bert import BertConfig, BertEncoder
+from jaxft.models import convert, families
+from jaxft.models.bert import BertConfig
 
 # Tasks whose targets are one class id per example, so "k per class" means something.
 K_SHOT_TASKS = ("classification", "pet", "relation")
@@ -95,15 +95,15 @@ def k_shot_subset(
 
 
 # ---- sentence embeddings -----------------------------------------------------------------------------------
-def encoder(bert_config: BertConfig) -> BertEncoder:
-    """The encoder without its pooler: sentence embeddings pool every position, not [CLS]."""
-    return BertEncoder(bert_config, add_pooling_layer=False)
+def encoder(bert_config, name: str | None = None) -> nn.Module:
+    """The config's family's encoder without its pooler: sentence embeddings pool every position."""
+    return families.of(bert_config).encoder(bert_config, add_pooling_layer=False, name=name)
 
 
 def load_encoder(checkpoint_dir: str) -> tuple[dict, BertConfig]:
-    """The encoder parameters (no pooler) and config of a Hugging Face BERT checkpoint directory."""
+    """The encoder parameters (no pooler) and config of a Hugging Face checkpoint directory."""
     bert_config = convert.load_config(checkpoint_dir)
-    pretrained, _ = convert.hf_to_flax(convert.load_state_dict(checkpoint_dir))
+    pretrained, _ = convert.read_pretrained(checkpoint_dir)
     bert = {name: tree for name, tree in pretrained["bert"].items() if name != "pooler"}
     dummy = jnp.zeros((1, 8), jnp.int32)
     shapes = jax.eval_shape(encoder(bert_config).init, jax.random.key(0), dummy, jnp.ones_like(dummy))
@@ -253,7 +253,7 @@ class PairEncoder(nn.Module):
     def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True):
         pairs, _, length = input_ids.shape
         flat = lambda x: x.reshape(2 * pairs, length)  # noqa: E731  (first, second, first, ...)
-        hidden, _ = BertEncoder(self.config, add_pooling_layer=False, name="bert")(
+        hidden, _ = encoder(self.config, name="bert")(
             flat(input_ids), flat(attention_mask), flat(token_type_ids), deterministic=deterministic
         )
         embeddings = l2_normalize(mean_pool(hidden.astype(jnp.float32), flat(attention_mask)))

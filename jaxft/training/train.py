@@ -25,7 +25,7 @@ from jaxft import config as config_lib
 from jaxft.data import labels as labels_lib
 from jaxft.data import tokenize
 from jaxft.errors import UserError
-from jaxft.models import convert
+from jaxft.models import convert, families
 from jaxft.models.bert import SHAPE_FIELDS, BertConfig
 from jaxft.strategies import checks as strategy_checks
 from jaxft.strategies import peft as peft_lib
@@ -197,8 +197,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     bert_config = _bert_config(config, tokenizer)
     grown = convert.vocab_size_with(tokenizer, task_tokens, bert_config.vocab_size)
     bert_config = dataclasses.replace(bert_config, vocab_size=grown)
-    tokenize.check_max_seq_length(config.data.max_seq_length, bert_config.max_position_embeddings)
-    strategy_checks.check_positions(config, bert_config.max_position_embeddings)
+    tokenize.check_max_seq_length(config.data.max_seq_length, bert_config.max_positions)
+    strategy_checks.check_positions(config, bert_config.max_positions)
     tokenize.check_fits_model(
         tokenizer, bert_config.vocab_size, bert_config.pad_token_id, f"{tokenizer_key}={tokenizer_dir}"
     )
@@ -227,7 +227,12 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     pretrained = None
     if checkpoint_dir:
         mlm = task.head == "mlm"
-        pretrained, ignored = convert.hf_to_flax(convert.load_state_dict(checkpoint_dir), mlm_head=mlm)
+        if mlm and not families.of(bert_config).masked_lm:
+            raise UserError(
+                f"task.name={task.name!r} needs a masked-LM head, which jaxft reads from BERT checkpoints "
+                f"only (model_type {bert_config.model_type!r})"
+            )
+        pretrained, ignored = convert.read_pretrained(checkpoint_dir, mlm_head=mlm)
         if mlm and not convert.has_mlm_head(pretrained):
             raise UserError(
                 f"model.checkpoint has no masked-LM head (cls.predictions.*): task.name={task.name!r} "

@@ -17,6 +17,8 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from flax import traverse_util
 
 from jaxft import config as config_lib
 from jaxft import files
@@ -73,7 +75,7 @@ def base_params(config: ml_collections.ConfigDict, model) -> dict:
     checkpoint_dir = config_lib.expand_path(config.model.checkpoint)
     pretrained = None
     if checkpoint_dir:
-        pretrained, _ = convert.hf_to_flax(convert.load_state_dict(checkpoint_dir))
+        pretrained, _ = convert.read_pretrained(checkpoint_dir)
     return initial_params(config, pretrained, model)
 
 
@@ -121,17 +123,15 @@ def initial_params(config: ml_collections.ConfigDict, pretrained: dict | None, m
         if "pooler" not in params["bert"] and "pooler" in pretrained.get("bert", {}):
             logging.info("This task's head has no pooler: the checkpoint's bert.pooler is not used")
             pretrained["bert"] = {k: v for k, v in pretrained["bert"].items() if k != "pooler"}
-        head = pretrained.get("classifier")
-        if head is not None and "classifier" not in params:
-            logging.info("The checkpoint's classifier is not used: this task's head is another")
-            del pretrained["classifier"]
-        elif head is not None and head["kernel"].shape[-1] != params["classifier"]["kernel"].shape[-1]:
-            logging.info(
-                "The checkpoint's classifier has %d labels, this task %d: the head starts anew",
-                head["kernel"].shape[-1],
-                params["classifier"]["kernel"].shape[-1],
-            )
-            del pretrained["classifier"]
+        for group in [name for name in pretrained if name not in ("bert", "cls")]:  # a fine-tuned head
+            if group not in params:
+                logging.info("The checkpoint's %s is not used: this task's head is another", group)
+                del pretrained[group]
+            elif _shapes(pretrained[group]) != _shapes(params[group]):
+                logging.info(
+                    "The checkpoint's %s has other shapes (labels) than this task's: it starts anew", group
+                )
+                del pretrained[group]
         try:
             params = convert.merge_pretrained(params, pretrained)
         except UserError as error:
@@ -145,3 +145,7 @@ def initial_params_shape(model, config):
     """The parameter tree's shapes, for restoring into (no computation)."""
     dummy = jnp.zeros((1, min(8, config.data.max_seq_length)), jnp.int32)
     return model.init(jax.random.key(config.seed), dummy, jnp.ones_like(dummy), dummy)["params"]
+
+
+def _shapes(tree) -> dict:
+    return {path: tuple(np.shape(leaf)) for path, leaf in traverse_util.flatten_dict(dict(tree)).items()}
