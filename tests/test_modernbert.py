@@ -1,6 +1,8 @@
 """Tests for jaxft.models.modernbert: parity with PyTorch transformers (eager attention), the sliding window,
 both poolings, conversion, dropout, bf16, the PEFT hooks and gradients."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,7 @@ from jaxft.models.modernbert import (
     hf_to_flax,
     sequence_head,
 )
-from jaxft.strategies.peft import PeftConfig, wrap
+from jaxft.strategies.peft import PeftConfig, merge_lora, wrap
 
 # Odd sizes (vocab 99, intermediate 37) catch swapped dimensions; a window of 4 (2 each side) is far shorter
 # than the 13-token rows, and every other layer of three is global (0 and 2).
@@ -118,8 +120,11 @@ def test_window_mask_equals_dot_product_attention_local_window():
     w = ModernBertConfig(**TINY).sliding_window
     pos = jnp.arange(11)
     mask = (jnp.abs(pos[:, None] - pos[None, :]) <= w)[None, None]
-    expected = jax.nn.dot_product_attention(q, k, v, local_window_size=(w, w), implementation="xla")
-    np.testing.assert_allclose(softmax_attention(q, k, v, mask), expected, rtol=0, atol=1e-6)
+    attend = jax.jit(
+        functools.partial(jax.nn.dot_product_attention, local_window_size=(w, w), implementation="xla")
+    )
+    out = jax.jit(softmax_attention)(q, k, v, mask)
+    np.testing.assert_allclose(out, attend(q, k, v), rtol=0, atol=1e-6)
 
 
 def test_cudnn_leaves_local_layers_to_the_softmax_path():
@@ -140,10 +145,11 @@ class _Classifier(nn.Module):
     config: ModernBertConfig
     num_labels: int
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, ids, mask, deterministic=True):
-        hidden, pooled = ModernBertEncoder(self.config, self.dtype, name="bert")(
+        hidden, pooled = ModernBertEncoder(self.config, self.dtype, remat=self.remat, name="bert")(
             ids, mask, deterministic=deterministic
         )
         return sequence_head(
@@ -266,32 +272,27 @@ def test_bfloat16_compute_keeps_float32_params():
     np.testing.assert_allclose(np.asarray(seq16, np.float32)[valid], np.asarray(seq32)[valid], atol=5e-2)
 
 
-def test_remat_computes_the_same_function_and_gradients():
-    config = ModernBertConfig(**TINY)
-    ids, mask = _batch()
-    variables = ModernBertEncoder(config).init(jax.random.key(0), ids, mask)
-
-    def loss(params, remat):
-        return jnp.sum(ModernBertEncoder(config, remat=remat).apply({"params": params}, ids, mask)[0] ** 2)
-
-    value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-    plain, rematted = (value_and_grad(variables["params"], r) for r in (False, True))
-    np.testing.assert_allclose(rematted[0], plain[0], rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), rematted[1], plain[1])
-
-
-def test_gradients_reach_every_parameter():
+def test_gradients_reach_every_parameter_and_remat_gives_the_same():
     config = ModernBertConfig(
         **TINY, norm_bias=True, attention_bias=True, mlp_bias=True, classifier_bias=True
     )
     ids, mask = _batch()
-    model = _Classifier(config, 3)
-    params = model.init(jax.random.key(0), ids, mask)["params"]
-    grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, ids, mask) * jnp.arange(1.0, 4.0)))(params)
+    params = _Classifier(config, 3).init(jax.random.key(0), ids, mask)["params"]
+
+    def loss(p, remat):  # the labels weighted apart, so no logit's gradient cancels another's
+        return jnp.sum(
+            _Classifier(config, 3, remat=remat).apply({"params": p}, ids, mask) * jnp.arange(1.0, 4.0)
+        )
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+
+    (loss, grads), (remat_loss, remat_grads) = (value_and_grad(params, r) for r in (False, True))
     flat = {"/".join(k): np.asarray(v) for k, v in _flatten(grads).items()}
     assert "bert/layers_0/attn_norm/scale" not in flat and "bert/layers_1/attn_norm/scale" in flat
     for name, g in flat.items():
         assert np.isfinite(g).all() and np.abs(g).max() > 0, name
+    np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), remat_grads, grads)
 
 
 def _flatten(tree):
@@ -341,7 +342,8 @@ def _merge(params, base):
 def test_lora_adapts_the_fused_qkv_projection():
     config = ModernBertConfig(**TINY)
     ids, mask = _batch()
-    model = wrap(ModernBertEncoder(config), PeftConfig(method="lora", lora_targets=("qkv",), lora_rank=2))
+    peft = PeftConfig(method="lora", lora_targets=("qkv",), lora_rank=2)
+    model = wrap(ModernBertEncoder(config), peft)
     params = model.init(jax.random.key(1), ids, mask)["params"]
     lora = params["layers_1"]["attn"]["Wqkv_lora"]
     assert lora["lora_b"].shape == (2, 3 * 32) and set(params["layers_1"]["attn"]) == {
@@ -351,7 +353,14 @@ def test_lora_adapts_the_fused_qkv_projection():
     }
     before = model.apply({"params": params}, ids, mask)[0]
     params["layers_1"]["attn"]["Wqkv_lora"]["lora_b"] = jnp.full((2, 96), 0.05)
-    assert not np.allclose(model.apply({"params": params}, ids, mask)[0], before)
+    adapted = model.apply({"params": params}, ids, mask)[0]
+    assert not np.allclose(adapted, before)
+    # merge_lora folds the path into the fused kernel: the plain encoder then computes the adapted function.
+    merged = merge_lora(params, peft)
+    assert set(merged["layers_1"]["attn"]) == {"Wqkv", "Wo"}
+    np.testing.assert_allclose(
+        ModernBertEncoder(config).apply({"params": merged}, ids, mask)[0], adapted, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("method", ["prompt", "prefix"])
