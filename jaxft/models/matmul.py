@@ -100,11 +100,14 @@ class CpuDense(nn.Dense):
         return _dense(inputs.astype(dtype), kernel.astype(jnp.float32), bias.astype(jnp.float32))
 
 
-def dense(features: int, dtype, kernel_init, name: str) -> nn.Dense:
+def dense(features: int, dtype, kernel_init, name: str, *, use_bias: bool = True) -> nn.Dense:
     """A Dense layer with float32 parameters computing in `dtype`: `CpuDense` on CPU for float32 and bf16.
 
     On other backends, and for other dtypes, Flax's `Dense` (`jaxft.backend.cpu_forms` decides).
+    `use_bias=False` leaves the bias out (no `bias` parameter), as a PyTorch `Linear(..., bias=False)`.
     """
     dtype = jnp.float32 if dtype is None else dtype
     cls = CpuDense if jnp.dtype(dtype) in _DTYPES and backend.cpu_forms() else nn.Dense
-    return cls(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init, name=name)
+    return cls(
+        features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init, name=name
+    )
