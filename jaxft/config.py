@@ -23,7 +23,8 @@ TASKS = ("classification", "regression", "multilabel", "ner", "qa", "pet", "rela
 SOFTMAX_TASKS = ("classification", "pet", "relation")  # one [B, classes] row of exclusive classes per example
 PEFT_METHODS = ("none", "bitfit", "lora", "adapter", "prompt", "prefix")
 # Dense layers of a BERT layer that LoRA can adapt, by the name `peft.lora_targets` uses.
-LORA_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
+# "qkv" is the fused query-key-value projection of the families that have one (ModernBERT).
+LORA_TARGETS = ("query", "key", "value", "qkv", "attention_output", "intermediate", "output")
 ADVERSARIAL_METHODS = ("none", "fgm", "pgd", "freelb")
 AUGMENT_OPS = ("synonym", "insert", "swap", "delete")  # EDA's four operations
 # Tasks whose examples are whole texts with one target: changing words keeps the target meaningful. NER

@@ -53,16 +53,18 @@ def export(workdir: str, out: str) -> str:
         )
     params = dict(peft_lib.merge_lora(run.params, peft))  # LoRA folded into the kernels
     qa_head = params.pop("qa_outputs", None)
-    if qa_head is not None:  # converted as a classifier, then named as BertForQuestionAnswering names it
+    if qa_head is not None:  # converted as a classifier, then named as the family's QA class names it
         params["classifier"] = qa_head
     tensors = convert.flax_to_hf(params, family)
     if qa_head is not None:
-        tensors = {name.replace("classifier.", "qa_outputs.", 1): value for name, value in tensors.items()}
+        qa = family.qa_name + "."
+        tensors = {name.replace("classifier.", qa, 1): value for name, value in tensors.items()}
     config = {
         **run.bert_config.to_hf_dict(),
         **tasks.from_config(run.config).export_config(run.label_names),
-        "classifier_dropout": run.config.model.classifier_dropout,
     }
+    if run.config.model.classifier_dropout is not None:  # else the family's own default stays
+        config["classifier_dropout"] = run.config.model.classifier_dropout
     # The tasks name BERT's classes; the family's have the same suffixes (RobertaForTokenClassification).
     config["architectures"] = [
         family.class_prefix + name.removeprefix("Bert") for name in config["architectures"]

@@ -618,3 +618,11 @@ def sequence_head(config, hidden, pooled, *, num_labels, dtype, classifier_dropo
     rate = config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
     x = Dropout(rate)(pooled, deterministic=deterministic)
     return classifier(num_labels, config, dtype)(x).astype(jnp.float32)
+
+
+def token_head(config, hidden, *, num_labels, dtype, rate, deterministic, name):
+    """The head of `BertForTokenClassification` and `BertForQuestionAnswering` at every position: dropout at
+    `rate` (None: the hidden dropout), then the projection `name`. Call inside a parent's compact
+    `__call__`; float32 logits."""
+    x = Dropout(config.hidden_dropout_prob if rate is None else rate)(hidden, deterministic=deterministic)
+    return classifier(num_labels, config, dtype, name)(x).astype(jnp.float32)

@@ -236,6 +236,10 @@ def hf_to_flax(
         UserError: with `mlm_head`, a decoder weight that is not the word embedding matrix (untied).
     """
     family = family or families.named("bert")
+    if family.converter is not None:
+        if mlm_head:
+            raise UserError(f"jaxft reads no masked-LM head of model_type {family.model_type!r}")
+        return family.converter.hf_to_flax(state_dict)
     flat, ignored = {}, []
     for name, value in state_dict.items():
         if mlm_head and name in _MLM_NAMES:
@@ -338,6 +342,8 @@ def flax_to_hf(params: dict, family=None) -> dict[str, np.ndarray]:
         UserError: a top-level key the family's classes have no place for.
     """
     family = family or families.named("bert")
+    if family.converter is not None:
+        return family.converter.flax_to_hf(params)
     unknown = sorted(set(params) - {"bert", "cls", *_HEAD_ROOTS})
     if unknown:
         raise UserError(

@@ -99,6 +99,10 @@ class DebertaV2Config:
 
     model_type: ClassVar[str] = "deberta-v2"
 
+    @property
+    def max_positions(self) -> int:
+        return self.max_position_embeddings
+
     vocab_size: int = 128100
     hidden_size: int = 1536
     num_hidden_layers: int = 24

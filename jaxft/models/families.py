@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable
 
 from jaxft.errors import UserError
-from jaxft.models import bert, distilbert, electra, roberta
+from jaxft.models import bert, deberta, distilbert, electra, modernbert, roberta
 
 
 def _same(name: str) -> str:
@@ -39,6 +39,13 @@ class Family:
             names and back.
         masked_lm: whether the family's checkpoints carry a masked-LM head jaxft reads (prompt-based
             classification needs one).
+        converter: a module with the family's own `hf_to_flax(state_dict)` and `flax_to_hf(params)`, for
+            families whose tree is not BERT's (None: BERT's conversion, through the renames above).
+        token_head: `f(config, hidden, *, num_labels, dtype, rate, deterministic, name)`, the head of the
+            token classification and question answering classes over every position.
+        qa_name: the name of the question-answering projection in the family's transformers class.
+        prefix_tuning: whether the attention takes extra keys and values (`extend_keys_values`).
+        dropout_fields: the config fields `model.hidden_dropout` and `model.attention_dropout` set.
     """
 
     config: type
@@ -50,6 +57,14 @@ class Family:
     to_bert_name: Callable[[str], str] = _same
     from_bert_name: Callable[[str], str] = _same
     masked_lm: bool = False
+    converter: object = None
+    token_head: Callable = bert.token_head
+    qa_name: str = "qa_outputs"
+    prefix_tuning: bool = True
+    dropout_fields: tuple[tuple[str, ...], tuple[str, ...]] = (
+        ("hidden_dropout_prob",),
+        ("attention_probs_dropout_prob",),
+    )
 
     @property
     def model_type(self) -> str:
@@ -71,6 +86,27 @@ FAMILIES = {
             distilbert.sequence_head,
             to_bert_name=distilbert.to_bert_name,
             from_bert_name=distilbert.from_bert_name,
+        ),
+        Family(
+            deberta.DebertaV2Config,
+            deberta.DebertaV2Encoder,
+            "deberta",
+            "DebertaV2",
+            deberta.sequence_head,
+            converter=deberta,
+            prefix_tuning=False,
+        ),
+        Family(
+            modernbert.ModernBertConfig,
+            modernbert.ModernBertEncoder,
+            "model",
+            "ModernBert",
+            modernbert.sequence_head,
+            pooled_head=True,
+            converter=modernbert,
+            token_head=modernbert.token_head,
+            qa_name="classifier",
+            dropout_fields=(("embedding_dropout", "mlp_dropout"), ("attention_dropout",)),
         ),
     )
 }

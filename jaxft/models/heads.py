@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxft.models import families
-from jaxft.models.bert import _ACTIVATIONS, BertConfig, _dense, _layer_norm, weight_init
+from jaxft.models.bert import _ACTIVATIONS, BertConfig, _dense, _layer_norm
 from jaxft.models.bert import classifier as _classifier
 from jaxft.models.dropout import Dropout
 
@@ -128,8 +128,15 @@ class TokenClassifier(EncoderHead):
         """
         encoder = self.encoder(add_pooling_layer=False)
         hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
-        hidden = self.dropout(hidden, deterministic)
-        return _classifier(self.num_labels, self.config, self.dtype)(hidden).astype(jnp.float32)
+        return self.family.token_head(
+            self.config,
+            hidden,
+            num_labels=self.num_labels,
+            dtype=self.dtype,
+            rate=self.classifier_dropout,
+            deterministic=deterministic,
+            name="classifier",
+        )
 
 
 class SpanExtractor(EncoderHead):
@@ -146,15 +153,15 @@ class SpanExtractor(EncoderHead):
         """Computes `[B, L, 2]` float32 start (`[..., 0]`) and end (`[..., 1]`) logits."""
         encoder = self.encoder(add_pooling_layer=False)
         hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
-        hidden = Dropout(self.config.qa_dropout)(hidden, deterministic=deterministic)  # DistilBERT's
-        head = nn.Dense(
-            self.num_labels,
+        return self.family.token_head(
+            self.config,
+            hidden,
+            num_labels=self.num_labels,
             dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=weight_init(self.config),
+            rate=getattr(self.config, "qa_dropout", 0.0),  # BERT's QA head has no dropout; DistilBERT's has
+            deterministic=deterministic,
             name="qa_outputs",
         )
-        return head(hidden).astype(jnp.float32)
 
 
 class MlmTransform(nn.Module):

@@ -183,6 +183,15 @@ class ModernBertConfig:
         return self.embedding_dropout
 
     @property
+    def qa_dropout(self) -> float:
+        """The dropout before the question-answering projection: `classifier_dropout`, as transformers."""
+        return self.classifier_dropout
+
+    @property
+    def max_positions(self) -> int:
+        return self.max_position_embeddings
+
+    @property
     def attention_probs_dropout_prob(self) -> float:
         return self.attention_dropout
 
@@ -578,6 +587,16 @@ def sequence_head(
     x = Dropout(rate)(x, deterministic=deterministic)
     classifier = matmul.dense(num_labels, dtype, _init(config, config.hidden_size**-0.5), "classifier")
     return classifier(x).astype(jnp.float32)
+
+
+def token_head(config: ModernBertConfig, hidden, *, num_labels, dtype, rate, deterministic, name):
+    """The head of `ModernBertForTokenClassification` and `ModernBertForQuestionAnswering` at every position:
+    `head` -> dropout (`rate`, None: `config.classifier_dropout`) -> the projection `name`. Call inside a
+    parent's compact `__call__`; float32 logits."""
+    x = ModernBertPredictionHead(config, dtype, name="head")(hidden)
+    x = Dropout(config.classifier_dropout if rate is None else rate)(x, deterministic=deterministic)
+    projection = matmul.dense(num_labels, dtype, _init(config, config.hidden_size**-0.5), name)
+    return projection(x).astype(jnp.float32)
 
 
 # ---- checkpoint conversion ------------------------------------------------------------------------------

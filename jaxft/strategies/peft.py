@@ -39,7 +39,8 @@ from jaxft.models.peft import Adapter, LoraDelta, PeftModel, wrap  # noqa: F401 
 
 METHODS = config_lib.PEFT_METHODS
 LORA_TARGETS = config_lib.LORA_TARGETS  # Dense layers of a BERT layer that LoRA can adapt
-HEADS = ("classifier", "qa_outputs", "cls")  # top-level parameter groups of task heads: they always train
+# Top-level parameter groups of task heads, in every family's names: they always train.
+HEADS = ("classifier", "pre_classifier", "head", "qa_outputs", "cls")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,7 @@ class PeftConfig:
         if self.method == "lora":
             return any(name.endswith("_lora") for name in path)
         if self.method == "adapter":
-            return "adapter" in path or "LayerNorm" in path
+            return "adapter" in path or any(name == "LayerNorm" or name.endswith("norm") for name in path)
         if self.method == "prompt":
             return path[-1] == "prompt_embeddings"
         return path[-1] in ("prefix_key", "prefix_value")  # prefix
@@ -173,7 +174,8 @@ def init_prompt_from_vocab(params: dict, seed: int) -> dict:
     embeddings = params["bert"]["embeddings"]
     if "prompt_embeddings" not in embeddings:
         return params
-    words = np.asarray(embeddings["word_embeddings"]["embedding"])
+    table = "word_embeddings" if "word_embeddings" in embeddings else "tok_embeddings"  # ModernBERT's name
+    words = np.asarray(embeddings[table]["embedding"])
     rows = np.random.default_rng(seed).choice(len(words), embeddings["prompt_embeddings"].shape[0], False)
     params = jax.tree.map(lambda x: x, params)  # a copy of the dict structure; arrays are not copied
     params["bert"]["embeddings"]["prompt_embeddings"] = words[rows].copy()

@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxft import backend, tasks
+from jaxft.errors import UserError
+from jaxft.models import families
 from jaxft.models.bert import BertConfig
 from jaxft.models.heads import (
     MaskedLMClassifier,
@@ -48,4 +50,22 @@ def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num
         attention_impl=attention,
         remat=config.model.remat,
     )
-    return peft_lib.wrap(model, peft_lib.from_config(config))
+    peft = peft_lib.from_config(config)
+    check_peft(peft, families.of(bert_config))
+    return peft_lib.wrap(model, peft)
+
+
+def check_peft(peft: peft_lib.PeftConfig, family: families.Family) -> None:
+    """Refuses, in one line, a PEFT method the family's encoder cannot take (it would change nothing)."""
+    if peft.method == "prefix" and not family.prefix_tuning:
+        raise UserError(
+            f"peft.method='prefix' is not supported for model_type {family.model_type!r}: its attention "
+            "scores depend on each key's relative position, which prefix vectors do not have"
+        )
+    if peft.method == "lora":
+        missing = [t for t in peft.lora_targets if t not in family.encoder.dense_targets]
+        if missing:
+            raise UserError(
+                f"peft.lora_targets {missing[0]!r} names no layer of model_type {family.model_type!r}; "
+                f"its targets are {', '.join(family.encoder.dense_targets)}"
+            )

@@ -60,10 +60,9 @@ def _bert_config(config: ml_collections.ConfigDict, tokenizer) -> BertConfig:
         bert_config = convert.load_config(config_lib.expand_path(config.model.checkpoint))
     else:
         bert_config = BertConfig(vocab_size=len(tokenizer), **config.model.random_init.to_dict())
-    overrides = {
-        "hidden_dropout_prob": config.model.hidden_dropout,
-        "attention_probs_dropout_prob": config.model.attention_dropout,
-    }
+    hidden_fields, attention_fields = families.of(bert_config).dropout_fields
+    overrides = {name: config.model.hidden_dropout for name in hidden_fields}
+    overrides.update({name: config.model.attention_dropout for name in attention_fields})
     return dataclasses.replace(bert_config, **{k: v for k, v in overrides.items() if v is not None})
 
 
