@@ -43,14 +43,13 @@ def export(workdir: str, out: str) -> str:
         raise UserError(f"--out {out}: exists and is not an empty directory (choose a new one)")
     saved = trained.saved_config(workdir)
     peft = peft_lib.from_config(saved) if saved is not None else peft_lib.PeftConfig()
-    run = load_run(workdir)
-    family = families.of(run.bert_config)
     if peft.method in ("adapter", "prompt", "prefix"):
         raise UserError(
-            f"peft.method={peft.method!r} adds layers or inputs that a plain Hugging Face "
-            f"{family.class_prefix} model lacks; use jaxft.predict with this workdir "
-            "(lora and bitfit runs export)"
+            f"peft.method={peft.method!r} adds layers or inputs that a plain Hugging Face model lacks; "
+            "use jaxft.predict with this workdir (lora and bitfit runs export)"
         )
+    run = load_run(workdir)
+    family = families.of(run.bert_config)
     params = dict(peft_lib.merge_lora(run.params, peft))  # LoRA folded into the kernels
     qa_head = params.pop("qa_outputs", None)
     if qa_head is not None:  # converted as a classifier, then named as the family's QA class names it

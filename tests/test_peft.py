@@ -25,7 +25,8 @@ from jaxft.training import optim, parallel, steps, train, trained
 from tests.helpers import init_params, tiny_bert
 
 CONFIG = tiny_bert(40, max_position_embeddings=40)
-LORA_ALL = PeftConfig(method="lora", lora_targets=peft_lib.LORA_TARGETS, lora_rank=4)
+BERT_TARGETS = tuple(BertEncoder.dense_targets)  # every Dense of a BERT layer
+LORA_ALL = PeftConfig(method="lora", lora_targets=BERT_TARGETS, lora_rank=4)
 
 
 def _inputs(batch=3, length=10, seed=0):
@@ -285,7 +286,7 @@ def test_optimizer_state_covers_only_the_trained_parameters():
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     """A finished tiny LoRA run on every Dense target, with a learning rate that moves B well off zero."""
-    config = _tiny("lora", lora_rank=2, lora_targets=peft_lib.LORA_TARGETS)
+    config = _tiny("lora", lora_rank=2, lora_targets=BERT_TARGETS)
     config.optimizer.learning_rate = 1e-2
     workdir = tmp_path_factory.mktemp("lora") / "run"
     final = train.train_and_evaluate(config, str(workdir))
@@ -345,7 +346,7 @@ def test_lora_delta_is_x_a_b_times_alpha_over_rank_in_numpy():
 
 def test_a_lora_model_equals_the_base_model_with_w_plus_a_b_alpha_over_r_kernels():
     """The reference is built in NumPy from the definition, not with `merge_lora` (code under test)."""
-    peft = PeftConfig(method="lora", lora_targets=peft_lib.LORA_TARGETS, lora_rank=4, lora_alpha=6.0)
+    peft = PeftConfig(method="lora", lora_targets=BERT_TARGETS, lora_rank=4, lora_alpha=6.0)
     model, base_model = peft_lib.wrap(SequenceClassifier(CONFIG, 3), peft), SequenceClassifier(CONFIG, 3)
     rng = np.random.default_rng(3)
     flat = {k: np.asarray(v) for k, v in _flatten(_init(model)).items()}
