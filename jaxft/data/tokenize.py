@@ -38,12 +38,16 @@ VOCABULARY_FILES = (
 _VOCAB_PADDING = 128
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, *, words: bool = False):
     """Loads a fast tokenizer from a local directory (never from the network).
 
     Args:
         path: Directory with tokenizer.json or vocab.txt plus tokenizer_config.json; environment variables
             and `~` are expanded.
+        words: the input comes split into words (NER). A byte-level BPE tokenizer (RoBERTa's) then puts the
+            space before each word that running text has there (`add_prefix_space=True`); without it every
+            word is encoded as if it began the text (`Smith` as `Sm ith`, not `ĠSmith`), pieces the model
+            rarely saw in pre-training.
 
     Returns:
         A `transformers` fast tokenizer.
@@ -66,6 +70,8 @@ def load_tokenizer(path: str):
         raise UserError(f"{path}: cannot load a tokenizer: {' '.join(str(e).split())}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"{path}: {type(tokenizer).__name__} is not a fast tokenizer; add a tokenizer.json")
+    if words and getattr(tokenizer, "add_prefix_space", None) is False:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, add_prefix_space=True)
     return tokenizer
 
 

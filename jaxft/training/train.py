@@ -191,7 +191,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     checkpoint_dir = config_lib.expand_path(config.model.checkpoint)
     tokenizer_key = "model.tokenizer" if config.model.tokenizer else "model.checkpoint"
     tokenizer_dir = config_lib.expand_path(config.model.tokenizer) or checkpoint_dir
-    tokenizer = tokenize.load_tokenizer(tokenizer_dir)
+    tokenizer = tokenize.load_tokenizer(tokenizer_dir, words=task.head == "token")
     task_tokens = task.prepare_tokenizer(tokenizer)  # relation: its entity markers, new rows of the vocab
     bert_config = _bert_config(config, tokenizer)
     grown = convert.vocab_size_with(tokenizer, task_tokens, bert_config.vocab_size)
