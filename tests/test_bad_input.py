@@ -224,12 +224,12 @@ def test_malformed_json_line(workdir, tmp_path, line):
 # ---- 8, 9: model ---------------------------------------------------------------------------------------
 
 
-def test_checkpoint_not_bert(workdir, tmp_path):
+def test_checkpoint_of_a_family_jaxft_does_not_read(workdir, tmp_path):
     gpt2 = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 50257, "n_embd": 768}
     checkpoint = tmp_path / "gpt2"
     write(checkpoint / "config.json", json.dumps(gpt2))
     message = fails(tiny_config(**{"model.checkpoint": str(checkpoint)}), workdir, str(checkpoint), "'gpt2'")
-    assert "BERT" in message
+    assert "is not supported; jaxft reads bert, deberta-v2, distilbert, electra, modernbert, roberta" in message
 
 
 def test_checkpoint_without_config_json(workdir, tmp_path):

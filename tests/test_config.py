@@ -111,3 +111,15 @@ def test_task_rules_and_what_applies_to_which_task(task, changes, message):
     with pytest.raises(UserError) as raised:
         config_lib.check(config)
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "variant", ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v3", "modernbert"]
+)
+def test_each_family_config_is_the_sst2_recipe_on_its_checkpoint(variant):
+    from configs import families, sst2
+
+    config = config_lib.check(families.get_config(variant))
+    recipe = sst2.get_config()
+    assert config.model.checkpoint == families.CHECKPOINTS[variant][0] != recipe.model.checkpoint
+    assert config.data == recipe.data and config.training == recipe.training

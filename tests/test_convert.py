@@ -130,7 +130,9 @@ def test_load_config_errors(tmp_path):
     (tmp_path / "config.json").write_text(
         json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
     )
-    with pytest.raises(UserError, match="model_type 'gpt2' is not supported; jaxft reads bert, deberta-v2, distilbert"):
+    with pytest.raises(
+        UserError, match="model_type 'gpt2' is not supported; jaxft reads bert, deberta-v2, distilbert"
+    ):
         load_config(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
     with pytest.raises(UserError, match="missing key.*vocab_size"):

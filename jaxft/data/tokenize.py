@@ -28,6 +28,7 @@ VOCABULARY_FILES = (
     "tokenizer.json",  # any fast tokenizer's full serialisation
     "vocab.txt",  # WordPiece (BERT, ELECTRA, DistilBERT)
     "spiece.model",  # SentencePiece (ALBERT, T5, XLNet)
+    "spm.model",  # SentencePiece (DeBERTa-v2/v3)
     "sentencepiece.bpe.model",  # SentencePiece BPE (XLM-R, CamemBERT)
     "tokenizer.model",  # SentencePiece under the name Llama-style checkpoints use
     ("vocab.json", "merges.txt"),  # byte-level BPE (RoBERTa, GPT-2)
@@ -71,7 +72,9 @@ def load_tokenizer(path: str, *, words: bool = False):
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"{path}: {type(tokenizer).__name__} is not a fast tokenizer; add a tokenizer.json")
     if words and getattr(tokenizer, "add_prefix_space", None) is False:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, add_prefix_space=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            path, local_files_only=True, add_prefix_space=True
+        )
     return tokenizer
 
 

@@ -510,6 +510,11 @@ def run_sequence(
         with the final parameters), "params" (the final tree; for "adapter" also "adapters": {head:
         adapter set}).
     """
+    if not isinstance(bert_config, BertConfig):  # the heads read BERT's pooler
+        raise UserError(
+            "continual learning runs on the families on BERT's layers, not model_type "
+            f"{bert_config.model_type!r}"
+        )
     seq = _start_sequence(tasks, config, bert_config, optimizer, pretrained, log)
     for i, task in enumerate(tasks):
         start = time.time()
