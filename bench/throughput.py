@@ -2,6 +2,7 @@
 
     python bench/throughput.py          # CPU: MiniLM, batch 32, seq 128, float32 and bf16 (~3 min)
     python bench/throughput.py --model base --batch 32 256 --dtype bfloat16 --impl jaxft   # e.g. on a GPU
+    python bench/throughput.py --family roberta --dtype float32    # a random MiniLM-sized RoBERTa
 
 --impl: "jaxft", "torch" (eager) and "torch.compile" (the model under torch.compile, the optimizer eager;
 its first step, the compile, is reported as compile_s). Prints one JSON line per measurement (impl, device,
@@ -63,20 +64,56 @@ def _batch(batch: int, seq_len: int, vocab: int) -> dict:
     }
 
 
-def _bert_config(model: str, checkpoint: str | None, attention_dropout: float | None = None):
+def _bert_config(model: str, checkpoint: str | None, attention_dropout: float | None = None, family="bert"):
     """The architecture (the checkpoint's for MiniLM when installed), with `attention_dropout` if given."""
     import dataclasses
 
-    config = _architecture(model, checkpoint)
+    from jaxft.models import families
+
+    config = _architecture(model, checkpoint, family)
     if attention_dropout is not None:
-        config = dataclasses.replace(config, attention_probs_dropout_prob=attention_dropout)
+        [field] = families.named(family).dropout_fields[1][:1]
+        config = dataclasses.replace(config, **{field: attention_dropout})
     return config
 
 
-def _architecture(model: str, checkpoint: str | None):
-    from jaxft.models import convert
+def hf_family_config(family: str, model: str):
+    """transformers' config of `family` (not BERT) at `model`'s sizes: random weights, the family's defaults
+    otherwise (DeBERTa as v3: relative positions only, 256 log buckets, shared keys)."""
+    import transformers
+
+    hidden, layers, heads, inter, vocab = MODELS[model]
+    sizes = dict(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter
+    )
+    extra = {
+        "roberta": {},
+        "xlm-roberta": {},
+        "electra": dict(embedding_size=hidden),
+        "distilbert": dict(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=inter),
+        "deberta-v2": dict(
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_buckets=256,
+            max_relative_positions=-1,
+            share_att_key=True,
+            position_biased_input=False,
+            type_vocab_size=0,
+            norm_rel_ebd="layer_norm",
+        ),
+        "modernbert": dict(pad_token_id=0, cls_token_id=1, sep_token_id=2, bos_token_id=1, eos_token_id=2),
+    }[family]
+    if family == "distilbert":
+        sizes = {}
+    return transformers.AutoConfig.for_model(family, vocab_size=vocab, **sizes, **extra)
+
+
+def _architecture(model: str, checkpoint: str | None, family: str = "bert"):
+    from jaxft.models import convert, families
     from jaxft.models.bert import BertConfig
 
+    if family != "bert":
+        return families.named(family).config.from_dict(hf_family_config(family, model).to_dict())
     if model == "minilm" and checkpoint:
         return convert.load_config(checkpoint)
     hidden, layers, heads, inter, vocab = MODELS[model]
@@ -89,7 +126,7 @@ def _architecture(model: str, checkpoint: str | None):
     )
 
 
-def jaxft_setup(model: str, dtype: str, checkpoint, attention_dropout):
+def jaxft_setup(model: str, dtype: str, checkpoint, attention_dropout, family: str = "bert"):
     """jaxft's classifier, its train state at step 0 (random init) and optimizer, and the vocabulary size:
     what `measure_jaxft` times (and `bench/profile_step.py` traces)."""
     import jax
@@ -100,7 +137,7 @@ def jaxft_setup(model: str, dtype: str, checkpoint, attention_dropout):
     from jaxft.training import optim
     from jaxft.training import steps as steps_lib
 
-    bert_config = _bert_config(model, checkpoint, attention_dropout)
+    bert_config = _bert_config(model, checkpoint, attention_dropout, family)
     attention = "cudnn" if jax.default_backend() == "gpu" and dtype == "bfloat16" else "xla"
     net = SequenceClassifier(
         bert_config,
@@ -115,14 +152,22 @@ def jaxft_setup(model: str, dtype: str, checkpoint, attention_dropout):
 
 
 def measure_jaxft(
-    model: str, batch: int, seq_len: int, dtype: str, steps: int, warmup: int, checkpoint, attention_dropout
+    model: str,
+    batch: int,
+    seq_len: int,
+    dtype: str,
+    steps: int,
+    warmup: int,
+    checkpoint,
+    attention_dropout,
+    family: str = "bert",
 ):
     import jax
 
     from jaxft.training import parallel
     from jaxft.training import steps as steps_lib
 
-    net, state, tx, vocab_size = jaxft_setup(model, dtype, checkpoint, attention_dropout)
+    net, state, tx, vocab_size = jaxft_setup(model, dtype, checkpoint, attention_dropout, family)
     devices = jax.devices()[:1]
     parallelism = parallel.Pmap(devices)  # the training loop's default path, on one device
     p_step = parallelism.train_step(steps_lib.train_step, model=net, tx=tx)
@@ -141,32 +186,39 @@ def measure_jaxft(
     return median, compile_s, (peak / 2**30 if peak else None), jax.default_backend()
 
 
-def torch_model_and_batch(model: str, batch: int, seq_len: int, checkpoint, attention_dropout, device: str):
+def torch_model_and_batch(
+    model: str, batch: int, seq_len: int, checkpoint, attention_dropout, device: str, family: str = "bert"
+):
     """The PyTorch peer's classifier on `device` and the random batch (token tensors, labels) it trains on."""
     import torch
     import transformers
 
-    config = _bert_config(model, checkpoint, attention_dropout)
-    hf = transformers.BertConfig(
-        **{k: v for k, v in config.to_hf_dict().items() if k != "model_type"}, num_labels=2
+    config = _bert_config(model, checkpoint, attention_dropout, family)
+    hf = transformers.AutoConfig.for_model(**config.to_hf_dict(), num_labels=2)
+    net = transformers.AutoModelForSequenceClassification.from_config(hf).to(device)
+    unused = (
+        ("weights",)
+        if "token_type_ids" in net.forward.__code__.co_varnames
+        else ("weights", "token_type_ids")
     )
-    net = transformers.BertForSequenceClassification(hf).to(device)
     data = {
         k: torch.tensor(v, dtype=torch.long, device=device)
         for k, v in _batch(batch, seq_len, config.vocab_size).items()
-        if k not in ("weights",)
+        if k not in unused
     }
     return net, data
 
 
-def torch_step(model: str, batch: int, seq_len: int, dtype: str, checkpoint, attention_dropout, compiled):
+def torch_step(
+    model: str, batch: int, seq_len: int, dtype: str, checkpoint, attention_dropout, compiled, family="bert"
+):
     """The PyTorch peer's training step (a no-argument function, synchronised on CUDA), its device, and the
     (model, batch) it trains (`torch_model_and_batch`)."""
     import torch
 
     torch.set_num_threads(os.cpu_count())
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    net, data = torch_model_and_batch(model, batch, seq_len, checkpoint, attention_dropout, device)
+    net, data = torch_model_and_batch(model, batch, seq_len, checkpoint, attention_dropout, device, family)
     # The GPU peers of the speed targets use fused AdamW; the CPU peer is pinned to the default (foreach) one.
     optimizer = torch.optim.AdamW(net.parameters(), lr=5e-5, fused=device == "cuda" or None)
     forward = torch.compile(net) if compiled else net  # "torch.compile": the first step compiles
@@ -207,11 +259,14 @@ def measure_torch(
     warmup: int,
     checkpoint,
     attention_dropout,
+    family: str = "bert",
     compiled: bool = False,
 ):
     import torch
 
-    step, device, _ = torch_step(model, batch, seq_len, dtype, checkpoint, attention_dropout, compiled)
+    step, device, _ = torch_step(
+        model, batch, seq_len, dtype, checkpoint, attention_dropout, compiled, family
+    )
     compile_s = seconds(step)
     median = median_seconds(step, warmup, steps)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
@@ -248,8 +303,9 @@ def measure(args, impl: str, batch: int, dtype: str) -> dict:
         dtype,
         args.steps,
         args.warmup,
-        common.minilm_checkpoint(),
+        common.minilm_checkpoint() if args.family == "bert" else None,
         args.attention_dropout,
+        args.family,
     )
     peak_tflops = args.peak_tflops or (CPU_PEAK_TFLOPS[dtype] if device == "cpu" else 792.0)
     seq_per_s = batch / step_s
@@ -257,6 +313,7 @@ def measure(args, impl: str, batch: int, dtype: str) -> dict:
         "impl": impl,
         "device": device,
         "model": args.model,
+        "family": args.family,
         "batch": batch,
         "seq_len": args.seq_len,
         "dtype": dtype,
@@ -266,7 +323,10 @@ def measure(args, impl: str, batch: int, dtype: str) -> dict:
         "tokens_per_s": round(seq_per_s * args.seq_len, 1),
         "step_ms": round(step_s * 1e3, 2),
         "compile_s": round(compile_s, 2),
-        "mfu": round(seq_per_s * flops_per_sequence(args.model, args.seq_len) / (peak_tflops * 1e12), 4),
+        # BERT's matmuls; other families' differ (ModernBERT's gated feed-forward, DeBERTa's position terms).
+        "mfu": round(seq_per_s * flops_per_sequence(args.model, args.seq_len) / (peak_tflops * 1e12), 4)
+        if args.family == "bert"
+        else None,
         "peak_mem_gib": round(peak, 2) if peak else None,
     }
 
@@ -276,7 +336,17 @@ def measure_in_subprocess(args, impl: str) -> list[dict]:
     arrive; its stderr passes through. A failed measurement ends this process too."""
     argv = [sys.executable, os.path.abspath(__file__), "--in-process", "--impl", impl]
     argv += ["--batch", *map(str, args.batch), "--dtype", *args.dtype]
-    flags = ("model", "seq_len", "steps", "warmup", "peak_tflops", "attention_dropout", "prng_impl", "out")
+    flags = (
+        "model",
+        "family",
+        "seq_len",
+        "steps",
+        "warmup",
+        "peak_tflops",
+        "attention_dropout",
+        "prng_impl",
+        "out",
+    )
     for flag in flags:
         if getattr(args, flag) is not None:
             argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
@@ -295,6 +365,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impl", nargs="+", default=["jaxft", "torch"], choices=list(IMPLS))
     parser.add_argument("--model", default="minilm", choices=sorted(MODELS))
+    parser.add_argument(
+        "--family",
+        default="bert",
+        choices=["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert"],
+        help="the encoder family, at --model's sizes (random weights but for MiniLM's BERT)",
+    )
     parser.add_argument("--batch", type=int, nargs="+", default=[32])
     parser.add_argument("--seq-len", type=int, default=128)
     dtypes = ["float32", "bfloat16"]
@@ -341,7 +417,7 @@ def main():
     for r in rows:
         print(
             f"{r['impl']:13} {r['device']:6} {r['dtype']:8} {r['batch']:5d} {r['seq_per_s']:9.2f} "
-            f"{r['step_ms']:9.2f} {r['compile_s']:9.2f} {r['mfu']:7.2%}"
+            f"{r['step_ms']:9.2f} {r['compile_s']:9.2f} {r['mfu'] or 0:7.2%}"
         )
     print(speed_ratios(rows), end="")
 
