@@ -229,7 +229,9 @@ def test_checkpoint_of_a_family_jaxft_does_not_read(workdir, tmp_path):
     checkpoint = tmp_path / "gpt2"
     write(checkpoint / "config.json", json.dumps(gpt2))
     message = fails(tiny_config(**{"model.checkpoint": str(checkpoint)}), workdir, str(checkpoint), "'gpt2'")
-    assert "is not supported; jaxft reads bert, deberta-v2, distilbert, electra, modernbert, roberta" in message
+    assert (
+        "is not supported; jaxft reads bert, deberta-v2, distilbert, electra, modernbert, roberta" in message
+    )
 
 
 def test_checkpoint_without_config_json(workdir, tmp_path):

@@ -248,3 +248,31 @@ def test_twenty_adamw_steps_match_pytorch(family):
         losses.append(float(metrics["loss"][0]))
     np.testing.assert_allclose(losses, torch_losses, atol=1e-4, rtol=0)
     assert losses[-1] < losses[0] - 0.1  # it trained: not two flat lines
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "distilbert"])
+def test_masked_lm_head_matches_transformers_and_names_round_trip(family):
+    from jaxft.models.heads import MaskedLMClassifier
+
+    torch_model = _torch_model(family, "ForMaskedLM")
+    ids, mask, types = _batch(family)
+    mask_id, verbalizer = 4, (7, 11, 30)
+    ids[:, 1] = mask_id  # every row's first [MASK] at position 1
+    with torch.no_grad():
+        logits = torch_model(**_torch_inputs(family, ids, mask, types)).logits.numpy()
+    config = families.named(family).config.from_dict(torch_model.config.to_dict())
+    state = _state_dict(torch_model)
+    params, _ = convert.hf_to_flax(state, families.named(family), mlm_head=True)
+    assert convert.has_mlm_head(params)
+    model = MaskedLMClassifier(config, num_labels=3, verbalizer_ids=verbalizer, mask_token_id=mask_id)
+    ours = model.apply({"params": params}, ids, mask, types)
+    np.testing.assert_allclose(np.asarray(ours), logits[:, 1][:, list(verbalizer)], rtol=0, atol=TOL)
+    back = convert.flax_to_hf(params, families.named(family))
+    assert set(back) <= set(state)
+    assert {name for name in state if name not in back} <= {
+        "lm_head.decoder.weight", "lm_head.decoder.bias", "vocab_projector.weight",
+        f"{families.named(family).prefix}.embeddings.position_ids",
+        f"{families.named(family).prefix}.embeddings.token_type_ids",
+    }  # fmt: skip
+    for name, value in back.items():
+        np.testing.assert_array_equal(value, state[name])

@@ -244,6 +244,11 @@ def hf_to_flax(
         if mlm_head:
             raise UserError(f"jaxft reads no masked-LM head of model_type {family.model_type!r}")
         return family.converter.hf_to_flax(state_dict)
+    if mlm_head:  # the family's masked-LM head under BERT's names, its word embeddings under `bert.` too
+        state_dict = {family.mlm_names.get(name, name): value for name, value in state_dict.items()}
+        prefixed = family.prefix + ".embeddings.word_embeddings.weight"
+        if prefixed in state_dict:
+            state_dict[_WORD_EMBEDDINGS[0]] = state_dict.pop(prefixed)
     flat, ignored = {}, []
     for name, value in state_dict.items():
         if mlm_head and name in _MLM_NAMES:
@@ -299,6 +304,15 @@ _MLM_NAMES = {
 }
 _MLM_DECODER = "cls.predictions.decoder.weight"
 _WORD_EMBEDDINGS = ("bert.embeddings.word_embeddings.weight", "embeddings.word_embeddings.weight")
+
+
+# BERT's masked-LM names -> the family's, for export (the decoder weight is tied to the word embeddings).
+_MLM_EXPORT_NAMES = {
+    family.model_type: {
+        bert: ours for ours, bert in family.mlm_names.items() if not bert.startswith(_MLM_DECODER)
+    }
+    for family in families.FAMILIES.values()
+}
 
 
 def has_mlm_head(params: dict) -> bool:
@@ -365,7 +379,7 @@ def flax_to_hf(params: dict, family=None) -> dict[str, np.ndarray]:
         name = family.from_bert_name(".".join([*modules, torch_leaf]))
         if name.startswith("bert."):
             name = family.prefix + name[len("bert") :]
-        out[name] = np.ascontiguousarray(array)
+        out[_MLM_EXPORT_NAMES.get(family.model_type, {}).get(name, name)] = np.ascontiguousarray(array)
     return out
 
 

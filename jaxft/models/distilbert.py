@@ -107,6 +107,18 @@ def from_bert_name(name: str) -> str:
     return _renamed(name, "encoder", "transformer", _BERT_PARTS)
 
 
+# `DistilBertForMaskedLM`'s head (`vocab_transform`, GELU, `vocab_layer_norm`, `vocab_projector` tied to the
+# word embeddings, with its bias) under the names of BERT's (`cls.predictions.*`): the same function.
+MLM_NAMES = {
+    "vocab_transform.weight": "cls.predictions.transform.dense.weight",
+    "vocab_transform.bias": "cls.predictions.transform.dense.bias",
+    "vocab_layer_norm.weight": "cls.predictions.transform.LayerNorm.weight",
+    "vocab_layer_norm.bias": "cls.predictions.transform.LayerNorm.bias",
+    "vocab_projector.bias": "cls.predictions.bias",
+    "vocab_projector.weight": "cls.predictions.decoder.weight",
+}
+
+
 def sequence_head(config, hidden, pooled, *, num_labels, dtype, classifier_dropout, deterministic):
     """`DistilBertForSequenceClassification`'s head: first token -> `pre_classifier` -> ReLU -> dropout
     (`seq_classif_dropout`, or `classifier_dropout` when given) -> `classifier`; `pooled` is unused.

@@ -39,6 +39,7 @@ class Family:
             names and back.
         masked_lm: whether the family's checkpoints carry a masked-LM head jaxft reads (prompt-based
             classification needs one).
+        mlm_names: the family's masked-LM head tensors -> BERT's (`cls.predictions.*`), where they differ.
         converter: a module with the family's own `hf_to_flax(state_dict)` and `flax_to_hf(params)`, for
             families whose tree is not BERT's (None: BERT's conversion, through the renames above).
         token_head: `f(config, hidden, *, num_labels, dtype, rate, deterministic, name)`, the head of the
@@ -57,6 +58,7 @@ class Family:
     to_bert_name: Callable[[str], str] = _same
     from_bert_name: Callable[[str], str] = _same
     masked_lm: bool = False
+    mlm_names: dict = dataclasses.field(default_factory=dict)
     converter: object = None
     token_head: Callable = bert.token_head
     qa_name: str = "qa_outputs"
@@ -75,8 +77,24 @@ FAMILIES = {
     family.model_type: family
     for family in (
         Family(bert.BertConfig, bert.BertEncoder, "bert", "Bert", bert.sequence_head, True, masked_lm=True),
-        Family(roberta.RobertaConfig, bert.BertEncoder, "roberta", "Roberta", roberta.sequence_head),
-        Family(roberta.XLMRobertaConfig, bert.BertEncoder, "roberta", "XLMRoberta", roberta.sequence_head),
+        Family(
+            roberta.RobertaConfig,
+            bert.BertEncoder,
+            "roberta",
+            "Roberta",
+            roberta.sequence_head,
+            masked_lm=True,
+            mlm_names=roberta.MLM_NAMES,
+        ),
+        Family(
+            roberta.XLMRobertaConfig,
+            bert.BertEncoder,
+            "roberta",
+            "XLMRoberta",
+            roberta.sequence_head,
+            masked_lm=True,
+            mlm_names=roberta.MLM_NAMES,
+        ),
         Family(electra.ElectraConfig, bert.BertEncoder, "electra", "Electra", roberta.gelu_sequence_head),
         Family(
             distilbert.DistilBertConfig,
@@ -86,6 +104,8 @@ FAMILIES = {
             distilbert.sequence_head,
             to_bert_name=distilbert.to_bert_name,
             from_bert_name=distilbert.from_bert_name,
+            masked_lm=True,
+            mlm_names=distilbert.MLM_NAMES,
         ),
         Family(
             deberta.DebertaV2Config,

@@ -45,6 +45,19 @@ class XLMRobertaConfig(RobertaConfig):
     model_type: ClassVar[str] = "xlm-roberta"
 
 
+# `RobertaForMaskedLM`'s head (`RobertaLMHead`: dense, GELU, LayerNorm, the tied decoder plus a bias) under
+# the names of BERT's (`cls.predictions.*`), which computes the same function.
+MLM_NAMES = {
+    "lm_head.dense.weight": "cls.predictions.transform.dense.weight",
+    "lm_head.dense.bias": "cls.predictions.transform.dense.bias",
+    "lm_head.layer_norm.weight": "cls.predictions.transform.LayerNorm.weight",
+    "lm_head.layer_norm.bias": "cls.predictions.transform.LayerNorm.bias",
+    "lm_head.bias": "cls.predictions.bias",
+    "lm_head.decoder.bias": "cls.predictions.decoder.bias",
+    "lm_head.decoder.weight": "cls.predictions.decoder.weight",
+}
+
+
 class ClassificationHead(nn.Module):
     """`RobertaClassificationHead` / `ElectraClassificationHead`: the first token's vector -> dropout ->
     `dense` -> activation -> dropout -> `out_proj`."""

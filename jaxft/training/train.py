@@ -228,8 +228,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
         mlm = task.head == "mlm"
         if mlm and not families.of(bert_config).masked_lm:
             raise UserError(
-                f"task.name={task.name!r} needs a masked-LM head, which jaxft reads from BERT checkpoints "
-                f"only (model_type {bert_config.model_type!r})"
+                f"task.name={task.name!r} needs a masked-LM head, which jaxft does not read for model_type "
+                f"{bert_config.model_type!r}"
             )
         pretrained, ignored = convert.read_pretrained(checkpoint_dir, mlm_head=mlm)
         if mlm and not convert.has_mlm_head(pretrained):
