@@ -39,7 +39,47 @@ HF_CONFIGS = {
     ),
 }  # fmt: skip
 FAMILIES = sorted(HF_CONFIGS)
-TOKEN_TYPES = {"roberta": 1, "xlm-roberta": 1, "electra": 2, "distilbert": 0}  # type_vocab_size
+# The families with encoders of their own (their other tests: test_deberta.py, test_modernbert.py).
+OWN_ENCODERS = {
+    "deberta-v2": lambda **kw: transformers.DebertaV2Config(
+        vocab_size=VOCAB,
+        **ODD_SIZES,
+        relative_attention=True,
+        pos_att_type=["p2c", "c2p"],
+        position_buckets=8,
+        max_relative_positions=12,
+        share_att_key=True,
+        position_biased_input=False,
+        type_vocab_size=0,
+        norm_rel_ebd="layer_norm",
+        **kw,
+    ),
+    "modernbert": lambda **kw: transformers.ModernBertConfig(
+        vocab_size=VOCAB,
+        **ODD_SIZES,
+        local_attention=4,
+        global_attn_every_n_layers=2,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        cls_token_id=0,
+        sep_token_id=2,
+        **{_MODERNBERT_NAMES.get(k, k): v for k, v in kw.items()},
+    ),
+}
+_MODERNBERT_NAMES = {
+    "hidden_dropout_prob": "embedding_dropout",
+    "attention_probs_dropout_prob": "attention_dropout",
+}
+HF_CONFIGS_ALL = {**HF_CONFIGS, **OWN_ENCODERS}
+TOKEN_TYPES = {
+    "roberta": 1,
+    "xlm-roberta": 1,
+    "electra": 2,
+    "distilbert": 0,
+    "deberta-v2": 0,
+    "modernbert": 0,
+}
 
 
 def _batch(family: str, extra_pad: int = 0):
@@ -182,7 +222,7 @@ STEPS, WARMUP, LR, BATCH, LENGTH, LABELS = 20, 3, 2e-3, 8, 16, 3
 
 def _trajectory_batches(family: str) -> list[dict]:
     rng = np.random.default_rng(0)
-    pad = HF_CONFIGS[family]().pad_token_id
+    pad = HF_CONFIGS_ALL[family]().pad_token_id
     batches = []
     for _ in range(4):
         lengths = rng.integers(3, LENGTH + 1, BATCH)
@@ -198,7 +238,7 @@ def _trajectory_batches(family: str) -> list[dict]:
 
 
 def _torch_trajectory(family, model, batches) -> list[float]:
-    decays = lambda n: not (n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n)  # noqa: E731
+    decays = lambda n: not (n.endswith(("bias", "norm.weight")) or "LayerNorm" in n or "layer_norm" in n)  # noqa: E731
     groups = [
         {"params": [p for n, p in model.named_parameters() if decays(n)], "weight_decay": 0.01},
         {"params": [p for n, p in model.named_parameters() if not decays(n)], "weight_decay": 0.0},
@@ -219,7 +259,7 @@ def _torch_trajectory(family, model, batches) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", sorted(HF_CONFIGS_ALL))
 def test_twenty_adamw_steps_match_pytorch(family):
     from configs import default
 
@@ -228,7 +268,7 @@ def test_twenty_adamw_steps_match_pytorch(family):
         no_dropout["seq_classif_dropout"] = 0.0
     torch.manual_seed(0)
     name = families.named(family).class_prefix + "ForSequenceClassification"
-    torch_model = getattr(transformers, name)(HF_CONFIGS[family](num_labels=LABELS, **no_dropout))
+    torch_model = getattr(transformers, name)(HF_CONFIGS_ALL[family](num_labels=LABELS, **no_dropout))
     config, params, _ = _ours(family, torch_model)
     batches = _trajectory_batches(family)
     torch_losses = _torch_trajectory(family, torch_model, batches)

@@ -45,11 +45,15 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
 
 
 def decay_mask(params) -> dict:
-    """True for parameters that weight decay applies to: everything but biases and LayerNorm parameters."""
+    """True for parameters that weight decay applies to: everything but biases and LayerNorm parameters (in
+    every family's names: `LayerNorm`, `layer_norm`, ModernBERT's `norm`, `attn_norm`, `final_norm`, ...)."""
+
+    def is_norm(name: str) -> bool:
+        return "LayerNorm" in name or "layer_norm" in name or name.endswith("norm")
 
     def decays(path, _):
         names = [getattr(key, "key", str(key)) for key in path]
-        return names[-1] != "bias" and not any("LayerNorm" in name or "layer_norm" in name for name in names)
+        return names[-1] != "bias" and not any(map(is_norm, names))
 
     return jax.tree_util.tree_map_with_path(decays, params)
 
