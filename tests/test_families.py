@@ -316,3 +316,21 @@ def test_masked_lm_head_matches_transformers_and_names_round_trip(family):
     }  # fmt: skip
     for name, value in back.items():
         np.testing.assert_array_equal(value, state[name])
+
+
+@pytest.mark.parametrize("family", sorted(HF_CONFIGS_ALL))
+def test_layer_decay_finds_every_familys_layers(family):
+    from jaxft.strategies import regularization
+
+    config = families.named(family).config.from_dict(HF_CONFIGS_ALL[family]().to_dict())
+    ids, mask, types = _batch("roberta")
+    params = SequenceClassifier(config, num_labels=2).init(jax.random.key(0), ids, mask, types)["params"]
+    assert regularization.num_layers(params) == ODD_SIZES["num_hidden_layers"] == 2
+    paths = [
+        tuple(str(getattr(k, "key", k)) for k in p)
+        for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+    ]
+    scales = {path: regularization.layer_scale(path, 2, 0.5) for path in paths}
+    assert {scales[p] for p in paths if "embeddings" in p} == {0.125}
+    assert {0.25, 0.5} <= set(scales.values())  # layer 0, layer 1
+    assert {scales[p] for p in paths if p[0] != "bert"} == {1.0}  # the head

@@ -17,6 +17,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+_LAYER = re.compile(
+    r"layers?_(\d+)"
+)  # a block of the encoder: `layer_3` (BERT, DeBERTa), `layers_3` (ModernBERT)
+
 
 def symmetric_kl(logits_a: jax.Array, logits_b: jax.Array, weights: jax.Array) -> jax.Array:
     """`sum_rows weight * (KL(a || b) + KL(b || a)) / 2` for [B, C] logits (float32)."""
@@ -31,7 +35,7 @@ def layer_scale(path: tuple[str, ...], num_layers: int, decay: float) -> float:
     if "embeddings" in path:
         return decay ** (num_layers + 1)
     for name in path:
-        match = re.fullmatch(r"layer_(\d+)", name)
+        match = _LAYER.fullmatch(name)
         if match:
             return decay ** (num_layers - int(match.group(1)))
     return 1.0  # task head, pooler, MLM head
@@ -42,11 +46,11 @@ def _names(path) -> tuple[str, ...]:
 
 
 def num_layers(tree) -> int:
-    """How many `layer_{i}` blocks a parameter tree has."""
+    """How many `layer_{i}` (or `layers_{i}`) blocks a parameter tree has."""
     found = [
         int(m.group(1))
         for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
-        for m in (re.fullmatch(r"layer_(\d+)", n) for n in _names(path))
+        for m in (_LAYER.fullmatch(n) for n in _names(path))
         if m
     ]
     return max(found, default=-1) + 1
