@@ -91,3 +91,44 @@ def test_family_fine_tunes_predicts_and_exports(family, tmp_path):
     with torch.no_grad():
         theirs = torch.softmax(exported(**encoded).logits, -1).numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", sorted(HF_CONFIGS))
+def test_family_trains_with_lora_fgm_rdrop_and_layer_decay(family, tmp_path):
+    """The strategies compose on every family: LoRA on the family's attention projections, FGM on its
+    embedding output, R-Drop and layer-wise decay over its layers; only LoRA's paths and the head move."""
+    from jaxft.strategies import peft as peft_lib
+    from jaxft.training import trained
+
+    config = tiny.get_config()
+    config.model.checkpoint = _checkpoint(family, tmp_path / "checkpoint")
+    config.model.tokenizer = ""
+    config.training.num_train_steps = 3
+    config.training.eval_every = 3
+    config.training.checkpoint_every = 3
+    config.peft.method = "lora"
+    config.peft.lora_targets = ("qkv",) if family == "modernbert" else ("query", "value")
+    config.adversarial.method = "fgm"
+    config.regularization.rdrop_alpha = 1.0
+    config.optimizer.layer_decay = 0.8
+    workdir = tmp_path / "run"
+    final = train.train_and_evaluate(config, str(workdir))
+    assert np.isfinite(final["eval"]["loss"])
+    run = predict.load_run(str(workdir))
+    peft = peft_lib.from_config(run.config)
+    base = trained.base_params(
+        run.config, predict.create_model(run.config, run.bert_config, 2, run.tokenizer)
+    )
+    moved = {
+        "/".join(path)
+        for path, value in flatten(run.params).items()
+        if not np.array_equal(value, flatten(base).get(path, np.zeros_like(value)))
+    }
+    assert moved and all(peft.trains(tuple(path.split("/"))) for path in moved)
+    assert any("_lora" in path for path in moved)
+
+
+def flatten(tree) -> dict:
+    from flax import traverse_util
+
+    return {path: np.asarray(value) for path, value in traverse_util.flatten_dict(dict(tree)).items()}
