@@ -85,7 +85,7 @@ TOKEN_TYPES = {
 def _batch(family: str, extra_pad: int = 0):
     """Three rows of lengths 8, 5 and 2, right-padded with the family's pad id; two segments where it has
     two token types."""
-    pad = HF_CONFIGS[family]().pad_token_id
+    pad = HF_CONFIGS_ALL[family]().pad_token_id
     rng = np.random.default_rng(0)
     lengths = [8, 5, 2]
     width = max(lengths) + extra_pad
@@ -334,3 +334,26 @@ def test_layer_decay_finds_every_familys_layers(family):
     assert {scales[p] for p in paths if "embeddings" in p} == {0.125}
     assert {0.25, 0.5} <= set(scales.values())  # layer 0, layer 1
     assert {scales[p] for p in paths if p[0] != "bert"} == {1.0}  # the head
+
+
+@pytest.mark.parametrize("family", sorted(OWN_ENCODERS))
+@pytest.mark.parametrize("head", ["sequence", "token", "span"])
+def test_own_encoder_heads_match_transformers(family, head):
+    suffix = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
+    suffix["span"] = "ForQuestionAnswering"
+    num_labels = {"sequence": 3, "token": 5, "span": 2}[head]
+    name = families.named(family).class_prefix + suffix[head]
+    torch.manual_seed(0)
+    torch_model = _perturbed(getattr(transformers, name)(OWN_ENCODERS[family](num_labels=num_labels)))
+    ids, mask, types = _batch(family)
+    with torch.no_grad():
+        out = torch_model(**_torch_inputs(family, ids, mask, types))
+    expected = out.logits.numpy() if head != "span" else np.stack([out.start_logits, out.end_logits], -1)
+    config, params, _ = _ours(family, torch_model)
+    qa_name = families.named(family).qa_name
+    if head == "span" and qa_name != "qa_outputs":  # ModernBERT names its QA projection `classifier`
+        params["qa_outputs"] = params.pop(qa_name)
+    cls = {"sequence": SequenceClassifier, "token": TokenClassifier, "span": SpanExtractor}[head]
+    logits = np.asarray(cls(config, num_labels=num_labels).apply({"params": params}, ids, mask, types))
+    valid = mask.astype(bool) if head != "sequence" else slice(None)
+    np.testing.assert_allclose(logits[valid], expected[valid], rtol=0, atol=TOL)
