@@ -22,6 +22,7 @@ existing --output is replaced only once all predictions are written.
 """
 
 import dataclasses
+from typing import Any
 import json
 import os
 import sys
@@ -39,7 +40,6 @@ from jaxft.data import batching, tokenize
 from jaxft.data import labels as labels_lib
 from jaxft.errors import StorageError, UserError
 from jaxft.models import convert
-from jaxft.models.bert import BertConfig
 from jaxft.strategies import checks as strategy_checks
 from jaxft.training import checkpoint, parallel, steps, trained
 from jaxft.training.model import create_model
@@ -52,7 +52,7 @@ class TrainedRun:
 
     config: ml_collections.ConfigDict
     label_names: list[str]
-    bert_config: BertConfig
+    bert_config: Any  # the encoder's config, of any family (jaxft.models.families)
     params: dict
     tokenizer: object
     step: int
