@@ -22,11 +22,11 @@ existing --output is replaced only once all predictions are written.
 """
 
 import dataclasses
-from typing import Any
 import json
 import os
 import sys
 import types
+from typing import Any
 
 import jax
 import ml_collections
