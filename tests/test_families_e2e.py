@@ -3,12 +3,14 @@ with and exported to its own transformers class, whose probabilities equal jaxft
 
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from configs import common, tiny
 from jaxft import export, predict
 from jaxft.data import readers
 from jaxft.models import families
-from jaxft.training import train
+from jaxft.strategies import peft as peft_lib
+from jaxft.training import train, trained
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -55,28 +57,43 @@ def _checkpoint(family: str, directory) -> str:
     torch.manual_seed(0)
     name = families.named(family).class_prefix + "ForSequenceClassification"
     getattr(transformers, name)(hf_config).save_pretrained(str(directory))
-    transformers.BertTokenizerFast.from_pretrained(TOKENIZER).save_pretrained(
-        str(directory)
-    )  # tokenizer.json
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(TOKENIZER)
+    tokenizer.save_pretrained(str(directory))  # with tokenizer.json, which every family's AutoTokenizer reads
     return str(directory)
 
 
 @pytest.mark.parametrize("family", sorted(HF_CONFIGS))
-def test_family_fine_tunes_predicts_and_exports(family, tmp_path):
+def test_family_fine_tunes_with_strategies_predicts_and_exports(family, tmp_path):
+    """One run per family through the one trainer, the strategies composed: LoRA on the family's attention
+    projections, FGM on its embedding output, R-Drop and layer-wise decay over its layers. Only what LoRA
+    trains and the head move; the export (LoRA merged) to the family's own class gives jaxft's
+    probabilities."""
     config = tiny.get_config()
     config.model.checkpoint = _checkpoint(family, tmp_path / "checkpoint")
     config.model.tokenizer = ""
-    config.training.num_train_steps = 4
-    config.training.eval_every = 4
-    config.training.checkpoint_every = 4
-    if family == "modernbert":
-        config.peft.lora_targets = ("qkv",)  # unused here; the family's targets
+    config.training.num_train_steps = 3
+    config.training.eval_every = 3
+    config.training.checkpoint_every = 3
+    config.peft.method = "lora"
+    config.peft.lora_targets = ("qkv",) if family == "modernbert" else ("query", "value")
+    config.adversarial.method = "fgm"
+    config.regularization.rdrop_alpha = 1.0
+    config.optimizer.layer_decay = 0.8
     workdir = tmp_path / "run"
     final = train.train_and_evaluate(config, str(workdir))
-    assert 0.0 <= final["eval"]["accuracy"] <= 1.0
+    assert 0.0 <= final["eval"]["accuracy"] <= 1.0 and np.isfinite(final["eval"]["loss"])
 
     run = predict.load_run(str(workdir))
     assert type(run.bert_config).model_type == family
+    peft = peft_lib.from_config(run.config)
+    base = trained.base_params(
+        run.config, predict.create_model(run.config, run.bert_config, 2, run.tokenizer)
+    )
+    base = flatten(base)
+    moved = {path for path, value in flatten(run.params).items() if not np.array_equal(value, base[path])}
+    assert moved and all(peft.trains(path) for path in moved)
+    assert any(name.endswith("_lora") for path in moved for name in path)
+
     examples = readers.read_examples(run.config.data.eval_path, text_field="text", label_field="label")[:12]
     ours = predict.predict_probabilities(run, examples)
     out = export.export(str(workdir), str(tmp_path / "hf"))
@@ -93,42 +110,5 @@ def test_family_fine_tunes_predicts_and_exports(family, tmp_path):
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family", sorted(HF_CONFIGS))
-def test_family_trains_with_lora_fgm_rdrop_and_layer_decay(family, tmp_path):
-    """The strategies compose on every family: LoRA on the family's attention projections, FGM on its
-    embedding output, R-Drop and layer-wise decay over its layers; only LoRA's paths and the head move."""
-    from jaxft.strategies import peft as peft_lib
-    from jaxft.training import trained
-
-    config = tiny.get_config()
-    config.model.checkpoint = _checkpoint(family, tmp_path / "checkpoint")
-    config.model.tokenizer = ""
-    config.training.num_train_steps = 3
-    config.training.eval_every = 3
-    config.training.checkpoint_every = 3
-    config.peft.method = "lora"
-    config.peft.lora_targets = ("qkv",) if family == "modernbert" else ("query", "value")
-    config.adversarial.method = "fgm"
-    config.regularization.rdrop_alpha = 1.0
-    config.optimizer.layer_decay = 0.8
-    workdir = tmp_path / "run"
-    final = train.train_and_evaluate(config, str(workdir))
-    assert np.isfinite(final["eval"]["loss"])
-    run = predict.load_run(str(workdir))
-    peft = peft_lib.from_config(run.config)
-    base = trained.base_params(
-        run.config, predict.create_model(run.config, run.bert_config, 2, run.tokenizer)
-    )
-    moved = {
-        "/".join(path)
-        for path, value in flatten(run.params).items()
-        if not np.array_equal(value, flatten(base).get(path, np.zeros_like(value)))
-    }
-    assert moved and all(peft.trains(tuple(path.split("/"))) for path in moved)
-    assert any("_lora" in path for path in moved)
-
-
 def flatten(tree) -> dict:
-    from flax import traverse_util
-
     return {path: np.asarray(value) for path, value in traverse_util.flatten_dict(dict(tree)).items()}
