@@ -1,6 +1,8 @@
 """Every encoder family through the one trainer: a tiny random checkpoint of each is fine-tuned, predicted
 with and exported to its own transformers class, whose probabilities equal jaxft's."""
 
+import json
+
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -82,6 +84,9 @@ def test_family_fine_tunes_with_strategies_predicts_and_exports(family, tmp_path
     workdir = tmp_path / "run"
     final = train.train_and_evaluate(config, str(workdir))
     assert 0.0 <= final["eval"]["accuracy"] <= 1.0 and np.isfinite(final["eval"]["loss"])
+    config.training.num_train_steps = 4  # resumed: the workdir's model config is read back and agrees
+    train.train_and_evaluate(config, str(workdir))
+    assert json.loads((workdir / "final_metrics.json").read_text())["params_from_step"] in (3, 4)
 
     run = predict.load_run(str(workdir))
     assert type(run.bert_config).model_type == family

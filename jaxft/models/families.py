@@ -47,6 +47,8 @@ class Family:
         qa_name: the name of the question-answering projection in the family's transformers class.
         prefix_tuning: whether the attention takes extra keys and values (`extend_keys_values`).
         dropout_fields: the config fields `model.hidden_dropout` and `model.attention_dropout` set.
+        shape_fields: the config fields that decide the parameters' shapes (a resumed or warm-started run
+            must agree on them).
     """
 
     config: type
@@ -67,6 +69,7 @@ class Family:
         ("hidden_dropout_prob",),
         ("attention_probs_dropout_prob",),
     )
+    shape_fields: tuple[str, ...] = (*bert.SHAPE_FIELDS, "embedding_size")
 
     @property
     def model_type(self) -> str:
@@ -115,6 +118,7 @@ FAMILIES = {
             deberta.sequence_head,
             converter=deberta,
             prefix_tuning=False,
+            shape_fields=deberta.SHAPE_FIELDS,
         ),
         Family(
             modernbert.ModernBertConfig,
@@ -126,6 +130,7 @@ FAMILIES = {
             converter=modernbert,
             token_head=modernbert.token_head,
             qa_name="classifier",
+            shape_fields=modernbert.SHAPE_FIELDS,
             dropout_fields=(("embedding_dropout", "mlp_dropout"), ("attention_dropout",)),
         ),
     )

@@ -26,7 +26,7 @@ from jaxft.data import labels as labels_lib
 from jaxft.data import tokenize
 from jaxft.errors import UserError
 from jaxft.models import convert, families
-from jaxft.models.bert import SHAPE_FIELDS, BertConfig
+from jaxft.models.bert import BertConfig
 from jaxft.strategies import checks as strategy_checks
 from jaxft.strategies import peft as peft_lib
 from jaxft.training import checkpoint, optim, parallel, pipeline, steps, trained, trainer
@@ -112,12 +112,17 @@ def _check_same_model(workdir: str, bert_config: BertConfig, label_names: list[s
     saved = _saved_json(workdir, MODEL_CONFIG)
     if saved is None:
         return
-    ours = bert_config.to_hf_dict()
-    for field in SHAPE_FIELDS:
-        if saved.get(field) != ours[field]:
+    theirs = convert.config_from_dict(saved)
+    if type(theirs) is not type(bert_config):
+        raise UserError(
+            f"the model's model_type {bert_config.model_type!r} differs from {theirs.model_type!r} {whose} "
+            "(change the config back, or use another workdir)"
+        )
+    for field in families.of(bert_config).shape_fields:
+        if getattr(theirs, field) != getattr(bert_config, field):
             raise UserError(
-                f"the model's {field}={ours[field]} differs from {saved.get(field)} {whose} "
-                "(change the config back, or use another workdir)"
+                f"the model's {field}={getattr(bert_config, field)} differs from {getattr(theirs, field)} "
+                f"{whose} (change the config back, or use another workdir)"
             )
     labels_path = os.path.join(workdir, "labels.json")
     if os.path.exists(labels_path) and labels_lib.load_label_vocab(labels_path) != label_names:
