@@ -3,8 +3,10 @@ malformed input a one-line `UserError` naming file:line, and the real files' cou
 
 import collections
 import gzip
+import json
 import os
 
+import numpy as np
 import pytest
 
 from configs import relation
@@ -163,3 +165,29 @@ def test_real_files_hold_the_published_counts(name, count, other, cause_effect):
     assert labels["Cause-Effect(e1,e2)"] + labels["Cause-Effect(e2,e1)"] == cause_effect
     for e in examples:  # every span is a non-empty nominal of the cleaned sentence
         assert "<e" not in e.text and e.text[slice(*e.head)].strip() and e.text[slice(*e.tail)].strip()
+
+
+def test_the_relation_report_adds_the_official_score_for_semeval_labels_only(tmp_path):
+    from jaxft import evaluate
+
+    names = ["Cause-Effect(e1,e2)", "Cause-Effect(e2,e1)", "Other"]
+    confusion = np.array([[3, 1, 0], [0, 1, 1], [0, 1, 2]])
+    totals = {"confusion": confusion, "loss_sum": 4.5, "count": 9}
+    data = relation.get_config("tiny").data
+    result = Relation().report(totals, None, names, data)
+    # Cause-Effect: correct 4, predicted 3 + 3 = 6, support 6: P = R = F1 = 2/3, the only relation.
+    assert result.metrics["semeval_macro_f1"] == pytest.approx(2 / 3)
+    assert result.extra["semeval2010"]["relations"]["Cause-Effect"]["wrong_direction"] == 1
+    assert "(official score)" in result.text and "macro avg" in result.text  # beside sklearn's report
+    evaluate.write_result(str(tmp_path), "final_test", result, names, {"step": 9}, "relation")
+    saved = json.loads((tmp_path / "final_test.json").read_text())
+    assert saved["semeval2010"]["macro_f1"] == pytest.approx(2 / 3) and saved["step"] == 9
+    assert "(official score)" in (tmp_path / "final_test.txt").read_text()
+    plain = Relation().report(totals, None, ["a_head", "b_head", "c"], data)
+    assert "semeval_macro_f1" not in plain.metrics and "semeval2010" not in plain.extra
+    # training.best_metric may name it where the labels are sure to be SemEval's
+    assert "semeval_macro_f1" in Relation().metric_names(data)
+    data.format = "jsonl"
+    assert "semeval_macro_f1" not in Relation().metric_names(data)
+    data.labels = tuple(names)
+    assert "semeval_macro_f1" in Relation().metric_names(data)
