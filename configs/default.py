@@ -84,7 +84,9 @@ def get_config() -> ml_collections.ConfigDict:
     )  # CSV / TSV / JSONL (optionally .gz) with labelled examples; ner: a CoNLL column file
     data.eval_path = config_dict.placeholder(str)  # evaluated every training.eval_every steps and at the end
     data.test_path = config_dict.placeholder(str)  # evaluated once at the end (labelled), if given
-    data.format = "auto"  # "auto" (by extension), "csv", "tsv" or "jsonl"
+    # "auto" (by extension), "csv", "tsv" or "jsonl"; a data set as distributed: "semeval2010" (relation:
+    # SemEval-2010 Task 8's .TXT blocks) or "goemotions" (multilabel: its TSV, names from emotions.txt)
+    data.format = "auto"
     data.has_header = True  # CSV/TSV: first row names the columns; False: fields are 0-based column indices
     data.text_field = "text"  # column / key holding the text
     data.text_pair_field = config_dict.placeholder(str)  # second text for sentence-pair tasks (token type 1)

@@ -1,13 +1,15 @@
 """GLUE STS-B sentence similarity as regression (one float, MSE loss) with MiniLM-L6: Pearson / Spearman.
 
-    JAXFT_DATA=DIR python train.py --config configs/stsb.py --workdir runs/stsb
-    JAXFT_DATA=DIR python train.py --config configs/stsb.py:tiny --workdir runs/stsb_tiny  # smoke
+    JAXFT_DATA=../shared/data python train.py --config configs/stsb.py --workdir runs/stsb
+    JAXFT_DATA=../shared/data python train.py --config configs/stsb.py:tiny --workdir runs/stsb_tiny # smoke
 
-STS-B is not among the project's shared data: `$JAXFT_DATA/stsb/{train,dev}.tsv` are GLUE's files (header
-`index genre filename year old_index source1 source2 sentence1 sentence2 score`, tab-only, scores 0-5;
-train 5,749 / dev 1,500). Recipe: max_seq_length 128, batch 32, AdamW lr 5e-5 with 10% warm-up, weight decay
-0.01, 3 epochs, evaluated every epoch; the best checkpoint is picked by Pearson (training.best_metric=auto).
-The report is SciPy's Pearson and Spearman correlation and scikit-learn's MSE. Not measured here (no data).
+Files (`$JAXFT_DATA/stsb/{train,dev}.tsv`): GLUE's, read by the plain TSV reader as they are (header `index
+genre filename year old_index source1 source2 sentence1 sentence2 score`, tab-only: quotes are ordinary
+characters, as GLUE reads them, and 191 sentences start with one; scores 0-5; train 5,749 / dev 1,500).
+Recipe: max_seq_length 128, batch 32, AdamW lr 5e-5 with 10% warm-up, weight decay 0.01, 3 epochs, evaluated
+every epoch; the best checkpoint is picked by Pearson (training.best_metric=auto). The report is SciPy's
+Pearson and Spearman correlation and scikit-learn's MSE. Published reference (BERT-base, dev Pearson /
+Spearman): about 0.89 / 0.88. Not measured here yet.
 """
 
 from configs import finetune

@@ -30,12 +30,15 @@ AUGMENT_OPS = ("synonym", "insert", "swap", "delete")  # EDA's four operations
 # Tasks whose examples are whole texts with one target: changing words keeps the target meaningful. NER
 # tags, QA answer offsets and relation entity spans point into the text and would no longer match it.
 AUGMENTABLE_TASKS = ("classification", "regression", "multilabel", "pet")
+# Data sets read in the files they are distributed as (jaxft/data/semeval2010.py, goemotions.py): the
+# data.format that names one, and the task whose examples its reader builds.
+DATASET_FORMATS = {"semeval2010": "relation", "goemotions": "multilabel"}
 MASK = "[MASK]"  # a pet template's placeholder for the tokenizer's mask token
 
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.attention": ("auto", "xla", "cudnn"),
-    "data.format": ("auto", "csv", "tsv", "jsonl"),
+    "data.format": ("auto", "csv", "tsv", "jsonl", *DATASET_FORMATS),
     "optimizer.name": ("adamw", "sgd"),
     "optimizer.schedule": ("linear", "constant"),
     "training.best_mode": ("max", "min"),
@@ -327,6 +330,11 @@ def _check_task(config: ml_collections.ConfigDict) -> None:
     name, data = config.task.name, config.data
     if name not in ("classification", "pet", "relation") and data.positive_label is not None:
         raise UserError(f"config data.positive_label applies to task.name='classification', not {name!r}")
+    if data.format in DATASET_FORMATS and DATASET_FORMATS[data.format] != name:
+        raise UserError(
+            f"config data.format={data.format!r} is read by task.name={DATASET_FORMATS[data.format]!r}, "
+            f"not {name!r}"
+        )
     _TASK_CHECKS[name](config.task, data)
 
 

@@ -15,6 +15,7 @@ Example:
 import io
 import json
 import os
+import re
 
 import numpy as np
 import sklearn.metrics
@@ -157,6 +158,102 @@ def summary_metrics(report: dict, loss_sum: float, count: int, positive_label: s
     return metrics
 
 
+_DIRECTED = re.compile(r"(.+)\((?:e1,e2|e2,e1)\)")
+SEMEVAL_OTHER = "Other"
+
+
+def _relation_type(name: str) -> str | None:
+    """ "Cause-Effect" of "Cause-Effect(e2,e1)"; None for "Other"."""
+    if name == SEMEVAL_OTHER:
+        return None
+    match = _DIRECTED.fullmatch(name)
+    if match is None:
+        raise ValueError(
+            f"label {name!r} is neither 'Other' nor a directed relation 'Type(e1,e2)' / '(e2,e1)'"
+        )
+    return match.group(1)
+
+
+def semeval2010_score(confusion, label_names: list[str]) -> tuple[dict, str]:
+    """SemEval-2010 Task 8's official score, as semeval2010_task8_scorer-v1.2.pl computes it.
+
+    The scorer's evaluation (iii), "(9+1)-way classification with directionality taken into account": the
+    directed labels are merged into their relation type (Cause-Effect(e1,e2) and Cause-Effect(e2,e1) are one
+    row and one column), but a prediction counts as correct only when it equals the gold label, direction
+    included. For each relation type T that occurs among the gold labels (Other is never one):
+
+        correct   = examples whose prediction equals their gold label, of type T
+        predicted = examples predicted as either direction of T (the scorer's column sum plus its xDIRx
+                    count: a right type in the wrong direction is a wrong prediction of T)
+        support   = examples whose gold label is of type T (either direction)
+        P = correct / predicted (0 when nothing was predicted as T), R = correct / support,
+        F1 = 2 P R / (P + R) (0 when P + R = 0)
+
+    The official score is the unweighted mean of F1 over those types (nine on the official test set; the
+    scorer divides by the types present in the key). Macro P and R are the means of P and R likewise.
+    The scorer works in percent; this returns fractions (F1 is the same either way, up to rounding).
+
+    Args:
+        confusion: [C, C] counts over `label_names`, rows true, columns predicted.
+        label_names: "Other" and directed labels "Type(e1,e2)" / "Type(e2,e1)", in label-id order.
+
+    Returns:
+        ({"macro_f1", "macro_precision", "macro_recall", "relations": {type: {"precision", "recall", "f1",
+        "correct", "predicted", "support", "wrong_direction"}}}, text in the scorer's layout).
+
+    Raises:
+        ValueError: a label is not of that form, the sizes differ, or no gold label is a relation.
+    """
+    confusion = _as_counts(confusion)
+    if len(label_names) != confusion.shape[0]:
+        raise ValueError(f"{len(label_names)} label names for a {confusion.shape[0]}-class confusion matrix")
+    types = [_relation_type(name) for name in label_names]
+    relations = {}
+    for relation in sorted({t for t in types if t is not None}):
+        ids = [i for i, t in enumerate(types) if t == relation]
+        support = int(confusion[ids].sum())
+        if not support:
+            continue  # as the scorer: only the types of the key are scored and averaged
+        correct = int(sum(confusion[i, i] for i in ids))
+        predicted = int(confusion[:, ids].sum())
+        wrong_direction = int(confusion[np.ix_(ids, ids)].sum()) - correct
+        precision = correct / predicted if predicted else 0.0
+        recall = correct / support
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        relations[relation] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "correct": correct,
+            "predicted": predicted,
+            "support": support,
+            "wrong_direction": wrong_direction,
+        }
+    if not relations:
+        raise ValueError("no gold label is a relation: the SemEval-2010 score is undefined")
+    n = len(relations)
+    score = {
+        "macro_f1": sum(r["f1"] for r in relations.values()) / n,
+        "macro_precision": sum(r["precision"] for r in relations.values()) / n,
+        "macro_recall": sum(r["recall"] for r in relations.values()) / n,
+        "relations": relations,
+    }
+    width = max(map(len, relations))
+    lines = ["SemEval-2010 Task 8 official score: (9+1)-way, direction taken into account, Other excluded"]
+    for relation, r in relations.items():
+        correct = r["correct"]
+        lines.append(
+            f"{relation:>{width}} :  P = {correct:4d}/{r['predicted']:4d} = {100 * r['precision']:6.2f}%"
+            f"  R = {correct:4d}/{r['support']:4d} = {100 * r['recall']:6.2f}%"
+            f"  F1 = {100 * r['f1']:6.2f}%  (wrong direction: {r['wrong_direction']})"
+        )
+    lines.append(
+        f"MACRO-averaged over {n} relations:  P = {100 * score['macro_precision']:6.2f}%"
+        f"  R = {100 * score['macro_recall']:6.2f}%  F1 = {100 * score['macro_f1']:6.2f}%  (official score)"
+    )
+    return score, "\n".join(lines) + "\n"
+
+
 def _confusion_table(confusion: np.ndarray, label_names: list[str]) -> str:
     """Formats the matrix as aligned text, rows true and columns predicted."""
     corner = "true \\ pred"
@@ -195,7 +292,8 @@ def write_report(
         text: sklearn text from `classification_report`.
         confusion: the [C, C] counts the report came from.
         label_names: the C label names.
-        extra: more top-level JSON keys (e.g. step, loss), also listed as `key: value` lines in the text.
+        extra: more top-level JSON keys (e.g. step, loss); its scalars also listed as `key: value` lines in
+            the text.
     """
     confusion = _as_counts(confusion)
     extra = dict(extra or {})
@@ -209,8 +307,9 @@ def write_report(
     )
     parts = [text.rstrip("\n"), "", "Confusion matrix (rows: true, columns: predicted)", ""]
     parts.append(_confusion_table(confusion, label_names))
-    if extra:
-        parts += [""] + [f"{key}: {value}" for key, value in extra.items()]
+    scalars = {key: value for key, value in extra.items() if not isinstance(value, dict | list)}
+    if scalars:  # collections (the SemEval-2010 score's per-relation table) are in the JSON and the text
+        parts += [""] + [f"{key}: {value}" for key, value in scalars.items()]
     files.write_atomic(os.path.join(eval_dir, f"{name}.txt"), "\n".join(parts) + "\n")
     plot_confusion_matrix(confusion, label_names, os.path.join(eval_dir, f"{name}_confusion.png"))
 
@@ -219,6 +318,7 @@ def write_result(eval_dir: str, name: str, result, label_names: list[str], extra
     """Writes one evaluation of task `task` (a `jaxft.tasks.TaskReport`): `write_report` when it has a
     confusion matrix (classification, files as they always were), else `write_task_report`."""
     if result.confusion is not None:
+        extra = {**result.extra, **extra}
         write_report(eval_dir, name, result.report, result.text, result.confusion, label_names, extra)
     else:
         extra = {"task": task, **result.extra, **extra}

@@ -173,3 +173,66 @@ def test_report_name():
     assert evaluate.report_name("dev", 0) == "dev_step00000000"
     assert evaluate.report_name("validation_matched", 123456789) == "validation_matched_step123456789"
     assert evaluate.report_name("dev", None) == "final_dev"
+
+
+# ---- SemEval-2010 Task 8's official score ----------------------------------------------------------------
+
+SEMEVAL_NAMES = [
+    "Cause-Effect(e1,e2)",
+    "Cause-Effect(e2,e1)",
+    "Component-Whole(e1,e2)",
+    "Component-Whole(e2,e1)",
+    "Member-Collection(e1,e2)",
+    "Other",
+]
+# Rows true, columns predicted, in SEMEVAL_NAMES order. Cause-Effect: 3 right, 1 right type in the wrong
+# direction, 1 right (e2,e1), 1 called Other. Component-Whole: 2 right, 2 called another relation. Other: 2
+# right, 2 called a relation. Member-Collection: predicted once, never gold.
+SEMEVAL_CONFUSION = [
+    [3, 1, 0, 0, 0, 0],
+    [0, 1, 0, 0, 0, 1],
+    [0, 0, 2, 0, 0, 0],
+    [1, 0, 0, 0, 1, 0],
+    [0, 0, 0, 0, 0, 0],
+    [0, 1, 0, 1, 0, 2],
+]
+
+
+def test_semeval2010_score_against_hand_computed_values():
+    score, text = evaluate.semeval2010_score(SEMEVAL_CONFUSION, SEMEVAL_NAMES)
+    # Cause-Effect: correct = 3 + 1 = 4 (exact labels only: the wrong-direction one is not);
+    # predicted = both CE columns = (3 + 1) + (1 + 1 + 1) = 7 (the wrong-direction one counts against P);
+    # support = both CE rows = 4 + 2 = 6. P = 4/7, R = 4/6 = 2/3, F1 = 2 (4/7)(2/3) / (4/7 + 2/3) = 8/13.
+    ce = score["relations"]["Cause-Effect"]
+    assert (ce["correct"], ce["predicted"], ce["support"], ce["wrong_direction"]) == (4, 7, 6, 1)
+    assert ce["precision"] == pytest.approx(4 / 7) and ce["recall"] == pytest.approx(2 / 3)
+    assert ce["f1"] == pytest.approx(8 / 13)
+    # Component-Whole: correct = 2, predicted = 2 + 1 (Other called CW(e2,e1)) = 3, support = 2 + 2 = 4.
+    # P = 2/3, R = 1/2, F1 = 2 (2/3)(1/2) / (2/3 + 1/2) = 4/7.
+    cw = score["relations"]["Component-Whole"]
+    assert (cw["correct"], cw["predicted"], cw["support"], cw["wrong_direction"]) == (2, 3, 4, 0)
+    assert cw["f1"] == pytest.approx(4 / 7)
+    # Member-Collection has no gold example: the scorer averages over the types of the key only, so the
+    # official score is (8/13 + 4/7) / 2 = (56 + 52) / 182 = 54/91; macro P = (4/7 + 2/3) / 2 = 13/21,
+    # macro R = (2/3 + 1/2) / 2 = 7/12. Other is never averaged.
+    assert set(score["relations"]) == {"Cause-Effect", "Component-Whole"}
+    assert score["macro_f1"] == pytest.approx(54 / 91)
+    assert score["macro_precision"] == pytest.approx(13 / 21)
+    assert score["macro_recall"] == pytest.approx(7 / 12)
+    assert "Cause-Effect :  P =    4/   7 =  57.14%  R =    4/   6 =  66.67%  F1 =  61.54%" in text
+    assert text.rstrip().endswith("F1 =  59.34%  (official score)")
+
+
+def test_semeval2010_score_differs_from_the_direction_blind_and_19_way_scores():
+    score, _ = evaluate.semeval2010_score(SEMEVAL_CONFUSION, SEMEVAL_NAMES)
+    # Ignoring direction, Cause-Effect would have 5 correct of 7 predicted: F1 2 (5/7)(5/6) / (5/7 + 5/6).
+    assert score["relations"]["Cause-Effect"]["f1"] != pytest.approx(2 * (5 / 7) * (5 / 6) / (5 / 7 + 5 / 6))
+    report, _ = evaluate.classification_report(SEMEVAL_CONFUSION, SEMEVAL_NAMES)
+    assert report["macro avg"]["f1-score"] != pytest.approx(score["macro_f1"])
+
+
+def test_semeval2010_score_refuses_other_labels_and_no_relations():
+    with pytest.raises(ValueError, match="'lives_in' is neither 'Other' nor a directed relation"):
+        evaluate.semeval2010_score([[1, 0], [0, 1]], ["lives_in", "Other"])
+    with pytest.raises(ValueError, match="no gold label is a relation"):
+        evaluate.semeval2010_score([[0, 0], [1, 1]], ["Cause-Effect(e1,e2)", "Other"])

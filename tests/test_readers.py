@@ -1,7 +1,9 @@
 """Tests for jaxft.data.readers and jaxft.data.labels."""
 
+import collections
 import gzip
 import json
+import os
 
 import numpy as np
 import pytest
@@ -181,3 +183,85 @@ def test_a_directory_is_not_a_data_file(tmp_path, fmt):
     (tmp_path / "train").mkdir()
     message = assert_user_error(str(tmp_path / "train"), fmt=fmt)
     assert message.startswith(f"{tmp_path / 'train'}: ") and "directory" in message, message
+
+
+# ---- the shared data sets as distributed (../shared/data; the smoke tests skip without it) -------------
+
+DATA = os.environ.get("JAXFT_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+# Real lines of STS-B's train.tsv and dev.tsv (GLUE): quotes inside a sentence, and one that starts with one.
+STSB_LINES = [
+    "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane is taking off."
+    "\tAn air plane is taking off.\t5.000",
+    '1523\tmain-captions\timages\t2015\t0096\tnone\tnone\tA dog in a "superman" shirt sleeps on a blanket.\t'
+    "A brown dog in a Superman shirt is laying on a blue blanket.\t4.00",
+    "698\tmain-forums\tanswers-forums\t2015\t0403\tnone\tnone\tThe assertion is false, at least as you've "
+    'restated it here.\t"I had mainly been" is fine, in the context you\'re using it.\t0.60',
+]
+
+
+def test_stsb_glue_tsv_reads_quotes_as_ordinary_characters(tmp_path):
+    """The tsv reader splits on tabs only (GLUE's quotechar=None), so STS-B needs no reader of its own."""
+    path = write(tmp_path, "train.tsv", "\n".join([STSB_HEADER, *STSB_LINES]) + "\n")
+    examples = read_examples(path, text_field="sentence1", text_pair_field="sentence2", label_field="score")
+    assert examples == [
+        Example("A plane is taking off.", "An air plane is taking off.", "5.000", f"{path}:2"),
+        Example(
+            'A dog in a "superman" shirt sleeps on a blanket.',
+            "A brown dog in a Superman shirt is laying on a blue blanket.",
+            "4.00",
+            f"{path}:3",
+        ),
+        Example(
+            "The assertion is false, at least as you've restated it here.",
+            '"I had mainly been" is fine, in the context you\'re using it.',
+            "0.60",
+            f"{path}:4",
+        ),
+    ]
+
+
+def test_newsgroups_jsonl_gz_keeps_the_whole_message(tmp_path):
+    record = {
+        "id": "alt.atheism/49960",
+        "label": "alt.atheism",
+        "text": "From: a@b\nSubject: x\n\nBody \xe9\n",
+    }
+    path = write(tmp_path, "train.jsonl.gz", gzip.compress((json.dumps(record) + "\n").encode()))
+    assert read_examples(path, text_field="text", label_field="label") == [
+        Example("From: a@b\nSubject: x\n\nBody \xe9", None, "alt.atheism", f"{path}:1")
+    ]
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("split, count", [("train", 5749), ("dev", 1500)])
+def test_real_stsb_files_hold_the_published_counts(split, count):
+    path = os.path.join(DATA, "stsb", f"{split}.tsv")
+    if not os.path.exists(path):
+        pytest.skip(f"STS-B not found under {DATA}")
+    examples = read_examples(path, text_field="sentence1", text_pair_field="sentence2", label_field="score")
+    assert len(examples) == count  # data README: 5,749 / 1,500
+    assert all(0 <= float(e.label) <= 5 for e in examples)
+    first = {"train": "A plane is taking off.", "dev": "A man with a hard hat is dancing."}[split]
+    assert (examples[0].text, examples[0].label, examples[0].source) == (first, "5.000", f"{path}:2")
+    quoted = read_examples(
+        path.replace(f"{split}.tsv", "test.tsv"),
+        text_field="sentence1",
+        text_pair_field="sentence2",
+        label_field=None,
+        require_label=False,
+    )
+    assert len(quoted) == 1379 and all(e.label is None for e in quoted)  # test: unlabelled
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("split, count", [("train", 11314), ("test", 7532)])
+def test_real_newsgroups_files_hold_the_published_counts(split, count):
+    path = os.path.join(DATA, "20newsgroups", f"{split}.jsonl.gz")
+    if not os.path.exists(path):
+        pytest.skip(f"20 Newsgroups not found under {DATA}")
+    examples = read_examples(path, text_field="text", label_field="label")
+    assert len(examples) == count  # data README: 11,314 / 7,532
+    groups = collections.Counter(e.label for e in examples)
+    assert len(groups) == 20 and groups["alt.atheism"] == {"train": 480, "test": 319}[split]
+    assert examples[0].text.startswith("From: ")  # headers kept, as distributed

@@ -50,6 +50,14 @@ def _toy(seed: int, count: int) -> list[dict]:
     return records
 
 
+def _jsonl_config():
+    """configs/relation.py:tiny on JSONL files (the config's own data is SemEval-2010's release)."""
+    config = relation.get_config("tiny")
+    config.data.format = "jsonl"
+    config.data.train_path = config.data.test_path = None
+    return config
+
+
 def _write_jsonl(path, records) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return str(path)
@@ -86,7 +94,7 @@ def checkpoint_dir(tmp_path_factory) -> str:
 
 
 def _config(tmp_path, checkpoint: str | None, train_records=None, eval_records=None, **task):
-    config = relation.get_config("tiny")
+    config = _jsonl_config()
     config.model.checkpoint = checkpoint
     config.data.train_path = _write_jsonl(tmp_path / "train.jsonl", train_records or _toy(0, 48))
     config.data.eval_path = _write_jsonl(tmp_path / "dev.jsonl", eval_records or _toy(1, 40))
@@ -131,7 +139,7 @@ def test_mark_entities_in_either_order_and_adjacent():
 def test_short_texts_tokenise_as_the_tokenizer_does(tmp_path):
     tokenizer = _tokenizer()
     records = _toy(3, 5)
-    examples = Relation().read(_write_jsonl(tmp_path / "s.jsonl", records), relation.get_config("tiny").data)
+    examples = Relation().read(_write_jsonl(tmp_path / "s.jsonl", records), _jsonl_config().data)
     features = tokenize_relations(examples, tokenizer, 32)
     for row, record in enumerate(records):
         marked = mark_entities(record["text"], record["head"], record["tail"])
@@ -149,7 +157,7 @@ def test_long_texts_keep_a_window_centred_on_both_entities(tmp_path):
     head = [len(before), len(before) + 6]
     tail = [len(before) + 14, len(before) + 19]
     path = _write_jsonl(tmp_path / "long.jsonl", [{"text": text, "head": head, "tail": tail, "label": "x"}])
-    examples = Relation().read(path, relation.get_config("tiny").data)
+    examples = Relation().read(path, _jsonl_config().data)
     features = tokenize_relations(examples, tokenizer, 16)
     row = features["input_ids"][0].tolist()
     full = tokenizer(mark_entities(text, head, tail), add_special_tokens=False)["input_ids"]
@@ -167,7 +175,7 @@ def test_entities_too_far_apart_name_the_line(tmp_path):
     gap = " the" * 20
     record = {"text": "coffee" + gap + " book", "head": [0, 6], "tail": [6 + len(gap) + 1, 6 + len(gap) + 5]}
     path = _write_jsonl(tmp_path / "far.jsonl", _toy(0, 1) + [{**record, "label": "x"}])
-    examples = Relation().read(path, relation.get_config("tiny").data)
+    examples = Relation().read(path, _jsonl_config().data)
     expected = f"{path}:2: the marked entities span 26 tokens, more than the 14"
     with pytest.raises(UserError, match="^" + re.escape(expected)):
         tokenize_relations(examples, _tokenizer(), 16)
@@ -206,14 +214,14 @@ def test_bad_records_name_file_and_line(tmp_path, change, message):
     bad = {k: v for k, v in {**record, **change}.items() if v is not None or k not in change}
     path = _write_jsonl(tmp_path / "bad.jsonl", [record, bad])
     with pytest.raises(UserError) as info:
-        Relation().read(path, relation.get_config("tiny").data)
+        Relation().read(path, _jsonl_config().data)
     assert str(info.value).startswith(f"{path}:2: ") and message in str(info.value)
 
 
 def test_reading_keeps_the_text_as_stored_and_prediction_input_needs_no_label(tmp_path):
     record = {"text": "  coffee and the book", "head": [17, 21], "tail": [2, 8]}
     path = _write_jsonl(tmp_path / "p.jsonl", [record])
-    (example,) = Relation().read(path, relation.get_config("tiny").data, require_label=False)
+    (example,) = Relation().read(path, _jsonl_config().data, require_label=False)
     assert (example.text, example.head, example.tail, example.label) == (
         record["text"],
         (17, 21),
@@ -222,8 +230,8 @@ def test_reading_keeps_the_text_as_stored_and_prediction_input_needs_no_label(tm
     )
     assert example.source == f"{path}:1"
     with pytest.raises(UserError, match=re.escape(f"{path}:1: no key 'label' (data.label_field)")):
-        Relation().read(path, relation.get_config("tiny").data)
-    config = relation.get_config("tiny")
+        Relation().read(path, _jsonl_config().data)
+    config = _jsonl_config()
     config.data.format = "csv"
     with pytest.raises(UserError, match="task.name='relation' reads JSONL files"):
         Relation().read(path, config.data)
@@ -231,7 +239,7 @@ def test_reading_keeps_the_text_as_stored_and_prediction_input_needs_no_label(tm
 
 def test_config_checks_name_the_key():
     def relation_config():
-        config = relation.get_config("tiny")
+        config = _jsonl_config()
         config.data.train_path = "train.jsonl"  # left to the command line by the config
         return config
 
@@ -306,7 +314,7 @@ def test_a_tokenizer_of_another_model_is_still_refused(tmp_path):
 
 
 def _batch(tokenizer, records, tmp_path):
-    examples = Relation().read(_write_jsonl(tmp_path / "b.jsonl", records), relation.get_config("tiny").data)
+    examples = Relation().read(_write_jsonl(tmp_path / "b.jsonl", records), _jsonl_config().data)
     features = tokenize_relations(examples, tokenizer, 24)
     ids = jnp.asarray(features["input_ids"])
     mask = jnp.asarray(np.arange(24) < features["length"][:, None], jnp.int32)

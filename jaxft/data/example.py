@@ -1,4 +1,4 @@
-"""The record every text reader returns: a text (or text pair), its raw label and where it came from."""
+"""The records the text readers return: a text (or text pair), its raw label (or label set) and its source."""
 
 import dataclasses
 
@@ -18,4 +18,14 @@ class Example:
     text: str
     text_pair: str | None
     label: str | None
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiLabelExample:
+    """A text (pair) with its set of raw labels (in file order, without duplicates)."""
+
+    text: str
+    text_pair: str | None
+    labels: tuple[str, ...] | None
     source: str

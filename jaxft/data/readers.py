@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Iterator
 
+from jaxft.config import DATASET_FORMATS
 from jaxft.data.example import Example
 from jaxft.data.lines import check_unicode, numbered_lines, one_line
 from jaxft.errors import UserError
@@ -80,6 +81,9 @@ def _resolve_format(path: str, fmt: str) -> str:
     if fmt != "auto":
         if fmt == "json":
             return "jsonl"
+        if fmt in DATASET_FORMATS:  # a data set's own format, read by its task (jaxft.data.semeval2010, ...)
+            task = DATASET_FORMATS[fmt]
+            raise UserError(f"{path}: data.format={fmt!r} is read by task.name={task!r} only")
         if fmt not in _FORMATS:
             raise UserError(f"data.format={fmt!r} is not one of 'auto', 'csv', 'tsv', 'jsonl'")
         return fmt

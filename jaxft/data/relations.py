@@ -55,7 +55,10 @@ def read_relations(
     """The examples of a relation JSONL file (optionally .gz); raises `UserError` naming file:line."""
     path = os.path.expanduser(os.path.expandvars(path))
     if path.startswith("tfds:") or readers._resolve_format(path, data.format) != "jsonl":
-        raise UserError(f"{path}: task.name='relation' reads JSONL files (data.format='jsonl')")
+        raise UserError(
+            f"{path}: task.name='relation' reads JSONL files (data.format='jsonl') or SemEval-2010 Task 8 "
+            "files (data.format='semeval2010')"
+        )
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
     if require_label and data.label_field is None:

@@ -1,9 +1,11 @@
 """Multi-label classification: any subset of the labels per example; sigmoid + binary cross-entropy.
 
 Labels in the files: a JSON list (`{"text": ..., "labels": ["sports", "politics"]}`) in JSONL, or one string
-joined by `task.label_separator` in CSV/TSV (`sports,politics`; an empty cell is the empty set). A label is
-predicted when its sigmoid probability exceeds `task.threshold`. The device returns each example's 0/1
-predictions, placed by example index on the host, and the report is scikit-learn's multi-label
+joined by `task.label_separator` in CSV/TSV (`sports,politics`; an empty cell is the empty set), or
+GoEmotions' TSV as distributed (`data.format="goemotions"`, `jaxft.data.goemotions`: label ids named by the
+emotions.txt beside the file, which is also the label set, in id order, unless data.labels gives one).
+A label is predicted when its sigmoid probability exceeds `task.threshold`. The device returns each
+example's 0/1 predictions, placed by example index on the host, and the report is scikit-learn's multi-label
 `classification_report` (per label, micro / macro / weighted / samples averages) on them. The head is the
 sequence classifier with one output per label, exported as `BertForSequenceClassification` with
 `problem_type="multi_label_classification"`.
@@ -22,21 +24,12 @@ import numpy as np
 import optax
 import sklearn.metrics
 
-from jaxft.data import lines, readers
+from jaxft.data import goemotions, lines, readers
+from jaxft.data.example import MultiLabelExample
 from jaxft.errors import UserError
 from jaxft.tasks.base import PER_EXAMPLE, Task, TaskReport, text_record, where_of
 
 _INTEGER = re.compile(r"[+-]?\d+")
-
-
-@dataclasses.dataclass(frozen=True)
-class MultiLabelExample:
-    """A text (pair) with its set of raw labels (in file order, without duplicates)."""
-
-    text: str
-    text_pair: str | None
-    labels: tuple[str, ...] | None
-    source: str
 
 
 def _is_jsonl(path: str, fmt: str) -> bool:
@@ -113,6 +106,9 @@ class MultiLabel(Task):
     )
 
     def read(self, path: str, data: ml_collections.ConfigDict, *, require_label: bool = True) -> list:
+        if data.format == "goemotions":  # GoEmotions' TSV: label ids named by emotions.txt beside it
+            path = os.path.expanduser(os.path.expandvars(path))
+            return goemotions.read_goemotions(path, require_label=require_label)
         jsonl = _is_jsonl(path, data.format)
         # The shared reader checks the texts; labels are read here, since they are lists (JSON) or may be
         # empty (the empty set), which the single-label reader refuses.
@@ -150,6 +146,8 @@ class MultiLabel(Task):
             if not names:
                 raise UserError("data.labels must list at least 1 label")
             return names
+        if data.format == "goemotions":  # all of emotions.txt, in id order, even a label train lacks
+            return goemotions.label_names(where_of(examples[0].source)[0])
         unique = {label for example in examples for label in example.labels}
         if not unique:
             raise UserError(f"{where_of(examples[0].source)[0]}: no example has a label")

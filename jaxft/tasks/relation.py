@@ -14,13 +14,20 @@ hidden states at [E1] and [E2] (`task.relation_pooling="markers"`) or the pooled
 
 Truncation never drops a marker: a text longer than `data.max_seq_length` keeps the window of tokens
 centred on the two entities; entities too far apart to fit any window are a `UserError` naming the line.
-Splits are tokenised anew on every run (no token cache). Loss, evaluation and report are single-label
-classification's. Export: only pooling "cls" maps to `BertForSequenceClassification` (whose inputs must
-then carry the markers too); "markers" pooling has no Hugging Face class and is refused.
+
+SemEval-2010 Task 8's files are read as distributed with `data.format="semeval2010"`
+(`jaxft.data.semeval2010`): <e1> is the head, <e2> the tail, the label the directed one as written.
+
+Splits are tokenised anew on every run (no token cache). Loss and evaluation are single-label
+classification's; the report is too, plus SemEval-2010's official score when the label set is SemEval's
+(`Relation.report`, `jaxft.evaluate.semeval2010_score`). Export: only pooling "cls" maps to
+`BertForSequenceClassification` (whose inputs must then carry the markers too); "markers" pooling has no
+Hugging Face class and is refused.
 """
 
 import dataclasses
 import logging
+import os
 
 import ml_collections
 import numpy as np
@@ -34,8 +41,13 @@ from jaxft.data.relations import (
     RelationExample,
     read_relations,
 )
+from jaxft.data.semeval2010 import is_semeval_label_set, read_semeval2010
 from jaxft.errors import UserError
+from jaxft.evaluate import semeval2010_score
+from jaxft.tasks.base import TaskReport
 from jaxft.tasks.classification import Classification
+
+SEMEVAL_METRIC = "semeval_macro_f1"  # the official SemEval-2010 Task 8 score, as a fraction
 
 
 def mark_entities(text: str, head: tuple[int, int], tail: tuple[int, int]) -> str:
@@ -118,7 +130,35 @@ class Relation(Classification):
     pooling: str = "markers"
 
     def read(self, path: str, data: ml_collections.ConfigDict, *, require_label: bool = True) -> list:
+        if data.format == "semeval2010":  # the release's .TXT blocks: <e1> is the head, <e2> the tail
+            path = os.path.expanduser(os.path.expandvars(path))
+            return read_semeval2010(path, require_label=require_label)
         return read_relations(path, data, self.head_field, self.tail_field, require_label=require_label)
+
+    def metric_names(self, data: ml_collections.ConfigDict) -> tuple[str, ...]:
+        # Known before any evaluation only where the labels are sure to be SemEval's: its own format (the
+        # reader refuses any other label), or a data.labels of them. A JSONL copy still gets the score in
+        # its report, but training.best_metric can name it only with data.labels.
+        names = super().metric_names(data)
+        given = data.labels is not None and is_semeval_label_set(data.labels)
+        semeval = data.format == "semeval2010" or given
+        return names + ((SEMEVAL_METRIC,) if semeval else ())
+
+    def report(self, totals: dict, split, names: list[str], data: ml_collections.ConfigDict) -> TaskReport:
+        """sklearn's report, and beside it SemEval-2010's official score when the label set is SemEval's.
+
+        The switch is the label set, not a config key: the score is defined on SemEval's 19 labels only
+        (its scorer refuses any other), and there it is the number every paper reports. It adds the metric
+        "semeval_macro_f1", a section of the text report and the key "semeval2010" of the JSON file.
+        """
+        result = super().report(totals, split, names, data)
+        gold = dict(zip(names, result.confusion.sum(axis=1), strict=True))
+        if is_semeval_label_set(names) and any(n for name, n in gold.items() if name != "Other"):
+            score, text = semeval2010_score(result.confusion, names)
+            result.metrics[SEMEVAL_METRIC] = score["macro_f1"]
+            result.text = result.text.rstrip("\n") + "\n\n" + text
+            result.extra["semeval2010"] = score
+        return result
 
     def prepare_tokenizer(self, tokenizer) -> tuple[str, ...]:
         """Adds the entity markers as special tokens (kept whole and cased); a no-op when present."""
