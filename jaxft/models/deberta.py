@@ -99,10 +99,6 @@ class DebertaV2Config:
 
     model_type: ClassVar[str] = "deberta-v2"
 
-    @property
-    def max_positions(self) -> int:
-        return self.max_position_embeddings
-
     vocab_size: int = 128100
     hidden_size: int = 1536
     num_hidden_layers: int = 24
@@ -219,6 +215,11 @@ class DebertaV2Config:
     @property
     def layer_norm_rel_embeddings(self) -> bool:
         return "layer_norm" in [x.strip() for x in self.norm_rel_ebd.lower().split("|")]
+
+    @property
+    def max_positions(self) -> int:
+        """The longest input: `max_position_embeddings` (the relative table reaches further in v3)."""
+        return self.max_position_embeddings
 
     @classmethod
     def from_dict(cls, d: dict) -> "DebertaV2Config":
