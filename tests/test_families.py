@@ -357,3 +357,27 @@ def test_own_encoder_heads_match_transformers(family, head):
     logits = np.asarray(cls(config, num_labels=num_labels).apply({"params": params}, ids, mask, types))
     valid = mask.astype(bool) if head != "sequence" else slice(None)
     np.testing.assert_allclose(logits[valid], expected[valid], rtol=0, atol=TOL)
+
+
+def test_modernbert_masked_lm_head_matches_transformers_and_names_round_trip():
+    from jaxft.models.heads import MaskedLMClassifier
+
+    torch.manual_seed(0)
+    torch_model = _perturbed(transformers.ModernBertForMaskedLM(OWN_ENCODERS["modernbert"]()))
+    ids, mask, types = _batch("modernbert")
+    mask_id, verbalizer = 4, (7, 11, 30)
+    ids[:, 1] = mask_id
+    with torch.no_grad():
+        logits = torch_model(**_torch_inputs("modernbert", ids, mask, types)).logits.numpy()
+    family = families.named("modernbert")
+    config = family.config.from_dict(torch_model.config.to_dict())
+    state = _state_dict(torch_model)
+    params, ignored = convert.hf_to_flax(state, family, mlm_head=True)
+    assert convert.has_mlm_head(params, family) and ignored == ["decoder.weight"]  # tied to the embeddings
+    model = MaskedLMClassifier(config, num_labels=3, verbalizer_ids=verbalizer, mask_token_id=mask_id)
+    ours = model.apply({"params": params}, ids, mask, types)
+    np.testing.assert_allclose(np.asarray(ours), logits[:, 1][:, list(verbalizer)], rtol=0, atol=TOL)
+    back = convert.flax_to_hf(params, family)
+    assert sorted(back) == sorted(name for name in state if name != "decoder.weight")
+    for name, value in back.items():
+        np.testing.assert_array_equal(value, state[name])

@@ -241,9 +241,11 @@ def hf_to_flax(
     """
     family = family or families.named("bert")
     if family.converter is not None:
-        if mlm_head:
+        if not mlm_head:
+            return family.converter.hf_to_flax(state_dict)
+        if not family.masked_lm:
             raise UserError(f"jaxft reads no masked-LM head of model_type {family.model_type!r}")
-        return family.converter.hf_to_flax(state_dict)
+        return family.converter.hf_to_flax(state_dict, mlm_head=True)
     if mlm_head:  # the family's masked-LM head under BERT's names, its word embeddings under `bert.` too
         state_dict = {family.mlm_names.get(name, name): value for name, value in state_dict.items()}
         prefixed = family.prefix + ".embeddings.word_embeddings.weight"
@@ -315,8 +317,11 @@ _MLM_EXPORT_NAMES = {
 }
 
 
-def has_mlm_head(params: dict) -> bool:
-    """Whether a tree from `hf_to_flax(..., mlm_head=True)` holds the whole masked-LM head."""
+def has_mlm_head(params: dict, family=None) -> bool:
+    """Whether a tree from `hf_to_flax(..., mlm_head=True)` holds the whole masked-LM head of `family`
+    (default BERT)."""
+    if family is not None and family.mlm_head is not None:
+        return set(family.mlm_groups) <= set(params)
     wanted = {path[2:] for path in _MLM_NAMES.values()}
     found = set(traverse_util.flatten_dict(params.get("cls", {}).get("predictions", {})))
     return wanted <= found

@@ -40,6 +40,8 @@ class Family:
         masked_lm: whether the family's checkpoints carry a masked-LM head jaxft reads (prompt-based
             classification needs one).
         mlm_names: the family's masked-LM head tensors -> BERT's (`cls.predictions.*`), where they differ.
+        mlm_head: `f(config, hidden, embeddings, token_ids, dtype)`, the family's own masked-LM head (None:
+            BERT's, `jaxft.models.heads.MlmHead`), and mlm_groups, the parameter groups it creates.
         converter: a module with the family's own `hf_to_flax(state_dict)` and `flax_to_hf(params)`, for
             families whose tree is not BERT's (None: BERT's conversion, through the renames above).
         token_head: `f(config, hidden, *, num_labels, dtype, rate, deterministic, name)`, the head of the
@@ -61,6 +63,8 @@ class Family:
     from_bert_name: Callable[[str], str] = _same
     masked_lm: bool = False
     mlm_names: dict = dataclasses.field(default_factory=dict)
+    mlm_head: Callable | None = None
+    mlm_groups: tuple[str, ...] = ("cls",)
     converter: object = None
     token_head: Callable = bert.token_head
     qa_name: str = "qa_outputs"
@@ -129,6 +133,9 @@ FAMILIES = {
             pooled_head=True,
             converter=modernbert,
             token_head=modernbert.token_head,
+            masked_lm=True,
+            mlm_head=modernbert.mlm_head,
+            mlm_groups=("head", "decoder"),
             qa_name="classifier",
             shape_fields=modernbert.SHAPE_FIELDS,
             dropout_fields=(("embedding_dropout", "mlp_dropout"), ("attention_dropout",)),

@@ -233,8 +233,12 @@ class MaskedLMClassifier(EncoderHead):
         hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
         position = jnp.argmax(input_ids == self.mask_token_id, axis=-1)  # the first True
         at_mask = jnp.take_along_axis(hidden, position[:, None, None], axis=1)[:, 0]  # [B, H]
-        word_embeddings = encoder.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
-        logits = MlmHead(self.config, self.dtype, name="cls")(at_mask, word_embeddings, self.verbalizer_ids)
+        embeddings = encoder.variables["params"]["embeddings"]
+        if self.family.mlm_head is not None:  # the family's own (ModernBERT's `head` and `decoder`)
+            logits = self.family.mlm_head(self.config, at_mask, embeddings, self.verbalizer_ids, self.dtype)
+        else:
+            words = embeddings["word_embeddings"]["embedding"]
+            logits = MlmHead(self.config, self.dtype, name="cls")(at_mask, words, self.verbalizer_ids)
         return logits.astype(jnp.float32)
 
 

@@ -589,6 +589,29 @@ def sequence_head(
     return classifier(x).astype(jnp.float32)
 
 
+class TiedDecoder(nn.Module):
+    """`ModernBertForMaskedLM`'s `decoder`: the word embeddings (tied) and a bias per vocabulary token,
+    projected for `token_ids` only (the logits of every other token would be thrown away)."""
+
+    vocab_size: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, word_embeddings, token_ids: tuple[int, ...]):
+        bias = self.param("bias", nn.initializers.zeros, (self.vocab_size,), jnp.float32)
+        ids = jnp.asarray(token_ids, jnp.int32)
+        return x @ word_embeddings[ids].astype(self.dtype).T + bias[ids].astype(self.dtype)
+
+
+def mlm_head(config: ModernBertConfig, hidden, embeddings: dict, token_ids: tuple[int, ...], dtype):
+    """`ModernBertForMaskedLM`'s head over `hidden` `[B, H]`: `head`, then the tied `decoder`, for
+    `token_ids` alone; `embeddings` is the encoder's `embeddings` parameter group. Call inside a parent's
+    compact `__call__`. (A checkpoint with `decoder_bias=false` gets a bias that starts at zero.)"""
+    x = ModernBertPredictionHead(config, dtype, name="head")(hidden)
+    decoder = TiedDecoder(config.vocab_size, dtype, name="decoder")
+    return decoder(x, embeddings["tok_embeddings"]["embedding"], token_ids)
+
+
 def token_head(config: ModernBertConfig, hidden, *, num_labels, dtype, rate, deterministic, name):
     """The head of `ModernBertForTokenClassification` and `ModernBertForQuestionAnswering` at every position:
     `head` -> dropout (`rate`, None: `config.classifier_dropout`) -> the projection `name`. Call inside a
@@ -613,15 +636,17 @@ def _leaf_name(module: str, torch_leaf: str) -> str | None:
     return {"weight": "kernel", "bias": "bias"}.get(torch_leaf)
 
 
-def hf_to_flax(state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
+def hf_to_flax(state_dict: dict[str, np.ndarray], *, mlm_head: bool = False) -> tuple[dict, list[str]]:
     """Converts a Hugging Face ModernBERT state dict to a nested Flax parameter tree.
 
     Accepts `ModernBertModel` names (`layers.0...`) and task-model names (`model.layers.0...`, `head.*`,
     `classifier.*`, `qa_outputs.*`). A masked-LM checkpoint's `head.*` is kept (it is the sequence head's
-    `head`, as Hugging Face loads it); its `decoder.*` is not.
+    `head`, as Hugging Face loads it); its `decoder.bias` too with `mlm_head` (the decoder's weight is the
+    word embedding matrix, tied).
 
     Args:
         state_dict: tensor name to array (NumPy or anything `np.asarray` takes).
+        mlm_head: keep the masked-LM decoder's bias, as `decoder/bias` (for `mlm_head`).
 
     Returns:
         `(params, ignored_names)`: `params` is `{"bert": {...}}` plus the head groups the checkpoint has,
@@ -629,6 +654,9 @@ def hf_to_flax(state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
     """
     flat, ignored = {}, []
     for name, value in state_dict.items():
+        if mlm_head and name == "decoder.bias":
+            flat[("decoder", "bias")] = np.asarray(value, dtype=np.float32)
+            continue
         parts = name.split(".")
         if parts[0] == _PREFIX:
             parts = parts[1:]
@@ -662,7 +690,7 @@ def flax_to_hf(params: dict) -> dict[str, np.ndarray]:
     Raises:
         UserError: a top-level key this family's checkpoints have no name for.
     """
-    unknown = sorted(set(params) - {"bert", *_HEAD_ROOTS})
+    unknown = sorted(set(params) - {"bert", "decoder", *_HEAD_ROOTS})
     if unknown:
         raise UserError(f"cannot export parameter group {unknown[0]!r}: it has no ModernBERT checkpoint name")
     out = {}

@@ -40,7 +40,7 @@ from jaxft.models.peft import Adapter, LoraDelta, PeftModel, wrap  # noqa: F401 
 METHODS = config_lib.PEFT_METHODS
 LORA_TARGETS = config_lib.LORA_TARGETS  # Dense layers of a BERT layer that LoRA can adapt
 # Top-level parameter groups of task heads, in every family's names: they always train.
-HEADS = ("classifier", "pre_classifier", "head", "qa_outputs", "cls")
+HEADS = ("classifier", "pre_classifier", "head", "qa_outputs", "cls", "decoder")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -237,7 +237,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
                 f"{bert_config.model_type!r}"
             )
         pretrained, ignored = convert.read_pretrained(checkpoint_dir, mlm_head=mlm)
-        if mlm and not convert.has_mlm_head(pretrained):
+        if mlm and not convert.has_mlm_head(pretrained, families.of(bert_config)):
             raise UserError(
                 f"model.checkpoint has no masked-LM head (cls.predictions.*): task.name={task.name!r} "
                 "needs one"
