@@ -381,3 +381,34 @@ def test_modernbert_masked_lm_head_matches_transformers_and_names_round_trip():
     assert sorted(back) == sorted(name for name in state if name != "decoder.weight")
     for name, value in back.items():
         np.testing.assert_array_equal(value, state[name])
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_deberta_masked_lm_head_matches_transformers_and_exports_the_legacy_names(legacy):
+    from jaxft.models.heads import MaskedLMClassifier
+
+    torch.manual_seed(0)
+    torch_model = _perturbed(transformers.DebertaV2ForMaskedLM(OWN_ENCODERS["deberta-v2"](legacy=legacy)))
+    ids, mask, types = _batch("deberta-v2")
+    mask_id, verbalizer = 4, (7, 11, 30)
+    ids[:, 1] = mask_id
+    with torch.no_grad():
+        logits = torch_model(**_torch_inputs("deberta-v2", ids, mask, types)).logits.numpy()
+    family = families.named("deberta-v2")
+    config = family.config.from_dict(torch_model.config.to_dict())
+    state = _state_dict(torch_model)
+    params, _ = convert.hf_to_flax(state, family, mlm_head=True)
+    assert convert.has_mlm_head(params, family)
+    model = MaskedLMClassifier(config, num_labels=3, verbalizer_ids=verbalizer, mask_token_id=mask_id)
+    ours = model.apply({"params": params}, ids, mask, types)
+    np.testing.assert_allclose(np.asarray(ours), logits[:, 1][:, list(verbalizer)], rtol=0, atol=TOL)
+    legacy_names = {v: k for k, v in convert.families.named("deberta-v2").mlm_names.items()}
+    back = convert.flax_to_hf(params, family)
+    for name, value in back.items():
+        theirs = state[name] if legacy or not name.startswith("cls.") else state[legacy_names[name]]
+        np.testing.assert_array_equal(value, theirs)
+    assert {n for n in back if n.startswith("cls.")} == {
+        "cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias",
+        "cls.predictions.bias",
+    }  # fmt: skip

@@ -245,7 +245,9 @@ def hf_to_flax(
             return family.converter.hf_to_flax(state_dict)
         if not family.masked_lm:
             raise UserError(f"jaxft reads no masked-LM head of model_type {family.model_type!r}")
-        return family.converter.hf_to_flax(state_dict, mlm_head=True)
+        if family.mlm_head is not None:
+            return family.converter.hf_to_flax(state_dict, mlm_head=True)
+        return _with_bert_mlm_head(state_dict, family)
     if mlm_head:  # the family's masked-LM head under BERT's names, its word embeddings under `bert.` too
         state_dict = {family.mlm_names.get(name, name): value for name, value in state_dict.items()}
         prefixed = family.prefix + ".embeddings.word_embeddings.weight"
@@ -283,6 +285,23 @@ def hf_to_flax(
         array = np.asarray(value, dtype=np.float32)
         flat[(*root, *joined.split("/"), leaf)] = array.T if leaf == "kernel" else array
     return traverse_util.unflatten_dict(flat), ignored
+
+
+def _with_bert_mlm_head(state_dict: dict, family) -> tuple[dict, list[str]]:
+    """`hf_to_flax` with `mlm_head` of a family with its own converter and BERT's masked-LM head
+    (DeBERTa-v2's `cls.predictions.*`, or `lm_predictions.lm_head.*` renamed so): the head by BERT's
+    conversion (`cls`, its decoder checked tied to the word embeddings), the rest by the family's."""
+    renamed = {family.mlm_names.get(name, name): value for name, value in state_dict.items()}
+    head_names = {name for name in renamed if name in _MLM_NAMES or name == _MLM_DECODER}
+    params, ignored = family.converter.hf_to_flax({n: v for n, v in renamed.items() if n not in head_names})
+    head = {name: renamed[name] for name in head_names}
+    words = state_dict.get(f"{family.prefix}.embeddings.word_embeddings.weight")
+    if words is not None:
+        head[_WORD_EMBEDDINGS[0]] = words  # for the tie check only
+    converted, _ = hf_to_flax(head, mlm_head=True)
+    if "cls" in converted:
+        params["cls"] = converted["cls"]
+    return params, ignored
 
 
 def read_pretrained(checkpoint_dir: str, *, mlm_head: bool = False) -> tuple[dict, list[str]]:
@@ -366,6 +385,9 @@ def flax_to_hf(params: dict, family=None) -> dict[str, np.ndarray]:
     """
     family = family or families.named("bert")
     if family.converter is not None:
+        if family.mlm_head is None and "cls" in params:  # BERT's masked-LM head, by BERT's names
+            rest = {group: tree for group, tree in params.items() if group != "cls"}
+            return {**family.converter.flax_to_hf(rest), **flax_to_hf({"cls": params["cls"]})}
         return family.converter.flax_to_hf(params)
     unknown = sorted(set(params) - {"bert", "cls", *_HEAD_ROOTS})
     if unknown:

@@ -684,6 +684,18 @@ def _kernel_layout(array: np.ndarray) -> np.ndarray:
     return array.transpose(2, 1, 0) if array.ndim == 3 else array.T
 
 
+# `DebertaV2ForMaskedLM`'s head with `legacy=False` (`lm_predictions.lm_head`: dense, activation, LayerNorm,
+# the word embeddings tied, a bias) under the names of the legacy head, which are BERT's (`cls.predictions.*`)
+# and compute the same function; jaxft reads either and exports the legacy names (transformers' default).
+MLM_NAMES = {
+    "lm_predictions.lm_head.dense.weight": "cls.predictions.transform.dense.weight",
+    "lm_predictions.lm_head.dense.bias": "cls.predictions.transform.dense.bias",
+    "lm_predictions.lm_head.LayerNorm.weight": "cls.predictions.transform.LayerNorm.weight",
+    "lm_predictions.lm_head.LayerNorm.bias": "cls.predictions.transform.LayerNorm.bias",
+    "lm_predictions.lm_head.bias": "cls.predictions.bias",
+}
+
+
 def hf_to_flax(state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
     """Converts a Hugging Face DeBERTa-v2 state dict to a nested Flax parameter tree.
 

@@ -122,6 +122,8 @@ FAMILIES = {
             deberta.sequence_head,
             converter=deberta,
             prefix_tuning=False,
+            masked_lm=True,
+            mlm_names=deberta.MLM_NAMES,
             shape_fields=deberta.SHAPE_FIELDS,
         ),
         Family(
