@@ -81,7 +81,7 @@ def test_a_tokenizer_directory_without_a_vocabulary_file_is_refused_in_training(
     message = fails(tiny_config(**{"model.tokenizer": str(lost)}), workdir)
     assert message == (
         f"{lost}: the tokenizer has no vocabulary file (none of tokenizer.json, vocab.txt, spiece.model, "
-        "sentencepiece.bpe.model, tokenizer.model, vocab.json + merges.txt)"
+        "spm.model, sentencepiece.bpe.model, tokenizer.model, vocab.json + merges.txt)"
     )
 
 

@@ -115,7 +115,8 @@ class BertConfig:
             value = getattr(self, name)
             least = 0 if name == "type_vocab_size" else 1  # 0: no token type embeddings
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise UserError(f"{name}={value!r} must be an integer, at least {least}")
+                kind = "positive" if least else "non-negative"
+                raise UserError(f"{name}={value!r} must be a {kind} integer")
         size = self.embedding_size
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise UserError(f"embedding_size={size!r} must be a positive integer")
