@@ -20,10 +20,10 @@ EMOTIONS = ["admiration", "amusement", "anger", "neutral"]  # a short emotions.t
 
 # Real lines of train.tsv (the second quoted by pandas, its inner quotes doubled), ids renumbered to EMOTIONS.
 LINES = [
-    "My favourite food is anything I didn't have to cook myself.\t3\teebbqej",
-    '"[NAME] dude I see [NAME] so rarely that I forget that he\'s the OG ""Fuck this character fuck this '
-    'stupid game"" king. "\t2,1\teczjljm',
-    "Ok, then what the actual fuck is your plan?\t2,0,2\tee7ujla",
+    "The soup was fine, I didn't expect much from a train station.\t3\tid0001",
+    '"[NAME] keeps calling it the ""final final"" draft and I can\'t stop laughing, it is the fifth '
+    'one"" this week. "\t2,1\tid0002',
+    "Wait, so what exactly is the plan for tomorrow?\t2,0,2\tid0003",
 ]
 
 
@@ -38,16 +38,16 @@ def write(tmp_path, lines, name="train.tsv", emotions=EMOTIONS) -> str:
 def test_lines_become_examples_with_emotion_names(tmp_path):
     path = write(tmp_path, LINES)
     og = (
-        "[NAME] dude I see [NAME] so rarely that I forget that he's the OG \"Fuck this character fuck this "
-        'stupid game" king.'
+        '[NAME] keeps calling it the "final final" draft and I can\'t stop laughing, it is the fifth '
+        'one" this week.'
     )
     assert read_goemotions(path) == [
         MultiLabelExample(
-            "My favourite food is anything I didn't have to cook myself.", None, ("neutral",), f"{path}:1"
+            "The soup was fine, I didn't expect much from a train station.", None, ("neutral",), f"{path}:1"
         ),
         MultiLabelExample(og, None, ("anger", "amusement"), f"{path}:2"),
         MultiLabelExample(
-            "Ok, then what the actual fuck is your plan?", None, ("anger", "admiration"), f"{path}:3"
+            "Wait, so what exactly is the plan for tomorrow?", None, ("anger", "admiration"), f"{path}:3"
         ),
     ]
     assert [e.labels for e in read_goemotions(path, require_label=False)] == [None, None, None]

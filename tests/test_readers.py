@@ -189,14 +189,14 @@ def test_a_directory_is_not_a_data_file(tmp_path, fmt):
 
 DATA = os.environ.get("JAXFT_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
-# Real lines of STS-B's train.tsv and dev.tsv (GLUE): quotes inside a sentence, and one that starts with one.
+# Lines in STS-B's GLUE layout, written for this test: quotes inside a sentence, and one that starts with one.
 STSB_LINES = [
-    "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane is taking off."
-    "\tAn air plane is taking off.\t5.000",
-    '1523\tmain-captions\timages\t2015\t0096\tnone\tnone\tA dog in a "superman" shirt sleeps on a blanket.\t'
-    "A brown dog in a Superman shirt is laying on a blue blanket.\t4.00",
-    "698\tmain-forums\tanswers-forums\t2015\t0403\tnone\tnone\tThe assertion is false, at least as you've "
-    'restated it here.\t"I had mainly been" is fine, in the context you\'re using it.\t0.60',
+    "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA boat is leaving the harbour."
+    "\tA ship leaves the harbour.\t5.000",
+    '1523\tmain-captions\timages\t2015\t0096\tnone\tnone\tA cat in a "chef" hat sits on a stool.\t'
+    "A grey cat wearing a chef hat is sitting on a red stool.\t4.00",
+    "698\tmain-forums\tanswers-forums\t2015\t0403\tnone\tnone\tThe rule is wrong, at least as you've "
+    'put it here.\t"We have been told" reads fine, in the way you\'re using it.\t0.60',
 ]
 
 
@@ -205,16 +205,16 @@ def test_stsb_glue_tsv_reads_quotes_as_ordinary_characters(tmp_path):
     path = write(tmp_path, "train.tsv", "\n".join([STSB_HEADER, *STSB_LINES]) + "\n")
     examples = read_examples(path, text_field="sentence1", text_pair_field="sentence2", label_field="score")
     assert examples == [
-        Example("A plane is taking off.", "An air plane is taking off.", "5.000", f"{path}:2"),
+        Example("A boat is leaving the harbour.", "A ship leaves the harbour.", "5.000", f"{path}:2"),
         Example(
-            'A dog in a "superman" shirt sleeps on a blanket.',
-            "A brown dog in a Superman shirt is laying on a blue blanket.",
+            'A cat in a "chef" hat sits on a stool.',
+            "A grey cat wearing a chef hat is sitting on a red stool.",
             "4.00",
             f"{path}:3",
         ),
         Example(
-            "The assertion is false, at least as you've restated it here.",
-            '"I had mainly been" is fine, in the context you\'re using it.',
+            "The rule is wrong, at least as you've put it here.",
+            '"We have been told" reads fine, in the way you\'re using it.',
             "0.60",
             f"{path}:4",
         ),
@@ -242,8 +242,7 @@ def test_real_stsb_files_hold_the_published_counts(split, count):
     examples = read_examples(path, text_field="sentence1", text_pair_field="sentence2", label_field="score")
     assert len(examples) == count  # data README: 5,749 / 1,500
     assert all(0 <= float(e.label) <= 5 for e in examples)
-    first = {"train": "A plane is taking off.", "dev": "A man with a hard hat is dancing."}[split]
-    assert (examples[0].text, examples[0].label, examples[0].source) == (first, "5.000", f"{path}:2")
+    assert (examples[0].label, examples[0].source) == ("5.000", f"{path}:2") and examples[0].text
     quoted = read_examples(
         path.replace(f"{split}.tsv", "test.tsv"),
         text_field="sentence1",

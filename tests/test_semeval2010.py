@@ -18,19 +18,19 @@ from jaxft.tasks.relation import Relation
 DATA = os.environ.get("JAXFT_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 SEMEVAL = os.path.join(DATA, "semeval2010_task8")
 
-# Two blocks copied from TRAIN_FILE.TXT (ids 30 and 2; the first has quotes inside the sentence) and one
-# from TEST_FILE_FULL.TXT, with the release's CRLF line endings.
+# Three blocks written for these tests in the release's layout (id and quoted sentence, relation, comment,
+# blank line; CRLF endings): the first has quotes inside the sentence, the last a test-file id.
 BLOCKS = [
-    '30\t"The <e1>timer</e1> of the <e2>device</e2> automatically eliminates wasted "standby power" '
-    'consumption by automatically turn off electronics plugged into the "auto off" outlets."',
+    '30\t"The <e1>lever</e1> of the <e2>press</e2> has a "safe stop" notch that keeps the "open" plate '
+    'from closing on a hand."',
     "Component-Whole(e1,e2)",
     "Comment:",
     "",
-    '2\t"The <e1>child</e1> was carefully wrapped and bound into the <e2>cradle</e2> by means of a cord."',
+    '2\t"The <e1>parcel</e1> was left on the step next to the <e2>bench</e2> by the driver."',
     "Other",
     "Comment:",
     "",
-    '8002\t"The <e1>company</e1> fabricates plastic <e2>chairs</e2>."',
+    '8002\t"The <e1>mill</e1> grinds local <e2>flour</e2>."',
     "Product-Producer(e2,e1)",
     "Comment: (a) is satisfied",
     "",
@@ -45,19 +45,18 @@ def write(tmp_path, lines, name="TRAIN_FILE.TXT", newline="\r\n") -> str:
 
 def test_blocks_become_relation_examples_with_spans_and_directed_labels(tmp_path):
     path = write(tmp_path, BLOCKS)
-    timer = (
-        'The timer of the device automatically eliminates wasted "standby power" consumption by '
-        'automatically turn off electronics plugged into the "auto off" outlets.'
+    lever = (
+        'The lever of the press has a "safe stop" notch that keeps the "open" plate from closing on a hand.'
     )
-    child = "The child was carefully wrapped and bound into the cradle by means of a cord."
-    company = "The company fabricates plastic chairs."
+    parcel = "The parcel was left on the step next to the bench by the driver."
+    mill = "The mill grinds local flour."
     assert read_semeval2010(path) == [
-        RelationExample(timer, None, "Component-Whole(e1,e2)", f"{path}:1", (4, 9), (17, 23)),
-        RelationExample(child, None, "Other", f"{path}:5", (4, 9), (51, 57)),
-        RelationExample(company, None, "Product-Producer(e2,e1)", f"{path}:9", (4, 11), (31, 37)),
+        RelationExample(lever, None, "Component-Whole(e1,e2)", f"{path}:1", (4, 9), (17, 22)),
+        RelationExample(parcel, None, "Other", f"{path}:5", (4, 10), (44, 49)),
+        RelationExample(mill, None, "Product-Producer(e2,e1)", f"{path}:9", (4, 8), (22, 27)),
     ]
     example = read_semeval2010(path)[2]
-    assert example.text[slice(*example.head)] == "company" and example.text[slice(*example.tail)] == "chairs"
+    assert example.text[slice(*example.head)] == "mill" and example.text[slice(*example.tail)] == "flour"
 
 
 def test_lf_endings_gzip_and_no_final_blank_line_read_the_same(tmp_path):

@@ -2,9 +2,9 @@
 
 Each example is a block of four lines, CRLF-terminated in the official release (LF is read too):
 
-    8001<TAB>"The most common <e1>audits</e1> were about <e2>waste</e2> and recycling."
+    8001<TAB>"The <e1>leaflet</e1> explains the new <e2>timetable</e2>."
     Message-Topic(e1,e2)
-    Comment: Assuming an audit = an audit document.
+    Comment: (free text, ignored)
     <blank>
 
 The sentence sits between one pair of outer quotes (quotes inside it are kept as written); the tags are
