@@ -290,23 +290,32 @@ def test_twenty_adamw_steps_match_pytorch(family):
     assert losses[-1] < losses[0] - 0.1  # it trained: not two flat lines
 
 
-@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "distilbert"])
-def test_masked_lm_head_matches_transformers_and_names_round_trip(family):
+MASK_ID, VERBALIZER = 4, (7, 11, 30)
+
+
+def _masked_lm_parity(family: str, torch_model):
+    """Our `MaskedLMClassifier` on `torch_model`'s converted weights (every row's first [MASK] at position 1)
+    against its logits there: returns the converted parameters, the names `hf_to_flax` ignored and the torch
+    state dict, for the name checks."""
     from jaxft.models.heads import MaskedLMClassifier
 
-    torch_model = _torch_model(family, "ForMaskedLM")
     ids, mask, types = _batch(family)
-    mask_id, verbalizer = 4, (7, 11, 30)
-    ids[:, 1] = mask_id  # every row's first [MASK] at position 1
+    ids[:, 1] = MASK_ID
     with torch.no_grad():
         logits = torch_model(**_torch_inputs(family, ids, mask, types)).logits.numpy()
     config = families.named(family).config.from_dict(torch_model.config.to_dict())
     state = _state_dict(torch_model)
-    params, _ = convert.hf_to_flax(state, families.named(family), mlm_head=True)
-    assert convert.has_mlm_head(params)
-    model = MaskedLMClassifier(config, num_labels=3, verbalizer_ids=verbalizer, mask_token_id=mask_id)
+    params, ignored = convert.hf_to_flax(state, families.named(family), mlm_head=True)
+    assert convert.has_mlm_head(params, families.named(family))
+    model = MaskedLMClassifier(config, num_labels=3, verbalizer_ids=VERBALIZER, mask_token_id=MASK_ID)
     ours = model.apply({"params": params}, ids, mask, types)
-    np.testing.assert_allclose(np.asarray(ours), logits[:, 1][:, list(verbalizer)], rtol=0, atol=TOL)
+    np.testing.assert_allclose(np.asarray(ours), logits[:, 1][:, list(VERBALIZER)], rtol=0, atol=TOL)
+    return params, ignored, state
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "distilbert"])
+def test_masked_lm_head_matches_transformers_and_names_round_trip(family):
+    params, _, state = _masked_lm_parity(family, _torch_model(family, "ForMaskedLM"))
     back = convert.flax_to_hf(params, families.named(family))
     assert set(back) <= set(state)
     assert {name for name in state if name not in back} <= {
@@ -360,23 +369,11 @@ def test_own_encoder_heads_match_transformers(family, head):
 
 
 def test_modernbert_masked_lm_head_matches_transformers_and_names_round_trip():
-    from jaxft.models.heads import MaskedLMClassifier
-
     torch.manual_seed(0)
     torch_model = _perturbed(transformers.ModernBertForMaskedLM(OWN_ENCODERS["modernbert"]()))
-    ids, mask, types = _batch("modernbert")
-    mask_id, verbalizer = 4, (7, 11, 30)
-    ids[:, 1] = mask_id
-    with torch.no_grad():
-        logits = torch_model(**_torch_inputs("modernbert", ids, mask, types)).logits.numpy()
+    params, ignored, state = _masked_lm_parity("modernbert", torch_model)
+    assert ignored == ["decoder.weight"]  # tied to the embeddings
     family = families.named("modernbert")
-    config = family.config.from_dict(torch_model.config.to_dict())
-    state = _state_dict(torch_model)
-    params, ignored = convert.hf_to_flax(state, family, mlm_head=True)
-    assert convert.has_mlm_head(params, family) and ignored == ["decoder.weight"]  # tied to the embeddings
-    model = MaskedLMClassifier(config, num_labels=3, verbalizer_ids=verbalizer, mask_token_id=mask_id)
-    ours = model.apply({"params": params}, ids, mask, types)
-    np.testing.assert_allclose(np.asarray(ours), logits[:, 1][:, list(verbalizer)], rtol=0, atol=TOL)
     back = convert.flax_to_hf(params, family)
     assert sorted(back) == sorted(name for name in state if name != "decoder.weight")
     for name, value in back.items():
@@ -385,23 +382,10 @@ def test_modernbert_masked_lm_head_matches_transformers_and_names_round_trip():
 
 @pytest.mark.parametrize("legacy", [True, False])
 def test_deberta_masked_lm_head_matches_transformers_and_exports_the_legacy_names(legacy):
-    from jaxft.models.heads import MaskedLMClassifier
-
     torch.manual_seed(0)
     torch_model = _perturbed(transformers.DebertaV2ForMaskedLM(OWN_ENCODERS["deberta-v2"](legacy=legacy)))
-    ids, mask, types = _batch("deberta-v2")
-    mask_id, verbalizer = 4, (7, 11, 30)
-    ids[:, 1] = mask_id
-    with torch.no_grad():
-        logits = torch_model(**_torch_inputs("deberta-v2", ids, mask, types)).logits.numpy()
+    params, _, state = _masked_lm_parity("deberta-v2", torch_model)
     family = families.named("deberta-v2")
-    config = family.config.from_dict(torch_model.config.to_dict())
-    state = _state_dict(torch_model)
-    params, _ = convert.hf_to_flax(state, family, mlm_head=True)
-    assert convert.has_mlm_head(params, family)
-    model = MaskedLMClassifier(config, num_labels=3, verbalizer_ids=verbalizer, mask_token_id=mask_id)
-    ours = model.apply({"params": params}, ids, mask, types)
-    np.testing.assert_allclose(np.asarray(ours), logits[:, 1][:, list(verbalizer)], rtol=0, atol=TOL)
     legacy_names = {v: k for k, v in convert.families.named("deberta-v2").mlm_names.items()}
     back = convert.flax_to_hf(params, family)
     for name, value in back.items():

@@ -12,6 +12,7 @@ dropout, projection. ELECTRA's head is the same with GELU (`jaxft.models.electra
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -76,20 +77,19 @@ class ClassificationHead(nn.Module):
         return classifier(self.num_labels, self.config, self.dtype, "out_proj")(x)
 
 
-def sequence_head(config, hidden, pooled, *, num_labels, dtype, classifier_dropout, deterministic):
-    """`RobertaForSequenceClassification`'s head (`classifier/{dense,out_proj}`); `pooled` is unused.
+def sequence_head(
+    config, hidden, pooled, *, num_labels, dtype, classifier_dropout, deterministic, activation=jnp.tanh
+):
+    """`RobertaForSequenceClassification`'s head (`classifier/{dense,out_proj}`; ELECTRA's with
+    `activation=gelu`); `pooled` is unused.
 
     Call inside a parent's compact `__call__`. Returns `[B, num_labels]` float32 logits.
     """
     del pooled
     rate = config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
-    head = ClassificationHead(config, num_labels, rate, jnp.tanh, dtype, name="classifier")
+    head = ClassificationHead(config, num_labels, rate, activation, dtype, name="classifier")
     return head(hidden, deterministic).astype(jnp.float32)
 
 
-def gelu_sequence_head(config, hidden, pooled, *, num_labels, dtype, classifier_dropout, deterministic):
-    """`ElectraForSequenceClassification`'s head: `sequence_head` with GELU for tanh."""
-    del pooled
-    rate = config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
-    head = ClassificationHead(config, num_labels, rate, gelu, dtype, name="classifier")
-    return head(hidden, deterministic).astype(jnp.float32)
+# `ElectraForSequenceClassification`'s head: RoBERTa's with GELU (transformers' "gelu", the erf form).
+gelu_sequence_head = functools.partial(sequence_head, activation=gelu)
