@@ -25,11 +25,11 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(PY) train.py --config configs/demo.py --workdir runs/demo
+	$(PY) train.py --config jaxft/configs/demo.py --workdir runs/demo
 
 lint: $(STAMP)
-	$(PY) -m ruff check jaxft configs tests bench train.py
-	$(PY) -m ruff format --check jaxft configs tests bench train.py
+	$(PY) -m ruff check jaxft tests bench train.py
+	$(PY) -m ruff format --check jaxft tests bench train.py
 	$(VENV)/bin/lint-imports --no-cache
 
 test: lint

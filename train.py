@@ -1,4 +1,4 @@
-"""Fine-tune: `python train.py --config configs/default.py --workdir DIR [--config.KEY=VALUE ...]`.
+"""Fine-tune: `python train.py --config jaxft/configs/default.py --workdir DIR [--config.KEY=VALUE ...]`.
 
 The flags and their handling live in `jaxft/main.py` (also installed as `jaxft-train`); `--help` lists them.
 """

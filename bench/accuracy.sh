@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Real-data accuracy benchmarks, one command each; results land in runs/bench/*.json.
-#   bench/accuracy.sh DATA_DIR sst2        jaxft, configs/sst2.py        (~20-25 min on 2 CPU cores)
+#   bench/accuracy.sh DATA_DIR sst2        jaxft, jaxft/configs/sst2.py        (~20-25 min on 2 CPU cores)
 #   bench/accuracy.sh DATA_DIR sst2-bf16   the same recipe computing in bfloat16 (float32 weights and state)
 #   bench/accuracy.sh DATA_DIR sst2-torch  PyTorch reference, same recipe
-#   bench/accuracy.sh DATA_DIR imdb-cpu    jaxft, configs/imdb.py:cpu    (5k/5k subset at 256 tokens)
+#   bench/accuracy.sh DATA_DIR imdb-cpu    jaxft, jaxft/configs/imdb.py:cpu    (5k/5k subset at 256 tokens)
 #   bench/accuracy.sh DATA_DIR imdb-torch  PyTorch reference on the same subset
 # DATA_DIR holds sst2/ and imdb/ (e.g. ../shared/data). Not run by CI.
 set -euo pipefail
@@ -28,9 +28,9 @@ print(json.dumps(result))
 PY
 }
 case $job in
-  sst2) jaxft sst2 configs/sst2.py ;;
-  sst2-bf16) jaxft sst2_bf16 configs/sst2.py --config.model.dtype=bfloat16 ;;
-  imdb-cpu) jaxft imdb_cpu configs/imdb.py:cpu ;;
+  sst2) jaxft sst2 jaxft/configs/sst2.py ;;
+  sst2-bf16) jaxft sst2_bf16 jaxft/configs/sst2.py --config.model.dtype=bfloat16 ;;
+  imdb-cpu) jaxft imdb_cpu jaxft/configs/imdb.py:cpu ;;
   sst2-torch) "$py" bench/torch_reference.py --train "$data/sst2/train.tsv" --eval "$data/sst2/dev.tsv" \
       --text-field sentence --max-seq-length 64 --epochs 1 --out "$out/sst2_torch.json" ;;
   imdb-torch) "$py" bench/torch_reference.py --train "$data/imdb/train.jsonl.gz" --eval "$data/imdb/test.jsonl.gz" \

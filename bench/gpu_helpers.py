@@ -124,7 +124,7 @@ def tokenizer(train_tsv: str, out_dir: str) -> None:
 
     SST-2's train split has about 21,000 distinct word pieces; the rest of the table is `[unusedN]` rows (as
     BERT's own vocab has), so the random-init encoder has BERT-base's exact embedding table (30,522 x 768).
-    Written as vocab.txt + tokenizer_config.json, the layout of configs/tiny_tokenizer.
+    Written as vocab.txt + tokenizer_config.json, the layout of jaxft/configs/tiny_tokenizer.
     """
     from tokenizers import BertWordPieceTokenizer
 

@@ -33,7 +33,7 @@ def trace(args) -> None:
 
     throughput.jaxft_process(args.prng_impl)  # as training does, before anything touches a device
 
-    from configs import common
+    from jaxft.configs import common
     from jaxft.training import steps as steps_lib
 
     checkpoint = common.minilm_checkpoint()
@@ -102,7 +102,7 @@ def torch_ops(args) -> None:
     import throughput
     import torch
 
-    from configs import common
+    from jaxft.configs import common
 
     torch.set_num_threads(os.cpu_count())
     step, _, _ = throughput.torch_step(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-TRAIN = [PY, str(REPO / "train.py"), "--config", str(REPO / "configs/tiny.py")]
+TRAIN = [PY, str(REPO / "train.py"), "--config", str(REPO / "jaxft/configs/tiny.py")]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
 
 

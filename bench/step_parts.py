@@ -22,7 +22,7 @@ import sys
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(__file__)]
 import throughput  # noqa: E402
 
-from configs import common  # noqa: E402
+from jaxft.configs import common  # noqa: E402
 
 
 def _median_ms(fn, steps: int) -> float:

@@ -132,7 +132,7 @@ def jaxft_setup(model: str, dtype: str, checkpoint, attention_dropout, family: s
     import jax
     import jax.numpy as jnp
 
-    from configs import default
+    from jaxft.configs import default
     from jaxft.models.heads import SequenceClassifier
     from jaxft.training import optim
     from jaxft.training import steps as steps_lib
@@ -294,7 +294,7 @@ def jaxft_process(prng_impl: str | None) -> None:
 
 def measure(args, impl: str, batch: int, dtype: str) -> dict:
     """One measurement, in this process (set up by `jaxft_process` for jaxft): its JSON row."""
-    from configs import common
+    from jaxft.configs import common
 
     step_s, compile_s, peak, device = IMPLS[impl](
         args.model,

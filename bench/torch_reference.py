@@ -4,8 +4,8 @@
     python bench/torch_reference.py --train ../shared/data/sst2/train.tsv --eval ../shared/data/sst2/dev.tsv \
         --text-field sentence --max-seq-length 64 --epochs 1 --out runs/torch_sst2.json
 
-Recipe (as configs/sst2.py): AdamW (torch.optim, weight decay 0.01 off for biases and LayerNorm), lr 5e-5,
-linear warm-up over 6% of the steps then linear decay, clipping 1.0, batch 32, dropout as in the
+Recipe (as jaxft/configs/sst2.py): AdamW (torch.optim, weight decay 0.01 off for biases and LayerNorm), lr
+5e-5, linear warm-up over 6% of the steps then linear decay, clipping 1.0, batch 32, dropout as in the
 checkpoint, seed 0, batches padded to their longest member. Needs torch (`pip install torch==2.13.0`).
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import common  # noqa: E402
+from jaxft.configs import common  # noqa: E402
 from jaxft.data import labels as labels_lib  # noqa: E402
 from jaxft.data import readers  # noqa: E402
 from jaxft.training import pipeline

@@ -62,21 +62,44 @@ def config_paths(argv: Sequence[str]) -> list[str]:
 
 
 def config_package_roots(argv: Sequence[str]) -> list[str]:
-    """Directories to put on sys.path so that the config files of `argv` can import `configs.*`."""
-    # Config files import `configs.common` / `configs.default`: the directory holding `configs/` must be
-    # importable however the command was started (python train.py, jaxft-train, from another directory).
+    """Directories to put on sys.path so that the config files of `argv` can import their neighbours: a
+    user's `myconfigs/x.py` that imports `myconfigs.common` works however the command was started (python
+    train.py, jaxft-train, from another directory). The shipped configs import `jaxft.configs.*`."""
     return [os.path.dirname(os.path.dirname(os.path.abspath(p))) for p in config_paths(argv)] + [os.getcwd()]
+
+
+def resolve_config_names(argv: Sequence[str]) -> list[str]:
+    """`argv` with each `--config jaxft.configs.NAME[:VARIANT]` (a shipped config by its module name)
+    replaced by that module's file, which is what ml_collections loads; file paths are left as they are."""
+    from jaxft import configs
+
+    def resolve(value: str) -> str:
+        name, colon, variant = value.partition(":")
+        if not name.startswith("jaxft.configs.") or name.endswith(".py"):
+            return value
+        try:
+            return configs.path(name.removeprefix("jaxft.configs.")) + colon + variant
+        except ValueError as error:
+            fail(f"--config {value}: {error}")
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = "--config=" + resolve(arg.split("=", 1)[1])
+        elif arg == "--config" and i + 1 < len(out):
+            out[i + 1] = resolve(out[i + 1])
+    return out
 
 
 def check_config_file(path: str) -> None:
     """Ends the process with one line if `path` exists but cannot be a config file: a directory, or not a
     Python file (ml_collections would run a JSON file as Python and report a missing key)."""
     if os.path.isdir(path):
-        fail(f"--config {path}: is a directory, not a config file (e.g. configs/default.py)")
+        fail(f"--config {path}: is a directory, not a config file (e.g. jaxft/configs/sst2.py)")
     if os.path.exists(path) and not path.endswith(".py"):
         fail(
             f"--config {path}: not a Python config file (a .py file defining get_config(), "
-            "e.g. configs/default.py)"
+            "e.g. jaxft/configs/sst2.py)"
         )
 
 

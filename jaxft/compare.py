@@ -1,6 +1,6 @@
 """Compare fine-tuning strategies: strategies x hyperparameter grid x seeds, in one command.
 
-    python -m jaxft.compare --config configs/sst2.py --strategies full,bitfit,lora,adapter,prompt \\
+    python -m jaxft.compare --config jaxft.configs.sst2 --strategies full,bitfit,lora,adapter,prompt \\
         --seeds 0,1,2 --grid optimizer.learning_rate=1e-5,3e-5,1e-4 --workdir runs/cmp
 
 (also installed as `jaxft-compare`). A strategy is a named set of config overrides (`STRATEGIES`); `+`
@@ -38,7 +38,8 @@ from jaxft.compare_runner import Cell, Plan, flag_text
 from jaxft.errors import UserError
 from jaxft.training import workdir as workdir_lib
 
-# Each value must be of its key's type in configs/default.py: cells receive it as --config.KEY=VALUE text.
+# Each value must be of its key's type in jaxft/configs/default.py: cells receive it as --config.KEY=VALUE
+# text.
 STRATEGIES = {
     "full": {},
     "bitfit": {"peft.method": "bitfit"},
@@ -357,6 +358,7 @@ def main(argv):
 
 def run():
     """Entry point of `python -m jaxft.compare` and the `jaxft-compare` console script."""
+    sys.argv = cli.resolve_config_names(sys.argv)
     for root in cli.config_package_roots(sys.argv):
         if root not in sys.path:
             sys.path.insert(0, root)

@@ -1,19 +1,18 @@
 """The config, parsed and checked once: every rule on a config's values lives here, and `check` runs them.
 
-Configs are `ml_collections.ConfigDict`s built by `configs/*.py` from `configs/default.py`, which holds every
-key and its default (also for a run's config.json written by an older jaxft: `with_defaults`). Unknown keys
-are already refused by the locked ConfigDict; `check` refuses a value that cannot work, or a combination
-that makes no sense (a strategy on a task it does not apply to), with one `UserError` that names the key.
-It runs before anything is read or written: on a training config (`jaxft.training.train.prepare`), on each
-cell of a comparison (`jaxft.compare`) and on a finished run's config.json (`jaxft.predict.load_run`). What
-reads a config afterwards (`tasks.from_config`, `peft.from_config`, `adversarial.from_config`) only reads it.
+Configs are `ml_collections.ConfigDict`s built by `jaxft/configs/*.py` from `jaxft/configs/default.py`, which
+holds every key and its default (also for a run's config.json written by an older jaxft: `with_defaults`).
+Unknown keys are already refused by the locked ConfigDict; `check` refuses a value that cannot work, or a
+combination that makes no sense (a strategy on a task it does not apply to), with one `UserError` that names
+the key. It runs before anything is read or written: on a training config (`jaxft.training.train.prepare`), on
+each cell of a comparison (`jaxft.compare`) and on a finished run's config.json (`jaxft.predict.load_run`).
+What reads a config afterwards (`tasks.from_config`, `peft.from_config`, `adversarial.from_config`) only reads
+it.
 """
 
-import importlib.util
 import json
 import math
 import os
-from pathlib import Path
 
 import ml_collections
 
@@ -156,16 +155,10 @@ def get(config: ml_collections.ConfigDict, dotted: str):
 
 
 def defaults() -> ml_collections.ConfigDict:
-    """`configs/default.py`'s config: every key with its default."""
-    path = Path(__file__).resolve().parent.parent / "configs" / "default.py"
-    if not path.is_file():  # an installed jaxft without its repository: the configs package, if importable
-        from configs import default
+    """`jaxft/configs/default.py`'s config: every key with its default."""
+    from jaxft.configs import default
 
-        return default.get_config()
-    spec = importlib.util.spec_from_file_location("jaxft_default_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return default.get_config()
 
 
 def with_defaults(saved: dict) -> ml_collections.ConfigDict:

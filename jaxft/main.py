@@ -1,4 +1,4 @@
-"""Command line: `python train.py --config configs/X.py --workdir DIR [--config.KEY=VALUE ...]`
+"""Command line: `python train.py --config jaxft.configs.X --workdir DIR [--config.KEY=VALUE ...]`
 (also installed as `jaxft-train`).
 
 The one module that defines the training flags; the job is `jaxft.training.train.train_and_evaluate`, the
@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 from jaxft import cli
 
-CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file, e.g. configs/default.py.")
+CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file, e.g. jaxft/configs/default.py.")
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
@@ -138,6 +138,7 @@ class _BackgroundErrors:
 
 def run():
     """Entry point of `train.py` and the `jaxft-train` console script."""
+    sys.argv = cli.resolve_config_names(sys.argv)
     for root in cli.config_package_roots(sys.argv):
         if root not in sys.path:
             sys.path.insert(0, root)

@@ -87,9 +87,10 @@ def load_run(workdir: str) -> TrainedRun:
     """Loads a workdir's config, labels, tokenizer and best (else newest) parameters.
 
     Everything read back is checked as training checked it before use: config.json by `jaxft.config.check`
-    (the keys an older jaxft did not write take configs/default.py's values), `data.max_seq_length` against
-    model_config.json's position table, model_config.json as a model config, labels.json against the labels
-    the checkpoints recorded, and the tokenizer against the model's vocabulary (`tokenize.check_fits_model`).
+    (the keys an older jaxft did not write take jaxft/configs/default.py's values), `data.max_seq_length`
+    against model_config.json's position table, model_config.json as a model config, labels.json against the
+    labels the checkpoints recorded, and the tokenizer against the model's vocabulary
+    (`tokenize.check_fits_model`).
 
     Raises:
       UserError: `workdir` is not a jaxft run, has no checkpoint yet, or one of its files fails a check.

@@ -42,8 +42,8 @@ def tiny_tokenizer_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """One finished run of configs/tiny.py (12 steps, evaluations at 6 and 12), shared read-only."""
-    from configs import tiny
+    """One finished run of jaxft/configs/tiny.py (12 steps, evaluations at 6 and 12), shared read-only."""
+    from jaxft.configs import tiny
     from jaxft.training import train
 
     workdir = tmp_path_factory.mktemp("tiny") / "run"

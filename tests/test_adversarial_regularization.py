@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
 from jaxft import config as config_lib
+from jaxft.configs import tiny
 from jaxft.errors import UserError
 from jaxft.models.heads import SequenceClassifier
 from jaxft.strategies import adversarial as adv
@@ -289,7 +289,8 @@ def test_freelb_averages_the_parameter_gradients_of_k_ascent_steps():
         assert np.abs(other - grad).max() > 1e-3
 
 
-# ---- each strategy end to end through the config (configs/tiny.py, 3 steps) -----------------------------
+# ---- each strategy end to end through the config (jaxft/configs/tiny.py, 3 steps)
+# -----------------------------
 def _tiny_config(dropout: bool, **settings):
     config = tiny.get_config()
     config.training.num_train_steps = 3

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from configs import default, tiny
+from jaxft.configs import default, tiny
 from jaxft.data.readers import Example
 from jaxft.errors import UserError
 from jaxft.strategies import augment

@@ -21,16 +21,17 @@ import pytest
 from jaxft.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = REPO / "data" / "demo_sentiment" / "train.jsonl"
-DEV = REPO / "data" / "demo_sentiment" / "dev.jsonl"
+TRAIN = REPO / "jaxft" / "configs" / "demo_sentiment" / "train.jsonl"
+DEV = REPO / "jaxft" / "configs" / "demo_sentiment" / "dev.jsonl"
 
 
 def tiny_config(**overrides):
-    """configs/tiny.py with absolute paths (tests do not depend on the cwd) and `overrides` ("a.b": value)."""
+    """jaxft/configs/tiny.py with absolute paths (tests do not depend on the cwd) and `overrides` ("a.b":
+    value)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    config = importlib.import_module("configs.tiny").get_config()
-    config.model.tokenizer = str(REPO / "configs" / "tiny_tokenizer")
+    config = importlib.import_module("jaxft.configs.tiny").get_config()
+    config.model.tokenizer = str(REPO / "jaxft" / "configs" / "tiny_tokenizer")
     config.data.train_path = str(TRAIN)
     config.data.eval_path = str(DEV)
     for dotted, value in overrides.items():
@@ -301,7 +302,7 @@ def test_init_from_workdir_without_checkpoints(workdir, tmp_path, kind):
 
 def run_cli(workdir, *args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    config = [] if "--config" in args else ["--config", "configs/tiny.py"]
+    config = [] if "--config" in args else ["--config", "jaxft/configs/tiny.py"]
     command = [sys.executable, "train.py", *config, "--workdir", str(workdir), *args]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
@@ -326,7 +327,7 @@ CLI_CASES = {
     "unknown-key": (["--config.training.batch_sise=8"], ["training.batch_sise"]),
     "wrong-type": (["--config.training.batch_size=abc"], ["training.batch_size", "abc"]),
     "invalid-choice": (["--config.optimizer.name=adam"], ["optimizer.name", "adam"]),
-    "missing-config-file": (["--config", "configs/nope.py"], ["configs/nope.py", "no such file"]),
+    "missing-config-file": (["--config", "jaxft/configs/nope.py"], ["jaxft/configs/nope.py", "no such file"]),
 }
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import tiny
 from jaxft import predict
+from jaxft.configs import tiny
 from jaxft.training import checkpoint, pipeline, train
 from jaxft.training.preemption import Preempted
 
@@ -113,7 +113,7 @@ def test_sigkill_between_the_two_saves_then_resume_is_bit_identical(
     workdir = tmp_path / "run"
     overrides = {**OVERRIDES, "training.checkpoint_every": checkpoint_every}
     flags = [f"--config.{key}={value}" for key, value in overrides.items()]
-    command = [sys.executable, "-c", _KILLER, method, str(at_step), "--config", "configs/tiny.py"]
+    command = [sys.executable, "-c", _KILLER, method, str(at_step), "--config", "jaxft/configs/tiny.py"]
     command += ["--workdir", str(workdir), *flags]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     killed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -212,7 +212,7 @@ def test_a_damaged_best_falls_back_to_the_newest_state_for_predict_and_a_resume(
 # 100 eval examples in batches of 16: 7 batches per evaluation; the final report evaluates a test split too.
 SMALL_BATCHES = {
     "training.eval_batch_size": 16,
-    "data.test_path": os.path.join(REPO, "data/demo_sentiment/dev.jsonl"),
+    "data.test_path": os.path.join(REPO, "jaxft/configs/demo_sentiment/dev.jsonl"),
 }
 
 

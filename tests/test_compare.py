@@ -26,7 +26,7 @@ from jaxft import config as config_lib
 from jaxft.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "configs" / "tiny.py")
+TINY = str(REPO / "jaxft" / "configs" / "tiny.py")
 BALLAST_MIB = 160
 
 FAKE_TRAINER = """

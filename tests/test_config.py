@@ -1,10 +1,11 @@
-"""Tests of `jaxft.config`: one `check` holds every rule, defaults come from configs/default.py alone."""
+"""Tests of `jaxft.config`: one `check` holds every rule, defaults come from jaxft/configs/default.py
+alone."""
 
 import pytest
 
-from configs import default, tiny
 from jaxft import config as config_lib
 from jaxft import tasks
+from jaxft.configs import default, tiny
 from jaxft.errors import UserError
 from jaxft.strategies import adversarial, peft
 
@@ -117,7 +118,7 @@ def test_task_rules_and_what_applies_to_which_task(task, changes, message):
     "variant", ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v3", "modernbert"]
 )
 def test_each_family_config_is_the_sst2_recipe_on_its_checkpoint(variant):
-    from configs import families, sst2
+    from jaxft.configs import families, sst2
 
     config = config_lib.check(families.get_config(variant))
     recipe = sst2.get_config()

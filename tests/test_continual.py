@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from configs import default
+from jaxft.configs import default
 from jaxft.data import batching
 from jaxft.errors import UserError
 from jaxft.models.bert import BertEncoder

@@ -107,7 +107,7 @@ def test_changes_nothing_once_jax_has_started():
 _LIBRARY_CALL = """
 import json, sys
 import jax
-from configs import tiny
+from jaxft.configs import tiny
 from jaxft.training import train
 
 config = tiny.get_config()

@@ -107,7 +107,7 @@ def test_documented_command_runs(where, command, runs):
     reason = exception_for(command)
     if reason:
         pytest.skip(f"{where}: {reason}")
-    from configs import common
+    from jaxft.configs import common
 
     if common.minilm_checkpoint() is None:
         pytest.skip(

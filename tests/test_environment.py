@@ -44,7 +44,7 @@ def one_line(info) -> str:
 
 def run_cli(*args, cwd=REPO):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    command = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs/tiny.py"), *args]
+    command = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "jaxft/configs/tiny.py"), *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 

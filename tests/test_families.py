@@ -261,7 +261,7 @@ def _torch_trajectory(family, model, batches) -> list[float]:
 
 @pytest.mark.parametrize("family", sorted(HF_CONFIGS_ALL))
 def test_twenty_adamw_steps_match_pytorch(family):
-    from configs import default
+    from jaxft.configs import default
 
     no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     if family == "distilbert":

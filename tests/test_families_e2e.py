@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from configs import common, tiny
 from jaxft import export, predict
+from jaxft.configs import common, tiny
 from jaxft.data import readers
 from jaxft.models import families
 from jaxft.strategies import peft as peft_lib
@@ -17,7 +17,7 @@ from jaxft.training import train, trained
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-TOKENIZER = common.repo_path("configs/tiny_tokenizer")  # WordPiece, 555 tokens, [PAD] 0, [CLS] 2, [SEP] 3
+TOKENIZER = common.shipped("tiny_tokenizer")  # WordPiece, 555 tokens, [PAD] 0, [CLS] 2, [SEP] 3
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
 HF_CONFIGS = {
     "roberta": lambda: transformers.RobertaConfig(max_position_embeddings=66, **SIZES),

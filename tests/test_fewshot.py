@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from jaxft.configs import default
 from jaxft.data import tokenize
 from jaxft.errors import UserError
 from jaxft.recipes import setfit as setfit_recipe
@@ -205,7 +205,7 @@ def test_setfit_on_a_separable_toy_set(tokenizer, tiny_params):
 def test_minilm_embeddings_equal_torch_mean_pooling():
     """The sentence-transformers recipe (mean over the mask, then L2) on transformers' BertModel, to 1e-5."""
     torch = pytest.importorskip("torch")
-    from configs import common
+    from jaxft.configs import common
 
     checkpoint = common.minilm_checkpoint()
     if checkpoint is None:

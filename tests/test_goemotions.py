@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from configs import multilabel
 from jaxft import config as config_lib
+from jaxft.configs import multilabel
 from jaxft.data.example import MultiLabelExample
 from jaxft.data.goemotions import label_names, read_goemotions
 from jaxft.errors import UserError

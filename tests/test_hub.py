@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from configs import common
+from jaxft.configs import common
 from jaxft.data import tokenize
 from jaxft.errors import UserError
 from jaxft.models import convert

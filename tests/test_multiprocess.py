@@ -49,7 +49,7 @@ def test_two_processes_equal_one_process(tmp_path, parallelism, devices_each):
         sys.executable,
         "train.py",
         "--config",
-        "configs/tiny.py",
+        "jaxft/configs/tiny.py",
         f"--config.training.parallelism={parallelism}",
         "--config.training.fsdp_min_size=0",  # fsdp: every leaf split over the two processes' devices
     ]

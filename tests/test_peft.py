@@ -14,8 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from configs import tiny
 from jaxft import config as config_lib
+from jaxft.configs import tiny
 from jaxft.errors import UserError
 from jaxft.models.bert import BertEncoder, BertSelfAttention
 from jaxft.models.heads import SequenceClassifier

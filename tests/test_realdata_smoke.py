@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from configs import common, sst2
+from jaxft.configs import common, sst2
 from jaxft.training import parallel, pipeline, steps, train, trained
 from jaxft.training.writers import read_metrics
 

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
 from jaxft import predict
+from jaxft.configs import tiny
 from jaxft.data import readers
 from jaxft.training import checkpoint, pipeline, train
 
@@ -71,7 +71,7 @@ def test_sigterm_or_ctrl_c_saves_the_current_step_exits_non_zero_and_the_rerun_r
         sys.executable,
         "train.py",
         "--config",
-        "configs/tiny.py",
+        "jaxft/configs/tiny.py",
         "--workdir",
         str(workdir),
         "--config.training.num_train_steps=100000",
@@ -163,7 +163,7 @@ def test_sigkill_then_resume_is_bit_identical(tiny_run, tmp_path, kill_after):
         sys.executable,
         "train.py",
         "--config",
-        "configs/tiny.py",
+        "jaxft/configs/tiny.py",
         "--workdir",
         str(workdir),
         "--config.training.checkpoint_every=2",
@@ -247,7 +247,7 @@ def test_a_diverged_run_exits_3_from_the_command_line_with_one_error_line(tmp_pa
         sys.executable,
         "train.py",
         "--config",
-        "configs/tiny.py",
+        "jaxft/configs/tiny.py",
         "--workdir",
         str(tmp_path / "run"),
         "--config.optimizer.l2_penalty=3e38",

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from configs import relation
+from jaxft.configs import relation
 from jaxft.data.relations import RelationExample
 from jaxft.data.semeval2010 import LABELS, is_semeval_label_set, read_semeval2010
 from jaxft.errors import UserError

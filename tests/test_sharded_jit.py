@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default, tiny
 from jaxft import tasks
+from jaxft.configs import default, tiny
 from jaxft.errors import UserError
 from jaxft.models.heads import SequenceClassifier
 from jaxft.tasks.regression import Regression

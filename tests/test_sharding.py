@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from configs import squad as squad_config
-from configs import tiny
 from jaxft import tasks
+from jaxft.configs import squad as squad_config
+from jaxft.configs import tiny
 from jaxft.data import batching
 from jaxft.training import pipeline
 

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
+from jaxft.configs import default
 from jaxft.data import batching
 from jaxft.models.heads import SequenceClassifier
 from jaxft.training import optim, parallel, pipeline, steps

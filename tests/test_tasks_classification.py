@@ -9,9 +9,9 @@ import os
 import pytest
 from seqeval.metrics.sequence_labeling import get_entities
 
-from configs import conll03, default, mrpc, multilabel, squad, stsb, tiny
 from jaxft import config as config_lib
 from jaxft import tasks
+from jaxft.configs import conll03, default, mrpc, multilabel, squad, stsb, tiny
 from jaxft.data import conll
 from jaxft.errors import UserError
 from jaxft.tasks import tagging

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import sklearn.metrics
 
-from configs import default, multilabel
 from jaxft import export, predict, tasks
+from jaxft.configs import default, multilabel
 from jaxft.errors import UserError
 from jaxft.tasks.multilabel import MultiLabel, multilabel_report
 from jaxft.training import train

@@ -10,8 +10,8 @@ import seqeval.metrics
 from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB2
 
-from configs import conll03
 from jaxft import predict, tasks
+from jaxft.configs import conll03
 from jaxft.data import conll, tokenize
 from jaxft.errors import UserError
 from jaxft.tasks import IGNORE, tagging

@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs import pet as pet_config
 from jaxft import config as config_lib
 from jaxft import export, predict, tasks
+from jaxft.configs import pet as pet_config
 from jaxft.data import tokenize
 from jaxft.data.readers import Example
 from jaxft.errors import UserError

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import squad as squad_config
 from jaxft import predict
+from jaxft.configs import squad as squad_config
 from jaxft.data import squad as squad_data
 from jaxft.data import tokenize
 from jaxft.errors import UserError

@@ -8,8 +8,8 @@ import pytest
 import scipy.stats
 import sklearn.metrics
 
-from configs import stsb
 from jaxft import export, predict, tasks
+from jaxft.configs import stsb
 from jaxft.errors import UserError
 from jaxft.tasks.regression import regression_report
 from jaxft.training import train

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common, relation
 from jaxft import config as config_lib
 from jaxft import export, predict, tasks
+from jaxft.configs import common, relation
 from jaxft.data import tokenize
 from jaxft.errors import UserError
 from jaxft.models import convert
@@ -28,7 +28,7 @@ from tests.helpers import tiny_bert
 GROUP_A = ("coffee", "water")
 GROUP_B = ("book", "film")
 FILLERS = ("the", "was", "great", "new", "and", "on", "a", "with", "from", "after")
-BASE_VOCAB = 555  # configs/tiny_tokenizer
+BASE_VOCAB = 555  # jaxft/configs/tiny_tokenizer
 
 
 def _toy(seed: int, count: int) -> list[dict]:
@@ -51,7 +51,7 @@ def _toy(seed: int, count: int) -> list[dict]:
 
 
 def _jsonl_config():
-    """configs/relation.py:tiny on JSONL files (the config's own data is SemEval-2010's release)."""
+    """jaxft/configs/relation.py:tiny on JSONL files (the config's own data is SemEval-2010's release)."""
     config = relation.get_config("tiny")
     config.data.format = "jsonl"
     config.data.train_path = config.data.test_path = None
@@ -64,7 +64,7 @@ def _write_jsonl(path, records) -> str:
 
 
 def _tokenizer():
-    tokenizer = tokenize.load_tokenizer(common.repo_path("configs/tiny_tokenizer"))
+    tokenizer = tokenize.load_tokenizer(common.shipped("tiny_tokenizer"))
     Relation().prepare_tokenizer(tokenizer)
     return tokenizer
 
@@ -110,7 +110,7 @@ def _config(tmp_path, checkpoint: str | None, train_records=None, eval_records=N
 
 
 def test_markers_are_single_tokens_that_survive_lower_casing():
-    tokenizer = tokenize.load_tokenizer(common.repo_path("configs/tiny_tokenizer"))
+    tokenizer = tokenize.load_tokenizer(common.shipped("tiny_tokenizer"))
     assert len(tokenizer) == BASE_VOCAB and tokenizer.tokenize("COFFEE") == ["coffee"]  # uncased
     assert Relation().prepare_tokenizer(tokenizer) == MARKERS
     ids = tokenizer.convert_tokens_to_ids(list(MARKERS))

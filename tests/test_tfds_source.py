@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from seqeval.metrics.sequence_labeling import get_entities
 
-from configs import conll03
+from jaxft.configs import conll03
 from jaxft.data import readers, squad, tokenize
 from jaxft.errors import UserError
 from jaxft.tasks import squad as squad_task

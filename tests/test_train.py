@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default, tiny
+from jaxft.configs import default, tiny
 from jaxft.training import checkpoint, optim, steps, train
 from jaxft.training.early_stopping import BestMetric
 from jaxft.training.writers import read_metrics

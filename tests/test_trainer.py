@@ -119,7 +119,7 @@ def test_fit_adds_a_loss_term_once_per_step_on_any_device_count(devices):
 
 
 def test_a_config_run_takes_the_callers_loss_term_transform_and_hook(tmp_path):
-    from configs import tiny
+    from jaxft.configs import tiny
     from jaxft.training import train
 
     config = tiny.get_config()

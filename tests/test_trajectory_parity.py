@@ -21,7 +21,7 @@ STEPS, WARMUP, LR, BATCH, LENGTH, LABELS = 50, 5, 2e-3, 8, 16, 3
 
 
 def _optimizer_config() -> ml_collections.ConfigDict:
-    from configs import default
+    from jaxft.configs import default
 
     opt = default.get_config().optimizer
     opt.learning_rate, opt.warmup_steps, opt.weight_decay, opt.max_grad_norm = LR, WARMUP, 0.01, 1.0

@@ -42,8 +42,8 @@ from tests.test_bad_input import (
 previous_run = test_bad_input.previous_run
 workdir = test_bad_input.workdir
 
-TINY_TOKENIZER = REPO / "configs" / "tiny_tokenizer"
-DEV = REPO / "data" / "demo_sentiment" / "dev.jsonl"
+TINY_TOKENIZER = REPO / "jaxft" / "configs" / "tiny_tokenizer"
+DEV = REPO / "jaxft" / "configs" / "demo_sentiment" / "dev.jsonl"
 
 
 def sha256(path: Path) -> str:
@@ -563,12 +563,12 @@ def test_a_config_path_that_is_not_a_config_says_so(tmp_path, kind):
         path = write(tmp_path / "config.json", '{"training": {"batch_size": 8}}')
         expected = (
             f"error: --config {path}: not a Python config file (a .py file defining get_config(), "
-            "e.g. configs/default.py)"
+            "e.g. jaxft/configs/sst2.py)"
         )
     elif kind == "directory":
         path = tmp_path / "configs"
         path.mkdir()
-        expected = f"error: --config {path}: is a directory, not a config file (e.g. configs/default.py)"
+        expected = f"error: --config {path}: is a directory, not a config file (e.g. jaxft/configs/sst2.py)"
     else:
         path = write(tmp_path / "settings.py", "batch_size = 8\n")
         expected = f"error: --config {path}: not a config file: it defines no get_config()"
@@ -579,7 +579,7 @@ def test_compare_aggregate_only_with_nothing_finished_says_so(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     workdir = tmp_path / "cmp"
     command = [
-        sys.executable, "-m", "jaxft.compare", "--config", "configs/tiny.py", "--workdir", str(workdir),
+        sys.executable, "-m", "jaxft.compare", "--config", "jaxft/configs/tiny.py", "--workdir", str(workdir),
         "--aggregate_only",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

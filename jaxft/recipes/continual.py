@@ -496,7 +496,8 @@ def run_sequence(
         tasks: the sequence; tasks that share a head are stages of a class-incremental task.
         config: method and hyperparameters.
         bert_config: the encoder architecture.
-        optimizer: the `optimizer` section of a jaxft config (`configs/default.py`); its learning rate is
+        optimizer: the `optimizer` section of a jaxft config (`jaxft/configs/default.py`); its learning rate
+        is
             replaced by `config.learning_rate` (or `adapter_learning_rate`). A fresh optimizer per task.
         pretrained: `{"bert": ...}` from `jaxft.models.convert.hf_to_flax`, or None for a random encoder.
         log: one line per task.

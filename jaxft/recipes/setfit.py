@@ -44,8 +44,8 @@ def _pair_batches(features: dict, pairs, recipe: SetFitRecipe):
 
 def optimizer_config(recipe: SetFitRecipe) -> ml_collections.ConfigDict:
     """The recipe as the `optimizer` section `jaxft.training.optim.create_optimizer` reads
-    (configs/default.py's, with the recipe's values): clipping, then AdamW with masked decay, a linear warm-up
-    and decay to 0."""
+    (jaxft/configs/default.py's, with the recipe's values): clipping, then AdamW with masked decay, a linear
+    warm-up and decay to 0."""
     optimizer = ml_collections.ConfigDict(config_lib.defaults().optimizer.to_dict())
     optimizer.update(
         {

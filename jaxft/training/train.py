@@ -565,7 +565,7 @@ def train_and_evaluate(
     """Fine-tunes as `config` says, writing checkpoints, metrics and reports to `workdir`.
 
     Args:
-      config: a config from `configs/` (see configs/default.py for every field).
+      config: a config from `jaxft/configs/` (see jaxft/configs/default.py for every field).
       workdir: the run's directory; an existing run there is resumed. It must be a jaxft workdir
         (`jaxft.training.workdir`), and is locked against a second run for as long as this one runs.
       extensions: a model, loss terms, a batch transform or hooks from the caller (default: none).

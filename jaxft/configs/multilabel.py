@@ -1,7 +1,7 @@
 """Multi-label classification (sigmoid + binary cross-entropy) with MiniLM-L6 on GoEmotions' 28 emotions.
 
-    JAXFT_DATA=../shared/data python train.py --config configs/multilabel.py --workdir runs/goemotions
-    JAXFT_DATA=../shared/data python train.py --config configs/multilabel.py:tiny \
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.multilabel --workdir runs/goemotions
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.multilabel:tiny \
          --workdir runs/ml_tiny # smoke
 
 Files (`$JAXFT_DATA/goemotions/`): GoEmotions' "simplified" train.tsv / dev.tsv / test.tsv (43,410 / 5,426 /
@@ -16,7 +16,7 @@ file once. The report is scikit-learn's multi-label classification report over t
 the published figure: BERT-base 0.46 on test). Not measured here yet.
 """
 
-from configs import finetune
+from jaxft.configs import finetune
 
 
 def get_config(variant: str = "default"):

@@ -1,7 +1,8 @@
 """GLUE STS-B sentence similarity as regression (one float, MSE loss) with MiniLM-L6: Pearson / Spearman.
 
-    JAXFT_DATA=../shared/data python train.py --config configs/stsb.py --workdir runs/stsb
-    JAXFT_DATA=../shared/data python train.py --config configs/stsb.py:tiny --workdir runs/stsb_tiny # smoke
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.stsb --workdir runs/stsb
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.stsb:tiny --workdir runs/stsb_tiny #
+    smoke
 
 Files (`$JAXFT_DATA/stsb/{train,dev}.tsv`): GLUE's, read by the plain TSV reader as they are (header `index
 genre filename year old_index source1 source2 sentence1 sentence2 score`, tab-only: quotes are ordinary
@@ -12,7 +13,7 @@ Pearson and Spearman correlation and scikit-learn's MSE. Published reference (BE
 Spearman): about 0.89 / 0.88. Not measured here yet.
 """
 
-from configs import finetune
+from jaxft.configs import finetune
 
 
 def get_config(variant: str = "default"):

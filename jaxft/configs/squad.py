@@ -1,7 +1,7 @@
 """SQuAD v1.1 extractive QA with MiniLM-L6: start / end logits over context windows, official EM / F1.
 
-    JAXFT_DATA=DIR python train.py --config configs/squad.py --workdir runs/squad
-    JAXFT_DATA=DIR python train.py --config configs/squad.py:tiny --workdir runs/squad_tiny  # smoke
+    JAXFT_DATA=DIR python train.py --config jaxft.configs.squad --workdir runs/squad
+    JAXFT_DATA=DIR python train.py --config jaxft.configs.squad:tiny --workdir runs/squad_tiny  # smoke
 
 Files: SQuAD v1.1 JSON, `$JAXFT_DATA/squad/train.json` and `$JAXFT_DATA/squad/dev.json` (the official
 release calls them train-v1.1.json and dev-v1.1.json: link or copy them under these names). The project's
@@ -14,10 +14,10 @@ answers of at most 30 tokens from the 20 best starts and ends per window. Recipe
 with 10% warm-up, weight decay 0.01, 2 epochs; best checkpoint by F1. Measured only on a CPU subset
 (`bench/tasks.sh DATA squad` with 256-token windows sharing 64, 2,500 training questions, 1 epoch = 91 steps,
 2026-11-29): EM 4.83, F1 11.85 on the 1,988 held-out questions, i.e. barely trained (bench/README.md).
-`:tiny` runs configs/tiny.py's random 2-layer model with 32-token windows: a pipeline check.
+`:tiny` runs jaxft/configs/tiny.py's random 2-layer model with 32-token windows: a pipeline check.
 """
 
-from configs import finetune
+from jaxft.configs import finetune
 
 
 def get_config(variant: str = "default"):

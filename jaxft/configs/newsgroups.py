@@ -1,7 +1,7 @@
 """20 Newsgroups topic classification (20 classes, the "bydate" split) with MiniLM-L6: sklearn report.
 
-    JAXFT_DATA=../shared/data python train.py --config configs/newsgroups.py --workdir runs/newsgroups
-    JAXFT_DATA=../shared/data python train.py --config configs/newsgroups.py:tiny \
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.newsgroups --workdir runs/newsgroups
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.newsgroups:tiny \
         --workdir runs/newsgroups_tiny # smoke
 
 Files (`$JAXFT_DATA/20newsgroups/{train,test}.jsonl.gz`): one JSON object a line, `id` (group/file),
@@ -13,7 +13,7 @@ file once. Recipe: max_seq_length 256 (messages are long; the first 256 tokens, 
 32, AdamW lr 5e-5 with 10% warm-up, 3 epochs. Not measured here yet.
 """
 
-from configs import finetune
+from jaxft.configs import finetune
 
 
 def get_config(variant: str = "default"):

@@ -1,13 +1,14 @@
 """The base every task config starts from, by variant.
 
-- "default": configs/default.py with the offline MiniLM-L6 checkpoint (`common.minilm_checkpoint`) and the
+- "default": jaxft/configs/default.py with the offline MiniLM-L6 checkpoint (`common.minilm_checkpoint`) and
+the
   BERT paper's GLUE fine-tuning recipe: max_seq_length 128, batch 32, AdamW lr 5e-5 with 10% linear warm-up,
   3 epochs, evaluated at the end of every epoch; logs every 50 steps, full checkpoints every 1000.
   A task config changes only what its task needs on top.
-- "tiny": configs/tiny.py's random 2-layer model, a pipeline check for tests and smoke runs.
+- "tiny": jaxft/configs/tiny.py's random 2-layer model, a pipeline check for tests and smoke runs.
 """
 
-from configs import common, default, tiny
+from jaxft.configs import common, default, tiny
 
 VARIANTS = ("default", "tiny")
 

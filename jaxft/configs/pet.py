@@ -1,8 +1,8 @@
 """Prompt-based sentiment classification through the masked-LM head (PET / LM-BFF) on the demo data.
 
-    python train.py --config configs/pet.py --workdir runs/pet \
+    python train.py --config jaxft.configs.pet --workdir runs/pet \
         --config.model.checkpoint=PATH_TO_BERT_WITH_MLM_HEAD
-    python train.py --config configs/pet.py:tiny --workdir runs/pet_tiny  # smoke: random tiny model
+    python train.py --config jaxft.configs.pet:tiny --workdir runs/pet_tiny  # smoke: random tiny model
 
 Each text is written into `task.template` ("{text} It was [MASK].") and the label is read from the
 masked-LM logits of its verbaliser word at the [MASK]: "terrible" for negative, "great" for positive (the
@@ -13,10 +13,10 @@ that hub id. The offline all-MiniLM-L6-v2 that `make demo` installs is a sentenc
 them, and is refused ("model.checkpoint has no masked-LM head"). Recipe after LM-BFF (Gao et al. 2021):
 AdamW lr 1e-5, batch 8, no warm-up, 1000 steps, evaluated every 100; add `--config.data.k_shot=16` for
 their 16-examples-per-class setting. Not measured here (no such checkpoint offline).
-`:tiny` is configs/tiny.py's random 2-layer model with verbaliser "bad" / "good": a pipeline check only.
+`:tiny` is jaxft/configs/tiny.py's random 2-layer model with verbaliser "bad" / "good": a pipeline check only.
 """
 
-from configs import common, finetune
+from jaxft.configs import common, finetune
 
 
 def get_config(variant: str = "default"):
@@ -26,8 +26,8 @@ def get_config(variant: str = "default"):
     config.task.verbalizer = ("bad", "good") if variant == "tiny" else ("terrible", "great")
     if variant == "default":
         config.model.checkpoint = "google-bert/bert-base-uncased"
-        config.data.train_path = common.repo_path("data/demo_sentiment/train.jsonl")
-        config.data.eval_path = common.repo_path("data/demo_sentiment/dev.jsonl")
+        config.data.train_path = common.shipped("demo_sentiment/train.jsonl")
+        config.data.eval_path = common.shipped("demo_sentiment/dev.jsonl")
         config.optimizer.learning_rate = 1e-5
         config.optimizer.warmup_ratio = 0.0
         config.training.batch_size = 8

@@ -2,11 +2,11 @@
 
 GPU recipe (the default here; run where a GPU is available): full 25,000 train / 25,000 test at 512 tokens.
 
-    JAXFT_DATA=../shared/data python train.py --config configs/imdb.py --workdir runs/imdb
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.imdb --workdir runs/imdb
 
 CPU recipe (what README reports): a fixed, reproducible 5,000 / 5,000 subset at 256 tokens, 1 epoch.
 
-    JAXFT_DATA=../shared/data python train.py --config configs/imdb.py:cpu --workdir runs/imdb_cpu
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.imdb:cpu --workdir runs/imdb_cpu
 
 Measured (2026-11-29, 2-core CPU shared with other jobs, `bench/accuracy.sh ../shared/data imdb-cpu`, 93 min
 wall): CPU recipe test-subset accuracy 0.8610, macro-F1 0.8610 (bench/README.md has the report). The GPU
@@ -16,7 +16,7 @@ Files are gzipped JSON lines (`text` with raw `<br />` tags, `label` 0/1), group
 subsets are random (seeded by `seed`), and training batches are shuffled every epoch.
 """
 
-from configs import common, default
+from jaxft.configs import common, default
 
 
 def get_config(variant: str = "gpu"):

@@ -1,6 +1,6 @@
 """GLUE SST-2 sentiment with MiniLM-L6 (the CPU accuracy recipe): full train split, 1 epoch, dev report.
 
-    JAXFT_DATA=../shared/data python train.py --config configs/sst2.py --workdir runs/sst2
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.sst2 --workdir runs/sst2
 
 The files are GLUE's TSVs (`sentence<TAB>label`, header). `$JAXFT_DATA` (or --config.data.train_path=...)
 points at the directory holding `sst2/`. Recipe: max_seq_length 64 with 4 length buckets, batch 32, AdamW
@@ -12,16 +12,16 @@ Result (2026-11-28, 2-core CPU, `bench/accuracy.sh ../shared/data sst2`): dev ac
 (2026-11-30 04:34 UTC, 2-core CPU, Intel Xeon with AMX, same command): 0.9071 / 0.9070; details and every run
 in bench/README.md.
 
-`configs/sst2.py:gpu` is the GPU end-to-end timing (bench/gpu.sh), not an accuracy recipe: a randomly
+`jaxft/configs/sst2.py:gpu` is the GPU end-to-end timing (bench/gpu.sh), not an accuracy recipe: a randomly
 initialised BERT-base-sized encoder (12 layers, hidden 768; no checkpoint download), bfloat16 compute,
 attention dropout 0 (cuDNN's fused attention has none, so with it training would take the explicit path),
 3 epochs of batch 32 at 64 tokens in 2 length buckets (32/64: fewer compilations), evaluated after every
-epoch. Its tokenizer defaults to the repo's configs/tiny_tokenizer (555 tokens: most SST-2 words become
+epoch. Its tokenizer defaults to the repo's jaxft/configs/tiny_tokenizer (555 tokens: most SST-2 words become
 [UNK]); gpu.sh passes a 30,522-token WordPiece vocabulary it builds from the train split instead. Not run on
 a GPU yet.
 """
 
-from configs import common, default
+from jaxft.configs import common, default
 
 
 def get_config(variant: str = "default"):
@@ -46,9 +46,9 @@ def get_config(variant: str = "default"):
     config.training.checkpoint_every = 1000
     config.training.eval_batch_size = 128
     if variant == "gpu":
-        # Random init: model.random_init's BERT-base sizes (configs/default.py); nothing is downloaded.
+        # Random init: model.random_init's BERT-base sizes (jaxft/configs/default.py); nothing is downloaded.
         config.model.checkpoint = None
-        config.model.tokenizer = common.repo_path("configs/tiny_tokenizer")
+        config.model.tokenizer = common.shipped("tiny_tokenizer")
         config.model.dtype = "bfloat16"
         config.model.attention_dropout = 0.0  # so training runs through the fused cuDNN attention
         config.data.num_buckets = 2

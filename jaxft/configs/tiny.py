@@ -1,24 +1,24 @@
 """A tiny random BERT on the shipped demo data: for tests and CPU smoke runs. Needs no external file.
 
-    python train.py --config configs/tiny.py --workdir runs/tiny
+    python train.py --config jaxft.configs.tiny --workdir runs/tiny
 
-Two layers of width 32 with a 555-token vocabulary (configs/tiny_tokenizer, built from the demo data's most
-frequent words): a few seconds on one CPU core. Not meant to learn much.
+Two layers of width 32 with a 555-token vocabulary (jaxft/configs/tiny_tokenizer, built from the demo data's
+most frequent words): a few seconds on one CPU core. Not meant to learn much.
 """
 
-from configs import common, default
+from jaxft.configs import common, default
 
 
 def get_config():
     config = default.get_config()
-    config.model.tokenizer = common.repo_path("configs/tiny_tokenizer")
+    config.model.tokenizer = common.shipped("tiny_tokenizer")
     config.model.random_init.hidden_size = 32
     config.model.random_init.num_hidden_layers = 2
     config.model.random_init.num_attention_heads = 4
     config.model.random_init.intermediate_size = 64
     config.model.random_init.max_position_embeddings = 64
-    config.data.train_path = common.repo_path("data/demo_sentiment/train.jsonl")
-    config.data.eval_path = common.repo_path("data/demo_sentiment/dev.jsonl")
+    config.data.train_path = common.shipped("demo_sentiment/train.jsonl")
+    config.data.eval_path = common.shipped("demo_sentiment/dev.jsonl")
     config.data.max_seq_length = 32
     config.data.num_buckets = 2
     config.optimizer.learning_rate = 1e-3

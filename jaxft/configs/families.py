@@ -1,6 +1,7 @@
-"""SST-2 with each encoder family's base checkpoint: the SST-2 recipe (configs/sst2.py) on another encoder.
+"""SST-2 with each encoder family's base checkpoint: the SST-2 recipe (jaxft/configs/sst2.py) on another
+encoder.
 
-    JAXFT_DATA=../shared/data python train.py --config configs/families.py:roberta --workdir runs/sst2-roberta
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.families:roberta --workdir runs/roberta
 
 The variant names the family: bert, roberta, xlm-roberta, electra, distilbert, deberta-v3, modernbert. Each
 takes its Hugging Face hub checkpoint (downloaded once into the hub cache, so the first run needs the
@@ -13,7 +14,7 @@ SentencePiece model only, which transformers converts to a fast tokenizer with t
 Measured: not yet (no checkpoint but MiniLM installs offline on the benchmark machine).
 """
 
-from configs import sst2
+from jaxft.configs import sst2
 
 CHECKPOINTS = {
     "bert": ("google-bert/bert-base-uncased", 5e-5),

@@ -16,6 +16,7 @@ def minilm_checkpoint() -> str | None:
     return os.path.join(os.path.dirname(spec.origin), "model")
 
 
-def repo_path(relative: str) -> str:
-    """An absolute path to a file shipped in this repository, so configs work from any directory."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), relative)
+def shipped(relative: str) -> str:
+    """An absolute path to a file shipped with the configs (the tiny tokenizer, the demo data), so they work
+    from any directory and from an installed wheel."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), relative)

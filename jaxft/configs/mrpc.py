@@ -1,7 +1,8 @@
 """GLUE MRPC paraphrase detection (sentence pairs) with MiniLM-L6; the report adds F1 of the class "1".
 
-    JAXFT_DATA=../shared/data python train.py --config configs/mrpc.py --workdir runs/mrpc
-    JAXFT_DATA=../shared/data python train.py --config configs/mrpc.py:tiny --workdir runs/mrpc_tiny  # smoke
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.mrpc --workdir runs/mrpc
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.mrpc:tiny --workdir runs/mrpc_tiny  #
+    smoke
 
 Files (`$JAXFT_DATA/mrpc/`): GLUE's TSVs, UTF-8 with a byte-order mark, tab-only, no quoting, header
 `Quality<TAB>#1 ID<TAB>#2 ID<TAB>#1 String<TAB>#2 String`; train 3,668 / dev 408 / the labelled MSR test
@@ -10,10 +11,10 @@ AdamW lr 5e-5 with 10% warm-up and linear decay, weight decay 0.01, clipping 1.0
 evaluated every epoch; the best checkpoint is picked by "f1" (F1 of class "1", GLUE's MRPC metric) and
 evaluated on dev and test at the end. Result (2026-11-29, 2-core CPU shared with a CI run, 1,168 s wall,
 `bench/tasks.sh ../shared/data mrpc`): dev accuracy 0.7917, F1 0.8600; test accuracy 0.7675, F1 0.8359.
-`:tiny` is the same data on configs/tiny.py's random 2-layer model: a pipeline check, not a result.
+`:tiny` is the same data on jaxft/configs/tiny.py's random 2-layer model: a pipeline check, not a result.
 """
 
-from configs import finetune
+from jaxft.configs import finetune
 
 
 def get_config(variant: str = "default"):

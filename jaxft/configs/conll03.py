@@ -1,7 +1,8 @@
 """CoNLL-2003 English NER (token classification) with MiniLM-L6: seqeval's strict entity-level F1.
 
-    JAXFT_DATA=../shared/data python train.py --config configs/conll03.py --workdir runs/conll03
-    JAXFT_DATA=../shared/data python train.py --config configs/conll03.py:tiny --workdir runs/ner  # smoke
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.conll03 --workdir runs/conll03
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.conll03:tiny --workdir runs/ner  #
+    smoke
 
 Files (`$JAXFT_DATA/conll2003/`): eng.train (14,041 sentences), eng.testa (dev, 3,250), eng.testb (test,
 3,453); columns `token POS chunk NER`, `-DOCSTART-` lines, a blank line between sentences. Tags are IOB1 and
@@ -11,11 +12,11 @@ max_seq_length are predicted "O" (so they still count). Recipe: max_seq_length 1
 with 10% warm-up, weight decay 0.01, 3 epochs (1,323 steps), evaluated every epoch; best checkpoint by
 entity micro-F1 on dev, reported on dev and test. Measured after 1 epoch (`bench/tasks.sh DATA conll03
 --config.training.num_epochs=1`, 441 steps, 2-core CPU, 2026-11-29): entity micro-F1 dev 0.8463, test
-0.8108 (BERT-base: test 92.4). `:tiny` is the same data on configs/tiny.py's random 2-layer model: a
+0.8108 (BERT-base: test 92.4). `:tiny` is the same data on jaxft/configs/tiny.py's random 2-layer model: a
 pipeline check only.
 """
 
-from configs import finetune
+from jaxft.configs import finetune
 
 
 def get_config(variant: str = "default"):

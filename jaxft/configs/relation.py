@@ -1,10 +1,10 @@
 """Relation classification with MiniLM-L6 on SemEval-2010 Task 8 as distributed: sklearn's report and the
 task's official score.
 
-    JAXFT_DATA=../shared/data python train.py --config configs/relation.py --workdir runs/semeval2010
-    JAXFT_DATA=../shared/data python train.py --config configs/relation.py \
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.relation --workdir runs/semeval2010
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.relation \
         --config.task.relation_pooling=cls --workdir runs/semeval2010_cls  # [CLS] pooling, for comparison
-    JAXFT_DATA=../shared/data python train.py --config configs/relation.py:tiny \
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.relation:tiny \
         --workdir runs/rel_tiny  # smoke
 
 Files (`$JAXFT_DATA/semeval2010_task8/`): the official release's TRAIN_FILE.TXT (8,000) and
@@ -24,10 +24,10 @@ data.text_field, task.head_field, task.tail_field, data.label_field).
 Entity markers [E1] [/E1] [E2] [/E2] are added to the tokenizer (four new embedding rows) and the head reads
 the hidden states at [E1] and [E2] ("entity start", Baldini Soares et al. 2019; task.relation_pooling).
 Recipe (TACRED-style fine-tuning): max_seq_length 128, batch 32, AdamW lr 3e-5 with 10% warm-up, weight
-decay 0.01, 5 epochs. `:tiny` is configs/tiny.py's random 2-layer model: a pipeline check only.
+decay 0.01, 5 epochs. `:tiny` is jaxft/configs/tiny.py's random 2-layer model: a pipeline check only.
 """
 
-from configs import finetune
+from jaxft.configs import finetune
 
 
 def get_config(variant: str = "default"):

@@ -1,11 +1,12 @@
 """Default fine-tuning config: text (or text-pair) classification on any CSV, TSV or JSONL file.
 
 Every field is documented here, the task-specific ones too (`task.*`: regression, multi-label, NER); task
-configs start from this one and change what they need (configs/mrpc.py, stsb.py, multilabel.py, conll03.py).
+configs start from this one and change what they need (jaxft/configs/mrpc.py, stsb.py, multilabel.py,
+conll03.py).
 
 Run (paths come from the command line or environment variables, never a default outside the repo):
 
-    python train.py --config configs/default.py --workdir runs/x \
+    python train.py --config jaxft.configs.default --workdir runs/x \
         --config.model.checkpoint=PATH_TO_HF_BERT_DIR \
         --config.data.train_path=train.jsonl --config.data.eval_path=dev.jsonl \
         --config.data.text_field=text --config.data.label_field=label
