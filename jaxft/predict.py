@@ -22,6 +22,7 @@ existing --output is replaced only once all predictions are written.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -42,7 +43,7 @@ from jaxft.errors import StorageError, UserError
 from jaxft.models import convert
 from jaxft.strategies import checks as strategy_checks
 from jaxft.training import checkpoint, parallel, steps, trained
-from jaxft.training.model import create_model
+from jaxft.training.model import create_encoder, create_model
 from jaxft.training.workdir import MODEL_CONFIG, TOKENIZER_DIR
 
 
@@ -136,22 +137,40 @@ def predict_outputs(
     task = tasks.from_config(run.config)
     model = create_model(run.config, run.bert_config, len(run.label_names), run.tokenizer)
     features = task.features_for_prediction(examples, run.tokenizer, run.config.data.max_seq_length)
+    step = functools.partial(steps.predict_step, model=model, task=task)
+    return run_batches(run, features, step, batch_size, progress), features
+
+
+def embed(run: TrainedRun, examples: list, batch_size: int = 128, pooling: str = "mean") -> np.ndarray:
+    """Pooled vectors [N, hidden] of the run's encoder (PEFT layers included) for `examples`' texts (pairs),
+    tokenised as classification does (`steps.embed_step` says what "mean" and "cls" pool)."""
+    if pooling not in ("mean", "cls"):
+        raise UserError(f"pooling {pooling!r}: must be 'mean' or 'cls'")
+    model = create_encoder(run.config, run.bert_config)
+    features = tokenize.tokenize(examples, run.tokenizer, run.config.data.max_seq_length)[0]
+    step = functools.partial(steps.embed_step, model=model, pooling=pooling)
+    return run_batches(run, features, step, batch_size)
+
+
+def run_batches(run: TrainedRun, features: dict, step, batch_size: int = 128, progress: bool = False):
+    """`step(params, batch)`'s rows for every example of `features`, in their order, over the run's devices
+    in length buckets (the last batch padded and its padding dropped)."""
     buckets = batching.bucket_lengths(run.config.data.max_seq_length, run.config.data.num_buckets)
     batch_size = parallel.eval_batch_size(batch_size)
     # The run's own layout: "fsdp" keeps parameters too large to replicate sharded here as in training.
     parallelism = parallel.from_config(run.config.training)
-    p_predict = parallelism.eval_step(steps.predict_step, model=model, task=task)
+    p_step = parallelism.eval_step(step)
     params = parallelism.place_params(run.params)
     out = None
     plan = batching.eval_batch_plan(features["length"], buckets, batch_size)
     for seq_len, indices in tqdm.tqdm(plan, desc="predict", unit="batch", disable=not progress):
         batch = batching.make_batch(features, None, indices, seq_len, batch_size)
-        outputs = np.asarray(p_predict(params, parallel.split_for_devices(batch)))
+        outputs = np.asarray(p_step(params, parallel.split_for_devices(batch)))
         outputs = outputs.reshape(batch_size, *outputs.shape[2:])  # [devices, rows, ...] -> [rows, ...]
         if out is None:  # one row per example (QA: per context window)
             out = np.zeros((len(features["length"]), *outputs.shape[1:]), outputs.dtype)
         out[indices] = outputs[: len(indices)]
-    return out, features
+    return out
 
 
 def predict_probabilities(

@@ -57,7 +57,9 @@ def tiny_run(tmp_path_factory):
 # run); `make check` runs the rest (every parity proof is among them), `make test` runs everything. The one
 # session-wide run (`tiny_run`) is paid once for the whole tier, so the tests that only read it (prediction,
 # export parity with PyTorch) stay in the fast tier.
-_RUNS_A_JOB = re.compile(r"\bsubprocess\.|\btrain_and_evaluate\(|\brun_cells?\(|\bcompare\.main\(")
+_RUNS_A_JOB = re.compile(
+    r"\bsubprocess\.|\btrain_and_evaluate\(|\bfinetune\(|\brun_cells?\(|\bcompare\.main\("
+)
 
 
 def _end_to_end_functions(module) -> set[str]:

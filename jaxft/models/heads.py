@@ -86,6 +86,22 @@ class EncoderHead(nn.Module):
         )
 
 
+class EncoderStates(EncoderHead):
+    """The encoder alone, under the same name `bert` as in every head: a trained run's parameters (and its
+    PEFT layers) apply to it unchanged, the head's own parameters are not read. `jaxft.api`'s `embed` pools
+    its output.
+
+    Attributes: as `EncoderHead` (`num_labels` is not used).
+    """
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
+        """Returns the last layer's hidden states, `[B, L, hidden]` float32 (padding positions too)."""
+        encoder = self.encoder(add_pooling_layer=False)
+        hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
+        return hidden.astype(jnp.float32)
+
+
 class SequenceClassifier(EncoderHead):
     """The family's `*ForSequenceClassification`: for BERT, pooled output -> dropout -> Dense(num_labels).
 

@@ -118,6 +118,22 @@ def _quiet_reads():
             logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _quiet_read_only():
+    """Drops Orbax's warning that a directory opened read-only is read-only: it is what was asked for, and
+    prediction would print it four times."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 class Checkpoints:
     """Saves and restores one workdir's checkpoints.
 
@@ -141,8 +157,9 @@ class Checkpoints:
                 )
             return ocp.CheckpointManager(os.path.join(self.root, kind), options=options)
 
-        self.latest = manager("latest", keep)
-        self.best = manager("best", None)  # deleted by `prune_best`, never by age
+        with _quiet_read_only():
+            self.latest = manager("latest", keep)
+            self.best = manager("best", None)  # deleted by `prune_best`, never by age
         self._best_of = {}  # latest step -> the best step its meta names (read once per step)
 
     # Writing.

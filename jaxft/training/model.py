@@ -10,6 +10,7 @@ from jaxft.errors import UserError
 from jaxft.models import families
 from jaxft.models.bert import BertConfig
 from jaxft.models.heads import (
+    EncoderStates,
     MaskedLMClassifier,
     RelationClassifier,
     SequenceClassifier,
@@ -27,9 +28,6 @@ def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num
     QA `SpanExtractor`, pet `MaskedLMClassifier`, whose verbaliser and mask token ids come from `tokenizer`,
     relation `RelationClassifier`, whose entity-marker ids do too (`tokenizer` is needed for those two only).
     """
-    attention = config.model.attention
-    if attention == "auto":
-        attention = "cudnn" if backend.fused_attention(config.model.dtype) else "xla"
     task = tasks.from_config(config)
     heads = {"sequence": SequenceClassifier, "token": TokenClassifier, "span": SpanExtractor}
     head = {**heads, "mlm": MaskedLMClassifier, "relation": RelationClassifier}[task.head]
@@ -42,17 +40,31 @@ def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num
             raise ValueError(f"task.name={task.name!r}: create_model needs the tokenizer")
         verbalizer_ids, mask_token_id = task.token_ids(tokenizer)
         head = functools.partial(head, verbalizer_ids=verbalizer_ids, mask_token_id=mask_token_id)
-    model = head(
-        config=bert_config,
-        num_labels=num_labels,
-        dtype=jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32,
-        classifier_dropout=config.model.classifier_dropout,
-        attention_impl=attention,
-        remat=config.model.remat,
-    )
+    model = head(config=bert_config, num_labels=num_labels, **module_options(config))
     peft = peft_lib.from_config(config)
     check_peft(peft, families.of(bert_config))
     return peft_lib.wrap(model, peft)
+
+
+def create_encoder(config: ml_collections.ConfigDict, bert_config: BertConfig):
+    """The encoder alone (`EncoderStates`: the last hidden states), as `create_model` builds it for the
+    same run, with its PEFT method: a trained run's parameters apply to it."""
+    model = EncoderStates(config=bert_config, num_labels=0, **module_options(config))
+    return peft_lib.wrap(model, peft_lib.from_config(config))
+
+
+def module_options(config: ml_collections.ConfigDict) -> dict:
+    """The head's settings the `model` section gives: compute dtype (parameters stay float32), classifier
+    dropout, attention implementation ("auto": the fused kernel where the backend has it) and remat."""
+    attention = config.model.attention
+    if attention == "auto":
+        attention = "cudnn" if backend.fused_attention(config.model.dtype) else "xla"
+    return {
+        "dtype": jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32,
+        "classifier_dropout": config.model.classifier_dropout,
+        "attention_impl": attention,
+        "remat": config.model.remat,
+    }
 
 
 def check_peft(peft: peft_lib.PeftConfig, family: families.Family) -> None:

@@ -300,6 +300,17 @@ def eval_step(
     return task.eval_outputs(logits, batch)
 
 
+def embed_step(params, batch: dict, *, model: nn.Module, pooling: str = "mean") -> jax.Array:
+    """Pooled hidden states [B, hidden] of `model` (a `jaxft.models.heads.EncoderStates`) for one batch:
+    "mean" averages the real tokens' vectors (special tokens included, as sentence-transformers does),
+    "cls" takes the first token's."""
+    hidden = _forward(model, params, batch, None, deterministic=True)
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = batch["attention_mask"].astype(hidden.dtype)[..., None]
+    return (hidden * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
+
+
 def predict_step(params, batch: dict, *, model: nn.Module, task: Task = _CLASSIFICATION) -> jax.Array:
     """The task's per-example outputs for one batch on one device (class probabilities for classification)."""
     return task.predict_outputs(_forward(model, params, batch, None, deterministic=True))
