@@ -44,6 +44,7 @@ ENTRIES = frozenset(
         "curves.png",
         "compare.log",  # a `jaxft.compare` cell: written before the cell's run starts
         "cell.json",
+        "data",  # `jaxft.finetune`'s splits given in memory, written as files
     }
 )
 _OTHER_NAMES = re.compile(r"config\.before-step-\d+\.json")
