@@ -1,8 +1,12 @@
-"""PyTorch reference for the SST-2 / IMDB benchmarks: the same checkpoint and recipe with transformers'
-`BertForSequenceClassification`, printing the figures jaxft prints (accuracy, macro-F1, report).
+"""PyTorch reference for the classification and regression benchmarks: the same checkpoint and recipe with
+transformers' `BertForSequenceClassification`, printing the figures jaxft prints (accuracy, macro-F1,
+report; Pearson, Spearman and MSE for `--task regression`), after every epoch ("epochs") and at the end.
 
     python bench/torch_reference.py --train ../shared/data/sst2/train.tsv --eval ../shared/data/sst2/dev.tsv \
         --text-field sentence --max-seq-length 64 --epochs 1 --out runs/torch_sst2.json
+    python bench/torch_reference.py --task regression --train ../shared/data/stsb/train.tsv \
+        --eval ../shared/data/stsb/dev.tsv --text-field sentence1 --text-pair-field sentence2 \
+        --label-field score --max-seq-length 128 --epochs 3 --warmup-ratio 0.1 --out runs/torch_stsb.json
 
 Recipe (as jaxft/configs/sst2.py): AdamW (torch.optim, weight decay 0.01 off for biases and LayerNorm), lr
 5e-5, linear warm-up over 6% of the steps then linear decay, clipping 1.0, batch 32, dropout as in the
@@ -29,7 +33,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", required=True)
     parser.add_argument("--eval", required=True)
+    parser.add_argument("--task", choices=("classification", "regression"), default="classification")
     parser.add_argument("--text-field", default="text")
+    parser.add_argument("--text-pair-field", default=None)
     parser.add_argument("--label-field", default="label")
     parser.add_argument("--max-seq-length", type=int, default=64)
     parser.add_argument("--max-train-examples", type=int, default=0)
@@ -55,25 +61,61 @@ def main():
         ("train", args.train, args.max_train_examples),
         ("eval", args.eval, args.max_eval_examples),
     ):
-        examples = readers.read_examples(path, text_field=args.text_field, label_field=args.label_field)
+        fields = {"text_field": args.text_field, "text_pair_field": args.text_pair_field}
+        examples = readers.read_examples(path, label_field=args.label_field, **fields)
         read[name] = pipeline.subset(examples, limit, args.seed)
-    names = labels_lib.build_label_vocab(read["train"])
+    regression = args.task == "regression"
+    names = ["value"] if regression else labels_lib.build_label_vocab(read["train"])
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.checkpoint)
-    model = transformers.BertForSequenceClassification.from_pretrained(args.checkpoint, num_labels=len(names))
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        args.checkpoint, num_labels=len(names), problem_type="regression" if regression else None
+    )
 
     def encode(examples):
-        enc = tokenizer([e.text for e in examples], truncation=True, max_length=args.max_seq_length)
-        return enc["input_ids"], labels_lib.encode_labels(examples, names)
+        pairs = [e.text_pair for e in examples] if args.text_pair_field else None
+        texts = [e.text for e in examples]
+        enc = tokenizer(texts, pairs, truncation=True, max_length=args.max_seq_length)
+        if regression:
+            return enc["input_ids"], enc.get("token_type_ids"), np.array([float(e.label) for e in examples])
+        return enc["input_ids"], enc.get("token_type_ids"), labels_lib.encode_labels(examples, names)
 
-    train_ids, train_labels = encode(read["train"])
-    eval_ids, eval_labels = encode(read["eval"])
+    train_ids, train_types, train_labels = encode(read["train"])
+    eval_ids, eval_types, eval_labels = encode(read["eval"])
 
-    def collate(ids_list):
+    def collate(ids_list, types_list):
         width = max(map(len, ids_list))
         ids = torch.zeros((len(ids_list), width), dtype=torch.long)
+        types = torch.zeros((len(ids_list), width), dtype=torch.long)
         for i, ids_row in enumerate(ids_list):
             ids[i, : len(ids_row)] = torch.tensor(ids_row)
-        return ids, (ids != 0).long()
+            if types_list is not None:
+                types[i, : len(ids_row)] = torch.tensor(types_list[i])
+        return {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": types}
+
+    def evaluate() -> dict:
+        model.eval()
+        outputs = []
+        with torch.no_grad():
+            for i in range(0, len(eval_ids), 128):
+                rows = slice(i, i + 128)
+                batch = collate(eval_ids[rows], eval_types[rows] if eval_types else None)
+                logits = model(**batch).logits
+                outputs.extend(logits[:, 0].tolist() if regression else logits.argmax(-1).tolist())
+        model.train()
+        if regression:
+            import scipy.stats
+
+            outputs = np.array(outputs)
+            return {
+                "pearson": float(scipy.stats.pearsonr(outputs, eval_labels)[0]),
+                "spearman": float(scipy.stats.spearmanr(outputs, eval_labels)[0]),
+                "mse": float(np.mean((outputs - eval_labels) ** 2)),
+            }
+        report = classification_report(
+            eval_labels, outputs, target_names=names, digits=4, output_dict=True, zero_division=0
+        )
+        print(classification_report(eval_labels, outputs, target_names=names, digits=4, zero_division=0))
+        return {"accuracy": report["accuracy"], "macro_f1": report["macro avg"]["f1-score"], "report": report}
 
     steps_per_epoch = -(-len(train_ids) // args.batch_size)
     total = steps_per_epoch * args.epochs
@@ -89,12 +131,15 @@ def main():
     generator = torch.Generator().manual_seed(args.seed)
     train_start = time.time()
     model.train()
+    epochs = []
     for epoch in range(args.epochs):
         order = torch.randperm(len(train_ids), generator=generator).tolist()
         for step in range(steps_per_epoch):
             rows = order[step * args.batch_size : (step + 1) * args.batch_size]
-            ids, mask = collate([train_ids[i] for i in rows])
-            out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor(train_labels[rows]).long())
+            types = [train_types[i] for i in rows] if train_types else None
+            batch = collate([train_ids[i] for i in rows], types)
+            labels = torch.tensor(train_labels[rows])
+            out = model(**batch, labels=labels.float() if regression else labels.long())
             optimizer.zero_grad()
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -102,17 +147,11 @@ def main():
             schedule.step()
             if step % 100 == 0:
                 print(f"epoch {epoch} step {step}/{steps_per_epoch} loss {out.loss.item():.4f}", flush=True)
+        epochs.append(evaluate() if epoch < args.epochs - 1 else None)
     train_s = time.time() - train_start
-    model.eval()
-    predictions = []
-    with torch.no_grad():
-        for i in range(0, len(eval_ids), 128):
-            ids, mask = collate(eval_ids[i : i + 128])
-            predictions.extend(model(input_ids=ids, attention_mask=mask).logits.argmax(-1).tolist())
-    report = classification_report(
-        eval_labels, predictions, target_names=names, digits=4, output_dict=True, zero_division=0
-    )
-    print(classification_report(eval_labels, predictions, target_names=names, digits=4, zero_division=0))
+    final = evaluate()
+    epochs[-1] = final
+    print(json.dumps([{k: v for k, v in e.items() if k != "report"} for e in epochs]))
     result = {
         "impl": "torch",
         "torch": torch.__version__,
@@ -120,11 +159,10 @@ def main():
         "train_examples": len(train_ids),
         "eval_examples": len(eval_ids),
         "steps": total,
-        "accuracy": report["accuracy"],
-        "macro_f1": report["macro avg"]["f1-score"],
         "train_s": round(train_s, 1),
         "wall_s": round(time.time() - start, 1),
-        "report": report,
+        **final,
+        "epochs": [{k: v for k, v in e.items() if k != "report"} for e in epochs],
     }
     print(json.dumps({k: v for k, v in result.items() if k != "report"}))
     if args.out:
