@@ -224,7 +224,7 @@ def _data_path(data, split: str, config: ml_collections.ConfigDict, workdir: str
         path, text = os.path.join(workdir, DATA_DIR, f"{split}.json"), _squad_text(rows, split)
     else:
         path, text = os.path.join(workdir, DATA_DIR, f"{split}.jsonl"), _jsonl_text(rows, split)
-        config.data.format = "jsonl"
+        config.data.format = "auto"  # this split is JSONL; the others, if files, by their extensions
     _write_once(path, text, workdir, split)
     return path
 
