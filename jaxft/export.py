@@ -11,6 +11,10 @@ tokens, for the template filled in as `jaxft.tasks.pet` does. A relation run exp
 `task.relation_pooling="cls"` only (as `BertForSequenceClassification`, whose inputs carry the entity
 markers, which the exported tokenizer holds); "markers" pooling has no Hugging Face class and is refused.
 The run's labels are id2label / label2id. Uses the run's best checkpoint, else its newest.
+
+`README.md` is the model card (`jaxft.card`): the Hub's metadata (pipeline tag, base model, datasets, the
+final metrics as model-index), then the recipe, the data, the labels and the final reports.
+`--push-to-hub OWNER/NAME [--private]` then uploads the directory to the Hugging Face Hub.
 """
 
 import json
@@ -21,7 +25,7 @@ import sys
 
 from absl import flags
 
-from jaxft import cli, files, tasks
+from jaxft import card, cli, files, tasks
 from jaxft.errors import UserError
 from jaxft.models import convert, families
 from jaxft.predict import load_run
@@ -29,12 +33,13 @@ from jaxft.strategies import peft as peft_lib
 from jaxft.training import trained
 
 
-def export(workdir: str, out: str) -> str:
+def export(workdir: str, out: str, base_model: str | None = None) -> str:
     """Writes the run in `workdir` as a Hugging Face model directory `out`; returns `out`.
 
     Files are written to a new temporary sibling directory of this export's own (never one a crashed export
     left) and renamed into place, so `out` is never half written and holds nothing else. An existing
-    non-empty `out`, or a file there, is refused rather than overwritten.
+    non-empty `out`, or a file there, is refused rather than overwritten. `base_model`: the Hub id the card
+    names as the base model (default: found from the run's checkpoint, `card.base_model`).
     """
     from safetensors.numpy import save
 
@@ -80,6 +85,13 @@ def export(workdir: str, out: str) -> str:
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
         run.tokenizer.save_pretrained(tmp)
+        card_config = run.config.copy_and_resolve_references()
+        if base_model:
+            card_config.model.checkpoint = base_model
+        name, architecture = os.path.basename(os.path.abspath(out)), config["architectures"][0]
+        text = card.model_card(workdir, card_config, run.label_names, name, architecture)
+        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+            f.write(text)
         if os.path.isdir(out):
             os.rmdir(out)
         os.replace(tmp, out)
@@ -96,6 +108,11 @@ def _flags() -> flags.FlagValues:
     values = flags.FlagValues()
     flags.DEFINE_string("workdir", None, "A jaxft training run's directory.", flag_values=values)
     flags.DEFINE_string("out", None, "New directory for the Hugging Face model.", flag_values=values)
+    flags.DEFINE_string(
+        "push-to-hub", None, "Then upload it to this Hub repository (OWNER/NAME).", flag_values=values
+    )
+    flags.DEFINE_bool("private", False, "With --push-to-hub: a private repository.", flag_values=values)
+    flags.DEFINE_string("base-model", None, "The base model's Hub id, for the card.", flag_values=values)
     return values
 
 
@@ -103,11 +120,18 @@ def main(argv=None) -> int:
     """Entry point of `python -m jaxft.export` and `jaxft-export`; `argv`: the flags (sys.argv[1:])."""
     values = _flags()
     argv = sys.argv[1:] if argv is None else list(argv)
-    cli.no_leftovers(cli.parse(values, ["jaxft-export", *argv], __doc__, "jaxft-export", ("workdir", "out")))
+    names = ("workdir", "out", "push-to-hub", "private", "base-model")
+    cli.no_leftovers(cli.parse(values, ["jaxft-export", *argv], __doc__, "jaxft-export", names))
     cli.require(values, ("workdir", "out"))
     args = values
+    repo_id = values["push-to-hub"].value
     try:
-        export(args.workdir, args.out)
+        export(args.workdir, args.out, values["base-model"].value)
+        if repo_id:
+            print(f"exported {args.workdir} to {args.out}")
+            url = card.push(args.out, repo_id, private=values.private)
+            print(f"uploaded {args.out} to {url}")
+            return 0
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
