@@ -129,9 +129,11 @@ def predict_outputs(
 ) -> tuple[np.ndarray, dict]:
     """The task's outputs for `examples` in their order, and their features.
 
-    Outputs: class probabilities [N, labels] (classification), values [N] (regression), label probabilities
-    [N, labels] (multilabel), predicted tag ids per position [N, max_seq_length] (ner), start / end logits
-    per window and position [windows, max_seq_length, 2] (qa).
+    Outputs: class probabilities [N, labels] (classification; under data.long_inputs="windows" the softmax
+    of the mean of each text's window logits, one row per text), values [N] (regression), label
+    probabilities [N, labels] (multilabel), predicted tag ids per position [N, max_seq_length] (ner),
+    start / end logits per window and position [windows, max_seq_length, 2] (qa). The features have a row
+    per window where there are windows.
     """
     task = tasks.from_config(run.config)
     model = create_model(run.config, run.bert_config, len(run.label_names), run.tokenizer)
@@ -151,7 +153,7 @@ def predict_outputs(
         if out is None:  # one row per example (QA: per context window)
             out = np.zeros((len(features["length"]), *outputs.shape[1:]), outputs.dtype)
         out[indices] = outputs[: len(indices)]
-    return out, features
+    return task.combine_rows(out, features, len(examples)), features
 
 
 def predict_probabilities(
