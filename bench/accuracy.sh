@@ -5,9 +5,11 @@
 #   bench/accuracy.sh DATA_DIR sst2-torch  PyTorch reference, same recipe
 #   bench/accuracy.sh DATA_DIR imdb-cpu    jaxft, jaxft/configs/imdb.py:cpu    (5k/5k subset at 256 tokens)
 #   bench/accuracy.sh DATA_DIR imdb-torch  PyTorch reference on the same subset
+#   bench/accuracy.sh DATA_DIR imdb-long   long reviews on a 2k/1k subset: imdb.py:cpu_truncate (256 tokens),
+#                                          then cpu_windows (windows of 256, up to 1,014) and cpu_head_tail (512)
 # DATA_DIR holds sst2/ and imdb/ (e.g. ../shared/data). Not run by CI.
 set -euo pipefail
-if [ $# -lt 2 ]; then echo "usage: $0 DATA_DIR sst2|sst2-bf16|sst2-torch|imdb-cpu|imdb-torch" >&2; exit 2; fi
+if [ $# -lt 2 ]; then echo "usage: $0 DATA_DIR sst2|sst2-bf16|sst2-torch|imdb-cpu|imdb-torch|imdb-long" >&2; exit 2; fi
 cd "$(dirname "$0")/.."
 data=$(cd "$1" && pwd); job=$2
 py=${PYTHON:-.venv/bin/python}
@@ -31,9 +33,12 @@ case $job in
   sst2) jaxft sst2 jaxft/configs/sst2.py ;;
   sst2-bf16) jaxft sst2_bf16 jaxft/configs/sst2.py --config.model.dtype=bfloat16 ;;
   imdb-cpu) jaxft imdb_cpu jaxft/configs/imdb.py:cpu ;;
+  imdb-long) for variant in truncate windows head_tail; do
+      jaxft "imdb_$variant" "jaxft/configs/imdb.py:cpu_$variant"
+    done ;;
   sst2-torch) "$py" bench/torch_reference.py --train "$data/sst2/train.tsv" --eval "$data/sst2/dev.tsv" \
       --text-field sentence --max-seq-length 64 --epochs 1 --out "$out/sst2_torch.json" ;;
   imdb-torch) "$py" bench/torch_reference.py --train "$data/imdb/train.jsonl.gz" --eval "$data/imdb/test.jsonl.gz" \
       --max-seq-length 256 --max-train-examples 5000 --max-eval-examples 5000 --epochs 1 --out "$out/imdb_torch.json" ;;
-  *) echo "unknown job $job (sst2, sst2-bf16, sst2-torch, imdb-cpu, imdb-torch)" >&2; exit 2 ;;
+  *) echo "unknown job $job (sst2, sst2-bf16, sst2-torch, imdb-cpu, imdb-torch, imdb-long)" >&2; exit 2 ;;
 esac

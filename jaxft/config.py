@@ -33,11 +33,14 @@ AUGMENTABLE_TASKS = ("classification", "regression", "multilabel", "pet")
 # data.format that names one, and the task whose examples its reader builds.
 DATASET_FORMATS = {"semeval2010": "relation", "goemotions": "multilabel"}
 MASK = "[MASK]"  # a pet template's placeholder for the tokenizer's mask token
+LONG_INPUTS = ("truncate", "head_tail", "windows")  # data.long_inputs (jaxft/data/long_inputs.py)
+LONG_INPUT_TASKS = ("classification",)  # the tasks that take a data.long_inputs other than "truncate"
 
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.attention": ("auto", "xla", "cudnn"),
     "data.format": ("auto", "csv", "tsv", "jsonl", *DATASET_FORMATS),
+    "data.long_inputs": LONG_INPUTS,
     "optimizer.name": ("adamw", "sgd"),
     "optimizer.schedule": ("linear", "constant"),
     "training.best_mode": ("max", "min"),
@@ -83,6 +86,8 @@ _NON_NEGATIVE_INTS = (
     "data.max_eval_examples",
     "data.num_shards",
     "data.k_shot",
+    "data.window_stride",  # its upper bound depends on the window (`_check_long_inputs`)
+    "data.max_windows",
     "training.max_nonfinite_steps",
     "training.fsdp_min_size",
 )
@@ -90,6 +95,7 @@ _INTS = (
     "training.num_train_steps",  # -1 (or 0): num_epochs decides
     "task.tag_column",  # -1: the last column
     "task.doc_stride",  # its range depends on the window (`_check_qa`)
+    "data.head_tokens",  # -1: a quarter of the kept tokens (`_check_long_inputs`)
 )
 _FLOATS = ("adversarial.epsilon", "adversarial.step_size")  # not negative, checked together
 _POSITIVE_FLOATS = (
@@ -329,6 +335,36 @@ def _check_task(config: ml_collections.ConfigDict) -> None:
             f"not {name!r}"
         )
     _TASK_CHECKS[name](config.task, data)
+    _check_long_inputs(name, data)
+
+
+def _check_long_inputs(name: str, data) -> None:
+    """data.long_inputs on the task, and its keys on the room a row leaves for text."""
+    mode, room = data.long_inputs, data.max_seq_length - 2  # the tokens beside [CLS] and [SEP]
+    if data.head_tokens < -1:
+        raise UserError(
+            f"config data.head_tokens={data.head_tokens} must be a number of tokens, or -1 (a quarter)"
+        )
+    if mode != "truncate" and name not in LONG_INPUT_TASKS:
+        raise UserError(
+            f"config data.long_inputs={mode!r} applies to task.name in {', '.join(LONG_INPUT_TASKS)}, not "
+            f"{name!r} (use 'truncate')"
+        )
+    if mode == "head_tail" and data.head_tokens > room:
+        raise UserError(
+            f"config data.head_tokens={data.head_tokens} must be at most {room}: the text tokens of "
+            f"data.max_seq_length={data.max_seq_length} beside [CLS] and [SEP]"
+        )
+    if mode == "windows":
+        what = "the text tokens a window of"
+        if data.text_pair_field is not None:  # the other text of a pair takes at most half the room
+            room = -(-(data.max_seq_length - 3) // 2)
+            what = "the tokens of the windowed text of a pair (beside the other) that a window of"
+        if data.window_stride >= room:
+            raise UserError(
+                f"config data.window_stride={data.window_stride} must be less than {room}: {what} "
+                f"data.max_seq_length={data.max_seq_length} is sure to hold"
+            )
 
 
 def _check_strategies(config: ml_collections.ConfigDict) -> None:

@@ -130,15 +130,18 @@ def predict_outputs(
 ) -> tuple[np.ndarray, dict]:
     """The task's outputs for `examples` in their order, and their features.
 
-    Outputs: class probabilities [N, labels] (classification), values [N] (regression), label probabilities
-    [N, labels] (multilabel), predicted tag ids per position [N, max_seq_length] (ner), start / end logits
-    per window and position [windows, max_seq_length, 2] (qa).
+    Outputs: class probabilities [N, labels] (classification; under data.long_inputs="windows" the softmax
+    of the mean of each text's window logits, one row per text), values [N] (regression), label
+    probabilities [N, labels] (multilabel), predicted tag ids per position [N, max_seq_length] (ner),
+    start / end logits per window and position [windows, max_seq_length, 2] (qa). The features have a row
+    per window where there are windows.
     """
     task = tasks.from_config(run.config)
     model = create_model(run.config, run.bert_config, len(run.label_names), run.tokenizer)
     features = task.features_for_prediction(examples, run.tokenizer, run.config.data.max_seq_length)
     step = functools.partial(steps.predict_step, model=model, task=task)
-    return run_batches(run, features, step, batch_size, progress), features
+    out = run_batches(run, features, step, batch_size, progress)
+    return task.combine_rows(out, features, len(examples)), features
 
 
 def embed(run: TrainedRun, examples: list, batch_size: int = 128, pooling: str = "mean") -> np.ndarray:

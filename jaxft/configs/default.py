@@ -99,6 +99,14 @@ def get_config() -> ml_collections.ConfigDict:
     data.max_train_examples = 0  # if > 0, train on a fixed random subset of this many (seeded by `seed`)
     data.max_eval_examples = 0  # if > 0, evaluate eval/test on a fixed random subset of this many
     data.max_seq_length = 128  # tokens per example after truncation, [CLS] and [SEP] included
+    # What a text longer than max_seq_length tokens becomes (docs/long-inputs.md; classification only):
+    # "truncate" (its first tokens), "head_tail" (its first data.head_tokens and its last tokens: Sun et al.
+    # 2019) or "windows" (overlapping windows of max_seq_length tokens, each a training example with the
+    # text's label; evaluation and prediction average a text's window logits: one result per text).
+    data.long_inputs = "truncate"
+    data.head_tokens = -1  # head_tail: tokens kept from a cut text's start, the rest from its end; -1 = 1/4
+    data.window_stride = 0  # windows: tokens shared by consecutive windows (like task.doc_stride)
+    data.max_windows = 0  # windows: at most this many windows per text (its first ones); 0 = no cap
     data.num_buckets = 4  # length buckets up to max_seq_length; 1 pads everything to max_seq_length
     data.num_shards = 0  # train-data shards over processes; 0 = one per process (see jaxft.training.pipeline)
     data.k_shot = 0  # if > 0, train on k examples per class (seeded by `seed`): few-shot experiments

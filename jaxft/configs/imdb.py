@@ -12,16 +12,29 @@ Measured (2026-11-29, 2-core CPU shared with other jobs, `bench/accuracy.sh ../s
 wall): CPU recipe test-subset accuracy 0.8610, macro-F1 0.8610 (bench/README.md has the report). The GPU
 recipe has not been run.
 
+Long reviews (data.long_inputs; docs/long-inputs.md), on a 2,000 / 1,000 subset that fits a 2-core CPU, two
+epochs each, the same subset for all three:
+
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.imdb:cpu_truncate --workdir runs/t
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.imdb:cpu_windows --workdir runs/w
+    JAXFT_DATA=../shared/data python train.py --config jaxft.configs.imdb:cpu_head_tail --workdir runs/h
+
+cpu_truncate reads the first 254 tokens of a review (max_seq_length 256); cpu_windows up to about 1,000:
+windows of 256 sharing 64 tokens, at most 5 (254 + 4 x 190 = 1,014 tokens), averaged per review;
+cpu_head_tail its first 127 and last 383 tokens at 512 (Sun et al. 2019). Not measured yet (bench/README.md).
+
 Files are gzipped JSON lines (`text` with raw `<br />` tags, `label` 0/1), grouped by class in the file: the
 subsets are random (seeded by `seed`), and training batches are shuffled every epoch.
 """
 
 from jaxft.configs import common, default
 
+VARIANTS = ("gpu", "cpu", "cpu_truncate", "cpu_windows", "cpu_head_tail")
+
 
 def get_config(variant: str = "gpu"):
-    if variant not in ("gpu", "cpu"):
-        raise ValueError(f"unknown variant {variant!r} (gpu, cpu)")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} ({', '.join(VARIANTS)})")
     config = default.get_config()
     config.model.checkpoint = common.minilm_checkpoint()
     config.data.train_path = "$JAXFT_DATA/imdb/train.jsonl.gz"
@@ -39,6 +52,20 @@ def get_config(variant: str = "gpu"):
         config.training.batch_size = 32
         config.training.num_epochs = 1
         config.training.eval_batch_size = 128
+    elif variant.startswith("cpu_"):  # long reviews: three ways to read them, on one subset
+        config.data.max_train_examples = 2000
+        config.data.max_eval_examples = 1000
+        config.data.max_seq_length = 256
+        config.training.batch_size = 32
+        config.training.num_epochs = 2
+        config.training.eval_batch_size = 128
+        if variant == "cpu_windows":
+            config.data.long_inputs = "windows"
+            config.data.window_stride = 64
+            config.data.max_windows = 5
+        elif variant == "cpu_head_tail":
+            config.data.long_inputs = "head_tail"  # data.head_tokens -1: 127 head + 383 tail tokens
+            config.data.max_seq_length = 512
     else:
         config.data.max_seq_length = 512
         config.model.dtype = "bfloat16"

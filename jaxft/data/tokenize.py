@@ -14,6 +14,7 @@ import tempfile
 import numpy as np
 
 from jaxft import files
+from jaxft.data import long_inputs as long_inputs_lib
 from jaxft.data.example import Example
 from jaxft.errors import UserError
 
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 _CACHE_VERSION = 1  # bump when the cached arrays change meaning
 _FEATURE_KEYS = ("input_ids", "token_type_ids", "length")
+_WINDOW_KEY = "example_index"  # the features of long_inputs="windows" also hold each row's example
 # The files that hold a tokenizer's vocabulary, by kind: without one of them transformers still builds a
 # tokenizer (from tokenizer_config.json alone), but one holding only its special tokens, which maps every
 # word to [UNK]. A tuple is a set of files that must all be there.
@@ -162,27 +164,40 @@ def check_max_seq_length(max_seq_length: int, max_position_embeddings: int) -> N
 
 
 def tokenize(
-    examples: list[Example], tokenizer, max_seq_length: int, *, batch_size: int = 1000
+    examples: list[Example],
+    tokenizer,
+    max_seq_length: int,
+    *,
+    batch_size: int = 1000,
+    long_inputs: long_inputs_lib.LongInputs = long_inputs_lib.TRUNCATE,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Tokenizes examples into zero-padded arrays of width `max_seq_length`.
 
     Pairs are truncated "longest_first", as BERT's GLUE scripts do. The result equals calling the tokenizer
-    on each example with `truncation=True, max_length=max_seq_length` and padding the ids.
+    on each example with `truncation=True, max_length=max_seq_length` and padding the ids. Under another
+    `long_inputs` mode a text that does not fit keeps its head and tail, or becomes several rows (windows;
+    `jaxft.data.long_inputs`).
 
     Args:
         examples: Examples; either all have a text pair or none has.
         tokenizer: A fast tokenizer (see `load_tokenizer`).
         max_seq_length: Width of the arrays, special tokens included.
         batch_size: Examples per tokenizer call.
+        long_inputs: What a text longer than `max_seq_length` becomes (default: truncated).
 
     Returns:
         (features, num_truncated): features holds "input_ids" and "token_type_ids" (int32
         [N, max_seq_length], padded with the pad token id and 0) and "length" (int32 [N], tokens before
-        padding); num_truncated counts the examples that lost tokens to truncation.
+        padding); num_truncated counts the examples that lost tokens to truncation. With windows the rows
+        are windows, and "example_index" (int32 [rows]) gives each one's example.
     """
     num_pairs = sum(example.text_pair is not None for example in examples)
     if num_pairs not in (0, len(examples)):
         raise ValueError(f"{num_pairs} of {len(examples)} examples have a text pair; expected all or none")
+    if long_inputs.mode != "truncate":
+        return long_inputs_lib.tokenize_long(
+            examples, tokenizer, max_seq_length, long_inputs, batch_size=batch_size
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n = len(examples)
     input_ids = np.full((n, max_seq_length), pad_id, np.int32)
@@ -237,8 +252,18 @@ def _content_hash(examples: list[Example]) -> str:
     return digest.hexdigest()
 
 
-def cache_key(examples: list[Example], tokenizer, max_seq_length: int, key_parts: dict) -> str:
-    """The 16-hex-digit key of a tokenized split: what was tokenized, how, and with which tokenizer."""
+def cache_key(
+    examples: list[Example],
+    tokenizer,
+    max_seq_length: int,
+    key_parts: dict,
+    long_inputs: long_inputs_lib.LongInputs = long_inputs_lib.TRUNCATE,
+) -> str:
+    """The 16-hex-digit key of a tokenized split: what was tokenized, how, and with which tokenizer.
+
+    `long_inputs` enters the key only when it is not "truncate", and then only the settings that change its
+    tokens (`LongInputs.key`): truncated splits keep the keys they always had.
+    """
     description = {
         "version": _CACHE_VERSION,
         "key_parts": key_parts,
@@ -249,21 +274,28 @@ def cache_key(examples: list[Example], tokenizer, max_seq_length: int, key_parts
         "tokenizer_fingerprint": fingerprint(tokenizer),
         "content": _content_hash(examples),
     }
+    if long_inputs.key() is not None:
+        description["long_inputs"] = long_inputs.key()
     blob = json.dumps(description, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _load_cached(path: str, num_examples: int, max_seq_length: int) -> dict[str, np.ndarray] | None:
+def _load_cached(
+    path: str, num_examples: int, max_seq_length: int, windows: bool
+) -> dict[str, np.ndarray] | None:
+    keys = (*_FEATURE_KEYS, _WINDOW_KEY) if windows else _FEATURE_KEYS
     try:
         with np.load(path) as data:
-            features = {key: data[key] for key in _FEATURE_KEYS}
+            features = {key: data[key] for key in keys}
             num_truncated = int(data["num_truncated"])
     except Exception as e:  # a cache is disposable: anything unreadable is recomputed
         logger.warning("Ignoring unreadable token cache %s: %s", path, e)
         return None
-    if features["input_ids"].shape != (num_examples, max_seq_length) or features["length"].shape != (
-        num_examples,
-    ):
+    rows = len(features[_WINDOW_KEY]) if windows else num_examples
+    fits = features["input_ids"].shape == (rows, max_seq_length) and features["length"].shape == (rows,)
+    if windows:  # every example has its windows, in order
+        fits = fits and np.array_equal(np.unique(features[_WINDOW_KEY]), np.arange(num_examples))
+    if not fits:
         logger.warning("Ignoring token cache %s: its shapes do not match the examples", path)
         return None
     logger.info("Loaded tokens from %s (%d of %d examples truncated)", path, num_truncated, num_examples)
@@ -271,7 +303,12 @@ def _load_cached(path: str, num_examples: int, max_seq_length: int) -> dict[str,
 
 
 def cached_tokenize(
-    examples: list[Example], tokenizer, max_seq_length: int, cache_dir: str | None, key_parts: dict
+    examples: list[Example],
+    tokenizer,
+    max_seq_length: int,
+    cache_dir: str | None,
+    key_parts: dict,
+    long_inputs: long_inputs_lib.LongInputs = long_inputs_lib.TRUNCATE,
 ) -> dict[str, np.ndarray]:
     """`tokenize`, with the result stored in `cache_dir` and reused when nothing it depends on changed.
 
@@ -283,18 +320,20 @@ def cached_tokenize(
         cache_dir: Directory of cache files (created if missing); None disables caching.
         key_parts: Anything else that should separate cache entries (e.g. the split name and file path).
             Must be JSON-serialisable (other values are keyed by their `str`).
+        long_inputs: As for `tokenize` (part of the key).
 
     Returns:
         The features of `tokenize`.
     """
     if cache_dir is None:
-        return tokenize(examples, tokenizer, max_seq_length)[0]
-    path = os.path.join(cache_dir, f"tokens_{cache_key(examples, tokenizer, max_seq_length, key_parts)}.npz")
+        return tokenize(examples, tokenizer, max_seq_length, long_inputs=long_inputs)[0]
+    key = cache_key(examples, tokenizer, max_seq_length, key_parts, long_inputs)
+    path = os.path.join(cache_dir, f"tokens_{key}.npz")
     if os.path.exists(path):
-        features = _load_cached(path, len(examples), max_seq_length)
+        features = _load_cached(path, len(examples), max_seq_length, long_inputs.mode == "windows")
         if features is not None:
             return features
-    features, num_truncated = tokenize(examples, tokenizer, max_seq_length)
+    features, num_truncated = tokenize(examples, tokenizer, max_seq_length, long_inputs=long_inputs)
     try:
         os.makedirs(cache_dir, exist_ok=True)
         # Write then rename: a crash or a concurrent reader never sees half a file.

@@ -17,6 +17,7 @@
 import ml_collections
 
 from jaxft import config as config_lib
+from jaxft.data import long_inputs
 from jaxft.errors import UserError
 from jaxft.tasks.base import IGNORE, PER_EXAMPLE, Task, TaskReport
 from jaxft.tasks.classification import Classification
@@ -38,7 +39,9 @@ def from_config(config: ml_collections.ConfigDict) -> Task:
     name = task.name
     smoothing = float(config.regularization.label_smoothing)
     if name == "classification":
-        return Classification(label_smoothing=smoothing)
+        return Classification(
+            label_smoothing=smoothing, long_inputs=long_inputs.LongInputs.from_data(config.data)
+        )
     if name == "regression":
         return Regression()
     if name == "multilabel":

@@ -124,6 +124,11 @@ class Task:
         raise NotImplementedError
 
     # ---- host: reports, predictions, export --------------------------------------------------------------
+    def combine_rows(self, outputs: np.ndarray, features: dict, num_examples: int) -> np.ndarray:
+        """`predict_outputs` of every feature row (an example, or a window of one) as `prediction_records`
+        takes them. Default: unchanged (QA combines its windows in `prediction_records`)."""
+        return outputs
+
     def report(self, totals: dict, split, names: list[str], data: ml_collections.ConfigDict) -> TaskReport:
         raise NotImplementedError
 

@@ -4,6 +4,12 @@ The default task, and the one the rest of jaxft was built around: the device ret
 loss sum and an example count; the host rebuilds label arrays from the matrix and calls
 `sklearn.metrics.classification_report` (see `jaxft.evaluate`). Sentence pairs (GLUE MRPC, QQP, ...) need
 only `data.text_pair_field`; `data.positive_label` adds that class's F1 as the metric "f1".
+
+Long texts (`data.long_inputs`, `jaxft.data.long_inputs`): "truncate" and "head_tail" give one row per text.
+Under "windows" a text is several rows; each trains as an example of its own with the text's label, but the
+device returns the windows' logits instead of counts, and the host averages them per text
+(`mean_by_example`): the report, the eval loss and `jaxft.predict` count every text exactly once, wherever
+and on however many devices its windows were computed.
 """
 
 import dataclasses
@@ -16,8 +22,30 @@ import optax
 
 from jaxft import evaluate
 from jaxft.data import labels as labels_lib
+from jaxft.data import long_inputs as long_inputs_lib
+from jaxft.data import tokenize
 from jaxft.errors import UserError
-from jaxft.tasks.base import Task, TaskReport, text_record
+from jaxft.tasks.base import PER_EXAMPLE, Task, TaskReport, text_record
+
+
+def mean_by_example(rows: np.ndarray, example_index: np.ndarray, num_examples: int) -> np.ndarray:
+    """The mean of the rows [R, ...] of each example (`example_index` [R]), as float64 [num_examples, ...]."""
+    rows = np.asarray(rows, np.float64)
+    sums = np.zeros((num_examples, *rows.shape[1:]), np.float64)
+    np.add.at(sums, example_index, rows)
+    counts = np.bincount(example_index, minlength=num_examples).reshape(-1, *[1] * (rows.ndim - 1))
+    return sums / counts
+
+
+def _softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return -np.take_along_axis(log_probabilities, labels[:, None], -1)[:, 0]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(-1, keepdims=True))
+    return exp / exp.sum(-1, keepdims=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +57,12 @@ class Classification(Task):
     summary_metrics = ("accuracy", "macro_f1", "weighted_f1", "loss", "num_examples")
     # Training targets (1 - s) * one-hot + s / classes (Szegedy et al. 2016); the reported eval loss is plain.
     label_smoothing: float = 0.0
+    # What a text longer than max_seq_length tokens becomes (data.long_inputs and its keys).
+    long_inputs: long_inputs_lib.LongInputs = long_inputs_lib.TRUNCATE
+
+    @property
+    def _windows(self) -> bool:
+        return self.long_inputs.mode == "windows"
 
     def label_names(self, examples: list, data: ml_collections.ConfigDict) -> list[str]:
         names = labels_lib.build_label_vocab(examples, data.labels)
@@ -45,6 +79,19 @@ class Classification(Task):
     def encode(self, examples: list, names: list[str]) -> np.ndarray:
         return labels_lib.encode_labels(examples, names)
 
+    def tokenize(self, examples: list, tokenizer, data, cache_dir: str | None, path: str, names) -> dict:
+        return tokenize.cached_tokenize(
+            examples,
+            tokenizer,
+            data.max_seq_length,
+            cache_dir,
+            {"path": path, "pair": data.text_pair_field is not None},
+            self.long_inputs,
+        )
+
+    def features_for_prediction(self, examples: list, tokenizer, max_seq_length: int) -> dict:
+        return tokenize.tokenize(examples, tokenizer, max_seq_length, long_inputs=self.long_inputs)[0]
+
     def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
         if self.label_smoothing:
             targets = jax.nn.one_hot(batch["labels"], logits.shape[-1], dtype=logits.dtype)
@@ -55,6 +102,8 @@ class Classification(Task):
         return jnp.sum(losses * batch["weights"]), jnp.sum(batch["weights"])
 
     def eval_outputs(self, logits: jax.Array, batch: dict) -> dict:
+        if self._windows:  # a text's windows may sit in several batches: the host averages them
+            return {"windows": jnp.sum(batch["weights"]), PER_EXAMPLE: {"logits": logits.astype(jnp.float32)}}
         num_labels = logits.shape[-1]
         weights = batch["weights"]
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
@@ -69,15 +118,37 @@ class Classification(Task):
         }
 
     def predict_outputs(self, logits: jax.Array) -> jax.Array:
+        if self._windows:  # averaged per text on the host (`combine_rows`), then the softmax
+            return logits.astype(jnp.float32)
         return jax.nn.softmax(logits, axis=-1)
 
+    def combine_rows(self, outputs: np.ndarray, features: dict, num_examples: int) -> np.ndarray:
+        if not self._windows:
+            return outputs
+        logits = mean_by_example(outputs, features["example_index"], num_examples)
+        return _softmax(logits).astype(np.float32)
+
     def report(self, totals: dict, split, names: list[str], data: ml_collections.ConfigDict) -> TaskReport:
+        extra = {}
+        if self._windows:
+            totals, extra = self._text_totals(totals, split, len(names)), {"windows": int(totals["windows"])}
         confusion = np.asarray(totals["confusion"]).astype(np.int64)
         report, text = evaluate.classification_report(confusion, names)
         metrics = evaluate.summary_metrics(
             report, float(totals["loss_sum"]), int(totals["count"]), data.positive_label
         )
-        return TaskReport(report, text, metrics, confusion=confusion)
+        return TaskReport(report, text, metrics, confusion=confusion, extra=extra)
+
+    def _text_totals(self, totals: dict, split, num_labels: int) -> dict:
+        """The counts `eval_outputs` gives without windows, from each text's mean window logits."""
+        labels = np.asarray(split.labels)
+        logits = mean_by_example(totals[PER_EXAMPLE]["logits"], split.features["example_index"], len(labels))
+        predicted = logits.argmax(-1)
+        return {
+            "confusion": evaluate.confusion_matrix_from_predictions(labels, predicted, num_labels),
+            "loss_sum": float(_softmax_cross_entropy(logits, labels).sum()),
+            "count": len(labels),
+        }
 
     def prediction_record(self, example, output: np.ndarray, names: list[str]) -> dict:
         return {

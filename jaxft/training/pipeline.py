@@ -43,7 +43,8 @@ class Split:
       examples: what the task's reader returned, in file order.
       labels: the task's targets, one row per example (class ids, floats, multi-hot rows). Targets that
         depend on tokenisation are features instead: per-token `features["labels"]` (NER; `labels` then
-        holds the word tags) or per-row `features["targets"]` (QA, whose rows are context windows).
+        holds the word tags) or per-row `features["targets"]` (QA, whose rows are context windows). Rows
+        that are windows of a long text (`features["example_index"]`) take their text's row of `labels`.
       features: tokenised arrays (`jaxft.data.tokenize`), filled by `tokenize_splits`.
       shards: with several shards (train only), which rows this process holds: `examples`, `labels` and
         `features` are then this process's share only.
@@ -61,8 +62,8 @@ class Split:
 class Shards:
     """A split divided into shards, of which this process holds some (`tokenize_splits`).
 
-    Rows are the features' rows (examples, or QA's context windows), numbered over the whole split: the
-    rows of example 0, then those of example 1, and so on.
+    Rows are the features' rows (examples, or windows of a long text or a QA context), numbered over the
+    whole split: the rows of example 0, then those of example 1, and so on.
 
     Attributes:
       count: shards in the split (`data.num_shards`).
@@ -218,7 +219,8 @@ def owned_examples(total: int, count: int, index: int, processes: int) -> np.nda
 
 
 def rows_per_example(features: dict, num_examples: int) -> np.ndarray:
-    """Feature rows of each example: 1, or QA's context windows (`features["example_index"]`)."""
+    """Feature rows of each example: 1, or its windows (QA; data.long_inputs="windows"), counted from
+    `features["example_index"]`."""
     if "example_index" in features:
         return np.bincount(features["example_index"], minlength=num_examples)
     return np.ones(num_examples, np.int64)
@@ -326,8 +328,14 @@ def _batch_labels(split: Split, indices: np.ndarray, seq_len: int, rows: int) ->
         out = np.full((rows, seq_len), IGNORE, np.int32)
         out[: len(indices)] = split.features["labels"][indices, :seq_len]
         return out
-    # Targets made by tokenisation, one per row (QA: a window's answer span), else the split's own.
-    labels = split.features["targets"] if "targets" in split.features else np.asarray(split.labels)
+    # Targets made by tokenisation, one per row (QA: a window's answer span), else the split's own: those of
+    # the rows' examples, which for windows of a long text (`example_index`) is their text's.
+    if "targets" in split.features:
+        labels = split.features["targets"]
+    else:
+        labels = np.asarray(split.labels)
+        if "example_index" in split.features:
+            indices = split.features["example_index"][indices]
     out = np.zeros((rows, *labels.shape[1:]), labels.dtype)
     out[: len(indices)] = labels[indices]
     return out
