@@ -37,7 +37,7 @@ MASK = "[MASK]"  # a pet template's placeholder for the tokenizer's mask token
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.attention": ("auto", "xla", "cudnn"),
-    "data.format": ("auto", "csv", "tsv", "jsonl", *DATASET_FORMATS),
+    "data.format": ("auto", "csv", "tsv", "jsonl", "parquet", "arrow", "hf", *DATASET_FORMATS),
     "optimizer.name": ("adamw", "sgd"),
     "optimizer.schedule": ("linear", "constant"),
     "training.best_mode": ("max", "min"),

@@ -9,7 +9,7 @@ import gzip
 import json
 import os
 
-from jaxft.data import lines
+from jaxft.data import lines, records
 from jaxft.errors import UserError
 
 
@@ -99,6 +99,10 @@ def read_squad(path: str, *, require_answers: bool = True) -> list[QAExample]:
 
 
 def is_text_file(path: str) -> bool:
-    """True for prediction input given as JSONL / CSV / TSV rather than SQuAD JSON."""
+    """True for prediction input given as rows of a question and a context (JSONL, CSV, TSV, Parquet, Arrow,
+    a save_to_disk directory or an `hf:` split, by `records.detect_format`) rather than SQuAD JSON (.json)."""
+    path = os.path.expanduser(os.path.expandvars(path))
     stem = path[: -len(".gz")] if path.endswith(".gz") else path
-    return os.path.splitext(stem)[1].lower() in (".jsonl", ".csv", ".tsv")
+    if os.path.splitext(stem)[1].lower() == ".json":
+        return False
+    return records.detect_format(path) is not None
