@@ -17,6 +17,7 @@ from jaxft.configs import common, default, tiny  # noqa: E402
 from jaxft.data import readers, records, tokenize  # noqa: E402
 from jaxft.data.relations import read_relations  # noqa: E402
 from jaxft.errors import UserError  # noqa: E402
+from jaxft.tasks import tagging  # noqa: E402
 from jaxft.tasks.multilabel import MultiLabel  # noqa: E402
 from jaxft.tasks.ner import Ner  # noqa: E402
 from jaxft.tasks.qa import QuestionAnswering  # noqa: E402
@@ -198,6 +199,140 @@ def test_ner_and_qa_prediction_input_from_parquet(tmp_path):
     assert [(q.id, q.question, q.context) for q in questions] == [
         (q.id, q.question, q.context) for q in reference
     ]
+
+
+# Sentences written for these tests, with CoNLL-2003's tag names.
+SENTENCES = [
+    (["Lena", "flew", "to", "New", "York", "."], ["B-PER", "O", "O", "B-LOC", "I-LOC", "O"]),
+    (["Rain", "again"], ["O", "O"]),
+    (["Oslo", "and", "Graz"], ["B-LOC", "O", "B-LOC"]),
+]
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+@pytest.mark.parametrize("kind", ("parquet", "saved", "hf-folder"))
+def test_ner_sentences_from_records_equal_the_conll_file(tmp_path, kind):
+    conll = tmp_path / "train.conll"
+    blocks = ["\n".join(f"{w} {t}" for w, t in zip(words, tags, strict=True)) for words, tags in SENTENCES]
+    conll.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+    features = datasets.Features(
+        {
+            "tokens": datasets.List(datasets.Value("string")),
+            "ner_tags": datasets.List(datasets.ClassLabel(names=TAGS)),
+        }
+    )
+    columns = {
+        "tokens": [w for w, _ in SENTENCES],
+        "ner_tags": [[TAGS.index(t) for t in tags] for _, tags in SENTENCES],
+    }
+    path = _write(
+        tmp_path, kind, datasets.Dataset.from_dict(columns, features=features)
+    )  # tags stored as ids
+    task, data = Ner(), _data(text_field="tokens", label_field="ner_tags")
+    sentences, reference = task.read(path, data), task.read(str(conll), data)
+    assert [(s.words, s.tags) for s in sentences] == [(tuple(w), tuple(t)) for w, t in SENTENCES]
+    assert [(s.words, s.tags) for s in sentences] == [(s.words, s.tags) for s in reference]
+    assert [s.source for s in sentences] == [f"{path} row {i}" for i in (1, 2, 3)]
+    names = task.label_names(sentences, data)
+    assert names == task.label_names(reference, data)
+    got = task.tokenize(sentences, _tokenizer(), data, None, path, names)
+    want = task.tokenize(reference, _tokenizer(), data, None, str(conll), names)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    with pytest.raises(UserError) as info:
+        tagging.encode_tags(sentences, ["O", "B-LOC", "I-LOC"])
+    assert str(info.value).startswith(f"{path} row 1, word 1: tag 'B-PER'")
+
+
+def test_bad_ner_records_name_file_and_row(tmp_path):
+    data = _data(text_field="tokens", label_field="ner_tags")
+    cases = [
+        (
+            {"tokens": [["a", "b"], ["c"]], "ner_tags": [["O", "O"], ["O", "O"]]},
+            "row 2: 1 words but 2 tags in 'ner_tags'",
+        ),
+        (
+            {"tokens": [["a"]], "ner_tags": [["PER"]]},
+            "row 1: tag 'PER' ('ner_tags', data.label_field) is not O",
+        ),
+        (
+            {"tokens": [["a", " "]], "ner_tags": [["O", "O"]]},
+            "row 1: word 2 of 'tokens' (data.text_field) is empty",
+        ),
+        ({"words": [["a"]], "ner_tags": [["O"]]}, "row 1: no column 'tokens' (data.text_field)"),
+    ]
+    for i, (columns, message) in enumerate(cases):
+        path = str(tmp_path / f"{i}.parquet")
+        datasets.Dataset.from_dict(columns).to_parquet(path)
+        with pytest.raises(UserError) as info:
+            Ner().read(path, data)
+        assert str(info.value).startswith(f"{path} {message}"), str(info.value)
+
+
+QUESTIONS = [
+    {
+        "id": "q1",
+        "title": "Ferries",
+        "question": "When did the ferry leave?",
+        "context": "The ferry left at dawn.",
+        "answers": {"text": ["at dawn", "dawn"], "answer_start": [15, 18]},
+    },
+    {
+        "id": "q2",
+        "title": "Chess",
+        "question": "Where does Lena play?",
+        "context": "Lena plays chess in Graz.",
+        "answers": {"text": ["Graz"], "answer_start": [20]},
+    },
+]
+
+
+@pytest.mark.parametrize("kind", ("parquet", "arrow-stream", "hf-folder"))
+def test_qa_records_equal_the_squad_file(tmp_path, kind):
+    squad_json = tmp_path / "dev.json"
+    paragraphs = [
+        {
+            "context": q["context"],
+            "qas": [
+                {
+                    "id": q["id"],
+                    "question": q["question"],
+                    "answers": [
+                        {"text": t, "answer_start": s}
+                        for t, s in zip(q["answers"]["text"], q["answers"]["answer_start"], strict=True)
+                    ],
+                }
+            ],
+        }
+        for q in QUESTIONS
+    ]
+    squad_json.write_text(json.dumps({"data": [{"title": "t", "paragraphs": paragraphs}]}), encoding="utf-8")
+    path = _write(tmp_path, kind, datasets.Dataset.from_dict(_columns(QUESTIONS)))
+    task, data = (
+        QuestionAnswering(max_seq_length=32, doc_stride=8, max_query_length=12),
+        _data(max_seq_length=32),
+    )
+    questions, reference = task.read(path, data), task.read(str(squad_json), data)
+    assert [(q.id, q.question, q.context, q.answers) for q in questions] == [
+        ("q1", "When did the ferry leave?", "The ferry left at dawn.", (("at dawn", 15), ("dawn", 18))),
+        ("q2", "Where does Lena play?", "Lena plays chess in Graz.", (("Graz", 20),)),
+    ]
+    assert [(q.id, q.question, q.context, q.answers) for q in questions] == [
+        (q.id, q.question, q.context, q.answers) for q in reference
+    ]
+    got = task.tokenize(questions, _tokenizer(), data, None, path, ["start", "end"])
+    want = task.tokenize(reference, _tokenizer(), data, None, str(squad_json), ["start", "end"])
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    bad = dict(QUESTIONS[1], answers={"text": ["Oslo"], "answer_start": [20]})
+    (tmp_path / "bad").mkdir()
+    path = _write(tmp_path / "bad", "parquet", datasets.Dataset.from_dict(_columns([QUESTIONS[0], bad])))
+    with pytest.raises(UserError) as info:
+        task.read(path, data)
+    assert (
+        str(info.value)
+        == f"{path} row 2: question q2: answer 'Oslo' is not at answer_start=20 of its context"
+    )
 
 
 def test_class_labels_become_their_names(tmp_path):

@@ -414,6 +414,7 @@ _TYPES = {
     bool: "a boolean",
     int: "a number",
     float: "a number",
+    type(None): "null",
 }
 
 
