@@ -39,7 +39,7 @@ LONG_INPUT_TASKS = ("classification",)  # the tasks that take a data.long_inputs
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.attention": ("auto", "xla", "cudnn"),
-    "data.format": ("auto", "csv", "tsv", "jsonl", *DATASET_FORMATS),
+    "data.format": ("auto", "csv", "tsv", "jsonl", "parquet", "arrow", "hf", *DATASET_FORMATS),
     "data.long_inputs": LONG_INPUTS,
     "optimizer.name": ("adamw", "sgd"),
     "optimizer.schedule": ("linear", "constant"),

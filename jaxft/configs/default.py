@@ -45,8 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
     task.template = "{text} It was [MASK]."  # pet: {text} (and {text_pair}) filled in; one [MASK]
     task.verbalizer = config_dict.placeholder(tuple)  # pet: one single-token word per label, in label order
     # "relation" (the relation between two marked entities of a text; softmax cross-entropy; sklearn report):
-    task.head_field = "head"  # relation: JSONL key of the first entity's [start, end) character span
-    task.tail_field = "tail"  # relation: JSONL key of the second entity's [start, end) character span
+    task.head_field = "head"  # relation: key / column of the first entity's [start, end) character span
+    task.tail_field = "tail"  # relation: key / column of the second entity's [start, end) character span
     task.relation_pooling = "markers"  # relation: "markers" (the two start markers' vectors) or "cls"
 
     # ---- model --------------------------------------------------------------------------------------------
@@ -80,18 +80,21 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- data ---------------------------------------------------------------------------------------------
     config.data = data = ml_collections.ConfigDict()
-    data.train_path = config_dict.placeholder(
-        str
-    )  # CSV / TSV / JSONL (optionally .gz) with labelled examples; ner: a CoNLL column file
+    # Labelled examples: CSV / TSV / JSONL (optionally .gz), Parquet, Arrow, a datasets save_to_disk
+    # directory, hf:NAME[:CONFIG]:SPLIT (the local datasets cache) or tfds:NAME[/CONFIG]:SPLIT
+    # (docs/data.md); ner: also a CoNLL column file, qa: also SQuAD JSON
+    data.train_path = config_dict.placeholder(str)
     data.eval_path = config_dict.placeholder(str)  # evaluated every training.eval_every steps and at the end
     data.test_path = config_dict.placeholder(str)  # evaluated once at the end (labelled), if given
-    # "auto" (by extension), "csv", "tsv" or "jsonl"; a data set as distributed: "semeval2010" (relation:
-    # SemEval-2010 Task 8's .TXT blocks) or "goemotions" (multilabel: its TSV, names from emotions.txt)
+    # "auto" (by extension or directory), "csv", "tsv", "jsonl", "parquet", "arrow" or "hf" (a datasets
+    # save_to_disk directory); hf: and tfds: paths are read as such whatever it says; a data set as
+    # distributed: "semeval2010" (relation: SemEval-2010 Task 8's .TXT blocks) or "goemotions" (multilabel:
+    # its TSV, names from emotions.txt)
     data.format = "auto"
     data.has_header = True  # CSV/TSV: first row names the columns; False: fields are 0-based column indices
-    data.text_field = "text"  # column / key holding the text
+    data.text_field = "text"  # column / key holding the text (ner records: the words)
     data.text_pair_field = config_dict.placeholder(str)  # second text for sentence-pair tasks (token type 1)
-    data.label_field = "label"  # column / key holding the label
+    data.label_field = "label"  # column / key holding the label (multilabel: a list; ner records: the tags)
     data.labels = config_dict.placeholder(
         tuple
     )  # label (ner: tag) vocabulary in order; default: sorted train labels (ner: "O", then B-/I- per type)

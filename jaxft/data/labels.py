@@ -12,6 +12,7 @@ import numpy as np
 
 from jaxft import files
 from jaxft.data.example import Example
+from jaxft.data.records import source_of
 from jaxft.errors import UserError
 
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -57,7 +58,7 @@ def build_label_vocab(examples: list[Example], given: Sequence[str] | None = Non
     else:
         vocab = sorted(unique)
     if len(vocab) < 2:
-        where = examples[0].source.rsplit(":", 1)[0] if examples else "the train split"
+        where = source_of(examples[0].source) if examples else "the train split"
         raise UserError(
             f"{where}: found {len(vocab)} distinct label(s) {vocab!r}; classification needs at least 2"
         )

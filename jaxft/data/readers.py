@@ -1,22 +1,20 @@
-"""Readers that turn CSV, TSV and JSON-lines files into `Example`s.
+"""Readers that turn CSV, TSV, JSON-lines, Parquet, Arrow and `datasets` sources into `Example`s.
 
-Every problem with the file (missing, empty, not UTF-8, a missing column, a short row, an empty text) is a
-`UserError` whose single line names the file and the 1-based line, so a user can open the file at the spot.
-Bytes are decoded line by line, which is what lets a decoding error report its line number.
+Every problem with the data (missing, empty, not UTF-8, a missing column, a short row, an empty text) is a
+`UserError` whose single line names the file and the 1-based line ("FILE:LINE"), or row for Parquet, Arrow
+and `datasets` sources ("FILE row N"), so a user can find the spot. CSV / TSV bytes are decoded line by line,
+which is what lets a decoding error report its line number; every other source is read as records of named
+fields by `jaxft.data.records`.
 """
 
 import csv
-import json
 import os
 from collections.abc import Iterator
 
-from jaxft.config import DATASET_FORMATS
+from jaxft.data import records
 from jaxft.data.example import Example
-from jaxft.data.lines import check_unicode, numbered_lines, one_line
+from jaxft.data.lines import numbered_lines, one_line
 from jaxft.errors import UserError
-
-_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
-_FORMATS = ("csv", "tsv", "jsonl")
 
 
 def read_examples(
@@ -29,16 +27,19 @@ def read_examples(
     has_header: bool = True,
     require_label: bool = True,
 ) -> list[Example]:
-    """Reads all examples of a CSV, TSV or JSON-lines file (optionally gzipped).
+    """Reads all examples of a CSV, TSV, JSON-lines (optionally gzipped), Parquet, Arrow or `datasets` source.
 
     Args:
         path: File path; environment variables and `~` are expanded. A ".gz" suffix means gzip.
-            `tfds:NAME[/CONFIG]:SPLIT` reads a prepared TensorFlow Datasets split (see `tfds_source`).
+            `tfds:NAME[/CONFIG]:SPLIT` reads a prepared TensorFlow Datasets split (see `tfds_source`);
+            `hf:NAME[:CONFIG]:SPLIT` a split in the local `datasets` cache, and a directory written by
+            `datasets.Dataset.save_to_disk` that data set (see `records`).
         text_field: Column name (or 0-based column index as a string when `has_header` is False) or JSON key
             of the text.
         label_field: Column or key of the label; None when the file has no labels.
         text_pair_field: Column or key of the second text for sentence-pair tasks.
-        fmt: "csv", "tsv", "jsonl" or "auto" (by extension: .csv, .tsv, .jsonl, .json).
+        fmt: "csv", "tsv", "jsonl", "parquet", "arrow", "hf" (a save_to_disk directory) or "auto" (by
+            extension: .csv, .tsv, .jsonl, .json, .parquet, .arrow, or a save_to_disk directory).
         has_header: CSV/TSV only: whether the first row names the columns.
         require_label: Whether a missing or empty label is an error. When False, a file without the label
             column (a GLUE test split) gives examples whose label is None.
@@ -47,7 +48,7 @@ def read_examples(
         The examples in file order.
 
     Raises:
-        UserError: For any problem with the file, naming the file and line.
+        UserError: For any problem with the file, naming the file and line (or row).
     """
     if path.startswith("tfds:"):
         from jaxft.data import tfds_source  # deferred: TFDS is optional
@@ -60,43 +61,66 @@ def read_examples(
             require_label=require_label,
         )
     path = os.path.expanduser(os.path.expandvars(path))
-    fmt = _resolve_format(path, fmt)
+    fmt = records.resolve_format(path, fmt)
+    if fmt in records.RECORD_FORMATS:
+        pairs = read_record_examples(
+            path,
+            text_field=text_field,
+            label_field=label_field,
+            text_pair_field=text_pair_field,
+            fmt=fmt,
+            require_label=require_label,
+        )
+        return [example for example, _ in pairs]
     if os.path.isdir(path):
         raise UserError(f"{path}: is a directory, expected a data file")
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file")
     if require_label and label_field is None:
         raise UserError(f"{path}: labels are required but data.label_field is not set")
-    fields = _Fields(path, text_field, label_field, text_pair_field, require_label)
-    if fmt == "jsonl":
-        examples = _read_jsonl(numbered_lines(path), fields)
-    else:
-        examples = _read_table(_table_rows(path, fmt), fields, fmt, has_header)
+    fields = _Fields(text_field, label_field, text_pair_field, require_label)
+    examples = _read_table(path, _table_rows(path, fmt), fields, fmt, has_header)
     if not examples:
         raise UserError(f"{path}: the file contains no examples")
     return examples
 
 
-def _resolve_format(path: str, fmt: str) -> str:
-    if fmt != "auto":
-        if fmt == "json":
-            return "jsonl"
-        if fmt in DATASET_FORMATS:  # a data set's own format, read by its task (jaxft.data.semeval2010, ...)
-            task = DATASET_FORMATS[fmt]
-            raise UserError(f"{path}: data.format={fmt!r} is read by task.name={task!r} only")
-        if fmt not in _FORMATS:
-            raise UserError(f"data.format={fmt!r} is not one of 'auto', 'csv', 'tsv', 'jsonl'")
-        return fmt
-    if os.path.isdir(path):
-        raise UserError(f"{path}: is a directory, not a data file")
-    stem = path[: -len(".gz")] if path.endswith(".gz") else path
-    ext = os.path.splitext(stem)[1].lower()
-    if ext not in _EXTENSIONS:
-        raise UserError(
-            f"{path}: cannot tell the format from the extension {ext!r}; "
-            "set data.format to 'csv', 'tsv' or 'jsonl'"
-        )
-    return _EXTENSIONS[ext]
+def read_record_examples(
+    path: str,
+    *,
+    text_field: str,
+    label_field: str | None,
+    text_pair_field: str | None = None,
+    fmt: str = "auto",
+    require_label: bool = True,
+) -> list[tuple[Example, dict]]:
+    """The examples of a source of records (JSONL, Parquet, Arrow, `datasets`), each with its record.
+
+    For readers whose labels are more than one string (multi-label lists): they take the texts checked here
+    and the label from the record. Arguments are those of `read_examples` (`fmt` must name or detect one of
+    `records.RECORD_FORMATS`); a missing text key or column, or a text that is not a string, names the file
+    and line or row.
+
+    Returns:
+        (example, record) per record, in stored order.
+
+    Raises:
+        UserError: As `read_examples`; also when the source holds no records.
+    """
+    path = os.path.expanduser(os.path.expandvars(path))
+    if require_label and label_field is None:
+        raise UserError(f"{path}: labels are required but data.label_field is not set")
+    fields = _Fields(text_field, label_field, text_pair_field, require_label)
+    pairs = []
+    for where, record in records.records(path, fmt):
+        text = records.string_field(where, record, fields.text, "data.text_field", True)
+        pair = records.string_field(where, record, fields.pair, "data.text_pair_field", True)
+        label = records.string_field(where, record, fields.label, "data.label_field", fields.require_label)
+        pairs.append((fields.example(where, text, pair, label), record))
+    if not pairs:
+        what = "the file" if os.path.isfile(path) else "the data set"
+        raise UserError(f"{path}: {what} contains no examples")
+    return pairs
 
 
 def _table_rows(path: str, fmt: str) -> Iterator[tuple[int, list[str]]]:
@@ -134,15 +158,13 @@ def _table_rows(path: str, fmt: str) -> Iterator[tuple[int, list[str]]]:
 class _Fields:
     """The configured fields, and the checks that turn raw values into an `Example`."""
 
-    def __init__(self, path, text_field, label_field, text_pair_field, require_label):
-        self.path = path
+    def __init__(self, text_field, label_field, text_pair_field, require_label):
         self.text = text_field
         self.label = label_field
         self.pair = text_pair_field
         self.require_label = require_label
 
-    def example(self, line: int, text: str | None, pair: str | None, label: str | None) -> Example:
-        where = f"{self.path}:{line}"
+    def example(self, where: str, text: str | None, pair: str | None, label: str | None) -> Example:
         text = self._text(where, text, self.text, "data.text_field")
         if self.pair is not None:
             pair = self._text(where, pair, self.pair, "data.text_pair_field")
@@ -172,9 +194,8 @@ def _delimiter_hint(fmt: str, first_field: str) -> str:
 
 
 def _read_table(
-    rows: Iterator[tuple[int, list[str]]], fields: _Fields, fmt: str, has_header: bool
+    path: str, rows: Iterator[tuple[int, list[str]]], fields: _Fields, fmt: str, has_header: bool
 ) -> list[Example]:
-    path = fields.path
     first = next(rows, None)
     if first is None:
         return []
@@ -220,80 +241,22 @@ def _read_table(
     if fields.label is not None:
         label_i = column(fields.label, "data.label_field", fields.require_label)
 
-    def records():
+    def data_rows():
         if not has_header:
             yield first
         yield from rows
 
     examples = []
-    for line, row in records():
+    for line, row in data_rows():
         if len(row) != num_columns:
             hint = _delimiter_hint(fmt, row[0]) if len(row) == 1 else ""
             raise UserError(f"{path}:{line}: expected {num_columns} columns, found {len(row)}{hint}")
         examples.append(
             fields.example(
-                line,
+                f"{path}:{line}",
                 row[text_i],
                 None if pair_i is None else row[pair_i],
                 None if label_i is None else row[label_i],
             )
         )
-    return examples
-
-
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-
-
-def _json_type(value) -> str:
-    return _JSON_TYPES.get(type(value), "a number")
-
-
-def _json_string(where: str, record: dict, key: str | None, option: str, required: bool) -> str | None:
-    """The value of `key` as a string; None when no key is configured, or it is absent (and not required)."""
-    if key is None:
-        return None
-    if key not in record:
-        if not required:
-            return None
-        keys = ", ".join(map(repr, record)) or "none"
-        raise UserError(f"{where}: no key {key!r} ({option}); the keys are {keys}")
-    value = record[key]
-    if value is None or isinstance(value, str):
-        return value if value is None else check_unicode(where, value, f"{key!r} ({option})")
-    if isinstance(value, bool):
-        return json.dumps(value)  # true / false, as the file spells them
-    if isinstance(value, int | float):
-        # One number, one string: 1 and 1.0 are the same JSON number, so the same label.
-        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-    raise UserError(f"{where}: {key!r} ({option}) must be a string, found {_json_type(value)}")
-
-
-def json_objects(path: str, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str, dict]]:
-    """(line number, "path:line", object) of each non-blank line of a JSON-lines file; a line that is not
-    valid JSON, or not an object, is a `UserError` naming its line."""
-    first = True
-    for line, text in lines:
-        if not text.strip():
-            continue
-        where = f"{path}:{line}"
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
-            hint = ""
-            if first and text.lstrip().startswith("["):
-                hint = " — expected JSON lines (one object per line), not a JSON array"
-            raise UserError(f"{where}: invalid JSON ({e.msg}, column {e.colno}){hint}") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{where}: expected a JSON object, found {_json_type(record)}")
-        first = False
-        yield line, where, record
-
-
-def _read_jsonl(lines: Iterator[tuple[int, str]], fields: _Fields) -> list[Example]:
-    examples = []
-    for line, where, record in json_objects(fields.path, lines):
-        text = _json_string(where, record, fields.text, "data.text_field", True)
-        pair = _json_string(where, record, fields.pair, "data.text_pair_field", True)
-        label = _json_string(where, record, fields.label, "data.label_field", fields.require_label)
-        examples.append(fields.example(line, text, pair, label))
     return examples

@@ -1,9 +1,11 @@
-"""Relation JSONL files: a text, the [start, end) character spans of its head and tail entities, a label.
+"""Relation records: a text, the [start, end) character spans of its head and tail entities, a label.
 
 `{"text": "Ada moved to Lyon.", "head": [0, 3], "tail": [13, 17], "label": "lives_in"}` (the keys are
-`data.text_field`, `task.head_field`, `task.tail_field`, `data.label_field`). Spans must lie in the text,
-cover more than whitespace and not overlap, and the text must not hold a marker itself (the task
-writes [E1] [/E1] [E2] [/E2] around the entities); anything else is a `UserError` naming file:line.
+`data.text_field`, `task.head_field`, `task.tail_field`, `data.label_field`), one per JSONL line, or per row
+of a Parquet / Arrow file or `datasets` source whose span columns are lists of two integers (see
+`jaxft.data.records`). Spans must lie in the text, cover more than whitespace and not overlap, and the text
+must not hold a marker itself (the task writes [E1] [/E1] [E2] [/E2] around the entities); anything else is a
+`UserError` naming file:line (or file row N).
 """
 
 import dataclasses
@@ -11,7 +13,7 @@ import os
 
 import ml_collections
 
-from jaxft.data import lines, readers
+from jaxft.data import readers, records
 from jaxft.errors import UserError
 
 HEAD_START, HEAD_END, TAIL_START, TAIL_END = MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
@@ -31,10 +33,7 @@ class RelationExample(readers.Example):
 
 
 def _span(where: str, record: dict, key: str, option: str, text: str) -> tuple[int, int]:
-    if key not in record:
-        keys = ", ".join(map(repr, record)) or "none"
-        raise UserError(f"{where}: no key {key!r} ({option}); the keys are {keys}")
-    value = record[key]
+    value = records.field(where, record, key, option)
     is_pair = isinstance(value, list) and len(value) == 2
     if not is_pair or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
         raise UserError(
@@ -52,21 +51,21 @@ def _span(where: str, record: dict, key: str, option: str, text: str) -> tuple[i
 def read_relations(
     path: str, data: ml_collections.ConfigDict, head_field: str, tail_field: str, *, require_label: bool
 ) -> list[RelationExample]:
-    """The examples of a relation JSONL file (optionally .gz); raises `UserError` naming file:line."""
+    """The examples of a relation source of records: a JSONL file (optionally .gz), Parquet, Arrow or
+    `datasets` (`jaxft.data.records`); raises `UserError` naming file:line (or row)."""
     path = os.path.expanduser(os.path.expandvars(path))
-    if path.startswith("tfds:") or readers._resolve_format(path, data.format) != "jsonl":
+    if path.startswith("tfds:") or records.resolve_format(path, data.format) not in records.RECORD_FORMATS:
         raise UserError(
-            f"{path}: task.name='relation' reads JSONL files (data.format='jsonl') or SemEval-2010 Task 8 "
-            "files (data.format='semeval2010')"
+            f"{path}: task.name='relation' reads JSONL files, Parquet, Arrow and datasets sources "
+            "(data.format 'jsonl', 'parquet', 'arrow', 'hf') or SemEval-2010 Task 8 files "
+            "(data.format='semeval2010')"
         )
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
     if require_label and data.label_field is None:
         raise UserError(f"{path}: labels are required but data.label_field is not set")
     examples = []
-    for _, where, record in readers.json_objects(path, lines.numbered_lines(path)):
+    for where, record in records.records(path, data.format):
         # Offsets count characters of the text as stored, so it is kept unstripped.
-        text = readers._json_string(where, record, data.text_field, "data.text_field", True)
+        text = records.string_field(where, record, data.text_field, "data.text_field", True)
         if text is None or not text.strip():
             raise UserError(f"{where}: the text ({data.text_field!r}, data.text_field) is null or empty")
         written = [marker for marker in MARKERS if marker in text]
@@ -74,7 +73,7 @@ def read_relations(
             raise UserError(
                 f"{where}: the text contains {written[0]}, a marker this task writes around entities"
             )
-        label = readers._json_string(where, record, data.label_field, "data.label_field", require_label)
+        label = records.string_field(where, record, data.label_field, "data.label_field", require_label)
         label = None if label is None else label.strip() or None
         if label is None and require_label:
             raise UserError(
@@ -86,5 +85,6 @@ def read_relations(
             raise UserError(f"{where}: the head span {list(head)} and the tail span {list(tail)} overlap")
         examples.append(RelationExample(text, None, label, where, head, tail))
     if not examples:
-        raise UserError(f"{path}: the file contains no examples")
+        what = "the file" if os.path.isfile(path) else "the data set"
+        raise UserError(f"{path}: {what} contains no examples")
     return examples

@@ -1,7 +1,8 @@
 """SQuAD v1.1 files: the questions, their contexts and gold answers.
 
 `read_squad` checks what the evaluation relies on: every answer is found at its `answer_start` in the
-context, ids are unique, and each labelled question has an answer.
+context, ids are unique, and each labelled question has an answer. `read_squad_records` reads the same
+questions stored one per record, as Hugging Face's squad does, from any source `jaxft.data.records` reads.
 """
 
 import dataclasses
@@ -9,7 +10,7 @@ import gzip
 import json
 import os
 
-from jaxft.data import lines
+from jaxft.data import lines, records
 from jaxft.errors import UserError
 
 
@@ -98,7 +99,63 @@ def read_squad(path: str, *, require_answers: bool = True) -> list[QAExample]:
     return examples
 
 
+_RECORD_FIELDS = "SQuAD records hold id, question, context, answers"
+
+
+def read_squad_records(path: str, fmt: str = "auto", *, require_answers: bool = True) -> list[QAExample]:
+    """Reads SQuAD-style records, one question per row (`hf:rajpurkar/squad:validation`, its Parquet files).
+
+    Fields `id`, `question`, `context` and `answers` (`{"text": [...], "answer_start": [...]}`) map to
+    `QAExample` (a `title` is not used), with the checks of `read_squad`.
+
+    Args:
+        path: a source of records (`jaxft.data.records`: JSONL, Parquet, Arrow, datasets).
+        fmt: data.format.
+        require_answers: whether a question without answers is an error.
+
+    Raises:
+        UserError: naming the file and line or row of the first problem (a missing field, a duplicate id, an
+            empty question or context, an answer that is not at its start).
+    """
+    examples, seen = [], set()
+    for row, record in records.records(path, fmt):
+        qid = records.string_field(row, record, "id", _RECORD_FIELDS, True)
+        if qid is None or not qid.strip():
+            raise UserError(f"{row}: the question id is missing or empty")
+        where = f"{row}: question {qid}"
+        if qid in seen:
+            raise UserError(f"{where}: the id occurs twice")
+        seen.add(qid)
+        question = _string(records.field(row, record, "question", _RECORD_FIELDS), where, "question")
+        context = _string(records.field(row, record, "context", _RECORD_FIELDS), where, "context")
+        answers = []
+        if require_answers or "answers" in record:
+            value = records.field(row, record, "answers", _RECORD_FIELDS)
+            texts = value.get("text") if isinstance(value, dict) else None
+            starts = value.get("answer_start") if isinstance(value, dict) else None
+            if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+                raise UserError(
+                    f'{where}: answers must be {{"text": [...], "answer_start": [...]}} of one length, found '
+                    f"{records.type_name(value)}"
+                )
+            for text, start in zip(texts, starts, strict=True):
+                text = _string(text, where, "answer")
+                if not isinstance(start, int) or context[start : start + len(text)] != text:
+                    raise UserError(f"{where}: answer {text!r} is not at answer_start={start} of its context")
+                answers.append((text, start))
+        if require_answers and not answers:
+            raise UserError(f"{where}: the question has no answer")
+        examples.append(QAExample(qid, question, context, tuple(answers), where))
+    if not examples:
+        raise UserError(f"{path}: contains no questions")
+    return examples
+
+
 def is_text_file(path: str) -> bool:
-    """True for prediction input given as JSONL / CSV / TSV rather than SQuAD JSON."""
+    """True for prediction input given as rows of a question and a context (JSONL, CSV, TSV, Parquet, Arrow,
+    a save_to_disk directory or an `hf:` split, by `records.detect_format`) rather than SQuAD JSON (.json)."""
+    path = os.path.expanduser(os.path.expandvars(path))
     stem = path[: -len(".gz")] if path.endswith(".gz") else path
-    return os.path.splitext(stem)[1].lower() in (".jsonl", ".csv", ".tsv")
+    if os.path.splitext(stem)[1].lower() == ".json":
+        return False
+    return records.detect_format(path) is not None

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxft.data import batching, readers, tokenize
+from jaxft.data import batching, readers, records, tokenize
 from jaxft.errors import UserError
 from jaxft.models import convert, families
 from jaxft.models.bert import BertConfig
@@ -68,7 +68,7 @@ def sample_per_class(
         members = np.flatnonzero(labels == c)
         if len(members) < k:
             name = label_names[c] if label_names is not None else str(c)
-            where = f" in {examples[0].source.rsplit(':', 1)[0]}" if examples else ""
+            where = f" in {records.source_of(examples[0].source)}" if examples else ""
             raise UserError(
                 f"config data.k_shot={k}: class {name!r} has only {len(members)} training examples{where}"
             )

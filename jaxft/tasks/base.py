@@ -159,12 +159,6 @@ def text_record(example) -> dict:
     return record
 
 
-def where_of(source: str) -> tuple[str, int]:
-    """("path", line) of an example's "path:line" source (paths may contain colons)."""
-    path, line = source.rsplit(":", 1)
-    return path, int(line)
-
-
 def refuse_given_labels(data: ml_collections.ConfigDict, task_name: str) -> None:
     if data.labels is not None:
         raise UserError(f"config data.labels does not apply to task.name={task_name!r}")

@@ -1,7 +1,9 @@
 """Multi-label classification: any subset of the labels per example; sigmoid + binary cross-entropy.
 
-Labels in the files: a JSON list (`{"text": ..., "labels": ["sports", "politics"]}`) in JSONL, or one string
-joined by `task.label_separator` in CSV/TSV (`sports,politics`; an empty cell is the empty set), or
+Labels in the files: a list (`{"text": ..., "labels": ["sports", "politics"]}`) in JSONL, or a list column
+of a Parquet / Arrow file or `datasets` source (`jaxft.data.records`; ClassLabel ids become their names), or
+one string joined by `task.label_separator` in any of them or in CSV/TSV (`sports,politics`; an empty cell
+is the empty set), or
 GoEmotions' TSV as distributed (`data.format="goemotions"`, `jaxft.data.goemotions`: label ids named by the
 emotions.txt beside the file, which is also the label set, in id order, unless data.labels gives one).
 A label is predicted when its sigmoid probability exceeds `task.threshold`. The device returns each
@@ -12,7 +14,6 @@ sequence classifier with one output per label, exported as `BertForSequenceClass
 """
 
 import dataclasses
-import gzip
 import json
 import os
 import re
@@ -24,36 +25,30 @@ import numpy as np
 import optax
 import sklearn.metrics
 
-from jaxft.data import goemotions, lines, readers
+from jaxft.data import goemotions, lines, readers, records
 from jaxft.data.example import MultiLabelExample
 from jaxft.errors import UserError
-from jaxft.tasks.base import PER_EXAMPLE, Task, TaskReport, text_record, where_of
+from jaxft.tasks.base import PER_EXAMPLE, Task, TaskReport, text_record
 
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
-def _is_jsonl(path: str, fmt: str) -> bool:
-    if fmt != "auto":
-        return fmt in ("jsonl", "json")
-    stem = path[: -len(".gz")] if path.endswith(".gz") else path
-    return os.path.splitext(stem)[1].lower() in (".jsonl", ".json")
+def _is_records(path: str, fmt: str) -> bool:
+    """Whether `path` is read as records (JSONL, Parquet, Arrow, datasets), whose labels may be lists."""
+    if path.startswith("tfds:"):
+        return False
+    path = os.path.expanduser(os.path.expandvars(path))
+    try:
+        return records.resolve_format(path, fmt) in records.RECORD_FORMATS
+    except UserError:
+        return False  # the shared reader says what is wrong with the path or format
 
 
-def _json_label_values(path: str, field: str, lines: set[int]) -> dict[int, object]:
-    """The raw `field` value of the JSON object on each of `lines` (the reader has checked the JSON)."""
-    opener = gzip.open if path.endswith(".gz") else open
-    values = {}
-    with opener(path, "rt", encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, start=1):
-            if number in lines:
-                record = json.loads(line)
-                if field not in record:
-                    keys = ", ".join(map(repr, record)) or "none"
-                    raise UserError(
-                        f"{path}:{number}: no key {field!r} (data.label_field); the keys are {keys}"
-                    )
-                values[number] = record[field]
-    return values
+def _shown(value) -> str:
+    try:
+        return json.dumps(value)[:60]
+    except (TypeError, ValueError):  # bytes, dates, ...: values a Parquet file can hold and JSON cannot
+        return repr(value)[:60]
 
 
 def _split_labels(where: str, value, separator: str) -> tuple[str, ...]:
@@ -64,7 +59,7 @@ def _split_labels(where: str, value, separator: str) -> tuple[str, ...]:
     else:
         raise UserError(
             f"{where}: the labels (data.label_field) must be a list of strings or a string joined by "
-            f"task.label_separator={separator!r}, found {json.dumps(value)[:60]}"
+            f"task.label_separator={separator!r}, found {_shown(value)}"
         )
     labels = [lines.check_unicode(where, part, "a label (data.label_field)").strip() for part in parts]
     return tuple(dict.fromkeys(label for label in labels if label))  # order kept, duplicates and blanks gone
@@ -109,13 +104,31 @@ class MultiLabel(Task):
         if data.format == "goemotions":  # GoEmotions' TSV: label ids named by emotions.txt beside it
             path = os.path.expanduser(os.path.expandvars(path))
             return goemotions.read_goemotions(path, require_label=require_label)
-        jsonl = _is_jsonl(path, data.format)
-        # The shared reader checks the texts; labels are read here, since they are lists (JSON) or may be
-        # empty (the empty set), which the single-label reader refuses.
+        if _is_records(path, data.format):
+            # The shared reader checks the texts; the labels are each record's value, a list or a string.
+            pairs = readers.read_record_examples(
+                path,
+                text_field=data.text_field,
+                label_field=None,
+                text_pair_field=data.text_pair_field,
+                fmt=data.format,
+                require_label=False,
+            )
+            return [
+                MultiLabelExample(
+                    e.text,
+                    e.text_pair,
+                    self._labels(e.source, record, data.label_field) if require_label else None,
+                    e.source,
+                )
+                for e, record in pairs
+            ]
+        # CSV / TSV: labels are read here, since they may be empty (the empty set), which the single-label
+        # reader refuses.
         examples = readers.read_examples(
             path,
             text_field=data.text_field,
-            label_field=None if jsonl or not require_label else data.label_field,
+            label_field=data.label_field if require_label else None,
             text_pair_field=data.text_pair_field,
             fmt=data.format,
             has_header=data.has_header,
@@ -123,20 +136,20 @@ class MultiLabel(Task):
         )
         if not require_label:
             return [MultiLabelExample(e.text, e.text_pair, None, e.source) for e in examples]
-        if jsonl:
-            values = _json_label_values(path, data.label_field, {where_of(e.source)[1] for e in examples})
-            raw = [values[where_of(e.source)[1]] for e in examples]
-        else:
-            raw = [e.label or "" for e in examples]
-            if not any(e.label for e in examples):
-                raise UserError(
-                    f"{path}: no labels found: the column {data.label_field!r} (data.label_field) is "
-                    "missing or empty in every row"
-                )
+        if not any(e.label for e in examples):
+            raise UserError(
+                f"{path}: no labels found: the column {data.label_field!r} (data.label_field) is "
+                "missing or empty in every row"
+            )
         return [
-            MultiLabelExample(e.text, e.text_pair, _split_labels(e.source, value, self.separator), e.source)
-            for e, value in zip(examples, raw, strict=True)
+            MultiLabelExample(
+                e.text, e.text_pair, _split_labels(e.source, e.label or "", self.separator), e.source
+            )
+            for e in examples
         ]
+
+    def _labels(self, where: str, record: dict, field: str) -> tuple[str, ...]:
+        return _split_labels(where, records.field(where, record, field, "data.label_field"), self.separator)
 
     def label_names(self, examples: list, data: ml_collections.ConfigDict) -> list[str]:
         if data.labels is not None:
@@ -147,10 +160,10 @@ class MultiLabel(Task):
                 raise UserError("data.labels must list at least 1 label")
             return names
         if data.format == "goemotions":  # all of emotions.txt, in id order, even a label train lacks
-            return goemotions.label_names(where_of(examples[0].source)[0])
+            return goemotions.label_names(records.source_of(examples[0].source))
         unique = {label for example in examples for label in example.labels}
         if not unique:
-            raise UserError(f"{where_of(examples[0].source)[0]}: no example has a label")
+            raise UserError(f"{records.source_of(examples[0].source)}: no example has a label")
         if all(_INTEGER.fullmatch(label) for label in unique):
             return sorted(unique, key=lambda label: (int(label), label))
         return sorted(unique)

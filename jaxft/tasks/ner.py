@@ -1,7 +1,10 @@
 """Token classification (named-entity recognition, e.g. CoNLL-2003): a tag per word, entity-level F1.
 
 Data: CoNLL column files (`jaxft.tasks.tagging`) or CoNLL-style TFDS splits (`tfds:conll2003:train`, see
-`jaxft.data.tfds_source`); tags IOB2, or IOB1 converted (`task.tag_scheme`). The head
+`jaxft.data.tfds_source`), or a sentence per record (`conll.read_tagged_records`: words in data.text_field,
+tags in data.label_field, from JSONL, Parquet, Arrow or `datasets`, e.g. `hf:eriktks/conll2003:train` with
+`tokens` / `ner_tags`); tags IOB2, or IOB1 converted (`task.tag_scheme`). Prediction input may also be a
+CSV / TSV text column, split at whitespace. The head
 is a dense layer on every position (`TokenClassifier`, exported as `BertForTokenClassification`). The loss
 is the mean cross-entropy over *labelled positions* of the global batch: padding rows, padding positions,
 [CLS]/[SEP] and (with `task.subword_labels="first"`) later sub-tokens carry the label IGNORE and weight 0,
@@ -24,11 +27,9 @@ import optax
 import seqeval.metrics
 from seqeval.scheme import IOB2, Entities
 
-from jaxft.data import conll
+from jaxft.data import conll, records
 from jaxft.tasks import tagging
 from jaxft.tasks.base import IGNORE, PER_EXAMPLE, Task, TaskReport
-
-_TEXT_EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv")
 
 
 def entity_report(truth: list[list[str]], predictions: list[list[str]], digits: int = 4) -> tuple[dict, str]:
@@ -72,11 +73,21 @@ class Ner(Task):
             return tfds_source.read_tfds_sentences(
                 path, tag_column=self.tag_column, scheme=self.tag_scheme, require_tags=require_label
             )
-        stem = path[: -len(".gz")] if path.endswith(".gz") else path
-        if not require_label and os.path.splitext(stem)[1].lower() in _TEXT_EXTENSIONS:
+        expanded = os.path.expanduser(os.path.expandvars(path))
+        fmt = records.detect_format(expanded) if data.format == "auto" else data.format
+        if fmt in records.RECORD_FORMATS:  # a sentence per record: words and tags in two fields
+            return conll.read_tagged_records(
+                path,
+                data.format,
+                words_field=data.text_field,
+                tags_field=data.label_field,
+                scheme=self.tag_scheme,
+                require_tags=require_label,
+            )
+        if not require_label and fmt in ("csv", "tsv"):
             # Prediction on plain text: words are the whitespace-separated tokens of data.text_field.
             examples = super().read(path, data, require_label=False)
-            return [conll.Sentence(tuple(e.text.split()), None, e.source) for e in examples]
+            return [conll.Sentence(tuple(e.text.split()), None, e.source, per_line=False) for e in examples]
         return conll.read_conll(
             path, tag_column=self.tag_column, scheme=self.tag_scheme, require_tags=require_label
         )

@@ -10,6 +10,7 @@ evaluation. The head is `SpanExtractor` (`qa_outputs`, exported as `BertForQuest
 """
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxft.data import records
 from jaxft.data import squad as squad_data
 from jaxft.tasks import squad
 from jaxft.tasks.base import PER_EXAMPLE, Task, TaskReport, refuse_given_labels
@@ -48,13 +50,17 @@ class QuestionAnswering(Task):
             from jaxft.data import tfds_source  # deferred: TFDS is optional
 
             return tfds_source.read_tfds_squad(path, require_answers=require_label)
-        if not require_label and squad_data.is_text_file(path):
-            # Prediction input as lines: question in data.text_field, context in data.text_pair_field.
-            examples = super().read(path, data, require_label=False)
-            return [
-                squad_data.QAExample(str(i), e.text, e.text_pair, (), e.source)
-                for i, e in enumerate(examples)
-            ]
+        if squad_data.is_text_file(path):
+            if not require_label:
+                # Prediction input as rows: question in data.text_field, context in data.text_pair_field.
+                examples = super().read(path, data, require_label=False)
+                return [
+                    squad_data.QAExample(str(i), e.text, e.text_pair, (), e.source)
+                    for i, e in enumerate(examples)
+                ]
+            if records.detect_format(os.path.expanduser(os.path.expandvars(path))) in records.RECORD_FORMATS:
+                # One question per record, as Hugging Face's squad stores them.
+                return squad_data.read_squad_records(path, data.format, require_answers=True)
         return squad_data.read_squad(path, require_answers=require_label)
 
     def label_names(self, examples: list, data: ml_collections.ConfigDict) -> list[str]:

@@ -117,8 +117,8 @@ class Relation(Classification):
     """One relation label per marked entity pair.
 
     Attributes:
-        head_field: JSONL key of the head entity's span (task.head_field).
-        tail_field: JSONL key of the tail entity's span (task.tail_field).
+        head_field: key / column of the head entity's span (task.head_field).
+        tail_field: key / column of the tail entity's span (task.tail_field).
         pooling: "markers" or "cls" (task.relation_pooling), passed to `RelationClassifier`.
     """
 
