@@ -146,12 +146,13 @@ def class_weights(value) -> str | dict[str, float] | None:
     """`data.class_weights` read: None (unweighted), "balanced", or {label: weight}.
 
     Accepts a mapping (a dict in a config file or from `--config.data.class_weights='{"pos": 2.0}'`, a
-    ConfigDict once the config was copied, a JSON object in a run's config.json) or the string
-    "label=weight,label=weight" (split at the last "=" of each comma-separated part).
+    ConfigDict once the config was copied, a JSON object in a run's config.json; no label with a dot, which
+    a ConfigDict key cannot hold) or the string "label=weight,label=weight" (split at the last "=" of each
+    comma-separated part).
 
     Raises:
-      UserError: naming data.class_weights, for any other value, an empty mapping, a label given twice, or a
-        weight that is not a finite positive number.
+      UserError: naming data.class_weights, for any other value, an empty mapping, a dotted label in a
+        mapping, a label given twice, or a weight that is not a finite positive number.
     """
     if value is None or (isinstance(value, str) and value == BALANCED):
         return value
@@ -173,6 +174,12 @@ def class_weights(value) -> str | dict[str, float] | None:
     elif isinstance(value, ml_collections.ConfigDict | dict):
         mapping = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
         pairs = [(str(label), weight) for label, weight in mapping.items()]
+        dotted = [label for label, _ in pairs if "." in label]
+        if dotted:  # the run's config.json could not be read back: a ConfigDict key holds no dot
+            raise UserError(
+                f"{key}: label {dotted[0]!r} has a dot, which a config mapping cannot hold; give the weights "
+                f"as a string instead, e.g. '{dotted[0]}=2.0'"
+            )
     else:
         raise UserError(
             f"{key}={value!r} must be 'balanced', a mapping label -> weight, or 'label=weight,...'"

@@ -15,7 +15,7 @@ from jaxft import config as config_lib
 from jaxft.configs import common, default, tiny
 from jaxft.errors import UserError
 from jaxft.models.heads import SequenceClassifier, TokenClassifier
-from jaxft.tasks import IGNORE
+from jaxft.tasks import IGNORE, PER_EXAMPLE
 from jaxft.tasks.classification import Classification
 from jaxft.tasks.multilabel import MultiLabel
 from jaxft.tasks.ner import Ner
@@ -158,6 +158,23 @@ def test_weighted_ner_loss_is_torch_cross_entropy_with_weight_and_ignore_index()
     assert abs(float(loss_sum) / float(weight) - expected) <= 1e-6 * expected
 
 
+def test_weighted_reports_say_so_and_keep_their_loss_denominators():
+    # Classification: the loss is divided by its weight, not by the example count.
+    confusion = np.array([[3, 1], [0, 2]])
+    totals = {"confusion": confusion, "loss_sum": 4.5, "loss_weight": 9.0, "count": 6}
+    data = ml_collections.ConfigDict({"positive_label": None})
+    result = Classification(class_weights=(1.0, 3.0)).report(totals, None, ["neg", "pos"], data)
+    assert result.metrics["loss"] == 0.5 and result.metrics["num_examples"] == 6
+    assert result.extra == {"loss_class_weights": {"neg": 1.0, "pos": 3.0}}
+    assert "loss weighted by data.class_weights (class weight per label): neg=1, pos=3" in result.text
+    # Multilabel: still the mean over examples (and labels); the line names the pos_weights.
+    split = type("Split", (), {"labels": np.array([[1, 0], [0, 1]], np.float32)})
+    totals = {"loss_sum": 1.0, "count": 2.0, PER_EXAMPLE: {"prediction": np.array([[1, 0], [1, 1]])}}
+    result = MultiLabel(class_weights=(2.0, 0.5)).report(totals, split, ["x", "y"], None)
+    assert result.metrics["loss"] == 0.5 and result.extra["loss_class_weights"] == {"x": 2.0, "y": 0.5}
+    assert "loss weighted by data.class_weights (BCE pos_weight per label): x=2, y=0.5" in result.text
+
+
 # ---- the same on any device count and accumulation -------------------------------------------------------
 _TASKS = {
     "classification": (Classification(class_weights=WEIGHTS), SequenceClassifier),
@@ -206,6 +223,7 @@ def test_rdrop_kl_is_weighted_as_the_loss_so_device_counts_agree():
         ("negative=two", "classification", "weight 'two' of label 'negative' is no number"),
         ("negative=2,", "classification", "must be 'balanced'"),
         ({}, "classification", "empty mapping"),
+        ({"4.5": 2.0}, "classification", "label '4.5' has a dot"),
         ("balanced", "regression", "not 'regression' (it has no classes)"),
         ({"a": 2.0}, "qa", "not 'qa' (it has no classes)"),
     ],
@@ -247,6 +265,7 @@ def test_every_form_of_the_value_reads_the_same():
     assert config_lib.class_weights({"pos": 2, "neg": 1.0}) == expected
     assert config_lib.class_weights(ml_collections.ConfigDict(expected)) == expected  # a copied config
     assert config_lib.class_weights(" pos = 2.0 ,neg=1") == expected
+    assert config_lib.class_weights("4.5=2,a=b=1") == {"4.5": 2.0, "a=b": 1.0}  # split at the last "="
     assert config_lib.class_weights("balanced") == "balanced" and config_lib.class_weights(None) is None
     # The command line: ml_collections reads a dict literal, and other text stays a string.
     for argv, value in [

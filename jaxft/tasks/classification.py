@@ -102,8 +102,9 @@ class Classification(Task):
             report, float(totals["loss_sum"]), int(totals["count"]), data.positive_label
         )
         result = TaskReport(report, text, metrics, confusion=confusion)
-        if self.class_weights is not None:
+        if "loss_weight" in totals:  # a weighted loss: divided by its weight, not by the example count
             metrics["loss"] = float(totals["loss_sum"]) / float(totals["loss_weight"])
+        if self.class_weights is not None:
             line, result.extra = class_weights_lib.describe(names, self.class_weights)
             result.text = text.rstrip("\n") + f"\n\n{line}\n"
         return result
