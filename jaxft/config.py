@@ -20,6 +20,9 @@ from jaxft.errors import UserError
 
 TASKS = ("classification", "regression", "multilabel", "ner", "qa", "pet", "relation")
 SOFTMAX_TASKS = ("classification", "pet", "relation")  # one [B, classes] row of exclusive classes per example
+# Tasks whose loss is over a label set, which `data.class_weights` weighs (regression and qa have none).
+CLASS_WEIGHT_TASKS = (*SOFTMAX_TASKS, "multilabel", "ner")
+BALANCED = "balanced"  # data.class_weights: scikit-learn's "balanced" weights, from the train split
 PEFT_METHODS = ("none", "bitfit", "lora", "adapter", "prompt", "prefix")
 # Dense layers of a BERT layer that LoRA can adapt, by the name `peft.lora_targets` uses.
 # "qkv" is the fused query-key-value projection of the families that have one (ModernBERT).
@@ -143,6 +146,62 @@ def number(key: str, value, *, integer: bool = False):
     if not math.isfinite(value):
         raise UserError(f"config {key}={value} must be a finite number")
     return value
+
+
+def class_weights(value) -> str | dict[str, float] | None:
+    """`data.class_weights` read: None (unweighted), "balanced", or {label: weight}.
+
+    Accepts a mapping (a dict in a config file or from `--config.data.class_weights='{"pos": 2.0}'`, a
+    ConfigDict once the config was copied, a JSON object in a run's config.json; no label with a dot, which
+    a ConfigDict key cannot hold) or the string "label=weight,label=weight" (split at the last "=" of each
+    comma-separated part).
+
+    Raises:
+      UserError: naming data.class_weights, for any other value, an empty mapping, a dotted label in a
+        mapping, a label given twice, or a weight that is not a finite positive number.
+    """
+    if value is None or (isinstance(value, str) and value == BALANCED):
+        return value
+    key = "config data.class_weights"
+    if isinstance(value, str):
+        pairs = []
+        for part in value.split(","):
+            label, equals, weight = part.rpartition("=")
+            if not equals or not label.strip():
+                raise UserError(
+                    f"{key}={value!r} must be 'balanced', a mapping label -> weight, or 'label=weight,...'"
+                )
+            try:
+                pairs.append((label.strip(), float(weight)))
+            except ValueError:
+                raise UserError(
+                    f"{key}: weight {weight.strip()!r} of label {label.strip()!r} is no number"
+                ) from None
+    elif isinstance(value, ml_collections.ConfigDict | dict):
+        mapping = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+        pairs = [(str(label), weight) for label, weight in mapping.items()]
+        dotted = [label for label, _ in pairs if "." in label]
+        if dotted:  # the run's config.json could not be read back: a ConfigDict key holds no dot
+            raise UserError(
+                f"{key}: label {dotted[0]!r} has a dot, which a config mapping cannot hold; give the weights "
+                f"as a string instead, e.g. '{dotted[0]}=2.0'"
+            )
+    else:
+        raise UserError(
+            f"{key}={value!r} must be 'balanced', a mapping label -> weight, or 'label=weight,...'"
+        )
+    if not pairs:
+        raise UserError(f"{key} is an empty mapping: name a label and its weight, or leave it unset")
+    weights = {}
+    for label, weight in pairs:
+        if label in weights:
+            raise UserError(f"{key}: label {label!r} is given twice")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
+            raise UserError(
+                f"{key}: the weight of label {label!r} must be a finite positive number, not {weight!r}"
+            )
+        weights[label] = float(weight)
+    return weights
 
 
 def _lookup(config: ml_collections.ConfigDict, dotted: str):
@@ -336,6 +395,19 @@ def _check_task(config: ml_collections.ConfigDict) -> None:
         )
     _TASK_CHECKS[name](config.task, data)
     _check_long_inputs(name, data)
+    weights = class_weights(data.get("class_weights"))
+    if weights is not None and name not in CLASS_WEIGHT_TASKS:
+        raise UserError(
+            f"config data.class_weights applies to task.name in {', '.join(CLASS_WEIGHT_TASKS)}, "
+            f"not {name!r} (it has no classes)"
+        )
+    if isinstance(weights, dict) and data.labels is not None:  # else checked once the label set is read
+        check_class_weight_labels(weights, [str(label) for label in data.labels])
+    if weights is not None and data.long_inputs == "windows":
+        raise UserError(
+            "config data.class_weights does not combine with data.long_inputs='windows' (a text's loss is "
+            "that of its mean window logits); use 'truncate' or 'head_tail'"
+        )
 
 
 def _check_long_inputs(name: str, data) -> None:
@@ -365,6 +437,14 @@ def _check_long_inputs(name: str, data) -> None:
                 f"config data.window_stride={data.window_stride} must be less than {room}: {what} "
                 f"data.max_seq_length={data.max_seq_length} is sure to hold"
             )
+
+
+def check_class_weight_labels(weights: dict[str, float], names: list[str]) -> None:
+    """Raises `UserError` naming data.class_weights when it weighs a label that is not in `names`."""
+    unknown = [label for label in weights if label not in names]
+    if unknown:
+        shown = ", ".join(map(repr, names[:20])) + (", ..." if len(names) > 20 else "")
+        raise UserError(f"config data.class_weights: label {unknown[0]!r} is not in the label set [{shown}]")
 
 
 def _check_strategies(config: ml_collections.ConfigDict) -> None:

@@ -99,6 +99,14 @@ def get_config() -> ml_collections.ConfigDict:
         tuple
     )  # label (ner: tag) vocabulary in order; default: sorted train labels (ner: "O", then B-/I- per type)
     data.positive_label = config_dict.placeholder(str)  # also report this class's F1 as "f1" (GLUE MRPC)
+    # Class weights of the loss, for imbalanced data (docs/strategies.md); unset = unweighted. "balanced":
+    # scikit-learn's n_samples / (n_classes * count) on the train split as trained on (ner: its word tags;
+    # multilabel: each label's pos_weight n_negative / n_positive); or label -> weight, as a dict in a config
+    # file, `--config.data.class_weights='{"pos": 2.0}'` or the string "pos=2.0,neg=1.0" (unlisted labels:
+    # 1.0). Classification, pet and relation: weighted cross-entropy normalised by the total weight, as
+    # PyTorch's CrossEntropyLoss(weight=); multilabel: BCEWithLogitsLoss(pos_weight=); ner: weighted token
+    # cross-entropy. The eval loss is weighted too (its report says so). Saved as WORKDIR/class_weights.json.
+    data.class_weights = config_dict.placeholder(object)
     data.max_train_examples = 0  # if > 0, train on a fixed random subset of this many (seeded by `seed`)
     data.max_eval_examples = 0  # if > 0, evaluate eval/test on a fixed random subset of this many
     data.max_seq_length = 128  # tokens per example after truncation, [CLS] and [SEP] included

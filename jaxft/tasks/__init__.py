@@ -11,7 +11,9 @@
                     cross-entropy, sklearn report
 
 `from_config` builds the task object the steps take as a static argument, from a config that
-`jaxft.config.check` has checked (the task rules live there, with the others).
+`jaxft.config.check` has checked (the task rules live there, with the others). Class weights
+(`data.class_weights`, `jaxft.tasks.class_weights`) depend on the train data too: training resolves them
+once the data is read and rebuilds the task with them (`Task.resolve_class_weights`).
 """
 
 import ml_collections

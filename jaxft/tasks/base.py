@@ -85,6 +85,12 @@ class Task:
         """Targets [N, ...] that batches take rows of; raises `UserError` naming the file and line."""
         raise NotImplementedError
 
+    def resolve_class_weights(self, spec, train_targets: np.ndarray, names: list[str]) -> tuple[float, ...]:
+        """One loss weight per label, in label order, from data.class_weights as `jaxft.config.class_weights`
+        reads it and the train split's targets (`encode`'s); the task is then rebuilt with them
+        (`dataclasses.replace(task, class_weights=...)`). Default: the task has no classes to weigh."""
+        raise UserError(f"config data.class_weights does not apply to task.name={self.name!r}")
+
     def tokenize(self, examples: list, tokenizer, data, cache_dir: str | None, path: str, names) -> dict:
         """Features of `tokenize.tokenize` (plus per-token "labels" for token tasks), cached when allowed."""
         return tokenize.cached_tokenize(
@@ -115,6 +121,11 @@ class Task:
     def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
         """(sum of losses, sum of weights) over this device's rows; padding carries weight 0."""
         raise NotImplementedError
+
+    def row_weights(self, batch: dict) -> jax.Array:
+        """Each row's weight in `loss`'s sum of weights (a sequence task's; class weights included): what a
+        per-row term added to the loss (R-Drop's KL) is weighted by. Default: the batch's row weights."""
+        return batch["weights"]
 
     def eval_outputs(self, logits: jax.Array, batch: dict) -> dict:
         """Sums over this device's rows, plus `PER_EXAMPLE` arrays with a leading row axis."""

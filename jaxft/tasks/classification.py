@@ -10,6 +10,11 @@ Under "windows" a text is several rows; each trains as an example of its own wit
 device returns the windows' logits instead of counts, and the host averages them per text
 (`mean_by_example`): the report, the eval loss and `jaxft.predict` count every text exactly once, wherever
 and on however many devices its windows were computed.
+
+With class weights (`data.class_weights`, `jaxft.tasks.class_weights`) the training and the eval loss are
+PyTorch's `CrossEntropyLoss(weight=w)`: the step's "weight" is then the sum of the real rows' w[label], and
+an evaluation also returns it ("loss_weight") beside the example count; the report says the loss is weighted.
+Class weights and windows do not combine (`jaxft.config.check` refuses the pair).
 """
 
 import dataclasses
@@ -25,6 +30,7 @@ from jaxft.data import labels as labels_lib
 from jaxft.data import long_inputs as long_inputs_lib
 from jaxft.data import tokenize
 from jaxft.errors import UserError
+from jaxft.tasks import class_weights as class_weights_lib
 from jaxft.tasks.base import PER_EXAMPLE, Task, TaskReport, text_record
 
 
@@ -59,6 +65,8 @@ class Classification(Task):
     label_smoothing: float = 0.0
     # What a text longer than max_seq_length tokens becomes (data.long_inputs and its keys).
     long_inputs: long_inputs_lib.LongInputs = long_inputs_lib.TRUNCATE
+    # Loss weight per label, in label order (data.class_weights, resolved by `resolve_class_weights`).
+    class_weights: tuple[float, ...] | None = None
 
     @property
     def _windows(self) -> bool:
@@ -92,7 +100,19 @@ class Classification(Task):
     def features_for_prediction(self, examples: list, tokenizer, max_seq_length: int) -> dict:
         return tokenize.tokenize(examples, tokenizer, max_seq_length, long_inputs=self.long_inputs)[0]
 
+    def resolve_class_weights(self, spec, train_targets: np.ndarray, names: list[str]) -> tuple[float, ...]:
+        return class_weights_lib.single_label(spec, train_targets, names)
+
+    def row_weights(self, batch: dict) -> jax.Array:
+        if self.class_weights is None:
+            return batch["weights"]
+        return batch["weights"] * jnp.asarray(self.class_weights, jnp.float32)[batch["labels"]]
+
     def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
+        if self.class_weights is not None:
+            return class_weights_lib.softmax_cross_entropy(
+                logits, batch["labels"], batch["weights"], self.class_weights, self.label_smoothing
+            )
         if self.label_smoothing:
             targets = jax.nn.one_hot(batch["labels"], logits.shape[-1], dtype=logits.dtype)
             targets = optax.smooth_labels(targets, self.label_smoothing)
@@ -111,11 +131,16 @@ class Classification(Task):
             jax.nn.one_hot(batch["labels"], num_labels, dtype=jnp.int32) * weights.astype(jnp.int32)[:, None]
         )
         predicted = jax.nn.one_hot(jnp.argmax(logits, -1), num_labels, dtype=jnp.int32)
-        return {
+        outputs = {
             "confusion": truth.T @ predicted,
             "loss_sum": jnp.sum(losses * weights),
             "count": jnp.sum(weights),
         }
+        if self.class_weights is not None:  # the training loss without its label smoothing
+            outputs["loss_sum"], outputs["loss_weight"] = class_weights_lib.softmax_cross_entropy(
+                logits, batch["labels"], weights, self.class_weights
+            )
+        return outputs
 
     def predict_outputs(self, logits: jax.Array) -> jax.Array:
         if self._windows:  # averaged per text on the host (`combine_rows`), then the softmax
@@ -137,7 +162,14 @@ class Classification(Task):
         metrics = evaluate.summary_metrics(
             report, float(totals["loss_sum"]), int(totals["count"]), data.positive_label
         )
-        return TaskReport(report, text, metrics, confusion=confusion, extra=extra)
+        result = TaskReport(report, text, metrics, confusion=confusion, extra=extra)
+        if "loss_weight" in totals:  # a weighted loss: divided by its weight, not by the example count
+            metrics["loss"] = float(totals["loss_sum"]) / float(totals["loss_weight"])
+        if self.class_weights is not None:
+            line, weights_extra = class_weights_lib.describe(names, self.class_weights)
+            result.extra = {**extra, **weights_extra}
+            result.text = text.rstrip("\n") + f"\n\n{line}\n"
+        return result
 
     def _text_totals(self, totals: dict, split, num_labels: int) -> dict:
         """The counts `eval_outputs` gives without windows, from each text's mean window logits."""

@@ -11,6 +11,11 @@ example's 0/1 predictions, placed by example index on the host, and the report i
 `classification_report` (per label, micro / macro / weighted / samples averages) on them. The head is the
 sequence classifier with one output per label, exported as `BertForSequenceClassification` with
 `problem_type="multi_label_classification"`.
+
+Class weights (`data.class_weights`) are positive weights per label, as PyTorch's
+`BCEWithLogitsLoss(pos_weight=)`: a label's positive targets weigh its pos_weight, its negative ones 1;
+"balanced" is n_negative / n_positive per label over the train examples (`jaxft.tasks.class_weights`). The
+loss stays the mean over labels and examples, in training and evaluation; the report says it is weighted.
 """
 
 import dataclasses
@@ -28,6 +33,7 @@ import sklearn.metrics
 from jaxft.data import goemotions, lines, readers, records
 from jaxft.data.example import MultiLabelExample
 from jaxft.errors import UserError
+from jaxft.tasks import class_weights as class_weights_lib
 from jaxft.tasks.base import PER_EXAMPLE, Task, TaskReport, text_record
 
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -83,10 +89,12 @@ class MultiLabel(Task):
     Attributes:
         threshold: a label is predicted when its probability exceeds this (task.threshold).
         separator: joins the labels of one example in a CSV/TSV cell or JSON string (task.label_separator).
+        class_weights: pos_weight per label, in label order (data.class_weights); None: unweighted.
     """
 
     threshold: float = 0.5
     separator: str = ","
+    class_weights: tuple[float, ...] | None = None
 
     name = "multilabel"
     default_metric = "micro_f1"
@@ -182,9 +190,16 @@ class MultiLabel(Task):
                 out[row, ids[label]] = 1.0
         return out
 
+    def resolve_class_weights(self, spec, train_targets: np.ndarray, names: list[str]) -> tuple[float, ...]:
+        return class_weights_lib.pos_weights(spec, train_targets, names)
+
     def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
         # Mean over labels per example, so the batch mean equals Hugging Face's BCEWithLogitsLoss.
-        losses = optax.sigmoid_binary_cross_entropy(logits, batch["labels"]).mean(-1)
+        if self.class_weights is None:
+            losses = optax.sigmoid_binary_cross_entropy(logits, batch["labels"])
+        else:
+            losses = class_weights_lib.sigmoid_cross_entropy(logits, batch["labels"], self.class_weights)
+        losses = losses.mean(-1)
         return jnp.sum(losses * batch["weights"]), jnp.sum(batch["weights"])
 
     def eval_outputs(self, logits: jax.Array, batch: dict) -> dict:
@@ -212,7 +227,11 @@ class MultiLabel(Task):
             "num_examples": count,
         }
         text += f"\nsubset accuracy (exact match): {subset_accuracy:.4f} of {count} examples\n"
-        return TaskReport(report, text, metrics, extra={"subset_accuracy": subset_accuracy})
+        extra = {"subset_accuracy": subset_accuracy}
+        if self.class_weights is not None:
+            line, weights = class_weights_lib.describe(names, self.class_weights, "BCE pos_weight")
+            text, extra = text + f"{line}\n", {**extra, **weights}
+        return TaskReport(report, text, metrics, extra=extra)
 
     def prediction_record(self, example, output: np.ndarray, names: list[str]) -> dict:
         chosen = output > np.float32(self.threshold)  # the device's float32 comparison

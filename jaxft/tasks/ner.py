@@ -8,7 +8,10 @@ CSV / TSV text column, split at whitespace. The head
 is a dense layer on every position (`TokenClassifier`, exported as `BertForTokenClassification`). The loss
 is the mean cross-entropy over *labelled positions* of the global batch: padding rows, padding positions,
 [CLS]/[SEP] and (with `task.subword_labels="first"`) later sub-tokens carry the label IGNORE and weight 0,
-and the step adds sums and position counts over micro-batches and devices before dividing.
+and the step adds sums and position counts over micro-batches and devices before dividing. With class weights
+(`data.class_weights`: per tag; "balanced" from the train split's word tags) a position weighs its tag's
+weight and the sums divide by the total weight: PyTorch's `CrossEntropyLoss(weight=w, ignore_index=-100)`,
+in training and evaluation (the report says the loss is weighted).
 
 Evaluation: each device returns its sentences' per-position predictions (padded to max_seq_length), placed
 by example index on the host; predictions are read at each word's first sub-token, words beyond truncation
@@ -28,6 +31,7 @@ import seqeval.metrics
 from seqeval.scheme import IOB2, Entities
 
 from jaxft.data import conll, records
+from jaxft.tasks import class_weights as class_weights_lib
 from jaxft.tasks import tagging
 from jaxft.tasks.base import IGNORE, PER_EXAMPLE, Task, TaskReport
 
@@ -54,12 +58,14 @@ class Ner(Task):
         tag_scheme: the files' tags, "iob1" (converted to IOB2) or "iob2" (task.tag_scheme).
         tag_column: the CoNLL column holding the tag (task.tag_column; -1: the last).
         max_seq_length: width predictions are padded to on the device, so every batch returns one shape.
+        class_weights: loss weight per tag, in tag order (data.class_weights); None: unweighted.
     """
 
     subword_labels: str = "first"
     tag_scheme: str = "iob2"
     tag_column: int = -1
     max_seq_length: int = 128
+    class_weights: tuple[float, ...] | None = None
 
     name = "ner"
     default_metric = "f1"
@@ -115,13 +121,19 @@ class Ner(Task):
     def features_for_prediction(self, examples: list, tokenizer, max_seq_length: int) -> dict:
         return tagging.tokenize_words(examples, tokenizer, max_seq_length, None)
 
+    def resolve_class_weights(self, spec, train_targets: np.ndarray, names: list[str]) -> tuple[float, ...]:
+        # The train split's word tags (one array per sentence), as the files give them.
+        tags = np.concatenate([np.zeros(0, np.int64), *train_targets])
+        return class_weights_lib.single_label(spec, tags, names)
+
     def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
         labels = batch["labels"]
         # A position counts with its row's weight when labelled; IGNORE positions and padding rows weigh 0.
         weights = jnp.where(labels != IGNORE, batch["weights"][:, None], 0.0)
-        losses = optax.softmax_cross_entropy_with_integer_labels(
-            logits, jnp.where(labels == IGNORE, 0, labels)
-        )
+        labels = jnp.where(labels == IGNORE, 0, labels)
+        if self.class_weights is not None:
+            return class_weights_lib.softmax_cross_entropy(logits, labels, weights, self.class_weights)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         return jnp.sum(losses * weights), jnp.sum(weights)
 
     def _padded_predictions(self, logits: jax.Array) -> jax.Array:
@@ -165,6 +177,9 @@ class Ner(Task):
         num_words = sum(map(len, truth))
         text += f"\ntoken accuracy: {accuracy:.4f} of {num_words} words in {len(truth)} sentences\n"
         extra = {"accuracy": accuracy, "num_words": num_words, "num_entities": int(micro["support"])}
+        if self.class_weights is not None:
+            line, weights = class_weights_lib.describe(names, self.class_weights, "class weight")
+            text, extra = text + f"{line}\n", {**extra, **weights}
         return TaskReport(report, text, metrics, extra=extra)
 
     def prediction_records(self, examples: list, outputs: np.ndarray, features: dict, names: list[str]):

@@ -82,24 +82,28 @@ def weighted_loss_sum(
     """(Sum of the task's losses, sum of their weights) over this batch.
 
     The weights are the rows' (padding rows 0) for sequence tasks, and the labelled positions' for token
-    tasks (padding and ignored positions 0), so neither padding nor ignored positions contribute. With
+    tasks (padding and ignored positions 0), so neither padding nor ignored positions contribute; with class
+    weights (`data.class_weights`) each row or position weighs its label's weight instead of 1. With
     `rdrop_alpha` > 0 (R-Drop, sequence tasks), a second pass with other dropout masks is made and the sum is
-    of the two passes' mean loss plus `rdrop_alpha` times their symmetric KL divergence.
+    of the two passes' mean loss plus `rdrop_alpha` times their symmetric KL divergence, each row's weighted
+    as its loss is (`Task.row_weights`).
 
     Each of `loss_terms` is `term(params, batch, outputs) -> scalar`, a mean over this batch's weight (or a
     function of the parameters alone, like a penalty); it enters the sum multiplied by the batch's weight,
     so that after the step divides by the global weight it is the mean over the global batch, whatever the
     number of devices or micro-batches (a term that divides by the weight must allow for a device whose
     rows are all padding: weight 0). A term takes the arrays it needs (a teacher's logits, an anchor) from
-    the batch, which a data transform can extend.
+    the batch, which a data transform can extend. (With class weights a batch's weight is the sum of its
+    rows' class weights: a term that is one value for the whole global batch, like a penalty, still enters
+    as itself; a mean over rows enters as the devices' means weighted by their class-weight sums.)
     """
     logits = _forward(model, params, batch, key, deterministic, perturbations)
     loss, weight = task.loss(logits, batch)
     if rdrop_alpha:
         other = _forward(model, params, batch, jax.random.fold_in(key, 1), deterministic, perturbations)
-        loss = (loss + task.loss(other, batch)[0]) / 2 + rdrop_alpha * symmetric_kl(
-            logits, other, batch["weights"]
-        )
+        # A recipe's own loss object (not a `Task`) has no class weights: its rows weigh their batch weight.
+        rows = task.row_weights(batch) if isinstance(task, Task) else batch["weights"]
+        loss = (loss + task.loss(other, batch)[0]) / 2 + rdrop_alpha * symmetric_kl(logits, other, rows)
     for term in loss_terms:
         loss = loss + term(params, batch, logits) * weight
     return loss, weight

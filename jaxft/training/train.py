@@ -37,6 +37,8 @@ from jaxft.training.preemption import Preempted, PreemptionGuard
 from jaxft.training.workdir import MODEL_CONFIG, TOKENIZER_DIR
 from jaxft.training.writers import MetricWriter, ProgressBar, plot_curves
 
+CLASS_WEIGHTS = "class_weights.json"  # the resolved data.class_weights of a run, beside labels.json
+
 
 @dataclasses.dataclass
 class Setup:
@@ -49,7 +51,7 @@ class Setup:
     tokenizer: object
     bert_config: BertConfig
     pretrained: dict | None  # converted Hugging Face tensors, when starting from a checkpoint
-    task: tasks.Task  # what the labels are, the loss, the evaluation (config.task)
+    task: tasks.Task  # what the labels are, the loss, the evaluation (config.task; data.class_weights)
     # The train data and tokenizer as read ({"train": pipeline.fingerprint, "tokenizer": ...}): every
     # checkpoint's meta records them, and a resumed run compares (`_check_checkpoints`).
     fingerprints: dict = dataclasses.field(default_factory=dict)
@@ -193,6 +195,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
         labels_source = config_lib.expand_path(config.data.train_path)
     if task.name not in ("regression", "qa"):  # the tasks whose reports hold an entry per label
         labels_lib.check_report_names(label_names, labels_source, tags=task.name == "ner")
+    task = _with_class_weights(config, task, splits["train"].labels, label_names, workdir)
     checkpoint_dir = config_lib.expand_path(config.model.checkpoint)
     tokenizer_key = "model.tokenizer" if config.model.tokenizer else "model.checkpoint"
     tokenizer_dir = config_lib.expand_path(config.model.tokenizer) or checkpoint_dir
@@ -245,6 +248,41 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
         if ignored:
             logging.info("Not used from %s: %s", checkpoint_dir, ", ".join(sorted(ignored)))
     return Setup(config, workdir, label_names, splits, tokenizer, bert_config, pretrained, task, fingerprints)
+
+
+def _with_class_weights(config, task: tasks.Task, train_targets, label_names: list[str], workdir: str):
+    """`task` with the loss weights of data.class_weights (`task` itself when it is unset).
+
+    "balanced" weights come from the train data. A resumed run whose WORKDIR/class_weights.json holds
+    "balanced" weights keeps them, so its loss means what it meant before (a warning names weights that the
+    data now give otherwise). Another data.class_weights is a changed config: the new weights apply, and a
+    warning names them beside the old.
+    """
+    spec = config_lib.class_weights(config.data.get("class_weights"))
+    if spec is None:
+        return task
+    named = dict(zip(label_names, task.resolve_class_weights(spec, train_targets, label_names), strict=True))
+    path = os.path.join(workdir, CLASS_WEIGHTS)
+    saved = _saved_json(workdir, CLASS_WEIGHTS)
+    if saved is not None:
+        before = saved.get("weights")
+        if (
+            not isinstance(before, dict)
+            or list(before) != label_names
+            or not all(isinstance(w, float) and 0 < w < math.inf for w in before.values())
+        ):
+            raise UserError(
+                f"{path}: not the class weights of the label set {label_names} (restore or delete it)"
+            )
+        if before != named and spec == saved.get("class_weights") == config_lib.BALANCED:
+            logging.warning(
+                "The train data now give balanced class weights %s; resuming with the run's", named
+            )
+            named = before
+        elif before != named:
+            logging.warning("Resuming with the class weights %s instead of %s (%s)", named, before, path)
+    logging.info("Class weights (data.class_weights=%r): %s", spec, named)
+    return dataclasses.replace(task, class_weights=tuple(named.values()))
 
 
 def _place_by_index(placed: list, num_examples: int) -> dict:
@@ -317,12 +355,13 @@ def run_evaluation(
     *,
     params_step=None,
     stop=None,
+    task: tasks.Task | None = None,
 ) -> tuple[dict, dict]:
     """Evaluates `split` exactly (every example once), writes its report; returns (summary metrics, the
     counts it was built from). `step`: the training step, or None for the final report, whose parameters
     are those of `params_step`. `totals`: counts of an earlier evaluation of these very parameters, reused.
-    `stop`: as for `eval_counts`."""
-    task = tasks.from_config(config)
+    `stop`: as for `eval_counts`. `task`: the run's (with its class weights); default: `config`'s."""
+    task = task or tasks.from_config(config)
     if totals is None:
         totals = eval_counts(
             eval_fn,
@@ -373,6 +412,13 @@ def _write_run_files(setup: Setup, start_step: int) -> None:
         logging.warning("Resuming with a changed config (%s); the previous one is kept as %s", changed, kept)
     files.write_atomic(path, text)
     labels_lib.save_label_vocab(os.path.join(workdir, "labels.json"), setup.label_names)
+    weights, weights_path = getattr(setup.task, "class_weights", None), os.path.join(workdir, CLASS_WEIGHTS)
+    if weights is not None:
+        spec = config_lib.class_weights(setup.config.data.get("class_weights"))
+        named = dict(zip(setup.label_names, weights, strict=True))
+        files.write_json_atomic(weights_path, {"class_weights": spec, "weights": named})
+    elif os.path.exists(weights_path):  # a resumed run that no longer weighs its classes
+        os.remove(weights_path)
     files.write_json_atomic(os.path.join(workdir, MODEL_CONFIG), setup.bert_config.to_hf_dict())
     setup.tokenizer.save_pretrained(os.path.join(workdir, TOKENIZER_DIR))
 
@@ -463,7 +509,16 @@ def _evaluate_and_track(
     tc = setup.config.training
     eval_dir = os.path.join(setup.workdir, "eval")
     metrics, totals = run_evaluation(
-        eval_fn, state.params, split, setup.config, setup.label_names, step, writer, eval_dir, stop=stop
+        eval_fn,
+        state.params,
+        split,
+        setup.config,
+        setup.label_names,
+        step,
+        writer,
+        eval_dir,
+        stop=stop,
+        task=setup.task,
     )
     assert set(metrics) == set(setup.task.metric_names(setup.config.data)), metrics  # best_metric's choices
     value = metrics[tasks.best_metric(setup.config, setup.task)]
@@ -518,6 +573,7 @@ def _final_reports(
                 totals=best_eval[1] if reuse else None,
                 params_step=final_from,
                 stop=stop,
+                task=setup.task,
             )
             if parallel.is_chief():
                 with open(os.path.join(eval_dir, evaluate.report_name(name, None) + ".txt")) as f:

@@ -45,6 +45,7 @@ ENTRIES = frozenset(
         "compare.log",  # a `jaxft.compare` cell: written before the cell's run starts
         "cell.json",
         "data",  # `jaxft.finetune`'s splits given in memory, written as files
+        "class_weights.json",  # the resolved data.class_weights (training.train.CLASS_WEIGHTS)
     }
 )
 _OTHER_NAMES = re.compile(r"config\.before-step-\d+\.json")
