@@ -18,6 +18,10 @@ Cluster job arrays: `--list` prints the cells with their index, `--cell INDEX` r
 every cell. Bad input (an unknown strategy or config key, a malformed --grid or --seeds, a --workdir that is
 a file) ends with one line on stderr and exit status 2 before anything is written; a failed cell makes the
 exit status 1. `--help` lists the flags and the strategies and exits 0.
+
+`--search optuna --trials N --space KEY=log(LOW,HIGH) ...` searches the space instead of a grid: one cell per
+trial, WORKDIR/cells/trialINDEX, with the same resuming, --list, --cell and --aggregate_only, plus Optuna's
+pruning from the trial's evaluations (jaxft/search.py; its tables: jaxft/search_results.py).
 """
 
 import dataclasses
@@ -34,7 +38,7 @@ from ml_collections import config_flags
 from jaxft import cli, compare_results, compare_runner, files
 from jaxft import config as config_lib
 from jaxft import main as main_lib
-from jaxft.compare_runner import Cell, Plan, flag_text
+from jaxft.compare_runner import Cell, Plan, flag_text, split_top_level
 from jaxft.errors import UserError
 from jaxft.training import workdir as workdir_lib
 
@@ -90,7 +94,27 @@ _AGGREGATE_ONLY = flags.DEFINE_bool(
     "aggregate_only", False, "Run nothing; write results.csv/md/png from the cells that have finished."
 )
 
-KEY_FLAGS = ("config", "workdir", "strategies", "seeds", "grid", "cell", "list", "aggregate_only")
+_SEARCH = flags.DEFINE_enum(
+    "search", None, ["optuna"], "Search --space with Optuna's TPE instead of a grid: one cell per trial."
+)
+_TRIALS = flags.DEFINE_integer("trials", None, "--search: how many trials (cells trial0000, trial0001, ...).")
+_SPACE = flags.DEFINE_multi_string(
+    "space",
+    [],
+    "--search: KEY=log(LOW,HIGH), float(LOW,HIGH), int(LOW,HIGH) or choice(V1,V2,...); repeat per key, "
+    "e.g. --space 'optimizer.learning_rate=log(1e-5,1e-3)' --space 'training.batch_size=choice(16,32)'",
+)
+_PRUNER = flags.DEFINE_string(
+    "pruner",
+    "median",
+    "--search: stop a trial early from its evaluations: median (Optuna's MedianPruner), none, "
+    "threshold(lower=V) or threshold(upper=V).",
+)
+
+KEY_FLAGS = (
+    "config", "workdir", "strategies", "seeds", "grid", "cell", "list", "aggregate_only",
+    "search", "trials", "space", "pruner",
+)  # fmt: skip
 
 
 def strategy_overrides(strategy: str) -> dict:
@@ -126,24 +150,6 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _split_top_level(text: str) -> list[str]:
-    """Splits on commas outside brackets and quotes, so a tuple value keeps its commas."""
-    items, depth, quote, start = [], 0, None, 0
-    for i, char in enumerate(text):
-        if quote:
-            quote = None if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif char == "," and depth == 0:
-            items.append(text[start:i])
-            start = i + 1
-    return [*items, text[start:]]
-
-
 def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
     """--grid flags ["KEY=V1,V2", ...] -> [(KEY, [V1, V2]), ...]; values stay text, parsed as by --config.
 
@@ -156,7 +162,7 @@ def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
         key = key.strip().removeprefix("config.")
         if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
             raise UserError(f"--grid={spec!r}: expected KEY=V1,V2,... e.g. optimizer.learning_rate=1e-5,3e-5")
-        values = [value.strip() for value in _split_top_level(values_text)]
+        values = [value.strip() for value in split_top_level(values_text)]
         if not all(values):
             raise UserError(f"--grid={spec!r}: an empty value (a stray comma?)")
         if len(set(values)) != len(values):
@@ -229,7 +235,7 @@ def _decisive_metric(config) -> str | None:
         return None
 
 
-def _check_set_once(cell: Cell, given: set[str]) -> None:
+def _check_set_once(cell: Cell, given: set[str], grid_flag: str = "--grid") -> None:
     """Raises UserError for a config key that two sources set: a cell's value would hang on flag order
     (and two values of a tuple key would even be joined)."""
     sources = {"seed": ["--seeds"]}
@@ -238,7 +244,7 @@ def _check_set_once(cell: Cell, given: set[str]) -> None:
     for key in cell.overrides:
         sources.setdefault(key, []).append(f"strategy {cell.strategy!r}")
     for key, _ in cell.grid_point:
-        sources.setdefault(key, []).append("--grid")
+        sources.setdefault(key, []).append(grid_flag)
     for key, setters in sources.items():
         if len(setters) > 1:
             raise UserError(f"config key {key} is set by both {' and '.join(setters)}; set it in one place")
@@ -297,6 +303,119 @@ def make_plan(
     return Plan(config_path, tuple(config_args), keys, tuple(checked))
 
 
+def make_search(
+    config_path: str,
+    config_args: Sequence[str],
+    strategies: str,
+    seeds: str,
+    trials: int | None,
+    space: Sequence[str],
+    pruner: str,
+):
+    """Checks a search (`jaxft.search`) and lists its trial cells, values not yet asked; writes nothing.
+
+    Args:
+      config_path, config_args: as for `make_plan`.
+      strategies: one strategy (its overrides hold in every trial).
+      seeds: one seed: every trial's config key `seed`, and the sampler's.
+      trials: how many trials.
+      space: --space flags.
+      pruner: --pruner (`jaxft.search.parse_pruner`).
+
+    Returns:
+      A `jaxft.search.Search`.
+
+    Raises:
+      UserError: bad input, in one line: a bad --space or --pruner, a space key the config does not have or
+        that another flag sets, a value at an end of a range (or a choice) that the config refuses.
+    """
+    from jaxft import search
+
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise UserError("--search optuna needs Optuna: pip install 'jaxft[search]'") from None
+    if trials is None or trials < 1:
+        raise UserError(f"--search needs --trials N with N >= 1, not {trials}")
+    dimensions, pruner = search.parse_space(space), search.parse_pruner(pruner)
+    names, seed_list = [name.strip() for name in strategies.split(",")], parse_seeds(seeds)
+    if len(names) != 1 or len(seed_list) != 1:
+        raise UserError(
+            "--search takes one strategy and one seed (--strategies, --seeds); the space is searched"
+        )
+    given = set(_override_keys(config_args))
+    has_lr = _LR in given or any(d.key == _LR for d in dimensions)
+    [cell] = expand_cells(names, [], seed_list, learning_rate_given=has_lr)
+    base = parse_cell_config(config_path, config_args)
+    for dimension in dimensions:
+        try:
+            config_lib.get(base, dimension.key)
+        except (KeyError, AttributeError, TypeError):
+            raise UserError(f"--space: unknown config key {dimension.key} (not in {config_path})") from None
+    first = tuple((d.key, d.examples()[0]) for d in dimensions)
+    _check_set_once(dataclasses.replace(cell, grid_point=first), given, "--space")
+    config = None
+    for dimension in dimensions:  # every end of a range, every choice, the other keys at their first
+        for text in dimension.examples():
+            point = tuple((key, text if key == dimension.key else value) for key, value in first)
+            try:
+                config = parse_cell_config(
+                    config_path, [*config_args, *dataclasses.replace(cell, grid_point=point).config_args()]
+                )
+                config_lib.check(config)
+            except UserError as error:
+                raise UserError(f"{error} (--space={dimension.spec}, value {text})") from None
+    metric, mode = _decisive_metric(config), config.training.best_mode
+    cells = search.placeholder_cells(trials, names[0], seed_list[0], cell.overrides, metric, mode)
+    keys = tuple(d.key for d in dimensions)
+    plan = Plan(config_path, tuple(config_args), keys, cells, trainer=(sys.executable, "-m", "jaxft.trial"))
+    direction = "maximize" if mode == "max" else "minimize"
+    return search.Search(plan, dimensions, pruner, seed_list[0], metric, direction)
+
+
+def _search_main(config_path: str, workdir: str) -> None:
+    """`main` for --search: list, run one trial (--cell), or run them all and write the tables."""
+    from jaxft import search, search_results
+
+    if _GRID.value:
+        cli.fail("--grid and --search do not mix: give the searched keys as --space")
+    try:
+        found = make_search(
+            config_path, _forwarded_config_args(sys.argv), _STRATEGIES.value, _SEEDS.value, _TRIALS.value,
+            _SPACE.value, _PRUNER.value,
+        )  # fmt: skip
+        search.quiet_optuna()  # the trials' progress lines are this command's own
+        count = len(found.plan.cells)
+        if _CELL.value is not None and not 0 <= _CELL.value < count:
+            raise UserError(f"--cell={_CELL.value}: there are {count} trials, 0 to {count - 1} (see --list)")
+        if _LIST.value:
+            print("\n".join(search.list_trials(found, workdir)))
+            return
+        if _CELL.value is not None:
+            [(record, _)] = search.run_trials(found, workdir, [_CELL.value])
+            sys.exit(0 if record["status"] == "done" else 1)
+        if _AGGREGATE_ONLY.value and not compare_runner.read_records(found.plan, workdir):
+            raise UserError(f"--aggregate_only: no trial of this search has run in {workdir}; nothing to do")
+        indexes = [] if _AGGREGATE_ONLY.value else range(count)
+        results = search.run_trials(found, workdir, indexes) if indexes else []
+        command = shlex.join(["python", "-m", "jaxft.compare", *sys.argv[1:]])
+        best = search_results.write_all(found, workdir, command)
+    except UserError as error:
+        cli.fail(str(error))
+    except OSError as error:
+        cli.fail(str(files.storage_error(error, f"--workdir {workdir}")))
+    shown = (
+        f"best trial {best['index']}: {best['metric']}={best['metric_value']:.4f}" if best else "no best yet"
+    )
+    print(f"{shown} -> {os.path.join(workdir, compare_results.RESULTS_MD)}")
+    failed = [record["cell"] for record, _ in results if record["status"] != "done"]
+    if failed:
+        print(f"{len(failed)} trial(s) failed: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
+    if len(results) < count and not _AGGREGATE_ONLY.value:
+        sys.exit(143)  # stopped by SIGTERM before the last trial
+
+
 def _forwarded_config_args(argv: Sequence[str]) -> list[str]:
     """The --config.KEY[=VALUE] options of the command line, to pass on to every cell as they were given."""
     forwarded, i = [], 1
@@ -324,6 +443,13 @@ def main(argv):
     workdir = main_lib.WORKDIR.value
     try:
         workdir_lib.check_path(workdir, "--workdir")
+    except UserError as error:
+        cli.fail(str(error))
+    if _SEARCH.value is not None:
+        return _search_main(config_path, workdir)
+    if _SPACE.value or _TRIALS.value is not None:
+        cli.fail("--space and --trials go with --search optuna")
+    try:
         plan = make_plan(
             config_path, _forwarded_config_args(sys.argv), _STRATEGIES.value, _GRID.value, _SEEDS.value
         )

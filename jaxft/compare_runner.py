@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from jaxft import compare_results, files
 
@@ -47,6 +47,9 @@ class Cell:
       overrides: the strategy's config overrides (Python values).
       metric: the eval metric that decides (the cell config's `training.best_metric`, "auto" resolved).
       best_mode: "max" or "min": which way `metric` is better.
+      label: the directory name instead of the one made of strategy, grid point and seed (a search's
+        trials are named by their index: their values are asked only when they run).
+      trainer_args: more arguments for the trainer command, before --config (a search trial's study).
     """
 
     index: int
@@ -56,11 +59,13 @@ class Cell:
     overrides: dict
     metric: str | None = None
     best_mode: str = "max"
+    label: str | None = None
+    trainer_args: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
-        """The cell's directory name: <strategy>__<key=value,...>__seed<k>, filesystem-safe."""
-        return cell_name(self.strategy, self.grid_point, self.seed)
+        """The cell's directory name: <strategy>__<key=value,...>__seed<k>, filesystem-safe (or `label`)."""
+        return self.label or cell_name(self.strategy, self.grid_point, self.seed)
 
     def config_args(self) -> list[str]:
         """The --config.KEY=VALUE arguments that make this cell (seed, strategy overrides, grid point)."""
@@ -92,6 +97,24 @@ def cell_name(strategy: str, grid_point: Sequence[tuple[str, str]], seed: int) -
         digest = hashlib.sha1(name.encode()).hexdigest()[:12]
         name = f"{name[: _MAX_NAME - 13]}-{digest}"
     return name
+
+
+def split_top_level(text: str) -> list[str]:
+    """Splits on commas outside brackets and quotes, so a tuple value keeps its commas."""
+    items, depth, quote, start = [], 0, None, 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    return [*items, text[start:]]
 
 
 def flag_text(value) -> str:
@@ -192,7 +215,7 @@ def run_cell(plan: Plan, cell: Cell, workdir: str, sigterm: _ForwardSigterm | No
     """
     directory = cell_dir(workdir, cell)
     command = [
-        *plan.trainer, f"--config={plan.config_path}", f"--workdir={directory}",
+        *plan.trainer, *cell.trainer_args, f"--config={plan.config_path}", f"--workdir={directory}",
         *plan.config_args, *cell.config_args(),
     ]  # fmt: skip
     if os.path.exists(os.path.join(directory, FINAL_METRICS)):
@@ -236,8 +259,21 @@ def _describe(record: dict, ran: bool) -> str:
     return f"{shown} in {record['wall_time_s']:.1f} s, peak host memory {memory:.2f} GiB"
 
 
-def run_cells(plan: Plan, workdir: str, cells: Sequence[Cell] | None = None) -> list[tuple[dict, bool]]:
+def run_cells(
+    plan: Plan,
+    workdir: str,
+    cells: Iterable[Cell] | None = None,
+    after: Callable[[Cell, dict], dict] | None = None,
+) -> list[tuple[dict, bool]]:
     """Runs the cells one after another (each in its own process); a failed cell does not stop the rest.
+
+    Args:
+      plan: the comparison.
+      workdir: its directory.
+      cells: the cells to run (default: all the plan's), taken one at a time: a search makes each when the
+        one before has ended.
+      after: called with each cell and its record once it has ended (or was found done); returns the
+        record to keep (a search tells its study here).
 
     Returns:
       (record, ran) per cell run or found done; a SIGTERM stops before the next cell.
@@ -248,6 +284,8 @@ def run_cells(plan: Plan, workdir: str, cells: Sequence[Cell] | None = None) -> 
         for cell in cells:
             print(f"[{cell.index + 1}/{len(plan.cells)}] {cell.name} ...", flush=True)
             record, ran = run_cell(plan, cell, workdir, sigterm)
+            if after is not None:
+                record = after(cell, record)
             print(f"[{cell.index + 1}/{len(plan.cells)}] {cell.name}: {_describe(record, ran)}", flush=True)
             results.append((record, ran))
             if sigterm.received:

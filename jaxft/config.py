@@ -38,6 +38,7 @@ DATASET_FORMATS = {"semeval2010": "relation", "goemotions": "multilabel"}
 MASK = "[MASK]"  # a pet template's placeholder for the tokenizer's mask token
 LONG_INPUTS = ("truncate", "head_tail", "windows")  # data.long_inputs (jaxft/data/long_inputs.py)
 LONG_INPUT_TASKS = ("classification",)  # the tasks that take a data.long_inputs other than "truncate"
+LOGGERS = ("tensorboard", "jsonl", "mlflow", "wandb")  # training.loggers (jaxft/training/trackers.py)
 
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
@@ -292,6 +293,11 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     separator = _lookup(config, "task.label_separator")
     if separator is not _MISSING and (not isinstance(separator, str) or not separator):
         raise UserError("config task.label_separator must not be empty")
+    if _lookup(config, "training.loggers") is not _MISSING:
+        logger_names(config.training.loggers)
+        experiment = config.training.experiment
+        if not isinstance(experiment, str) or not experiment.strip():
+            raise UserError(f"config training.experiment={experiment!r} must name an experiment")
     targets = _lookup(config, "peft.lora_targets")
     if targets is not _MISSING:
         unknown = [target for target in targets or () if target not in LORA_TARGETS]
@@ -476,6 +482,22 @@ def check_augment(augment: ml_collections.ConfigDict, task_name: str) -> None:
             f"config {on}: data augmentation applies to task.name in {', '.join(AUGMENTABLE_TASKS)}, "
             f"not {task_name!r} (its labels point into the text)"
         )
+
+
+def logger_names(value) -> tuple[str, ...]:
+    """`training.loggers` as names: a tuple, a comma-separated string, or a tuple of such strings (the
+    command line gives `--config.training.loggers=jsonl,mlflow` as one string in a tuple).
+
+    Raises:
+      UserError: a name not in `LOGGERS`, or one given twice.
+    """
+    parts = (value,) if isinstance(value, str) else tuple(value or ())
+    names = tuple(name.strip() for part in parts for name in str(part).split(",") if name.strip())
+    unknown = [name for name in names if name not in LOGGERS]
+    if unknown or len(set(names)) != len(names):
+        what = f"unknown logger {unknown[0]!r}" if unknown else "a logger is given twice"
+        raise UserError(f"config training.loggers={value!r}: {what}; choose from {', '.join(LOGGERS)}")
+    return names
 
 
 def expand_path(path: str | None) -> str | None:

@@ -35,7 +35,17 @@ def main(argv):
     cli.no_leftovers(argv)
     if CONFIG.value is None or WORKDIR.value is None:
         cli.fail("--config and --workdir are required (see --help)")
-    config = cli.config_or_fail()
+    train(cli.config_or_fail())
+
+
+def train(config, extensions=None) -> None:
+    """Trains `config` in --workdir as this command line does: logging, --distributed, and every error
+    as one line with its exit status (see the module docstring).
+
+    Args:
+      config: the parsed --config.
+      extensions: a `jaxft.training.train.Extensions` (a search trial's pruning hook); default none.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     if DISTRIBUTED.value:
@@ -64,7 +74,7 @@ def main(argv):
     try:
         workdir = expand_path(WORKDIR.value)  # `$RUNS/x` as the data paths take it
         _BackgroundErrors.install()
-        train_and_evaluate(config, workdir)
+        train_and_evaluate(config, workdir, extensions)
     except UserError as error:
         _BackgroundErrors.reported = True
         cli.fail(str(error))

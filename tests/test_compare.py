@@ -245,6 +245,7 @@ def test_help_explains_every_flag_and_strategy():
     assert result.returncode == 0, result.stderr
     flags_shown = set(re.findall(r"^  --(?:\[no\])?(\w+):", result.stdout, re.M))
     expected = {"aggregate_only", "cell", "config", "grid", "list", "seeds", "strategies", "workdir"}
+    expected |= {"search", "trials", "space", "pruner"}  # the Optuna search (tests/test_search.py)
     assert flags_shown == expected
     for name in compare.STRATEGIES:
         assert f"{name}:" in " ".join(result.stdout.split())

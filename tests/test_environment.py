@@ -61,8 +61,8 @@ def last_error_line(result) -> str:
 
 def test_the_entries_of_a_finished_run_are_all_jaxft_entries(tiny_run):
     from jaxft import compare_runner
+    from jaxft.training import trackers, trained
     from jaxft.training import train as train_lib
-    from jaxft.training import trained
 
     workdir, _ = tiny_run
     assert workdir_lib.foreign_entries(str(workdir)) == []
@@ -76,6 +76,9 @@ def test_the_entries_of_a_finished_run_are_all_jaxft_entries(tiny_run):
         compare_runner.CELL_LOG,
         compare_runner.CELL_RECORD,
         compare_runner.FINAL_METRICS,
+        trackers.TRACKERS_FILE,
+        trackers.MLRUNS_DIR,
+        trackers.WANDB_DIR,
     }
     assert named <= workdir_lib.ENTRIES
 
@@ -282,7 +285,7 @@ def test_a_metrics_write_on_a_full_disk_names_the_file(tmp_path):
         def close(self):
             pass
 
-    writer._file = Full()
+    writer.loggers[0]._file = Full()  # the JsonlLogger
     with pytest.raises(StorageError) as info:
         writer.write_scalars(1, {"loss": 0.5})
     assert one_line(info) == f"{tmp_path}/metrics.jsonl: writing metrics: {ENOSPC}"

@@ -203,4 +203,9 @@ def get_config() -> ml_collections.ConfigDict:
     training.keep_cpu_step_memory = True
     training.progress_bar = True  # show a progress bar with loss, learning rate and examples/s
     training.tensorboard = True  # write TensorBoard event files to WORKDIR/tensorboard
+    # Where metrics go (docs/tracking.md): any of "tensorboard" (WORKDIR/tensorboard, also needs
+    # training.tensorboard), "jsonl" (WORKDIR/metrics.jsonl, which curves.png is drawn from), "mlflow" and
+    # "wandb" (pip install 'jaxft[mlflow]' / 'jaxft[wandb]'); a tuple or a comma-separated string.
+    training.loggers = ("tensorboard", "jsonl")
+    training.experiment = "jaxft"  # the MLflow experiment and the W&B project of the run
     return config

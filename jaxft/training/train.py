@@ -29,13 +29,13 @@ from jaxft.models import convert, families
 from jaxft.models.bert import BertConfig
 from jaxft.strategies import checks as strategy_checks
 from jaxft.strategies import peft as peft_lib
-from jaxft.training import checkpoint, optim, parallel, pipeline, steps, trained, trainer
+from jaxft.training import checkpoint, optim, parallel, pipeline, steps, trackers, trained, trainer
 from jaxft.training import workdir as workdir_lib
 from jaxft.training.early_stopping import BestMetric
 from jaxft.training.model import create_model
 from jaxft.training.preemption import Preempted, PreemptionGuard
 from jaxft.training.workdir import MODEL_CONFIG, TOKENIZER_DIR
-from jaxft.training.writers import MetricWriter, ProgressBar, plot_curves
+from jaxft.training.writers import METRICS_FILE, ProgressBar, plot_curves
 
 CLASS_WEIGHTS = "class_weights.json"  # the resolved data.class_weights of a run, beside labels.json
 
@@ -177,6 +177,7 @@ def _check_checkpoints(
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     """Reads and checks config, data, tokenizer and checkpoint; raises `UserError` before any write."""
     config_lib.check(config)
+    trackers.check_installed(config)
     task = tasks.from_config(config)
     tasks.best_metric(config, task)  # a metric the task does not report fails here, not at the first eval
     files.check_directory_path(workdir, "workdir")
@@ -500,10 +501,11 @@ def _check_finite(parallelism, state, step: int, limit: int) -> None:
 
 def _evaluate_and_track(
     parallelism, eval_fn, state, split, setup, step, writer, ckpts, best, stop=None
-) -> dict | None:
+) -> tuple[dict, dict | None]:
     """Evaluates, keeps the best parameters by `training.best_metric`, and updates early stopping.
 
-    Returns the evaluation's counts when it is the new best (the final report reuses them), else None.
+    Returns the evaluation's summary metrics, and its counts when it is the new best (the final report
+    reuses them; else None).
     Raises `EvaluationInterrupted` when `stop` says so before the evaluation is complete (nothing recorded).
     """
     tc = setup.config.training
@@ -532,7 +534,7 @@ def _evaluate_and_track(
     else:
         improved = None
     logging.info("step %d %s: %s", step, split.name, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    return improved
+    return metrics, improved
 
 
 def _final_reports(
@@ -751,9 +753,8 @@ class _SideWork:
     def __init__(self, start: _Start, run: trainer.Run, eval_fn):
         config, tc = start.setup.config, start.setup.config.training
         self.start, self.run, self.eval_fn = start, run, eval_fn
-        self.writer = MetricWriter(
-            start.setup.workdir, enabled=parallel.is_chief(), tensorboard=tc.tensorboard
-        )
+        self.writer = trackers.create_writer(config, start.setup.workdir, enabled=parallel.is_chief())
+        self.writer.log_config(trackers.flat_config(config), trackers.run_tags(config))
         self.progress = ProgressBar(
             start.total_steps, initial=start.start_step, enabled=parallel.is_chief() and tc.progress_bar
         )
@@ -807,7 +808,7 @@ class _SideWork:
         (unless it is already, `saved`) with its evaluation marked as still to do."""
         start, run = self.start, self.run
         try:
-            counts = _evaluate_and_track(
+            metrics, counts = _evaluate_and_track(
                 run.parallelism,
                 self.eval_fn,
                 run.state,
@@ -824,6 +825,7 @@ class _SideWork:
                 self.save(step, pending_eval=True)
             raise Preempted(step, self.preemption.signum) from None
         self.best_eval = (step, counts) if counts is not None else self.best_eval
+        run.evaluation = (step, metrics)
 
     def early_stop_message(self, best, step):
         metric = tasks.best_metric(self.start.setup.config, self.start.setup.task)
@@ -850,8 +852,9 @@ def _train_and_evaluate(
         start.start_step,
     )
     run = trainer.Run(parallelism.place_state(start.state), start.start_step, start.total_steps, parallelism)
-    side = _SideWork(start, run, eval_fn)
+    side = None
     try:
+        side = _SideWork(start, run, eval_fn)  # the trackers start their runs here
         with PreemptionGuard() as preemption:
             hooks = side.hooks(preemption, extensions)
             trainer.run_steps(run, train_step, batches, hooks, sync=backend.sync_every_step())
@@ -862,14 +865,17 @@ def _train_and_evaluate(
                 )  # fmt: skip
             except EvaluationInterrupted:  # the rerun resumes from the saved last step and reports
                 raise Preempted(run.step, preemption.signum) from None
-    except BaseException:
+            if parallel.is_chief():
+                if "jsonl" in config_lib.logger_names(tc.loggers):
+                    plot_curves(os.path.join(workdir, METRICS_FILE), os.path.join(workdir, "curves.png"))
+                side.writer.log_final(run.step, final, trackers.final_artifacts(workdir))
+    except BaseException as error:
         # Whatever stops the run (a signal, a non-finite loss, Ctrl-C), saves already started finish.
-        side.progress.close()
-        side.writer.close()
+        if side is not None:
+            side.progress.close()
+            side.writer.close(error)
         start.ckpts.close()
         raise
     side.writer.close()
     start.ckpts.close()
-    if parallel.is_chief():
-        plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
     return final

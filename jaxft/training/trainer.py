@@ -35,6 +35,8 @@ class Run:
       total_steps: the step the run ends at.
       parallelism: how the state is placed (hooks read metrics and the state through its `to_host`).
       stop: None, or why the run stops after this step: a message (logged) or an exception (raised).
+      evaluation: (step, summary metrics) of the latest evaluation of the eval split, set by the evaluation
+        hook: a later hook of the same step (a caller's, e.g. a search's pruning) reads it there.
     """
 
     state: Any
@@ -42,6 +44,7 @@ class Run:
     total_steps: int
     parallelism: parallel.Parallelism
     stop: BaseException | str | None = None
+    evaluation: tuple[int, dict] | None = None
 
     def request_stop(self, reason: BaseException | str) -> None:
         """Ends the run after the current step's hooks; an exception wins over a message."""

@@ -25,8 +25,8 @@ from jaxft.errors import UserError
 LOCK_FILE = ".lock"
 MODEL_CONFIG = "model_config.json"  # the encoder's Hugging Face config, written into every workdir
 TOKENIZER_DIR = "tokenizer"  # the tokenizer, saved so that prediction and export need only the workdir
-# Everything jaxft writes at the top of a workdir (MODEL_CONFIG, TOKENIZER_DIR,
-# trained.BASE_FILE, writers.METRICS_FILE, ...; tests/test_workdir.py checks that they are all here).
+# Everything jaxft writes at the top of a workdir (MODEL_CONFIG, TOKENIZER_DIR, trained.BASE_FILE,
+# writers.METRICS_FILE, trackers.TRACKERS_FILE, ...; tests/test_environment.py checks that they are all here).
 ENTRIES = frozenset(
     {
         LOCK_FILE,
@@ -46,6 +46,9 @@ ENTRIES = frozenset(
         "cell.json",
         "data",  # `jaxft.finetune`'s splits given in memory, written as files
         "class_weights.json",  # the resolved data.class_weights (training.train.CLASS_WEIGHTS)
+        "trackers.json",  # the MLflow and W&B run ids (jaxft.training.trackers)
+        "mlruns",  # the default MLflow file store
+        "wandb",  # W&B's run directories
     }
 )
 _OTHER_NAMES = re.compile(r"config\.before-step-\d+\.json")

@@ -1,9 +1,15 @@
-"""Where training and evaluation metrics go: a JSON-lines file, TensorBoard, a progress bar and a plot.
+"""Where training and evaluation metrics go: loggers behind one interface, a progress bar and a plot.
+
+A `MetricWriter` hands every record to its `Logger`s: `JsonlLogger` and `TensorBoardLogger` here, MLflow and
+Weights & Biases in `jaxft.training.trackers`, which builds the set `training.loggers` names. Each logger
+takes the config once (`log_config`), the scalars of each step (`log_metrics`), the final metrics with the
+run's reports and plots (`log_final`), and is closed once with how the run ended (`close`).
 
 `metrics.jsonl` in the workdir is the record of a run: one JSON object per logging call, flushed at once, so
 a killed run keeps everything it logged and a resumed run appends to the same file. TensorBoard event files
 under `workdir/tensorboard` are a view of the same numbers; tensorboardX is imported only when a writer is
-made, and where it is missing (as on some accelerator images) the run logs one warning and carries on.
+made, and where it is missing (as on some accelerator images) the run logs one warning and carries on. Both
+leave the config and the final metrics to config.json and final_metrics.json.
 
 Only the chief process writes: the others build their writers with `enabled=False`, which makes every method a
 no-op and creates nothing on disk.
@@ -19,6 +25,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 
 import tqdm
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -64,22 +71,46 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-class MetricWriter:
-    """Appends metrics to `workdir/metrics.jsonl` and, when available, TensorBoard event files.
+def metric_tag(kind: str, split: str | None, name: str) -> str:
+    """A metric's name outside metrics.jsonl: `<kind>/<name>`, or `eval/<split>/<name>` for an evaluation.
 
-    Args:
-        workdir: the run's directory; created if missing.
-        enabled: False on non-chief processes: nothing is written or created.
-        tensorboard: also write TensorBoard event files under `workdir/tensorboard`.
+    The split is part of the tag so that tasks with two dev sets (MNLI matched and mismatched) keep
+    separate curves.
+    """
+    return f"{kind}/{split}/{name}" if split is not None else f"{kind}/{name}"
+
+
+class Logger:
+    """One destination of a run's metrics; a subclass overrides what it records (the rest are no-ops).
+
+    The writer calls `log_config` once per process, after the run's files are written; `log_metrics` for
+    every record; `log_final` once the final reports and curves.png are written; `close` last, with the
+    exception that ended the run (None when it finished).
     """
 
-    def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
-        self.enabled = enabled
+    def log_config(self, config: dict, tags: dict[str, str]) -> None:
+        """The run's config, flattened (dotted key -> JSON value), and its tags (task, model, strategy...)."""
+
+    def log_metrics(self, step: int, kind: str, split: str | None, values: dict) -> None:
+        """One record: plain Python numbers (and the odd string) by name; `split` is None but for kind
+        "eval"."""
+
+    def log_final(self, step: int, final: dict[str, dict], artifacts: Sequence[str]) -> None:
+        """The final metrics by split (final_metrics.json's) and the report and plot files, relative to
+        the workdir."""
+
+    def flush(self) -> None:
+        """Pushes what is buffered to its store."""
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Ends the logger's run; a second call is harmless."""
+
+
+class JsonlLogger(Logger):
+    """Appends one JSON object per record to `workdir/metrics.jsonl`, flushed at once."""
+
+    def __init__(self, workdir: str):
         self.path = os.path.join(workdir, METRICS_FILE)
-        self._file = None
-        self._tensorboard = None
-        if not enabled:
-            return
         os.makedirs(workdir, exist_ok=True)
         # A run killed mid-write can leave a line without its newline; end it so appended records stay
         # one per line (read_metrics skips the broken one).
@@ -91,27 +122,97 @@ class MetricWriter:
         self._file = open(self.path, "a", encoding="utf-8")
         if needs_newline:
             self._file.write("\n")
-        if tensorboard:
-            self._tensorboard = _open_tensorboard(os.path.join(workdir, TENSORBOARD_DIR))
 
-    def _write(self, step: int, kind: str, tag_prefix: str, scalars: dict, extra: dict) -> None:
+    def log_metrics(self, step, kind, split, values):
         if self._file is None:
             return
-        clash = sorted(_RECORD_KEYS & set(scalars))
-        if clash:
-            raise ValueError(f"metric names {clash} are reserved for the record itself")
-        step = int(step)
-        values = {name: _plain(value) for name, value in scalars.items()}
+        extra = {"split": split} if split is not None else {}
         record = {"kind": kind, "step": step, "time": time.time(), **extra, **values}
         try:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
         except OSError as error:  # a full disk: the run ends with one line naming the file
             raise files.storage_error(error, self.path, "writing metrics") from None
-        if self._tensorboard is not None:
+
+    def flush(self):
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self, error=None):
+        if self._file is not None:
+            self._file, file = None, self._file
+            try:
+                file.close()
+            except OSError as os_error:  # what a full disk kept from the last write
+                raise files.storage_error(os_error, self.path, "writing metrics") from None
+
+
+class TensorBoardLogger(Logger):
+    """Writes the numbers of every record as TensorBoard scalars (`metric_tag`) under
+    `workdir/tensorboard`; nothing at all, after one warning, where tensorboardX is not installed."""
+
+    def __init__(self, workdir: str):
+        self.logdir = os.path.join(workdir, TENSORBOARD_DIR)
+        self._writer = _open_tensorboard(self.logdir)
+
+    def log_metrics(self, step, kind, split, values):
+        if self._writer is not None:
             for name, value in values.items():
                 if _is_number(value):
-                    self._tensorboard.add_scalar(f"{tag_prefix}/{name}", value, step)
+                    self._writer.add_scalar(metric_tag(kind, split, name), value, step)
+
+    def flush(self):
+        """tensorboardX writes from a background queue, so only `close` guarantees every event is on disk."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self, error=None):
+        if self._writer is not None:
+            self._writer, writer = None, self._writer
+            try:
+                writer.close()
+            except OSError as os_error:
+                raise files.storage_error(os_error, self.logdir, "writing TensorBoard events") from None
+
+
+class MetricWriter:
+    """Hands every record to its loggers: by default `metrics.jsonl` and, when available, TensorBoard.
+
+    Args:
+        workdir: the run's directory; created if missing.
+        enabled: False on non-chief processes: nothing is written or created (no logger is made).
+        tensorboard: with the default loggers, also write TensorBoard event files under
+            `workdir/tensorboard`.
+        loggers: the loggers instead of the default ones (`jaxft.training.trackers.create_loggers`); called
+            in this order.
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        loggers: Sequence[Logger] | None = None,
+    ):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, METRICS_FILE)  # where the "jsonl" logger writes
+        self.loggers: list[Logger] = []
+        if not enabled:
+            return
+        if loggers is None:
+            loggers = [JsonlLogger(workdir)] + ([TensorBoardLogger(workdir)] if tensorboard else [])
+        self.loggers = list(loggers)
+
+    def _write(self, step: int, kind: str, split: str | None, scalars: dict) -> None:
+        if not self.loggers:
+            return
+        clash = sorted(_RECORD_KEYS & set(scalars))
+        if clash:
+            raise ValueError(f"metric names {clash} are reserved for the record itself")
+        values = {name: _plain(value) for name, value in scalars.items()}
+        for logger in self.loggers:
+            logger.log_metrics(int(step), kind, split, values)
 
     def write_scalars(self, step: int, scalars: dict[str, float], *, kind: str = "train") -> None:
         """Logs one record `{"kind", "step", "time", **scalars}`; TensorBoard tags are `<kind>/<name>`.
@@ -121,54 +222,55 @@ class MetricWriter:
             scalars: metric name to number (NumPy or JAX scalars are converted).
             kind: what the record is, e.g. "train".
         """
-        self._write(step, kind, kind, scalars, {})
+        self._write(step, kind, None, scalars)
 
     def write_eval(self, step: int, split: str, metrics: dict[str, float]) -> None:
         """Logs an evaluation as kind "eval" with its split; TensorBoard tags are `eval/<split>/<name>`.
-
-        The split is part of the tag so that tasks with two dev sets (MNLI matched and mismatched) keep
-        separate curves.
 
         Args:
             step: the training step that was evaluated.
             split: the evaluated split, e.g. "dev".
             metrics: metric name to number, e.g. from `evaluate.summary_metrics`.
         """
-        self._write(step, "eval", f"eval/{split}", metrics, {"split": split})
+        self._write(step, "eval", split, metrics)
+
+    def log_config(self, config: dict, tags: dict[str, str]) -> None:
+        """Gives every logger the flattened config and the run's tags (see `Logger.log_config`)."""
+        for logger in self.loggers:
+            logger.log_config(config, tags)
+
+    def log_final(self, step: int, final: dict[str, dict], artifacts: Sequence[str]) -> None:
+        """Gives every logger the final metrics and the report files (see `Logger.log_final`)."""
+        for logger in self.loggers:
+            logger.log_final(step, final, artifacts)
 
     def flush(self) -> None:
-        """Pushes buffered TensorBoard events to disk (the JSON-lines file is flushed on every write).
+        """Pushes buffered records to disk (the JSON-lines file is flushed on every write)."""
+        for logger in self.loggers:
+            logger.flush()
 
-        tensorboardX writes from a background queue, so only `close` guarantees every event is on disk.
+    def close(self, error: BaseException | None = None) -> None:
+        """Closes every logger, even when one fails (the first failure is raised once all are closed);
+        later writes are ignored and a second close is harmless.
+
+        Args:
+            error: what ended the run, None when it finished: trackers record the run as failed or killed.
         """
-        if self._file is not None:
-            self._file.flush()
-        if self._tensorboard is not None:
-            self._tensorboard.flush()
-
-    def close(self) -> None:
-        """Flushes and closes both outputs; later writes are ignored and a second close is harmless."""
-        try:
-            if self._tensorboard is not None:
-                self._tensorboard, tensorboard = None, self._tensorboard
-                try:
-                    tensorboard.close()
-                except OSError as error:
-                    where = os.path.join(os.path.dirname(self.path), TENSORBOARD_DIR)
-                    raise files.storage_error(error, where, "writing TensorBoard events") from None
-        finally:
-            if self._file is not None:
-                self._file, file = None, self._file
-                try:
-                    file.close()
-                except OSError as error:  # what a full disk kept from the last write
-                    raise files.storage_error(error, self.path, "writing metrics") from None
+        loggers, self.loggers = self.loggers, []
+        failure = None
+        for logger in reversed(loggers):  # the durable record, metrics.jsonl, last
+            try:
+                logger.close(error)
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def __enter__(self) -> "MetricWriter":
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.close(exc)
 
 
 def _format_number(value) -> str:
