@@ -515,6 +515,7 @@ def test_export_never_picks_up_what_a_crashed_export_left(tiny_run, tmp_path):
     (stale / "pytorch_model.bin").write_text("from a crashed export of another run")
     export.export(str(tiny_run[0]), str(out))
     assert sorted(os.listdir(out)) == [
+        "README.md",  # the model card
         "config.json",
         "model.safetensors",
         "tokenizer.json",
