@@ -124,7 +124,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.num_buckets = 4  # length buckets up to max_seq_length; 1 pads everything to max_seq_length
     data.num_shards = 0  # train-data shards over processes; 0 = one per process (see jaxft.training.pipeline)
     data.k_shot = 0  # if > 0, train on k examples per class (seeded by `seed`): few-shot experiments
-    data.cache = True  # cache tokenised splits in WORKDIR/cache (ner and qa splits are tokenised anew)
+    data.cache = True  # cache tokenised splits in WORKDIR/cache (ner, qa and mlm splits are tokenised anew)
 
     # ---- optimizer ----------------------------------------------------------------------------------------
     config.optimizer = opt = ml_collections.ConfigDict()

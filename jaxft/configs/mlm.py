@@ -4,12 +4,13 @@ Variants:
 
 - `imdb` (the default): task-adaptive pre-training (TAPT, Gururangan et al. 2020) on the texts of the 5,000
   IMDB training reviews that the CPU classification recipe trains on (`jaxft.configs.imdb:cpu` draws the same
-  subset: same file, size and seed), packed into rows of 256 tokens; the held-out text is 500 reviews of the
-  test split. Their labels are not read. Batch 32, AdamW lr 1e-4 with 6% warm-up, 2 epochs, evaluated after
-  each (masked-token accuracy, loss, perplexity on one fixed mask); the best checkpoint by loss is kept.
-- `sst2`: the same on SST-2's 67,349 training sentences (packed into rows of 128 tokens), held-out text the
-  872 dev sentences; 3 epochs. The start of pet on SST-2 (`jaxft.configs.pet:sst2`): MiniLM has no
-  masked-LM head, so pet needs one trained here first.
+  subset: same file, size and seed), packed into 6,191 rows of 256 tokens (195 steps an epoch); the
+  held-out text is 500 reviews of the test split. Their labels are not read. Batch 32, AdamW lr 1e-4 with 6%
+  warm-up, 2 epochs, evaluated after each (masked-token accuracy, loss, perplexity on one fixed mask); the
+  best checkpoint by loss is kept.
+- `sst2`: the same on SST-2's 67,349 training sentences (packed into 6,585 rows of 128 tokens: 206 steps an
+  epoch), held-out text the 872 dev sentences; 3 epochs. The start of pet on SST-2
+  (`jaxft.configs.pet:sst2`): MiniLM has no masked-LM head, so pet needs one trained here first.
 - `tiny`: jaxft/configs/tiny.py's random 2-layer model on the shipped demo texts: a pipeline check.
 
     JAXFT_DATA=../shared/data python train.py --config jaxft.configs.mlm:imdb --workdir runs/tapt_imdb
