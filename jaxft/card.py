@@ -28,9 +28,11 @@ PIPELINES = {
     "ner": ("token-classification", "Token Classification"),
     "qa": ("question-answering", "Question Answering"),
     "pet": ("fill-mask", "Text Classification"),
+    "mlm": ("fill-mask", "Fill-Mask"),
 }
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_SKIPPED = ("num_examples", "loss")  # model-index lists the task's metrics; the loss is in the report
+# model-index lists the task's metrics; the loss and the counts are in the report
+_SKIPPED = ("num_examples", "loss", "masked_tokens")
 
 
 def base_model(config) -> str | None:
@@ -149,6 +151,7 @@ def model_card(workdir: str, config, label_names: list[str], model_name: str, ar
     data = [f"- {split}: `{config.data[f'{split}_path']}`" for split in ("train", "eval", "test")
             if config.data.get(f"{split}_path")]  # fmt: skip
     shown = ", ".join(f"`{name}`" for name in label_names[:40]) + (" ..." if len(label_names) > 40 else "")
+    labels = [f"- labels ({len(label_names)}): {shown}"] if label_names or config.task.name != "mlm" else []
     parts = [
         "---",
         _yaml(meta),
@@ -166,7 +169,7 @@ def model_card(workdir: str, config, label_names: list[str], model_name: str, ar
         "## Data",
         "",
         *data,
-        f"- labels ({len(label_names)}): {shown}",
+        *labels,
         "",
         "## Results",
         "",

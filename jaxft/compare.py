@@ -225,14 +225,17 @@ def parse_cell_config(config_path: str, args: Sequence[str]):
     return config
 
 
-def _decisive_metric(config) -> str | None:
-    """The cell's `training.best_metric` with "auto" resolved; None where the trainer will refuse the task."""
+def _decisive_metric(config) -> tuple[str | None, str]:
+    """The cell's `training.best_metric` and `training.best_mode` with "auto" resolved; the metric is None
+    where the trainer will refuse the task."""
     from jaxft import tasks  # imports jax: only once a plan is made, never for --help
 
     try:
-        return tasks.best_metric(config, tasks.from_config(config))
+        task = tasks.from_config(config)
+        return tasks.best_metric(config, task), tasks.best_mode(config, task)
     except UserError:  # the cell's own run reports it and is recorded as failed
-        return None
+        mode = config.training.best_mode
+        return None, "max" if mode == "auto" else mode
 
 
 def _check_set_once(cell: Cell, given: set[str], grid_flag: str = "--grid") -> None:
@@ -296,9 +299,8 @@ def make_plan(
                     f"strategy {cell.strategy!r}: --config.{key}={flag_text(value)} reads back as "
                     f"{config_lib.get(config, key)!r}, not {value!r}"
                 )
-        checked.append(
-            dataclasses.replace(cell, metric=_decisive_metric(config), best_mode=config.training.best_mode)
-        )
+        metric, mode = _decisive_metric(config)
+        checked.append(dataclasses.replace(cell, metric=metric, best_mode=mode))
     keys = tuple(key for key, _ in parsed_grid)
     return Plan(config_path, tuple(config_args), keys, tuple(checked))
 

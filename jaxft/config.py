@@ -18,7 +18,7 @@ import ml_collections
 
 from jaxft.errors import UserError
 
-TASKS = ("classification", "regression", "multilabel", "ner", "qa", "pet", "relation")
+TASKS = ("classification", "regression", "multilabel", "ner", "qa", "pet", "relation", "mlm")
 SOFTMAX_TASKS = ("classification", "pet", "relation")  # one [B, classes] row of exclusive classes per example
 # Tasks whose loss is over a label set, which `data.class_weights` weighs (regression and qa have none).
 CLASS_WEIGHT_TASKS = (*SOFTMAX_TASKS, "multilabel", "ner")
@@ -32,9 +32,10 @@ AUGMENT_OPS = ("synonym", "insert", "swap", "delete")  # EDA's four operations
 # Tasks whose examples are whole texts with one target: changing words keeps the target meaningful. NER
 # tags, QA answer offsets and relation entity spans point into the text and would no longer match it.
 AUGMENTABLE_TASKS = ("classification", "regression", "multilabel", "pet")
-# Data sets read in the files they are distributed as (jaxft/data/semeval2010.py, goemotions.py): the
-# data.format that names one, and the task whose examples its reader builds.
-DATASET_FORMATS = {"semeval2010": "relation", "goemotions": "multilabel"}
+# Formats that one task reads: data sets in the files they are distributed as (jaxft/data/semeval2010.py,
+# goemotions.py) and plain text, a document a line (mlm: jaxft/data/pretraining.py). The data.format that
+# names one, and the task whose examples its reader builds.
+DATASET_FORMATS = {"semeval2010": "relation", "goemotions": "multilabel", "txt": "mlm"}
 MASK = "[MASK]"  # a pet template's placeholder for the tokenizer's mask token
 LONG_INPUTS = ("truncate", "head_tail", "windows")  # data.long_inputs (jaxft/data/long_inputs.py)
 LONG_INPUT_TASKS = ("classification",)  # the tasks that take a data.long_inputs other than "truncate"
@@ -47,7 +48,7 @@ _CHOICES = {
     "data.long_inputs": LONG_INPUTS,
     "optimizer.name": ("adamw", "sgd"),
     "optimizer.schedule": ("linear", "constant"),
-    "training.best_mode": ("max", "min"),
+    "training.best_mode": ("auto", "max", "min"),
     "training.parallelism": ("pmap", "dp", "fsdp"),
     "task.name": TASKS,
     "task.subword_labels": ("first", "all"),
@@ -128,8 +129,11 @@ _UNIT_INTERVAL = (  # [0, 1): decay rates (1 or more never forgets, or grows wit
     "peft.lora_dropout",
     "regularization.label_smoothing",  # 1 would make every target uniform
 )
-# (0, 1): a probability threshold that 0 or 1 would make every label predicted or none.
-_OPEN_UNIT_INTERVAL = ("task.threshold",)
+# (0, 1): a probability threshold that 0 or 1 would make every label predicted or none; masked-LM's share of
+# chosen tokens, which at 0 leaves nothing to predict and at 1 nothing to predict from.
+_OPEN_UNIT_INTERVAL = ("task.threshold", "task.mlm_probability")
+# [0, 1]: the shares of masked-LM's chosen tokens that become [MASK] or a random token (their sum too).
+_CLOSED_UNIT_INTERVAL = ("task.mlm_mask_ratio", "task.mlm_random_ratio")
 # (0, 1]: layer i of n learns at decay^(n - i) of the rate, so 1 is off and above 1 would grow the rate
 # towards the embeddings: no longer a decay (Clark et al. 2020 use 0.65 to 0.9).
 _DECAYS = ("optimizer.layer_decay",)
@@ -271,6 +275,7 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
         *((key, False, "non-negative") for key in _NON_NEGATIVE_FLOATS),
         *((key, False, "unit") for key in _UNIT_INTERVAL),
         *((key, False, "open unit") for key in _OPEN_UNIT_INTERVAL),
+        *((key, False, "closed unit") for key in _CLOSED_UNIT_INTERVAL),
         *((key, False, "decay") for key in _DECAYS),
     ]
     for key, integer, sign in numeric:
@@ -286,6 +291,8 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
             raise UserError(f"config {key}={value} must be in [0, 1)")
         if sign == "open unit" and not 0 < value < 1:
             raise UserError(f"config {key}={value} must be in (0, 1)")
+        if sign == "closed unit" and not 0 <= value <= 1:
+            raise UserError(f"config {key}={value} must be in [0, 1]")
         if sign == "decay" and not 0 < value <= 1:
             raise UserError(f"config {key}={value} must be in (0, 1]")
     if any(_lookup(config, key) not in (_MISSING, None) and _lookup(config, key) < 0 for key in _FLOATS):
@@ -365,6 +372,21 @@ def _check_relation(task, data) -> None:
         raise UserError(f"config task.head_field and task.tail_field are both {task.head_field!r}")
 
 
+def _check_mlm(task, data) -> None:
+    if data.text_pair_field is not None:
+        raise UserError("config data.text_pair_field does not apply to task.name='mlm' (one text a document)")
+    if data.labels is not None:
+        raise UserError("config data.labels does not apply to task.name='mlm' (unlabelled text)")
+    if data.k_shot:
+        raise UserError("config data.k_shot does not apply to task.name='mlm' (unlabelled text: no classes)")
+    if task.mlm_mask_ratio + task.mlm_random_ratio > 1:
+        raise UserError(
+            f"config task.mlm_mask_ratio={task.mlm_mask_ratio} + "
+            f"task.mlm_random_ratio={task.mlm_random_ratio} must be at most 1 (the rest of the chosen tokens "
+            "stay unchanged)"
+        )
+
+
 _TASK_CHECKS = {
     "classification": _check_classification,
     "regression": _check_regression,
@@ -373,6 +395,7 @@ _TASK_CHECKS = {
     "qa": _check_qa,
     "pet": _check_pet,
     "relation": _check_relation,
+    "mlm": _check_mlm,
 }
 
 

@@ -16,7 +16,7 @@ import ml_collections
 
 NAMES = (
     "conll03", "default", "demo", "families", "finetune", "imdb", "mrpc", "multilabel", "newsgroups", "pet",
-    "relation", "squad", "sst2", "stsb", "tiny",
+    "mlm", "relation", "squad", "sst2", "stsb", "tiny",
 )  # fmt: skip
 
 

@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     # "regression" (one float per text or pair; MSE; Pearson / Spearman / MSE report),
     # "multilabel" (any subset of the labels; sigmoid + binary cross-entropy; sklearn multi-label report),
     # "ner" (a tag per word of CoNLL column files; token cross-entropy; seqeval entity-level report),
-    # "qa" (see below).
+    # "qa", "pet", "relation", "mlm" (see below).
     task.name = "classification"
     task.threshold = 0.5  # multilabel: a label is predicted when its sigmoid probability exceeds this
     task.label_separator = ","  # multilabel: joins an example's labels in a CSV/TSV cell (JSONL: a list)
@@ -48,6 +48,17 @@ def get_config() -> ml_collections.ConfigDict:
     task.head_field = "head"  # relation: key / column of the first entity's [start, end) character span
     task.tail_field = "tail"  # relation: key / column of the second entity's [start, end) character span
     task.relation_pooling = "markers"  # relation: "markers" (the two start markers' vectors) or "cls"
+    # "mlm" (continued masked-LM pre-training on unlabelled text: a .txt file, a document a line, or the
+    # data.text_field of JSONL / CSV / Parquet; labels ignored; docs/pretraining.md). Masks are drawn anew
+    # every step on the device from the run's key; evaluation uses one fixed mask. Reports masked-token
+    # accuracy, loss and perplexity:
+    task.mlm_probability = 0.15  # mlm: share of the tokens (special tokens and padding never) to predict
+    task.mlm_mask_ratio = 0.8  # mlm: share of the chosen tokens replaced by the mask token
+    task.mlm_random_ratio = 0.1  # mlm: share replaced by a random token (the rest stay unchanged)
+    task.whole_word_mask = False  # mlm: choose whole words (each with mlm_probability) and mask all pieces
+    # mlm: True packs the documents, joined by the separator token, into rows of data.max_seq_length tokens
+    # (run_mlm's group_texts); False gives each document a row of its own, cut to data.max_seq_length
+    task.mlm_packing = True
 
     # ---- model --------------------------------------------------------------------------------------------
     config.model = model = ml_collections.ConfigDict()
@@ -121,7 +132,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.num_buckets = 4  # length buckets up to max_seq_length; 1 pads everything to max_seq_length
     data.num_shards = 0  # train-data shards over processes; 0 = one per process (see jaxft.training.pipeline)
     data.k_shot = 0  # if > 0, train on k examples per class (seeded by `seed`): few-shot experiments
-    data.cache = True  # cache tokenised splits in WORKDIR/cache (ner and qa splits are tokenised anew)
+    data.cache = True  # cache tokenised splits in WORKDIR/cache (ner, qa and mlm splits are tokenised anew)
 
     # ---- optimizer ----------------------------------------------------------------------------------------
     config.optimizer = opt = ml_collections.ConfigDict()
@@ -188,9 +199,12 @@ def get_config() -> ml_collections.ConfigDict:
     training.checkpoint_every = 500  # save the full train state every N steps (and at the end)
     training.keep_checkpoints = 2  # latest checkpoints kept (the best one is kept separately)
     # Eval metric that picks the best checkpoint and drives early stopping; "auto" = the task's own:
-    # accuracy (classification), pearson (regression), micro_f1 (multilabel), f1 (ner: entity micro F1).
+    # accuracy (classification), pearson (regression), micro_f1 (multilabel), f1 (ner: entity micro F1),
+    # loss (mlm: masked-token cross-entropy).
     training.best_metric = "auto"
-    training.best_mode = "max"  # "max" or "min" (e.g. for "loss")
+    # "max", "min", or "auto": "min" for the metrics that fall as a model improves (loss, mse, perplexity),
+    # else "max"
+    training.best_mode = "auto"
     training.early_stopping_patience = 0  # stop after this many evaluations without improvement; 0 = off
     training.early_stopping_min_delta = 0.0  # smallest change that counts as an improvement
     training.max_nonfinite_steps = (

@@ -8,6 +8,10 @@ are not padded all the way to max_seq_length.
 
 import numpy as np
 
+# Per-token features beyond the ids that batches carry, cut to the bucket like them: mlm's `word_pieces`
+# (which tokens may be masked, and where words start; jaxft.data.pretraining).
+TOKEN_FEATURES = ("word_pieces",)
+
 
 def bucket_lengths(max_seq_length: int, num_buckets: int = 4, multiple: int = 16) -> list[int]:
     """A few increasing sequence lengths, ending at `max_seq_length`.
@@ -154,7 +158,8 @@ def make_batch(
     Returns:
         "input_ids", "token_type_ids", "attention_mask" (int32 [batch_size, seq_len]), "labels" (int32
         [batch_size]), "weights" (float32 [batch_size]: 1 for a real row, 0 for padding) and "index" (int32
-        [batch_size]: the example index, -1 for padding). Padding rows are all zeros.
+        [batch_size]: the example index, -1 for padding), and the `TOKEN_FEATURES` the features hold, cut
+        like the ids. Padding rows are all zeros.
     """
     indices = np.asarray(indices, dtype=np.int64)
     n = len(indices)
@@ -173,6 +178,10 @@ def make_batch(
     }
     batch["input_ids"][:n] = features["input_ids"][indices, :seq_len]
     batch["token_type_ids"][:n] = features["token_type_ids"][indices, :seq_len]
+    for key in TOKEN_FEATURES:
+        if key in features:
+            batch[key] = np.zeros((batch_size, seq_len), features[key].dtype)
+            batch[key][:n] = features[key][indices, :seq_len]
     batch["attention_mask"][:n] = np.arange(seq_len) < lengths[:, None]
     if labels is not None:
         batch["labels"][:n] = labels[indices]

@@ -14,6 +14,8 @@ Both heads have the top-level parameter keys `bert` and `classifier`, the names 
 - `MaskedLMClassifier`: the masked-LM head of `BertForMaskedLM` (`cls.predictions.*`, decoder tied to the
   word embeddings) read at the [MASK] position, restricted to one verbaliser token per label: prompt-based
   classification (PET / LM-BFF, `jaxft.tasks.pet`). Its tree is `bert` (no pooler) and `cls`.
+- `MaskedLM`: `BertForMaskedLM` itself, the same head over the whole vocabulary at every position (or at the
+  positions given): continued masked-LM pre-training (`jaxft.tasks.mlm`).
 - `RelationClassifier`: the vectors at the [E1] and [E2] entity markers (or the pooled [CLS]) -> one logit
   per relation (`jaxft.tasks.relation`).
 """
@@ -196,19 +198,21 @@ class MlmTransform(nn.Module):
 class MlmPredictions(nn.Module):
     """`cls.predictions`: the transform, then the tied decoder plus a bias per vocabulary token.
 
-    Only the rows of `token_ids` are projected: the logits of every other token would be thrown away.
+    With `token_ids` only their rows are projected (the logits of every other token would be thrown away);
+    None projects onto the whole vocabulary.
     """
 
     config: BertConfig
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, hidden, word_embeddings, token_ids: tuple[int, ...]):
+    def __call__(self, hidden, word_embeddings, token_ids: tuple[int, ...] | None):
         hidden = MlmTransform(self.config, self.dtype, name="transform")(hidden)
         bias = self.param("bias", nn.initializers.zeros, (self.config.vocab_size,), jnp.float32)
-        ids = jnp.asarray(token_ids, jnp.int32)
-        decoder = word_embeddings[ids].astype(self.dtype)  # [labels, H]
-        return hidden @ decoder.T + bias[ids].astype(self.dtype)
+        if token_ids is not None:
+            ids = jnp.asarray(token_ids, jnp.int32)
+            word_embeddings, bias = word_embeddings[ids], bias[ids]  # [labels, H], [labels]
+        return hidden @ word_embeddings.astype(self.dtype).T + bias.astype(self.dtype)
 
 
 class MlmHead(nn.Module):
@@ -218,8 +222,21 @@ class MlmHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, hidden, word_embeddings, token_ids: tuple[int, ...]):
+    def __call__(self, hidden, word_embeddings, token_ids: tuple[int, ...] | None):
         return MlmPredictions(self.config, self.dtype, name="predictions")(hidden, word_embeddings, token_ids)
+
+
+def masked_lm_logits(head: EncoderHead, encoder: nn.Module, hidden, token_ids: tuple[int, ...] | None):
+    """The family's masked-LM head over `hidden` (`[..., H]`) for `token_ids` (None: every token), called
+    from `head`'s compact `__call__` after `encoder` ran: BERT's `cls` (`MlmHead`, decoder tied to the word
+    embeddings), or the family's own (ModernBERT's `head` and `decoder`). Float32 logits."""
+    embeddings = encoder.variables["params"]["embeddings"]
+    if head.family.mlm_head is not None:
+        logits = head.family.mlm_head(head.config, hidden, embeddings, token_ids, head.dtype)
+    else:
+        words = embeddings["word_embeddings"]["embedding"]
+        logits = MlmHead(head.config, head.dtype, name="cls")(hidden, words, token_ids)
+    return logits.astype(jnp.float32)
 
 
 class MaskedLMClassifier(EncoderHead):
@@ -249,13 +266,36 @@ class MaskedLMClassifier(EncoderHead):
         hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
         position = jnp.argmax(input_ids == self.mask_token_id, axis=-1)  # the first True
         at_mask = jnp.take_along_axis(hidden, position[:, None, None], axis=1)[:, 0]  # [B, H]
-        embeddings = encoder.variables["params"]["embeddings"]
-        if self.family.mlm_head is not None:  # the family's own (ModernBERT's `head` and `decoder`)
-            logits = self.family.mlm_head(self.config, at_mask, embeddings, self.verbalizer_ids, self.dtype)
-        else:
-            words = embeddings["word_embeddings"]["embedding"]
-            logits = MlmHead(self.config, self.dtype, name="cls")(at_mask, words, self.verbalizer_ids)
-        return logits.astype(jnp.float32)
+        return masked_lm_logits(self, encoder, at_mask, self.verbalizer_ids)
+
+
+class MaskedLM(EncoderHead):
+    """The family's `*ForMaskedLM` (`BertForMaskedLM`): encoder -> masked-LM head -> a logit per vocabulary
+    token, at every position or at the `positions` given (continued pre-training, `jaxft.tasks.mlm`). Its
+    tree is `MaskedLMClassifier`'s: `bert` (no pooler) and `cls` (ModernBERT: `head` and `decoder`).
+
+    Attributes: as `EncoderHead` (`num_labels` and `classifier_dropout` are unused: the logits are the
+    vocabulary's, and Hugging Face's masked-LM head has no dropout).
+    """
+
+    @nn.compact
+    def __call__(
+        self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True, positions=None
+    ):
+        """Computes masked-LM logits.
+
+        Args: as `SequenceClassifier`, and
+            positions: None, or `[K]` int flat indices (row * L + position) of the tokens to predict: the
+                head, whose vocabulary projection dominates the cost, then runs at those alone.
+
+        Returns:
+            `[B, L, vocab_size]` float32 logits (padding positions too), or `[K, vocab_size]` at `positions`.
+        """
+        encoder = self.encoder(add_pooling_layer=False)
+        hidden, _ = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic)
+        if positions is not None:
+            hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
+        return masked_lm_logits(self, encoder, hidden, None)
 
 
 class RelationClassifier(EncoderHead):

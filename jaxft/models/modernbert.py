@@ -591,22 +591,26 @@ def sequence_head(
 
 class TiedDecoder(nn.Module):
     """`ModernBertForMaskedLM`'s `decoder`: the word embeddings (tied) and a bias per vocabulary token,
-    projected for `token_ids` only (the logits of every other token would be thrown away)."""
+    projected for `token_ids` only (the logits of every other token would be thrown away), or for the whole
+    vocabulary when `token_ids` is None."""
 
     vocab_size: int
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, word_embeddings, token_ids: tuple[int, ...]):
+    def __call__(self, x, word_embeddings, token_ids: tuple[int, ...] | None):
         bias = self.param("bias", nn.initializers.zeros, (self.vocab_size,), jnp.float32)
-        ids = jnp.asarray(token_ids, jnp.int32)
-        return x @ word_embeddings[ids].astype(self.dtype).T + bias[ids].astype(self.dtype)
+        if token_ids is not None:
+            ids = jnp.asarray(token_ids, jnp.int32)
+            word_embeddings, bias = word_embeddings[ids], bias[ids]
+        return x @ word_embeddings.astype(self.dtype).T + bias.astype(self.dtype)
 
 
-def mlm_head(config: ModernBertConfig, hidden, embeddings: dict, token_ids: tuple[int, ...], dtype):
-    """`ModernBertForMaskedLM`'s head over `hidden` `[B, H]`: `head`, then the tied `decoder`, for
-    `token_ids` alone; `embeddings` is the encoder's `embeddings` parameter group. Call inside a parent's
-    compact `__call__`. (A checkpoint with `decoder_bias=false` gets a bias that starts at zero.)"""
+def mlm_head(config: ModernBertConfig, hidden, embeddings: dict, token_ids: tuple[int, ...] | None, dtype):
+    """`ModernBertForMaskedLM`'s head over `hidden` `[..., H]`: `head`, then the tied `decoder`, for
+    `token_ids` alone (None: the whole vocabulary); `embeddings` is the encoder's `embeddings` parameter
+    group. Call inside a parent's compact `__call__`. (A checkpoint with `decoder_bias=false` gets a bias
+    that starts at zero.)"""
     x = ModernBertPredictionHead(config, dtype, name="head")(hidden)
     decoder = TiedDecoder(config.vocab_size, dtype, name="decoder")
     return decoder(x, embeddings["tok_embeddings"]["embedding"], token_ids)

@@ -9,6 +9,8 @@
                     verbaliser word per label (PET / LM-BFF): softmax cross-entropy, sklearn report
     relation        a relation label per entity pair marked in a text ([E1] [E2] markers): softmax
                     cross-entropy, sklearn report
+    mlm             no label: continued masked-LM pre-training on unlabelled text, masks drawn on the device
+                    every step: cross-entropy at the masked tokens, masked-token accuracy and perplexity
 
 `from_config` builds the task object the steps take as a static argument, from a config that
 `jaxft.config.check` has checked (the task rules live there, with the others). Class weights
@@ -23,6 +25,7 @@ from jaxft.data import long_inputs
 from jaxft.errors import UserError
 from jaxft.tasks.base import IGNORE, PER_EXAMPLE, Task, TaskReport
 from jaxft.tasks.classification import Classification
+from jaxft.tasks.mlm import MaskedLanguageModel
 from jaxft.tasks.multilabel import MultiLabel
 from jaxft.tasks.ner import Ner
 from jaxft.tasks.pet import Pet
@@ -30,9 +33,11 @@ from jaxft.tasks.qa import QuestionAnswering
 from jaxft.tasks.regression import Regression
 from jaxft.tasks.relation import Relation
 
-__all__ = ["IGNORE", "PER_EXAMPLE", "Task", "TaskReport", "best_metric", "from_config"]
+__all__ = ["IGNORE", "PER_EXAMPLE", "Task", "TaskReport", "best_metric", "best_mode", "from_config"]
 
 NAMES = config_lib.TASKS
+# The metrics that fall as a model improves: training.best_mode="auto" minimises these, maximises the rest.
+MINIMISED = ("loss", "mse", "perplexity")
 
 
 def from_config(config: ml_collections.ConfigDict) -> Task:
@@ -76,11 +81,19 @@ def from_config(config: ml_collections.ConfigDict) -> Task:
             pooling=str(task.relation_pooling),
             label_smoothing=smoothing,
         )
+    if name == "mlm":
+        return MaskedLanguageModel(
+            probability=float(task.mlm_probability),
+            mask_ratio=float(task.mlm_mask_ratio),
+            random_ratio=float(task.mlm_random_ratio),
+            whole_word=bool(task.whole_word_mask),
+            packing=bool(task.mlm_packing),
+        )
     raise UserError(f"config task.name={name!r} must be one of {', '.join(NAMES)}")
 
 
 def best_metric(config: ml_collections.ConfigDict, task: Task) -> str:
-    """`training.best_metric`, "auto" resolved to the task's own (accuracy, pearson, micro_f1, f1, f1).
+    """`training.best_metric`, "auto" resolved to the task's own (accuracy, pearson, micro_f1, f1, f1, loss).
 
     Raises `UserError` when the task's evaluation does not report it: checked before training, not at the
     first evaluation.
@@ -95,3 +108,11 @@ def best_metric(config: ml_collections.ConfigDict, task: Task) -> str:
             f"choose from auto, {', '.join(sorted(names))}"
         )
     return chosen
+
+
+def best_mode(config: ml_collections.ConfigDict, task: Task) -> str:
+    """`training.best_mode`, "auto" resolved by the best metric: "min" for one in `MINIMISED`, else "max"."""
+    mode = config.training.best_mode
+    if mode != "auto":
+        return mode
+    return "min" if best_metric(config, task) in MINIMISED else "max"

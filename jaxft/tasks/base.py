@@ -4,7 +4,8 @@ A task is a small frozen dataclass built from the config (`jaxft.tasks.from_conf
 compiled steps take it as a static argument, like the model: the train state stays arrays only. One object
 answers every task-specific question along the data flow:
 
-    read -> label_names / encode -> tokenize -> (batches) -> loss / eval_outputs -> report -> files
+    read -> label_names / encode -> tokenize -> (batches) -> train_inputs / eval_inputs -> loss /
+    eval_outputs -> report -> files
 
 Device side, `loss` returns a *sum* and a *weight* (examples, or labelled positions for token tasks) so the
 step can add both over micro-batches and devices before dividing; `eval_outputs` returns sums, plus
@@ -117,7 +118,24 @@ class Task:
         """Attributes of this task's head that depend on the tokenizer (relation: the marker ids)."""
         return {}
 
+    def for_tokenizer(self, tokenizer) -> "Task":
+        """This task with what its steps need from the tokenizer (mlm: the mask token); default: itself."""
+        return self
+
     # ---- device: pure functions of arrays ----------------------------------------------------------------
+    def train_inputs(self, batch: dict, key: jax.Array) -> dict:
+        """The batch a train step feeds the model and the loss, drawn with `key` (the step's input key,
+        `jaxft.training.steps.input_key`): mlm masks tokens. Default: the batch as it is."""
+        return batch
+
+    def eval_inputs(self, batch: dict) -> dict:
+        """The batch an evaluation step feeds the model (mlm: with its fixed masks). Default: as it is."""
+        return batch
+
+    def model_inputs(self, batch: dict) -> dict:
+        """Keyword inputs of the model beyond the token arrays (mlm: the positions to predict)."""
+        return {}
+
     def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
         """(sum of losses, sum of weights) over this device's rows; padding carries weight 0."""
         raise NotImplementedError

@@ -11,6 +11,7 @@ from jaxft.models import families
 from jaxft.models.bert import BertConfig
 from jaxft.models.heads import (
     EncoderStates,
+    MaskedLM,
     MaskedLMClassifier,
     RelationClassifier,
     SequenceClassifier,
@@ -26,11 +27,12 @@ def create_model(config: ml_collections.ConfigDict, bert_config: BertConfig, num
 
     Sequence tasks (classification, regression, multi-label) use `SequenceClassifier`, NER `TokenClassifier`,
     QA `SpanExtractor`, pet `MaskedLMClassifier`, whose verbaliser and mask token ids come from `tokenizer`,
-    relation `RelationClassifier`, whose entity-marker ids do too (`tokenizer` is needed for those two only).
+    relation `RelationClassifier`, whose entity-marker ids do too (`tokenizer` is needed for those two only),
+    mlm `MaskedLM` (the whole vocabulary's logits; `num_labels` is not read).
     """
     task = tasks.from_config(config)
     heads = {"sequence": SequenceClassifier, "token": TokenClassifier, "span": SpanExtractor}
-    head = {**heads, "mlm": MaskedLMClassifier, "relation": RelationClassifier}[task.head]
+    head = {**heads, "mlm": MaskedLMClassifier, "relation": RelationClassifier, "lm": MaskedLM}[task.head]
     if task.head == "relation":  # the entity markers' ids, which the model looks for in the input
         if tokenizer is None:
             raise ValueError(f"task.name={task.name!r}: create_model needs the tokenizer")

@@ -29,6 +29,9 @@ from jaxft.training.optim import l2_penalty
 _CLASSIFICATION = Classification()
 _NO_PEFT = peft_lib.PeftConfig()
 _NO_ADVERSARIAL = adversarial_lib.AdversarialConfig()
+# Folded into a step's key for the task's own draws (mlm's masks): a stream apart from the dropout keys,
+# which fold in device and micro-batch indices, far below this.
+INPUT_STREAM = 0x4D4C4D
 
 
 @flax.struct.dataclass
@@ -53,7 +56,20 @@ def create_train_state(params, tx: optax.GradientTransformation, seed: int) -> T
     )
 
 
-def _forward(model: nn.Module, params, batch: dict, key, deterministic: bool, perturbations=None):
+def step_key(key_data: jax.Array, step: jax.Array) -> jax.Array:
+    """The key of optimizer step `step` from the state's base key data: `fold_in(base, step)`."""
+    return jax.random.fold_in(jax.random.wrap_key_data(key_data), step)
+
+
+def input_key(key_data: jax.Array, step: jax.Array) -> jax.Array:
+    """The key a task draws its step's inputs with (`Task.train_inputs`: mlm's masks), the same on every
+    device: `fold_in(step_key, INPUT_STREAM)`."""
+    return jax.random.fold_in(step_key(key_data, step), INPUT_STREAM)
+
+
+def _forward(
+    model: nn.Module, params, batch: dict, key, deterministic: bool, perturbations=None, task: Task = None
+):
     rngs = None if deterministic else {"dropout": key}
     variables = {"params": params}
     if perturbations is not None:
@@ -65,6 +81,7 @@ def _forward(model: nn.Module, params, batch: dict, key, deterministic: bool, pe
         batch["token_type_ids"],
         deterministic=deterministic,
         rngs=rngs,
+        **(task.model_inputs(batch) if task is not None else {}),
     )
 
 
@@ -97,10 +114,10 @@ def weighted_loss_sum(
     rows' class weights: a term that is one value for the whole global batch, like a penalty, still enters
     as itself; a mean over rows enters as the devices' means weighted by their class-weight sums.)
     """
-    logits = _forward(model, params, batch, key, deterministic, perturbations)
+    logits = _forward(model, params, batch, key, deterministic, perturbations, task)
     loss, weight = task.loss(logits, batch)
     if rdrop_alpha:
-        other = _forward(model, params, batch, jax.random.fold_in(key, 1), deterministic, perturbations)
+        other = _forward(model, params, batch, jax.random.fold_in(key, 1), deterministic, perturbations, task)
         # A recipe's own loss object (not a `Task`) has no class weights: its rows weigh their batch weight.
         rows = task.row_weights(batch) if isinstance(task, Task) else batch["weights"]
         loss = (loss + task.loss(other, batch)[0]) / 2 + rdrop_alpha * symmetric_kl(logits, other, rows)
@@ -228,7 +245,8 @@ def train_step(
       accum_steps: micro-batches per update (gradient accumulation).
       l2_coefficient: L2 penalty added to the loss (see `optim.l2_penalty`).
       deterministic: turn dropout off (parity tests).
-      task: the loss (default: single-label classification).
+      task: the loss, and the inputs it draws each step with `input_key` (`Task.train_inputs`; default:
+        single-label classification).
       peft, adversarial, rdrop_alpha: training strategies (see `loss_and_grads`).
       loss_terms: extra terms of the loss, computed inside the step (see `weighted_loss_sum`).
 
@@ -236,9 +254,12 @@ def train_step(
       The new state and metrics {"loss", "grad_norm", "examples"} (identical on every device; "examples" is
       the loss's total weight: labelled positions for token tasks).
     """
+    # The task's inputs (mlm's masks) from the step's input key, drawn per row: the same on any device
+    # count or micro-batching.
+    batch = task.train_inputs(batch, input_key(state.key, state.step))
     # Different dropout masks per step and per device (and per micro-batch), all from one base key. The
     # global view has no device index: its masks are drawn for the whole batch at once.
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    key = step_key(state.key, state.step)
     if axis_name is not None:
         key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
     loss, grads, count = loss_and_grads(
@@ -298,7 +319,8 @@ def eval_step(
       num_labels: for classification, the number of classes (the logits' width; checked when given).
       task: what to return (default: single-label classification).
     """
-    logits = _forward(model, params, batch, None, deterministic=True)
+    batch = task.eval_inputs(batch)
+    logits = _forward(model, params, batch, None, True, task=task)
     if num_labels is not None and logits.shape[-1] != num_labels:
         raise ValueError(f"the model gives {logits.shape[-1]} logits, not num_labels={num_labels}")
     return task.eval_outputs(logits, batch)

@@ -74,11 +74,16 @@ def _saved_json(workdir: str, name: str) -> dict | None:
     return files.read_json_object(path) if os.path.exists(path) else None
 
 
+def _saved_task(workdir: str) -> str | None:
+    """The task.name of the run in `workdir` (None: no config.json there)."""
+    saved = _saved_json(workdir, "config.json")
+    return None if saved is None else (saved.get("task") or {}).get("name", "classification")
+
+
 def _check_same_task(workdir: str, task: tasks.Task, whose: str) -> None:
     """Refuses to resume or warm-start across tasks (their heads and labels mean different things)."""
-    saved = _saved_json(workdir, "config.json")
-    saved_task = ((saved or {}).get("task") or {}).get("name", "classification")
-    if saved is not None and saved_task != task.name:
+    saved_task = _saved_task(workdir)
+    if saved_task is not None and saved_task != task.name:
         raise UserError(
             f"task.name={task.name!r} differs from {saved_task!r} {whose} (or use another workdir)"
         )
@@ -109,8 +114,11 @@ def _check_same_peft(workdir: str, peft, whose: str) -> None:
             )
 
 
-def _check_same_model(workdir: str, bert_config: BertConfig, label_names: list[str], whose: str) -> None:
-    """Refuses to load parameters saved by a model of another shape (read from its workdir's files)."""
+def _check_same_model(
+    workdir: str, bert_config: BertConfig, label_names: list[str] | None, whose: str
+) -> None:
+    """Refuses to load parameters saved by a model of another shape (read from its workdir's files), or
+    trained for other labels (`label_names` None: the labels are not compared)."""
     saved = _saved_json(workdir, MODEL_CONFIG)
     if saved is None:
         return
@@ -127,6 +135,8 @@ def _check_same_model(workdir: str, bert_config: BertConfig, label_names: list[s
                 f"{whose} (change the config back, or use another workdir)"
             )
     labels_path = os.path.join(workdir, "labels.json")
+    if label_names is None:
+        return
     if os.path.exists(labels_path) and labels_lib.load_label_vocab(labels_path) != label_names:
         raise UserError(f"the label set {label_names} differs from {labels_path} {whose}")
 
@@ -202,6 +212,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     tokenizer_dir = config_lib.expand_path(config.model.tokenizer) or checkpoint_dir
     tokenizer = tokenize.load_tokenizer(tokenizer_dir, words=task.head == "token")
     task_tokens = task.prepare_tokenizer(tokenizer)  # relation: its entity markers, new rows of the vocab
+    task = task.for_tokenizer(tokenizer)  # mlm: the mask token its train step draws with
     bert_config = _bert_config(config, tokenizer)
     grown = convert.vocab_size_with(tokenizer, task_tokens, bert_config.vocab_size)
     bert_config = dataclasses.replace(bert_config, vocab_size=grown)
@@ -225,27 +236,36 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     _check_checkpoints(workdir, label_names, labels_source, fingerprints, f"{tokenizer_key}={tokenizer_dir}")
     if task.head == "mlm":
         task.token_ids(tokenizer)  # a verbaliser word that is not one token fails here, before any write
+    mlm = task.head in ("mlm", "lm")  # pet reads the masked-LM head, mlm trains it
+    if mlm and not families.of(bert_config).masked_lm:
+        readable = ", ".join(sorted(name for name, f in families.FAMILIES.items() if f.masked_lm))
+        raise UserError(
+            f"task.name={task.name!r} needs a masked-LM head, which jaxft has none of for model_type "
+            f"{bert_config.model_type!r} (an ELECTRA discriminator spots replaced tokens, it does not "
+            f"predict them); use one of {readable}"
+        )
     if config.model.init_from_workdir:
         init_dir = config_lib.expand_path(config.model.init_from_workdir)
         checkpoint.find_checkpoint(init_dir)
         if not os.path.exists(os.path.join(init_dir, MODEL_CONFIG)):
             raise UserError(f"model.init_from_workdir={init_dir}: not a jaxft workdir (no {MODEL_CONFIG})")
-        _check_same_task(init_dir, task, f"of model.init_from_workdir={init_dir}")
-        _check_same_model(init_dir, bert_config, label_names, f"of model.init_from_workdir={init_dir}")
+        # A masked-LM run seeds any task with its encoder (pet also with its head); others only their own.
+        pretraining_run = _saved_task(init_dir) == "mlm"
+        if not pretraining_run:
+            _check_same_task(init_dir, task, f"of model.init_from_workdir={init_dir}")
+        labels = None if pretraining_run else label_names
+        _check_same_model(init_dir, bert_config, labels, f"of model.init_from_workdir={init_dir}")
     pretrained = None
     if checkpoint_dir:
-        mlm = task.head == "mlm"
-        if mlm and not families.of(bert_config).masked_lm:
-            raise UserError(
-                f"task.name={task.name!r} needs a masked-LM head, which jaxft does not read for model_type "
-                f"{bert_config.model_type!r}"
-            )
         pretrained, ignored = convert.read_pretrained(checkpoint_dir, mlm_head=mlm)
         if mlm and not convert.has_mlm_head(pretrained, families.of(bert_config)):
-            raise UserError(
-                f"model.checkpoint has no masked-LM head (cls.predictions.*): task.name={task.name!r} "
-                "needs one"
-            )
+            if task.head == "lm":
+                logging.info("model.checkpoint has no masked-LM head: task.name='mlm' trains a new one")
+            elif not config.model.init_from_workdir:  # pet: from this checkpoint's head, or from a run's
+                raise UserError(
+                    f"model.checkpoint has no masked-LM head (cls.predictions.*): task.name={task.name!r} "
+                    "needs one"
+                )
         if ignored:
             logging.info("Not used from %s: %s", checkpoint_dir, ", ".join(sorted(ignored)))
     return Setup(config, workdir, label_names, splits, tokenizer, bert_config, pretrained, task, fingerprints)
@@ -508,7 +528,6 @@ def _evaluate_and_track(
     reuses them; else None).
     Raises `EvaluationInterrupted` when `stop` says so before the evaluation is complete (nothing recorded).
     """
-    tc = setup.config.training
     eval_dir = os.path.join(setup.workdir, "eval")
     metrics, totals = run_evaluation(
         eval_fn,
@@ -525,7 +544,7 @@ def _evaluate_and_track(
     assert set(metrics) == set(setup.task.metric_names(setup.config.data)), metrics  # best_metric's choices
     value = metrics[tasks.best_metric(setup.config, setup.task)]
     if not math.isfinite(value):  # a correlation of constant predictions is NaN: count it as the worst
-        value = -math.inf if tc.best_mode == "max" else math.inf
+        value = -math.inf if tasks.best_mode(setup.config, setup.task) == "max" else math.inf
     if best.update(value, step):
         peft = peft_lib.from_config(setup.config)
         saved = parallelism.to_save(peft_lib.trained_subset(state.params, peft))
@@ -696,7 +715,8 @@ def _start_run(
         # same step can collide in Orbax's multi-host barriers ("Barrier ... is already ongoing").
         async_save = tc.async_checkpoints and jax.process_count() == 1
         ckpts = checkpoint.Checkpoints(workdir, keep=tc.keep_checkpoints, async_save=async_save)
-        best = BestMetric(tc.best_mode, tc.early_stopping_min_delta, tc.early_stopping_patience)
+        mode = tasks.best_mode(config, setup.task)
+        best = BestMetric(mode, tc.early_stopping_min_delta, tc.early_stopping_patience)
         state, redo_eval = _start_state(setup, model, tx, ckpts, best)
         if parallel.is_chief():
             _write_run_files(setup, int(state.step))

@@ -1,7 +1,9 @@
 """Where a run's parameters come from: initialisation, and a finished run's workdir (whole or PEFT subset).
 
 `initial_params` is what a new run starts from: another run's parameters (warm start), a pretrained
-checkpoint merged into a fresh head, or random initialisation.
+checkpoint merged into a fresh head, or random initialisation. A warm start from a masked-LM run
+(task.name="mlm") seeds any task: its encoder (and for pet its masked-LM head) over what model.checkpoint
+gives the rest.
 
 A full fine-tuning run's checkpoints hold every parameter. A PEFT run's hold only what trained
 (`jaxft.strategies.peft`): the rest is its base, the model as the run initialised it from its config and
@@ -26,6 +28,8 @@ from jaxft.errors import UserError
 from jaxft.models import convert
 from jaxft.strategies import peft as peft_lib
 from jaxft.training import checkpoint
+from jaxft.training.model import create_model
+from jaxft.training.workdir import MODEL_CONFIG
 
 BASE_FILE = "peft_base.json"
 
@@ -116,8 +120,18 @@ def initial_params(config: ml_collections.ConfigDict, pretrained: dict | None, m
     params = jax.device_get(params)
     if config.model.init_from_workdir:
         source = config_lib.expand_path(config.model.init_from_workdir)
+        source_config = saved_config(source)
+        if source_config is not None and source_config.task.name == "mlm" and config.task.name != "mlm":
+            params = _with_checkpoint(config, pretrained, params)
+            params = _with_pretraining_run(source, source_config, params)
+            return peft_lib.init_prompt_from_vocab(params, config.seed)
         logging.info("Warm start: a new run from the fine-tuned parameters of %s", source)
         return load_params(source, params, model)[0]
+    return peft_lib.init_prompt_from_vocab(_with_checkpoint(config, pretrained, params), config.seed)
+
+
+def _with_checkpoint(config: ml_collections.ConfigDict, pretrained: dict | None, params: dict) -> dict:
+    """Freshly initialised `params` with model.checkpoint's tensors (`pretrained`) merged in."""
     if pretrained is not None:
         pretrained = convert.grow_word_embeddings(dict(pretrained), params)  # tokens a task added
         if "pooler" not in params["bert"] and "pooler" in pretrained.get("bert", {}):
@@ -138,7 +152,47 @@ def initial_params(config: ml_collections.ConfigDict, pretrained: dict | None, m
             raise UserError(f"model.checkpoint={config.model.checkpoint}: {error}") from None
     else:
         logging.info("No model.checkpoint: the encoder starts from random weights")
-    return peft_lib.init_prompt_from_vocab(params, config.seed)
+    return params
+
+
+def _with_pretraining_run(source: str, source_config: ml_collections.ConfigDict, params: dict) -> dict:
+    """`params` with the encoder of the task.name="mlm" run in `source` (its best checkpoint, else newest),
+    and its masked-LM head where this model has one of the same shapes (pet); the rest (a pooler, a
+    classifier, PEFT layers) stays as `params` has it: from model.checkpoint, or new.
+
+    Raises:
+      UserError: the run's PEFT method adds layers this model lacks, or a tensor does not fit.
+    """
+    peft = peft_lib.from_config(source_config)
+    if peft.method not in ("none", "lora", "bitfit"):
+        raise UserError(
+            f"model.init_from_workdir={source}: its peft.method={peft.method!r} adds layers a plain encoder "
+            "lacks; start from a full, LoRA or BitFit masked-LM run"
+        )
+    bert_config = convert.config_from_dict(files.read_json_object(os.path.join(source, MODEL_CONFIG)))
+    model = create_model(source_config, bert_config, 0)
+    shapes = jax.eval_shape(lambda: initial_params_shape(model, source_config))
+    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    loaded = peft_lib.merge_lora(load_params(source, template, model)[0], peft)  # LoRA folded in
+    ours = {"bert": loaded["bert"]}
+    for group, tree in loaded.items():  # the masked-LM head, where this model reads one (pet)
+        if group != "bert" and group in params and _shapes(tree) == _shapes(params[group]):
+            ours[group] = tree
+    ours = convert.grow_word_embeddings(ours, params)  # tokens this task adds (relation's markers)
+    flat = traverse_util.flatten_dict(dict(params), sep="/")
+    for path, value in traverse_util.flatten_dict(ours, sep="/").items():
+        if path not in flat or tuple(np.shape(flat[path])) != tuple(np.shape(value)):
+            raise UserError(f"model.init_from_workdir={source}: its tensor {path} does not fit this model")
+        flat[path] = jnp.asarray(value, jnp.float32)
+    replaced = set(traverse_util.flatten_dict(ours, sep="/"))
+    kept = sorted({path.rsplit("/", 1)[0] for path in flat if path not in replaced})
+    logging.info(
+        "Warm start from the masked-LM run %s: its %s; not in it (from model.checkpoint or new): %s",
+        source,
+        " and ".join(sorted(ours)),
+        ", ".join(kept) or "nothing",
+    )
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def initial_params_shape(model, config):
