@@ -172,11 +172,14 @@ class Words:
       segments: 0 for a word of the text, 1 for one of the text pair.
       positions: [max_seq_length] int32: the index of each position's word, -1 where there is none
         (special tokens, a template's own tokens, padding).
+      spans: each word's [start, end) characters in its text (relation: in the text with its markers
+        written in; ner: in the word itself).
     """
 
     words: list[str]
     segments: list[int]
     positions: np.ndarray
+    spans: list[tuple[int, int]]
 
 
 def _collect(width: int, tokens) -> Words:
@@ -191,8 +194,10 @@ def _collect(width: int, tokens) -> Words:
     positions = np.full(width, -1, np.int32)
     for position, key in where:
         positions[position] = order[key]
-    words = [spans[key][2][spans[key][0] : spans[key][1]].strip() for key in sorted(spans)]
-    return Words(words, [segment for segment, _ in sorted(spans)], positions)
+    keys = sorted(spans)
+    words = [spans[key][2][spans[key][0] : spans[key][1]].strip() for key in keys]
+    segments = [segment for segment, _ in keys]
+    return Words(words, segments, positions, [spans[key][:2] for key in keys])
 
 
 def _check_ids(row, ids, example: int) -> None:
@@ -368,6 +373,25 @@ def _targets(task, asked, names: list[str], outputs: np.ndarray, records: list, 
     return out
 
 
+def _explanation(words: Words, target: _Target, n: int, results: dict, method: str, pair: bool) -> dict:
+    """The record's keys for explanation `n` of `results` (`attribution_step`'s rows): its tokens' scores
+    summed per word (`attributions`, `pair_attributions`), and `explanation`."""
+    is_word = words.positions >= 0
+    scores = np.bincount(
+        words.positions[is_word],
+        weights=results["tokens"][n][is_word].astype(np.float64),
+        minlength=len(words.words),
+    )
+    info = {**target.info, "output": float(results["output"][n])}
+    if method == "ig":
+        info["baseline_output"] = float(results["baseline_output"][n])
+        info["completeness_error"] = float(scores.sum() - (info["output"] - info["baseline_output"]))
+    values = {"attributions": _pairs(words, scores, 0), "explanation": info}
+    if pair:
+        values["pair_attributions"] = _pairs(words, scores, 1)
+    return values
+
+
 def _pairs(words: Words, scores: np.ndarray, segment: int) -> list:
     return [
         [w, float(s)] for w, g, s in zip(words.words, words.segments, scores, strict=True) if g == segment
@@ -426,9 +450,9 @@ def explain(
     max_seq_length = run.config.data.max_seq_length
     model = create_model(run.config, run.bert_config, len(names), tokenizer)
     features = task.features_for_prediction(examples, tokenizer, max_seq_length)
-    predict = functools.partial(steps_lib.predict_step, model=model, task=task)
+    predict_step = functools.partial(steps_lib.predict_step, model=model, task=task)
     outputs = inference.run_batches(
-        run.config, run.params, features, predict, batch_size, progress, devices=devices
+        run.config, run.params, features, predict_step, batch_size, progress, devices=devices
     )
     records = list(task.prediction_records(examples, outputs, features, names))
     words = example_words(task, examples, features, tokenizer, max_seq_length)
@@ -459,27 +483,15 @@ def explain(
             desc="explain",
         )
     pair = bool(examples) and getattr(examples[0], "text_pair", None) is not None
+    shape = {"multilabel": dict, "ner": list}.get(task.name)  # several explanations per record
     for record in records:
-        shape = {"multilabel": dict, "ner": list}.get(task.name)
         if shape is not None:
             record["attributions"], record["explanation"] = shape(), shape()
             if pair:
                 record["pair_attributions"] = shape()
     for n, target in enumerate(targets):
-        record, example_words_ = records[target.example], words[target.example]
-        kept = example_words_.positions[: results["tokens"].shape[1]] >= 0
-        scores = np.bincount(
-            example_words_.positions[kept],
-            weights=results["tokens"][n][kept].astype(np.float64),
-            minlength=len(example_words_.words),
-        )
-        info = {**target.info, "output": float(results["output"][n])}
-        if method == "ig":
-            info["baseline_output"] = float(results["baseline_output"][n])
-            info["completeness_error"] = float(scores.sum() - (info["output"] - info["baseline_output"]))
-        values = {"attributions": _pairs(example_words_, scores, 0), "explanation": info}
-        if pair:
-            values["pair_attributions"] = _pairs(example_words_, scores, 1)
+        values = _explanation(words[target.example], target, n, results, method, pair)
+        record = records[target.example]
         for key, value in values.items():
             if task.name == "multilabel":
                 record[key][target.key] = value
