@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxft
 from jaxft import explain, predict, tasks
 from jaxft.configs import tiny
 from jaxft.data import tokenize
@@ -31,8 +32,8 @@ from tests.helpers import tiny_bert
 def _run(
     tokenizer_dir: str, labels: list[str], init_range: float = 0.2, bias=None, **config
 ) -> predict.TrainedRun:
-    """A `TrainedRun` of a random tiny encoder with tiny.py's config and `config`'s dotted keys; `bias`
-    replaces the head's bias (to fix what it predicts)."""
+    """A `TrainedRun` of a random one-layer encoder with tiny.py's config, `config`'s keys set (`task__name`
+    is `task.name`); `bias` replaces the head's bias (to fix what it predicts)."""
     settings = tiny.get_config()
     settings.data.max_seq_length, settings.data.num_buckets = 24, 1
     for key, value in config.items():
@@ -45,7 +46,7 @@ def _run(
     model = create_model(settings, bert, len(labels), tokenizer)
     ids = np.full((1, 8), tokenizer.mask_token_id, np.int32)
     params = jax.device_get(
-        model.init(jax.random.key(0), ids, np.ones_like(ids), np.zeros_like(ids))["params"]
+        jax.jit(model.init)(jax.random.key(0), ids, np.ones_like(ids), np.zeros_like(ids))["params"]
     )
     if bias is not None:
         params["classifier"]["bias"] = np.asarray(bias, np.float32)
@@ -173,9 +174,8 @@ def test_grad_input_equals_the_embedding_output_times_jax_grad_of_the_logit(run)
     batch = _batch(run.tokenizer, TEXTS)
     ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
     model = create_model(run.config, run.bert_config, len(run.label_names), run.tokenizer)
-    embedded = BertEmbeddings(run.bert_config).apply(
-        {"params": run.params["bert"]["embeddings"]}, ids, types, True
-    )
+    embed = jax.jit(BertEmbeddings(run.bert_config).apply, static_argnums=3)
+    embedded = embed({"params": run.params["bert"]["embeddings"]}, ids, types, True)
 
     def logit(delta):  # the label-2 logits' sum: each row's gradient is its own logit's
         variables = {"params": run.params, "perturbations": {"bert": {"embedding_output": delta}}}
@@ -415,3 +415,10 @@ def test_predict_explain_writes_attributions_on_every_line_and_html_draws_them(t
     )
     png = page.with_suffix(".png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    # The Python API returns the same records (to float rounding: its batches have another shape).
+    records = jaxft.load(workdir).explain(texts, steps=4)
+    for record, row in zip(records, rows, strict=True):
+        assert record.keys() == row.keys() and record["label"] == row["label"]
+        assert [w for w, _ in record["attributions"]] == [w for w, _ in row["attributions"]]
+        scores = [s for _, s in record["attributions"]]
+        np.testing.assert_allclose(scores, [s for _, s in row["attributions"]], rtol=1e-4, atol=1e-8)
