@@ -173,22 +173,23 @@ def predict_probabilities(
     return predict_outputs(run, examples, batch_size, progress)[0]
 
 
-def check_output(path: str, input_path: str | None = None) -> None:
-    """Raises UserError if `path` cannot become the output file, before any inference is spent on it.
+def check_output(path: str, input_path: str | None = None, flag: str = "--output") -> None:
+    """Raises UserError (naming `path` as `flag`) if `path` cannot become the output file, before any
+    inference is spent on it.
 
     Missing parent directories are fine: they are created when the predictions are written. The input file
     (under any name: a link, a relative path) is refused: the predictions would replace it.
     """
     if input_path is not None and os.path.exists(path) and os.path.exists(input_path):
         if os.path.samefile(path, input_path):
-            raise UserError(f"--output {path}: is the --input file; the predictions would replace it")
+            raise UserError(f"{flag} {path}: is the --input file; the predictions would replace it")
     if os.path.isdir(path):
-        raise UserError(f"--output {path}: is a directory (give a file name)")
+        raise UserError(f"{flag} {path}: is a directory (give a file name)")
     above = files.nearest_existing(os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(above):
-        raise UserError(f"--output {path}: {above} is a file, not a directory")
+        raise UserError(f"{flag} {path}: {above} is a file, not a directory")
     if not os.access(above, os.W_OK | os.X_OK):
-        raise UserError(f"--output {path}: directory {above} is not writable")
+        raise UserError(f"{flag} {path}: directory {above} is not writable")
 
 
 def write_predictions(path: str, records) -> None:
@@ -217,9 +218,12 @@ def _flags() -> flags.FlagValues:
     flags.DEFINE_integer("batch-size", 128, "Examples per batch.", flag_values=values)
     flags.DEFINE_boolean("explain", False, "Add word attributions to every line.", flag_values=values)
     flags.DEFINE_enum(
-        "explain-method", "ig", explain_lib.METHODS,
-        "ig: integrated gradients; grad_input: gradient x input.", flag_values=values,
-    )  # fmt: skip
+        "explain-method",
+        "ig",
+        explain_lib.METHODS,
+        "ig: integrated gradients; grad_input: gradient x input.",
+        flag_values=values,
+    )
     flags.DEFINE_integer("explain-steps", 50, "Integrated gradients' intervals.", flag_values=values)
     flags.DEFINE_enum(
         "explain-baseline",
@@ -232,9 +236,11 @@ def _flags() -> flags.FlagValues:
         "explain-label", None, "Explain this label (ner: entity type), not the predicted.", flag_values=values
     )
     flags.DEFINE_string(
-        "html", None, "With --explain: write this HTML page of the attributions, and a PNG beside it.",
+        "html",
+        None,
+        "With --explain: write this HTML page of the attributions, and a PNG beside it.",
         flag_values=values,
-    )  # fmt: skip
+    )
     return values
 
 
@@ -260,7 +266,7 @@ def main(argv=None) -> int:
         if args.html is not None:
             if not values.explain:
                 raise UserError("--html draws attributions: give --explain too")
-            check_output(args.html, args.input)
+            check_output(args.html, args.input, flag="--html")
             output = os.path.abspath(args.output)
             if output in (os.path.abspath(args.html), os.path.abspath(_png_beside(args.html))):
                 raise UserError(

@@ -9,6 +9,7 @@ error is visible.
 
 import dataclasses
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -384,6 +385,25 @@ def test_qa_and_bad_options_are_refused_in_one_line_before_anything_runs(run):
         with pytest.raises(UserError) as error:
             explain.explain(run, examples, **options)
         assert str(error.value) == message
+
+
+def test_predict_refuses_a_bad_html_page_before_loading_the_run(tmp_path, capsys):
+    argv = ["--workdir", str(tmp_path), "--input", str(tmp_path / "in.jsonl"), "--explain"]
+    for extra, message in (
+        (
+            ["--output", str(tmp_path / "o.jsonl"), "--html", str(tmp_path)],
+            f"--html {tmp_path}: is a directory",
+        ),
+        (["--output", str(tmp_path / "p.png"), "--html", str(tmp_path / "p.html")], "would replace --output"),
+        (
+            ["--output", str(tmp_path / "o.jsonl"), "--explain-steps", "0"],
+            "--explain-steps 0: must be a positive number of intervals",
+        ),
+    ):
+        assert predict.main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert os.listdir(tmp_path) == []
 
 
 def test_predict_explain_writes_attributions_on_every_line_and_html_draws_them(tiny_run, tmp_path, capsys):
