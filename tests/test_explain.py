@@ -25,7 +25,9 @@ from jaxft.data.conll import Sentence
 from jaxft.data.example import Example, MultiLabelExample
 from jaxft.data.relations import RelationExample
 from jaxft.errors import UserError
+from jaxft.models import convert
 from jaxft.models.bert import BertEmbeddings
+from jaxft.models.heads import SequenceClassifier
 from jaxft.training.model import create_model
 from tests.helpers import tiny_bert
 
@@ -442,3 +444,53 @@ def test_predict_explain_writes_attributions_on_every_line_and_html_draws_them(t
         assert [w for w, _ in record["attributions"]] == [w for w, _ in row["attributions"]]
         scores = [s for _, s in record["attributions"]]
         np.testing.assert_allclose(scores, [s for _, s in row["attributions"]], rtol=1e-4, atol=1e-8)
+
+
+# Tiny encoders of the families whose embedding module is not BERT's own: ELECTRA (a projection after it),
+# DeBERTa-v2 and ModernBERT (encoders of their own), as transformers configures them.
+FAMILY_CONFIGS = {
+    "electra": dict(model_type="electra", embedding_size=12),
+    "deberta-v2": dict(
+        model_type="deberta-v2", relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8,
+        max_relative_positions=12, position_biased_input=False, type_vocab_size=0, norm_rel_ebd="layer_norm",
+    ),
+    "modernbert": dict(
+        model_type="modernbert", local_attention=4, global_attn_every_n_layers=2, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2, cls_token_id=0, sep_token_id=2,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+def test_every_familys_embedding_output_is_where_the_path_runs(family):
+    """The path's ends are the input's and the baseline's outputs on each encoder family: its embedding
+    module (named "embeddings") is the one whose output the encoder perturbs."""
+    import transformers
+
+    options = dict(FAMILY_CONFIGS[family])
+    sizes = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
+    sizes["intermediate_size"] = 24
+    hf = transformers.AutoConfig.for_model(options.pop("model_type"), **sizes, **options)
+    model = SequenceClassifier(config=convert.config_from_dict(hf.to_dict()), num_labels=2)
+    ids = np.array([[0, 7, 8, 9, 2], [0, 11, 2, 1, 1]], np.int32)
+    mask, types = (ids != 1).astype(np.int32), np.zeros_like(ids)
+    ids = np.where(mask == 1, ids, hf.pad_token_id).astype(np.int32)
+    params = jax.jit(model.init)(jax.random.key(0), ids, mask, types)["params"]
+    leaves, tree = jax.tree.flatten(params)  # every weight moved: far from linear, nothing left at 0 or 1
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    moved = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    params = tree.unflatten(moved)
+    is_word = mask.astype(bool) & ~np.isin(ids, [0, 2])
+    target = np.eye(2, dtype=np.float32)[[0, 1]]
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "target": target}
+    batch["word_index"] = np.where(is_word, np.arange(ids.shape[1]), -1).astype(np.int32)
+    step = jax.jit(lambda p, b: explain.attribution_step(p, b, model=model, steps=4, pad_id=hf.pad_token_id))
+    out = jax.tree.map(np.asarray, step(params, batch))
+    apply = jax.jit(model.apply)
+    baseline_ids = np.where(is_word, hf.pad_token_id, ids)
+    difference = apply({"params": params}, ids, mask, types)
+    difference -= apply({"params": params}, baseline_ids, mask, types)
+    expected = np.sum(difference * target, axis=1)
+    assert np.all(np.abs(expected) > 1e-2)
+    np.testing.assert_allclose(out["output"] - out["baseline_output"], expected, rtol=1e-4, atol=1e-5)
+    assert np.all(out["tokens"][~is_word] == 0.0) and np.all(np.abs(out["tokens"][is_word]) > 0)
