@@ -1,4 +1,4 @@
-"""The Python API: fine-tune from a script or a notebook, then predict and embed with the result.
+"""The Python API: fine-tune from a script or a notebook, then predict, explain and embed with the result.
 
     import jaxft
 
@@ -8,6 +8,7 @@
     predictor = jaxft.load("runs/reviews")
     predictor.predict(["a gripping film", "two hours I want back"])  # [{"label": ..., "probabilities": ...}]
     vectors = predictor.embed(["a gripping film"])                    # [1, hidden] float32
+    predictor.explain(["a gripping film"])  # the records with "attributions": [["a", 0.1], ...]
 
 `finetune` is `jaxft-train`'s job (`jaxft.training.train.train_and_evaluate`) with a config given as an object
 or a shipped config's name, dotted overrides, and data as paths or in memory: a list of dicts, a pandas
@@ -35,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from jaxft import configs, files, predict, tasks
+from jaxft import explain as explain_lib
 from jaxft.data import readers
 from jaxft.errors import UserError
 
@@ -393,6 +395,49 @@ class Predictor:
         examples = self._examples(inputs)
         outputs, features = predict.predict_outputs(self.run, examples, batch_size)
         records = self.task.prediction_records(examples, outputs, features, self.run.label_names)
+        return [_plain(record) for record in records]
+
+    def explain(
+        self,
+        texts,
+        label=None,
+        steps: int = 50,
+        method: str = "ig",
+        baseline: str = "pad",
+        batch_size: int = 32,
+    ) -> list[dict]:
+        """`predict`'s records with word attributions (`jaxft.explain`; `jaxft-predict --explain` writes the
+        same): `attributions`, a list of [word, score] in word order (`pair_attributions` for a text pair's
+        words), and `explanation` (the explained label, its probability, the output and, for integrated
+        gradients, `baseline_output` and `completeness_error`); by label for multi-label runs, by entity
+        (lists parallel to `entities`) for NER. `jaxft.explain.render_html(records, path)` and
+        `render_png` draw them.
+
+        Args:
+          texts: what `predict` takes.
+          label: the label to explain instead of the predicted one (multilabel: one or a list; ner: an
+            entity type, explaining only its entities).
+          steps: integrated gradients' intervals (trapezoid rule; `steps + 1` gradients per explanation).
+          method: "ig" (integrated gradients) or "grad_input" (gradient x input: one gradient).
+          baseline: "pad", "mask" or "zero": what replaces the words' embeddings at the path's start.
+          batch_size: explanations per batch.
+
+        Raises:
+          UserError: a QA run ("explain: not implemented for qa"), an input the run cannot read, an unknown
+            method, baseline or label, or steps < 1.
+        """
+        if batch_size < 1:
+            raise UserError(f"batch_size {batch_size}: must be a positive number of examples")
+        examples = self._examples(texts)
+        records = explain_lib.explain(
+            self.run,
+            examples,
+            label=label,
+            steps=steps,
+            method=method,
+            baseline=baseline,
+            batch_size=batch_size,
+        )
         return [_plain(record) for record in records]
 
     def embed(self, texts, batch_size: int = 128, pooling: str = "mean") -> np.ndarray:

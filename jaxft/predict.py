@@ -19,6 +19,14 @@ its saved tokenizer, so a workdir is all it needs; each of its files is checked 
 are checked before anything is loaded (an --output that is the --input file, under any name, is refused),
 and an input without examples is an error. Missing parent directories of --output are created, and an
 existing --output is replaced only once all predictions are written.
+
+`--explain` adds word attributions to every line (`jaxft.explain`; not for qa): `attributions`, a list of
+[word, score] pairs in word order (a list, not an object: a text may hold a word twice), `pair_attributions`
+for a text pair's words, and `explanation` (the explained label, its probability, `output`, and for
+integrated gradients `baseline_output` and `completeness_error`); multilabel lines hold them by label, NER
+lines as lists parallel to `entities`. `--explain-method ig` (integrated gradients, `--explain-steps`
+intervals, `--explain-baseline` pad|mask|zero) or `grad_input`; `--explain-label` explains that label
+instead of the predicted one. `--html PAGE.html` also draws them: the page, and PAGE.png beside it.
 """
 
 import dataclasses
@@ -32,17 +40,17 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import tqdm
 from absl import flags
 
 from jaxft import cli, files, tasks
 from jaxft import config as config_lib
-from jaxft.data import batching, tokenize
+from jaxft import explain as explain_lib
 from jaxft.data import labels as labels_lib
+from jaxft.data import tokenize
 from jaxft.errors import StorageError, UserError
 from jaxft.models import convert
 from jaxft.strategies import checks as strategy_checks
-from jaxft.training import checkpoint, parallel, steps, trained
+from jaxft.training import checkpoint, inference, steps, trained
 from jaxft.training.model import create_encoder, create_model
 from jaxft.training.workdir import MODEL_CONFIG, TOKENIZER_DIR
 
@@ -157,23 +165,8 @@ def embed(run: TrainedRun, examples: list, batch_size: int = 128, pooling: str =
 
 def run_batches(run: TrainedRun, features: dict, step, batch_size: int = 128, progress: bool = False):
     """`step(params, batch)`'s rows for every example of `features`, in their order, over the run's devices
-    in length buckets (the last batch padded and its padding dropped)."""
-    buckets = batching.bucket_lengths(run.config.data.max_seq_length, run.config.data.num_buckets)
-    batch_size = parallel.eval_batch_size(batch_size)
-    # The run's own layout: "fsdp" keeps parameters too large to replicate sharded here as in training.
-    parallelism = parallel.from_config(run.config.training)
-    p_step = parallelism.eval_step(step)
-    params = parallelism.place_params(run.params)
-    out = None
-    plan = batching.eval_batch_plan(features["length"], buckets, batch_size)
-    for seq_len, indices in tqdm.tqdm(plan, desc="predict", unit="batch", disable=not progress):
-        batch = batching.make_batch(features, None, indices, seq_len, batch_size)
-        outputs = np.asarray(p_step(params, parallel.split_for_devices(batch)))
-        outputs = outputs.reshape(batch_size, *outputs.shape[2:])  # [devices, rows, ...] -> [rows, ...]
-        if out is None:  # one row per example (QA: per context window)
-            out = np.zeros((len(features["length"]), *outputs.shape[1:]), outputs.dtype)
-        out[indices] = outputs[: len(indices)]
-    return out
+    in length buckets (the last batch padded and its padding dropped): `jaxft.training.inference`."""
+    return inference.run_batches(run.config, run.params, features, step, batch_size, progress)
 
 
 def predict_probabilities(
@@ -183,22 +176,23 @@ def predict_probabilities(
     return predict_outputs(run, examples, batch_size, progress)[0]
 
 
-def check_output(path: str, input_path: str | None = None) -> None:
-    """Raises UserError if `path` cannot become the output file, before any inference is spent on it.
+def check_output(path: str, input_path: str | None = None, flag: str = "--output") -> None:
+    """Raises UserError (naming `path` as `flag`) if `path` cannot become the output file, before any
+    inference is spent on it.
 
     Missing parent directories are fine: they are created when the predictions are written. The input file
     (under any name: a link, a relative path) is refused: the predictions would replace it.
     """
     if input_path is not None and os.path.exists(path) and os.path.exists(input_path):
         if os.path.samefile(path, input_path):
-            raise UserError(f"--output {path}: is the --input file; the predictions would replace it")
+            raise UserError(f"{flag} {path}: is the --input file; the predictions would replace it")
     if os.path.isdir(path):
-        raise UserError(f"--output {path}: is a directory (give a file name)")
+        raise UserError(f"{flag} {path}: is a directory (give a file name)")
     above = files.nearest_existing(os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(above):
-        raise UserError(f"--output {path}: {above} is a file, not a directory")
+        raise UserError(f"{flag} {path}: {above} is a file, not a directory")
     if not os.access(above, os.W_OK | os.X_OK):
-        raise UserError(f"--output {path}: directory {above} is not writable")
+        raise UserError(f"{flag} {path}: directory {above} is not writable")
 
 
 def write_predictions(path: str, records) -> None:
@@ -211,6 +205,11 @@ def write_predictions(path: str, records) -> None:
     files.write_atomic(path, (json.dumps(record, allow_nan=False) + "\n" for record in records))
 
 
+def _png_beside(page: str) -> str:
+    """The PNG that `--html PAGE` writes beside the page: the same name with the suffix .png."""
+    return os.path.splitext(page)[0] + ".png"
+
+
 def _flags() -> flags.FlagValues:
     """The command line's flags, defined afresh for each call of `main` (no value left from the last)."""
     values = flags.FlagValues()
@@ -220,6 +219,31 @@ def _flags() -> flags.FlagValues:
     )
     flags.DEFINE_string("output", None, "JSONL file to write (one object per input).", flag_values=values)
     flags.DEFINE_integer("batch-size", 128, "Examples per batch.", flag_values=values)
+    flags.DEFINE_boolean("explain", False, "Add word attributions to every line.", flag_values=values)
+    flags.DEFINE_enum(
+        "explain-method",
+        "ig",
+        explain_lib.METHODS,
+        "ig: integrated gradients; grad_input: gradient x input.",
+        flag_values=values,
+    )
+    flags.DEFINE_integer("explain-steps", 50, "Integrated gradients' intervals.", flag_values=values)
+    flags.DEFINE_enum(
+        "explain-baseline",
+        "pad",
+        explain_lib.BASELINES,
+        "Integrated gradients' baseline.",
+        flag_values=values,
+    )
+    flags.DEFINE_string(
+        "explain-label", None, "Explain this label (ner: entity type), not the predicted.", flag_values=values
+    )
+    flags.DEFINE_string(
+        "html",
+        None,
+        "With --explain: write this HTML page of the attributions, and a PNG beside it.",
+        flag_values=values,
+    )
     return values
 
 
@@ -227,7 +251,8 @@ def main(argv=None) -> int:
     """Entry point of `python -m jaxft.predict` and `jaxft-predict`; `argv`: the flags (sys.argv[1:])."""
     values = _flags()
     argv = sys.argv[1:] if argv is None else list(argv)
-    names = ("workdir", "input", "output", "batch-size")
+    names = ("workdir", "input", "output", "batch-size", "explain", "explain-method", "explain-steps")
+    names += ("explain-baseline", "explain-label", "html")
     cli.no_leftovers(cli.parse(values, ["jaxft-predict", *argv], __doc__, "jaxft-predict", names))
     cli.require(values, names[:3])
     args = types.SimpleNamespace(
@@ -235,18 +260,43 @@ def main(argv=None) -> int:
         input=values.input,
         output=values.output,
         batch_size=values["batch-size"].value,
+        html=values.html,
     )
     try:
         if args.batch_size < 1:
             raise UserError(f"--batch-size {args.batch_size}: must be a positive number of examples")
         check_output(args.output, args.input)
+        if args.html is not None:
+            if not values.explain:
+                raise UserError("--html draws attributions: give --explain too")
+            check_output(args.html, args.input, flag="--html")
+            output = os.path.abspath(args.output)
+            if output in (os.path.abspath(args.html), os.path.abspath(_png_beside(args.html))):
+                raise UserError(
+                    f"--html {args.html}: its page or picture would replace --output {args.output}"
+                )
+        if values.explain and values["explain-steps"].value < 1:
+            steps_given = values["explain-steps"].value
+            raise UserError(f"--explain-steps {steps_given}: must be a positive number of intervals")
         run = load_run(args.workdir)
         task = tasks.from_config(run.config)
         examples = task.read(args.input, run.config.data, require_label=False)
         if not examples:
             raise UserError(f"--input {args.input}: no examples to predict")
-        outputs, features = predict_outputs(run, examples, args.batch_size, progress=True)
-        records = task.prediction_records(examples, outputs, features, run.label_names)
+        if values.explain:
+            records = explain_lib.explain(
+                run,
+                examples,
+                label=values["explain-label"].value,
+                steps=values["explain-steps"].value,
+                method=values["explain-method"].value,
+                baseline=values["explain-baseline"].value,
+                batch_size=args.batch_size,
+                progress=True,
+            )
+        else:
+            outputs, features = predict_outputs(run, examples, args.batch_size, progress=True)
+            records = task.prediction_records(examples, outputs, features, run.label_names)
         try:
             write_predictions(args.output, records)
         except OSError as error:  # e.g. the disk filled up: the old file stays as it was
@@ -255,6 +305,12 @@ def main(argv=None) -> int:
             raise UserError(
                 f"{args.workdir}: the model gave a non-finite output; nothing was written to {args.output}"
             ) from None
+        if args.html is not None:
+            try:
+                explain_lib.render_html(records, args.html)
+                explain_lib.render_png(records, _png_beside(args.html))
+            except OSError as error:
+                raise StorageError(f"--html {args.html}: {files.os_reason(error)}") from None
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -262,6 +318,8 @@ def main(argv=None) -> int:
         print(f"error: {files.storage_error(error, args.workdir)}", file=sys.stderr)
         return 2
     print(f"wrote {len(examples)} predictions to {args.output} (parameters of step {run.step})")
+    if args.html is not None:
+        print(f"wrote the attributions' page {args.html} and picture {_png_beside(args.html)}")
     return 0
 
 

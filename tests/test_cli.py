@@ -14,7 +14,10 @@ REPO = Path(__file__).resolve().parent.parent
 ENTRY_POINTS = {
     "train": (["train.py"], {"--config", "--workdir", "--[no]distributed"}),
     "compare": (["-m", "jaxft.compare"], {"--config", "--workdir", "--strategies", "--grid", "--seeds"}),
-    "predict": (["-m", "jaxft.predict"], {"--workdir", "--input", "--output", "--batch-size"}),
+    "predict": (
+        ["-m", "jaxft.predict"],
+        {"--workdir", "--input", "--output", "--batch-size", "--[no]explain", "--explain-steps", "--html"},
+    ),
     "export": (["-m", "jaxft.export"], {"--workdir", "--out"}),
 }
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from jaxft import export, predict
+from jaxft.configs import common
 from jaxft.data import readers
 from jaxft.errors import UserError
 
-DEV = str(Path(__file__).resolve().parents[1] / "jaxft" / "configs" / "demo_sentiment" / "dev.jsonl")
+DEV = common.shipped("demo_sentiment/dev.jsonl")
 
 
 def test_predict_writes_labels_and_probabilities_in_input_order(tiny_run, tmp_path):

@@ -93,9 +93,9 @@ class Pet(Classification):
     def tokenize(self, examples: list, tokenizer, data, cache_dir: str | None, path: str, names) -> dict:
         return self.features_for_prediction(examples, tokenizer, data.max_seq_length)
 
-    def features_for_prediction(self, examples: list, tokenizer, max_seq_length: int) -> dict:
-        """The filled templates as arrays of `jaxft.data.tokenize.tokenize`'s layout (`input_ids`,
-        `token_type_ids`, `length`); see the module docstring for how texts are cut."""
+    def _layout(self, tokenizer, max_seq_length: int) -> tuple[dict, list[str], int]:
+        """(token ids of the template's literal pieces by index, its slots in order, tokens left for the
+        texts), the template checked."""
         pieces = _SLOT.split(self.template.replace(MASK, tokenizer.mask_token))
         literal = {i: tokenizer(p, add_special_tokens=False)["input_ids"] for i, p in enumerate(pieces[::2])}
         slots = [p[1:-1] for p in pieces[1::2]]  # "text" / "text_pair", in template order
@@ -110,6 +110,28 @@ class Pet(Classification):
                 f"config task.template={self.template!r} leaves no room for the text in "
                 f"data.max_seq_length={max_seq_length}"
             )
+        return literal, slots, budget
+
+    def text_positions(self, examples: list, tokenizer, max_seq_length: int) -> list[dict[str, tuple]]:
+        """Where each example's texts sit in its row of `features_for_prediction`: for each slot ("text",
+        "text_pair") its first position and the number of its tokens kept (from its start)."""
+        literal, slots, budget = self._layout(tokenizer, max_seq_length)
+        texts = {slot: self._token_lists(examples, slot, tokenizer) for slot in slots}
+        out = []
+        for row in range(len(examples)):
+            keep = _fit([len(texts[slot][row]) for slot in slots], budget)
+            position, spans = 1, {}  # after [CLS]
+            for i, slot in enumerate(slots):
+                position += len(literal[i])
+                spans[slot] = (position, keep[i])
+                position += keep[i]
+            out.append(spans)
+        return out
+
+    def features_for_prediction(self, examples: list, tokenizer, max_seq_length: int) -> dict:
+        """The filled templates as arrays of `jaxft.data.tokenize.tokenize`'s layout (`input_ids`,
+        `token_type_ids`, `length`); see the module docstring for how texts are cut."""
+        literal, slots, budget = self._layout(tokenizer, max_seq_length)
         texts = {slot: self._token_lists(examples, slot, tokenizer) for slot in slots}
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         mask_id, unk_id = tokenizer.mask_token_id, tokenizer.unk_token_id
