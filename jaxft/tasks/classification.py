@@ -28,7 +28,6 @@ import optax
 from jaxft import evaluate
 from jaxft.data import labels as labels_lib
 from jaxft.data import long_inputs as long_inputs_lib
-from jaxft.data import tokenize
 from jaxft.errors import UserError
 from jaxft.tasks import class_weights as class_weights_lib
 from jaxft.tasks.base import PER_EXAMPLE, Task, TaskReport, text_record
@@ -86,19 +85,6 @@ class Classification(Task):
 
     def encode(self, examples: list, names: list[str]) -> np.ndarray:
         return labels_lib.encode_labels(examples, names)
-
-    def tokenize(self, examples: list, tokenizer, data, cache_dir: str | None, path: str, names) -> dict:
-        return tokenize.cached_tokenize(
-            examples,
-            tokenizer,
-            data.max_seq_length,
-            cache_dir,
-            {"path": path, "pair": data.text_pair_field is not None},
-            self.long_inputs,
-        )
-
-    def features_for_prediction(self, examples: list, tokenizer, max_seq_length: int) -> dict:
-        return tokenize.tokenize(examples, tokenizer, max_seq_length, long_inputs=self.long_inputs)[0]
 
     def resolve_class_weights(self, spec, train_targets: np.ndarray, names: list[str]) -> tuple[float, ...]:
         return class_weights_lib.single_label(spec, train_targets, names)
