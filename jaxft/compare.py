@@ -367,7 +367,7 @@ def make_search(
                 config_lib.check(config)
             except UserError as error:
                 raise UserError(f"{error} (--space={dimension.spec}, value {text})") from None
-    metric, mode = _decisive_metric(config), config.training.best_mode
+    metric, mode = _decisive_metric(config)
     cells = search.placeholder_cells(trials, names[0], seed_list[0], cell.overrides, metric, mode)
     keys = tuple(d.key for d in dimensions)
     plan = Plan(config_path, tuple(config_args), keys, cells, trainer=(sys.executable, "-m", "jaxft.trial"))

@@ -1,6 +1,7 @@
 """Helpers shared by the test files: tiny BERT configurations, random batches, parameter initialisation,
 the relative error between two parameter trees, on forced host devices one step's loss and gradients and an
-evaluation's totals, and a jaxpr's equations and matmul FLOPs (backend-independent, unlike compiled HLO).
+evaluation's totals, a workdir's latest checkpointed train state, and a jaxpr's equations and matmul FLOPs
+(backend-independent, unlike compiled HLO).
 
 Imported as `from tests.helpers import ...` (pytest's pythonpath holds the repository root).
 """
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxft.models.bert import BertConfig
-from jaxft.training import parallel, steps
+from jaxft.training import checkpoint, parallel, steps
 from jaxft.training.train import eval_counts
 
 # Odd sizes (37) catch transposed or swapped dimensions that square shapes would hide. A dict, for both
@@ -129,6 +130,15 @@ def eval_totals(
         parallel.eval_batch_size(batch_size, num_devices),
         num_devices,
     )
+
+
+def latest_state(workdir) -> tuple[int, dict]:
+    """(step, train state) of the newest full checkpoint in `workdir`, read as saved."""
+    ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
+    step = ckpts.latest_step()
+    restored = ckpts.latest.restore(step)
+    ckpts.close()
+    return step, restored["state"]
 
 
 def jaxpr_eqns(jaxpr):

@@ -1,6 +1,8 @@
 """Tests of `jaxft.config`: one `check` holds every rule, defaults come from jaxft/configs/default.py
 alone."""
 
+import dataclasses
+
 import pytest
 
 from jaxft import config as config_lib
@@ -17,6 +19,19 @@ def test_check_returns_the_config_it_accepts():
 
 def test_defaults_are_configs_default():
     assert config_lib.defaults().to_dict() == default.get_config().to_dict()
+
+
+def test_the_strategy_sections_defaults_are_written_once_in_configs_default():
+    """`PeftConfig()` and `AdversarialConfig()` (what steps and modules take when no config is given) hold the
+    same values as jaxft/configs/default.py's sections, field by field, and name every key of them."""
+    config = default.get_config()
+    for section, cls, read in (
+        ("peft", peft.PeftConfig, peft.from_config),
+        ("adversarial", adversarial.AdversarialConfig, adversarial.from_config),
+    ):
+        assert read(config) == cls(), section
+        fields = {field.name for field in dataclasses.fields(cls)}
+        assert fields == set(config[section].keys()), section
 
 
 def test_a_config_json_of_an_older_jaxft_gets_the_keys_it_lacks_from_configs_default():

@@ -27,8 +27,8 @@ from jaxft.models.heads import MaskedLM
 from jaxft.tasks import IGNORE
 from jaxft.tasks import mlm as mlm_task
 from jaxft.tasks.mlm import MaskedLanguageModel
-from jaxft.training import checkpoint, optim, parallel, steps, train, trained, trainer
-from tests.helpers import ODD_SIZES
+from jaxft.training import optim, parallel, steps, train, trained, trainer
+from tests.helpers import ODD_SIZES, latest_state
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -470,14 +470,6 @@ class _Crash(trainer.Hook):
             raise RuntimeError(f"killed after step {step}")
 
 
-def _latest(workdir):
-    ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
-    step = ckpts.latest_step()
-    restored = ckpts.latest.restore(step)
-    ckpts.close()
-    return step, restored["state"]
-
-
 def _resume_config():
     config = mlm_config.get_config("tiny")
     config.task.whole_word_mask = True
@@ -501,9 +493,9 @@ def test_a_killed_mlm_run_resumes_bit_identically(mlm_run, tmp_path):
     killed = tmp_path / "killed"
     with pytest.raises(RuntimeError, match="killed after step 5"):
         train.train_and_evaluate(_resume_config(), str(killed), train.Extensions(hooks=(_Crash(5),)))
-    assert _latest(killed)[0] == 4
+    assert latest_state(killed)[0] == 4
     assert train.train_and_evaluate(_resume_config(), str(killed)) == final
-    (step, resumed), (_, whole) = _latest(killed), _latest(expected)
+    (step, resumed), (_, whole) = latest_state(killed), latest_state(expected)
     assert step == 8
     jax.tree.map(np.testing.assert_array_equal, resumed, whole)
     evals = [json.loads(line) for line in (expected / "metrics.jsonl").read_text().splitlines()]

@@ -13,7 +13,8 @@ import pytest
 from jaxft import predict
 from jaxft.configs import tiny
 from jaxft.data import readers
-from jaxft.training import checkpoint, pipeline, train
+from jaxft.training import pipeline, train
+from tests.helpers import latest_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,21 +33,13 @@ def _poison_step(monkeypatch, bad_step: int):
     monkeypatch.setattr(pipeline, "train_batches", poisoned)
 
 
-def _latest(workdir):
-    ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
-    step = ckpts.latest_step()
-    restored = ckpts.latest.restore(step)
-    ckpts.close()
-    return step, restored["state"]
-
-
 def test_non_finite_loss_stops_naming_the_step_and_keeps_checkpoints_finite(tmp_path, monkeypatch):
     _poison_step(monkeypatch, 3)
     config = tiny.get_config()
     config.training.checkpoint_every = 2
     with pytest.raises(FloatingPointError, match=r"1 step\(s\) by step 4"):
         train.train_and_evaluate(config, str(tmp_path))
-    step, state = _latest(tmp_path)
+    step, state = latest_state(tmp_path)
     assert step == 2
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
 
@@ -56,7 +49,7 @@ def test_skip_policy_skips_a_non_finite_step_and_finishes(tmp_path, monkeypatch)
     config = tiny.get_config()
     config.training.max_nonfinite_steps = 1
     train.train_and_evaluate(config, str(tmp_path))
-    step, state = _latest(tmp_path)
+    step, state = latest_state(tmp_path)
     assert step == 12 and int(state["nonfinite_steps"]) == 1
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
 
@@ -100,7 +93,7 @@ def test_sigterm_or_ctrl_c_saves_the_current_step_exits_non_zero_and_the_rerun_r
     assert time.time() - sent < 30
     assert process.returncode == status, stderr[-2000:]
     assert f"pre-empted ({signum.name})" in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
-    step, _ = _latest(workdir)
+    step, _ = latest_state(workdir)
     assert step >= 3  # the step it was on when the signal came, not an older one
     rerun = subprocess.run(
         command[:6] + ["--config.training.num_train_steps=" + str(step + 2)],
@@ -112,7 +105,7 @@ def test_sigterm_or_ctrl_c_saves_the_current_step_exits_non_zero_and_the_rerun_r
     )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"Resuming from step {step}" in rerun.stderr
-    assert _latest(workdir)[0] == step + 2
+    assert latest_state(workdir)[0] == step + 2
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, tmp_path, caplog):
@@ -129,8 +122,8 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, tmp_
     messages = [r.getMessage() for r in caplog.records]
     assert any("checkpoint step 12 is damaged" in m for m in messages)
     assert any("Resuming from step 8" in m for m in messages)
-    _, expected = _latest(workdir)
-    _, resumed = _latest(copy)
+    _, expected = latest_state(workdir)
+    _, resumed = latest_state(copy)
     jax.tree.map(np.testing.assert_array_equal, resumed["params"], expected["params"])
 
 
@@ -189,8 +182,8 @@ def test_sigkill_then_resume_is_bit_identical(tiny_run, tmp_path, kill_after):
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert ("Resuming from step" in rerun.stderr) == saved
-    step, resumed = _latest(workdir)
-    _, expected = _latest(tiny_run[0])
+    step, resumed = latest_state(workdir)
+    _, expected = latest_state(tiny_run[0])
     assert step == 12
     jax.tree.map(np.testing.assert_array_equal, resumed["params"], expected["params"])
     jax.tree.map(np.testing.assert_array_equal, resumed["opt_state"], expected["opt_state"])

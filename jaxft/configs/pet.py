@@ -32,16 +32,17 @@ def get_config(variant: str = "default"):
     config.task.name = "pet"
     config.task.template = "{text} It was [MASK]."
     config.task.verbalizer = ("bad", "good") if variant == "tiny" else ("terrible", "great")
-    if variant == "default":
-        config.model.checkpoint = "google-bert/bert-base-uncased"
-        config.data.train_path = common.shipped("demo_sentiment/train.jsonl")
-        config.data.eval_path = common.shipped("demo_sentiment/dev.jsonl")
+    if variant in ("default", "sst2"):  # LM-BFF's recipe
         config.optimizer.learning_rate = 1e-5
         config.optimizer.warmup_ratio = 0.0
         config.training.batch_size = 8
         config.training.num_train_steps = 1000
         config.training.eval_every = 100
         config.training.log_every = 20
+    if variant == "default":
+        config.model.checkpoint = "google-bert/bert-base-uncased"
+        config.data.train_path = common.shipped("demo_sentiment/train.jsonl")
+        config.data.eval_path = common.shipped("demo_sentiment/dev.jsonl")
     elif variant == "sst2":
         config.data.train_path = "$JAXFT_DATA/sst2/train.tsv"
         config.data.eval_path = "$JAXFT_DATA/sst2/dev.tsv"
@@ -50,10 +51,4 @@ def get_config(variant: str = "default"):
         config.data.label_field = "label"  # "0" negative, "1" positive: the verbaliser's order
         config.data.k_shot = 16
         config.data.max_seq_length = 64
-        config.optimizer.learning_rate = 1e-5
-        config.optimizer.warmup_ratio = 0.0
-        config.training.batch_size = 8
-        config.training.num_train_steps = 1000
-        config.training.eval_every = 100
-        config.training.log_every = 20
     return config

@@ -81,7 +81,7 @@ def _forward(
         batch["token_type_ids"],
         deterministic=deterministic,
         rngs=rngs,
-        **(task.model_inputs(batch) if task is not None else {}),
+        **(task.model_inputs(batch) if isinstance(task, Task) else {}),
     )
 
 
@@ -256,7 +256,8 @@ def train_step(
     """
     # The task's inputs (mlm's masks) from the step's input key, drawn per row: the same on any device
     # count or micro-batching.
-    batch = task.train_inputs(batch, input_key(state.key, state.step))
+    if isinstance(task, Task):  # a recipe's own loss object (continual, SetFit) draws no inputs
+        batch = task.train_inputs(batch, input_key(state.key, state.step))
     # Different dropout masks per step and per device (and per micro-batch), all from one base key. The
     # global view has no device index: its masks are drawn for the whole batch at once.
     key = step_key(state.key, state.step)
@@ -319,7 +320,8 @@ def eval_step(
       num_labels: for classification, the number of classes (the logits' width; checked when given).
       task: what to return (default: single-label classification).
     """
-    batch = task.eval_inputs(batch)
+    if isinstance(task, Task):
+        batch = task.eval_inputs(batch)
     logits = _forward(model, params, batch, None, True, task=task)
     if num_labels is not None and logits.shape[-1] != num_labels:
         raise ValueError(f"the model gives {logits.shape[-1]} logits, not num_labels={num_labels}")
