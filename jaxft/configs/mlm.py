@@ -22,8 +22,9 @@ Variants:
         --config.model.init_from_workdir=runs/mlm_sst2 --config.seed=0
 
 MiniLM (all-MiniLM-L6-v2) ships without a masked-LM head: the run creates one (BERT's initialisation, the
-decoder tied to the word embeddings) and logs it as newly initialised. Not measured yet: docs/pretraining.md
-names the two comparisons to run.
+decoder tied to the word embeddings) and logs it as newly initialised. `sst2` measured on 2026-12-06
+(docs/pretraining.md): held-out masked-token accuracy 0.2834, perplexity 127.2 after 3 epochs; pet k=16 from
+it 0.5872 ± 0.0646 over 3 seeds. `imdb` is not measured yet.
 """
 
 from jaxft.configs import common, default, tiny
