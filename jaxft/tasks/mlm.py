@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxft.data import pretraining, readers
+from jaxft.data import pretraining
 from jaxft.errors import UserError
 from jaxft.tasks.base import IGNORE, Task, TaskReport, refuse_given_labels
 
@@ -163,14 +163,7 @@ class MaskedLanguageModel(Task):
         plain = path[: -len(".gz")] if path.endswith(".gz") else path
         if data.format == "txt" or (data.format == "auto" and plain.lower().endswith(".txt")):
             return pretraining.read_text_lines(path)
-        return readers.read_examples(
-            path,
-            text_field=data.text_field,
-            label_field=None,
-            fmt=data.format,
-            has_header=data.has_header,
-            require_label=False,
-        )
+        return super().read(path, data, require_label=False)  # labels ignored; text pairs refused by check
 
     def label_names(self, examples: list, data: ml_collections.ConfigDict) -> list[str]:
         refuse_given_labels(data, self.name)
