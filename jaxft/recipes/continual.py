@@ -44,6 +44,7 @@ from jaxft.models.bert import BertConfig, BertEncoder
 from jaxft.models.convert import merge_pretrained
 from jaxft.strategies import continual as cl
 from jaxft.strategies.peft import PeftConfig, wrap
+from jaxft.tasks import StepLoss
 from jaxft.training import optim, parallel, trainer
 
 _TOKEN_ARRAYS = frozenset({"input_ids", "token_type_ids", "attention_mask"})  # [B, L], padded with 0
@@ -88,7 +89,7 @@ class MultiHeadClassifier(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class OwnHeadCrossEntropy:
+class OwnHeadCrossEntropy(StepLoss):
     """Cross-entropy of each row under its own task's head (`batch["task"]` indexes `heads`)."""
 
     heads: tuple[str, ...]

@@ -31,6 +31,7 @@ from jaxft.data import batching, readers, records, tokenize
 from jaxft.errors import UserError
 from jaxft.models import convert, families
 from jaxft.models.bert import BertConfig
+from jaxft.tasks import StepLoss
 
 # Tasks whose targets are one class id per example, so "k per class" means something.
 K_SHOT_TASKS = ("classification", "pet", "relation")
@@ -261,7 +262,7 @@ class PairEncoder(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class CosineSimilarityTask:
+class CosineSimilarityTask(StepLoss):
     """CosineSimilarityLoss as a task's loss for `jaxft.training.steps.train_step`: the sum over the batch's
     pairs and their weight (padding pairs 0), which the step adds over devices before dividing."""
 

@@ -23,7 +23,7 @@ import ml_collections
 from jaxft import config as config_lib
 from jaxft.data import long_inputs
 from jaxft.errors import UserError
-from jaxft.tasks.base import IGNORE, PER_EXAMPLE, Task, TaskReport
+from jaxft.tasks.base import IGNORE, PER_EXAMPLE, StepLoss, Task, TaskReport
 from jaxft.tasks.classification import Classification
 from jaxft.tasks.mlm import MaskedLanguageModel
 from jaxft.tasks.multilabel import MultiLabel
@@ -33,7 +33,16 @@ from jaxft.tasks.qa import QuestionAnswering
 from jaxft.tasks.regression import Regression
 from jaxft.tasks.relation import Relation
 
-__all__ = ["IGNORE", "PER_EXAMPLE", "Task", "TaskReport", "best_metric", "best_mode", "from_config"]
+__all__ = [
+    "IGNORE",
+    "PER_EXAMPLE",
+    "StepLoss",
+    "Task",
+    "TaskReport",
+    "best_metric",
+    "best_mode",
+    "from_config",
+]
 
 NAMES = config_lib.TASKS
 # The metrics that fall as a model improves: training.best_mode="auto" minimises these, maximises the rest.

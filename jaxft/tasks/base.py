@@ -50,7 +50,37 @@ class TaskReport:
 
 
 @dataclasses.dataclass(frozen=True)
-class Task:
+class StepLoss:
+    """What the train and evaluation steps ask of a loss (`jaxft.training.steps`): the inputs it draws, the
+    model's keyword inputs, the (sum, weight) of its losses and each row's weight. Every `Task` is one; so is
+    a recipe's own loss (continual learning's own-head cross-entropy, SetFit's cosine loss), which keeps the
+    defaults: the batch as it is, no extra model inputs, the batch's row weights."""
+
+    def train_inputs(self, batch: dict, key: jax.Array) -> dict:
+        """The batch a train step feeds the model and the loss, drawn with `key` (the step's input key,
+        `jaxft.training.steps.input_key`): mlm masks tokens. Default: the batch as it is."""
+        return batch
+
+    def eval_inputs(self, batch: dict) -> dict:
+        """The batch an evaluation step feeds the model (mlm: with its fixed masks). Default: as it is."""
+        return batch
+
+    def model_inputs(self, batch: dict) -> dict:
+        """Keyword inputs of the model beyond the token arrays (mlm: the positions to predict)."""
+        return {}
+
+    def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
+        """(sum of losses, sum of weights) over this device's rows; padding carries weight 0."""
+        raise NotImplementedError
+
+    def row_weights(self, batch: dict) -> jax.Array:
+        """Each row's weight in `loss`'s sum of weights (a sequence task's; class weights included): what a
+        per-row term added to the loss (R-Drop's KL) is weighted by. Default: the batch's row weights."""
+        return batch["weights"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task(StepLoss):
     """Base class; the defaults read text (pairs) with `jaxft.data.readers` and tokenise with its cache."""
 
     name: ClassVar[str] = ""
@@ -128,28 +158,6 @@ class Task:
         return self
 
     # ---- device: pure functions of arrays ----------------------------------------------------------------
-    def train_inputs(self, batch: dict, key: jax.Array) -> dict:
-        """The batch a train step feeds the model and the loss, drawn with `key` (the step's input key,
-        `jaxft.training.steps.input_key`): mlm masks tokens. Default: the batch as it is."""
-        return batch
-
-    def eval_inputs(self, batch: dict) -> dict:
-        """The batch an evaluation step feeds the model (mlm: with its fixed masks). Default: as it is."""
-        return batch
-
-    def model_inputs(self, batch: dict) -> dict:
-        """Keyword inputs of the model beyond the token arrays (mlm: the positions to predict)."""
-        return {}
-
-    def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
-        """(sum of losses, sum of weights) over this device's rows; padding carries weight 0."""
-        raise NotImplementedError
-
-    def row_weights(self, batch: dict) -> jax.Array:
-        """Each row's weight in `loss`'s sum of weights (a sequence task's; class weights included): what a
-        per-row term added to the loss (R-Drop's KL) is weighted by. Default: the batch's row weights."""
-        return batch["weights"]
-
     def eval_outputs(self, logits: jax.Array, batch: dict) -> dict:
         """Sums over this device's rows, plus `PER_EXAMPLE` arrays with a leading row axis."""
         raise NotImplementedError

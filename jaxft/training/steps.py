@@ -22,11 +22,12 @@ from jaxft import backend
 from jaxft.strategies import adversarial as adversarial_lib
 from jaxft.strategies import peft as peft_lib
 from jaxft.strategies.regularization import symmetric_kl
-from jaxft.tasks import Task
+from jaxft.tasks import StepLoss, Task
 from jaxft.tasks.classification import Classification
 from jaxft.training.optim import l2_penalty
 
 _CLASSIFICATION = Classification()
+_NO_TASK = StepLoss()  # embedding and plain forward passes: no extra model inputs
 _NO_PEFT = peft_lib.PeftConfig()
 _NO_ADVERSARIAL = adversarial_lib.AdversarialConfig()
 # Folded into a step's key for the task's own draws (mlm's masks): a stream apart from the dropout keys,
@@ -68,7 +69,13 @@ def input_key(key_data: jax.Array, step: jax.Array) -> jax.Array:
 
 
 def _forward(
-    model: nn.Module, params, batch: dict, key, deterministic: bool, perturbations=None, task: Task = None
+    model: nn.Module,
+    params,
+    batch: dict,
+    key,
+    deterministic: bool,
+    perturbations=None,
+    task: StepLoss = _NO_TASK,
 ):
     rngs = None if deterministic else {"dropout": key}
     variables = {"params": params}
@@ -81,7 +88,7 @@ def _forward(
         batch["token_type_ids"],
         deterministic=deterministic,
         rngs=rngs,
-        **(task.model_inputs(batch) if isinstance(task, Task) else {}),
+        **task.model_inputs(batch),
     )
 
 
@@ -91,7 +98,7 @@ def weighted_loss_sum(
     batch: dict,
     key,
     deterministic: bool,
-    task: Task = _CLASSIFICATION,
+    task: StepLoss = _CLASSIFICATION,
     perturbations=None,
     rdrop_alpha: float = 0.0,
     loss_terms: tuple = (),
@@ -118,8 +125,7 @@ def weighted_loss_sum(
     loss, weight = task.loss(logits, batch)
     if rdrop_alpha:
         other = _forward(model, params, batch, jax.random.fold_in(key, 1), deterministic, perturbations, task)
-        # A recipe's own loss object (not a `Task`) has no class weights: its rows weigh their batch weight.
-        rows = task.row_weights(batch) if isinstance(task, Task) else batch["weights"]
+        rows = task.row_weights(batch)
         loss = (loss + task.loss(other, batch)[0]) / 2 + rdrop_alpha * symmetric_kl(logits, other, rows)
     for term in loss_terms:
         loss = loss + term(params, batch, logits) * weight
@@ -135,7 +141,7 @@ def loss_and_grads(
     axis_name: str | None,
     accum_steps: int = 1,
     deterministic: bool = False,
-    task: Task = _CLASSIFICATION,
+    task: StepLoss = _CLASSIFICATION,
     peft: peft_lib.PeftConfig = _NO_PEFT,
     adversarial: adversarial_lib.AdversarialConfig = _NO_ADVERSARIAL,
     rdrop_alpha: float = 0.0,
@@ -227,7 +233,7 @@ def train_step(
     accum_steps: int = 1,
     l2_coefficient: float = 0.0,
     deterministic: bool = False,
-    task: Task = _CLASSIFICATION,
+    task: StepLoss = _CLASSIFICATION,
     peft: peft_lib.PeftConfig = _NO_PEFT,
     adversarial: adversarial_lib.AdversarialConfig = _NO_ADVERSARIAL,
     rdrop_alpha: float = 0.0,
@@ -245,8 +251,8 @@ def train_step(
       accum_steps: micro-batches per update (gradient accumulation).
       l2_coefficient: L2 penalty added to the loss (see `optim.l2_penalty`).
       deterministic: turn dropout off (parity tests).
-      task: the loss, and the inputs it draws each step with `input_key` (`Task.train_inputs`; default:
-        single-label classification).
+      task: the loss, and the inputs it draws each step with `input_key` (`StepLoss.train_inputs`: a
+        `Task`, or a recipe's own loss; default: single-label classification).
       peft, adversarial, rdrop_alpha: training strategies (see `loss_and_grads`).
       loss_terms: extra terms of the loss, computed inside the step (see `weighted_loss_sum`).
 
@@ -256,8 +262,7 @@ def train_step(
     """
     # The task's inputs (mlm's masks) from the step's input key, drawn per row: the same on any device
     # count or micro-batching.
-    if isinstance(task, Task):  # a recipe's own loss object (continual, SetFit) draws no inputs
-        batch = task.train_inputs(batch, input_key(state.key, state.step))
+    batch = task.train_inputs(batch, input_key(state.key, state.step))
     # Different dropout masks per step and per device (and per micro-batch), all from one base key. The
     # global view has no device index: its masks are drawn for the whole batch at once.
     key = step_key(state.key, state.step)
@@ -320,8 +325,7 @@ def eval_step(
       num_labels: for classification, the number of classes (the logits' width; checked when given).
       task: what to return (default: single-label classification).
     """
-    if isinstance(task, Task):
-        batch = task.eval_inputs(batch)
+    batch = task.eval_inputs(batch)
     logits = _forward(model, params, batch, None, True, task=task)
     if num_labels is not None and logits.shape[-1] != num_labels:
         raise ValueError(f"the model gives {logits.shape[-1]} logits, not num_labels={num_labels}")
