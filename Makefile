@@ -2,8 +2,9 @@
 #   make demo   set up .venv, then fine-tune MiniLM on the shipped demo data and print the dev report
 #   make test   set up .venv, then lint and run the whole test suite on two workers (what CI runs)
 #   make check  the fast tier for contributors: lint and every test but the end-to-end and slow ones
-#               (every parity proof is in it), on two workers, with XLA's compiled programs kept between
-#               runs in .jax_cache/ (compiling dominates these tests on CPU; a warm cache skips most of it)
+#               (every parity proof is in it), on two workers
+# Both keep XLA's compiled programs in .jax_cache/ (tests/conftest.py): compiling dominates the tests on
+# CPU, many compile the same program, and a warm cache skips most of it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -36,8 +37,7 @@ test: lint
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests/
 
 check: lint
-	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
-		$(PY) -m pytest -q -n 2 -m "not e2e and not slow" tests/
+	$(PY) -m pytest -q -n 2 -m "not e2e and not slow" tests/
 
 clean:
 	rm -rf $(VENV) runs .jax_cache

@@ -2,15 +2,24 @@
 
 The suite runs with 8 forced host CPU devices, so every test exercises the multi-device paths; a test that
 wants one device passes `devices=jax.devices()[:1]`. The flag must be set before jax is first imported.
+
+XLA's compiled programs are kept in `.jax_cache/` at the repository root (JAX's persistent compilation
+cache, every compilation kept), for this process and every subprocess a test starts: many tests compile
+the same program (a tiny run, its rerun after a kill), and on CPU compiling is most of their time. The
+cache is keyed by the program, the XLA flags and the jax version, so it never serves a stale program; set
+`JAX_COMPILATION_CACHE_DIR` to use another directory.
 """
 
 import inspect
 import os
 import re
+from pathlib import Path
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 
