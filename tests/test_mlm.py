@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxft
 from jaxft import config as config_lib
 from jaxft import export, predict, tasks
 from jaxft.configs import mlm as mlm_config
@@ -544,6 +545,26 @@ def test_the_export_is_a_bert_for_masked_lm_with_equal_logits(mlm_run, tmp_path)
     _assert_equal_logits(str(workdir), exported, ["The service was slow.", "Great food and a kind waiter!"])
     with pytest.raises(UserError, match="a task.name='mlm' run predicts no labels"):
         predict.predict_outputs(predict.load_run(str(workdir)), _docs("a text"))
+
+
+def test_the_api_embeds_with_a_masked_lm_runs_encoder_and_refuses_to_predict(mlm_run, tmp_path):
+    """`jaxft.load(...).embed` on a masked-LM run gives its encoder's mean-pooled last layer, as the exported
+    BertForMaskedLM computes it in PyTorch; `.predict` ends in the one line that says why not."""
+    workdir, _ = mlm_run
+    texts = ["The service was slow.", "Great food and a kind waiter!", "ok"]
+    predictor = jaxft.load(str(workdir))
+    ours = predictor.embed(texts, batch_size=2)
+    exported = transformers.AutoModelForMaskedLM.from_pretrained(
+        export.export(str(workdir), str(tmp_path))
+    ).eval()
+    encoded = predictor.run.tokenizer(texts, padding=True, return_tensors="np")
+    inputs = {k: torch.tensor(v) for k, v in encoded.items() if k != "token_type_ids" or v.any()}
+    with torch.no_grad():
+        last = exported(**inputs, output_hidden_states=True).hidden_states[-1].numpy()
+    mask = encoded["attention_mask"][..., None]
+    np.testing.assert_allclose(ours, (last * mask).sum(1) / mask.sum(1), rtol=0, atol=1e-5)
+    with pytest.raises(UserError, match="a task.name='mlm' run predicts no labels"):
+        predictor.predict(texts)
 
 
 def _assert_equal_logits(workdir: str, exported, texts: list[str]) -> None:
