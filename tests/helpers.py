@@ -25,13 +25,21 @@ ODD_SIZES = dict(
 )
 
 
-def classification_batch(
-    size: int, vocab_size: int, num_labels: int, *, length: int = 12, padding_rows: int = 0, seed: int = 0
+def padded_batch(
+    size: int,
+    vocab_size: int,
+    labels,
+    *,
+    length: int,
+    min_length: int = 2,
+    padding_rows: int = 0,
+    seed: int = 0,
 ) -> dict:
-    """A random host batch of `size` rows of 2..`length` tokens (0-padded), the last `padding_rows` of
-    weight 0, with class labels: what `jaxft.data.batching.make_batch` gives a classification step."""
+    """A random host batch of `size` rows of `min_length`..`length` tokens (0-padded), the last `padding_rows`
+    of weight 0: what `jaxft.data.batching.make_batch` gives a step. `labels(rng, lengths, mask)` draws the
+    labels, after the tokens."""
     rng = np.random.default_rng(seed)
-    lengths = rng.integers(2, length + 1, size)
+    lengths = rng.integers(min_length, length + 1, size)
     mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
     weights = np.ones(size, np.float32)
     weights[size - padding_rows :] = 0
@@ -39,9 +47,17 @@ def classification_batch(
         "input_ids": (rng.integers(1, vocab_size, (size, length)) * mask).astype(np.int32),
         "attention_mask": mask,
         "token_type_ids": np.zeros((size, length), np.int32),
-        "labels": rng.integers(0, num_labels, size).astype(np.int32),
+        "labels": labels(rng, lengths, mask),
         "weights": weights,
     }
+
+
+def classification_batch(
+    size: int, vocab_size: int, num_labels: int, *, length: int = 12, padding_rows: int = 0, seed: int = 0
+) -> dict:
+    """`padded_batch` with class labels."""
+    labels = lambda rng, lengths, mask: rng.integers(0, num_labels, size).astype(np.int32)  # noqa: E731
+    return padded_batch(size, vocab_size, labels, length=length, padding_rows=padding_rows, seed=seed)
 
 
 def random_features(rng: np.random.Generator, num_examples: int, vocab_size: int, width: int = 20) -> dict:

@@ -20,7 +20,7 @@ from jaxft.tasks.classification import Classification
 from jaxft.tasks.multilabel import MultiLabel
 from jaxft.tasks.ner import Ner
 from jaxft.training import train
-from tests.helpers import init_params, loss_and_grads, rel_error, tiny_bert
+from tests.helpers import init_params, loss_and_grads, padded_batch, rel_error, tiny_bert
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -40,26 +40,20 @@ def _long(x):
 
 def _batch(kind: str, size: int = 16, padding_rows: int = 3, seed: int = 0) -> dict:
     """A random host batch whose last `padding_rows` rows have weight 0 and garbage labels."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(3, LENGTH + 1, size)
-    mask = (np.arange(LENGTH)[None] < lengths[:, None]).astype(np.int32)
-    weights = np.ones(size, np.float32)
-    weights[size - padding_rows :] = 0
-    if kind == "multilabel":
-        labels = (rng.random((size, C)) < 0.3).astype(np.float32)
-    elif kind == "ner":
-        labels = rng.integers(0, C, (size, LENGTH)).astype(np.int32)
-        labels[(rng.random((size, LENGTH)) < 0.3) | (mask == 0)] = IGNORE
-        labels[size - padding_rows :] = rng.integers(0, C, (padding_rows, LENGTH))  # weight 0 masks them
-    else:
-        labels = rng.integers(0, C, size).astype(np.int32)
-    return {
-        "input_ids": (rng.integers(1, CONFIG.vocab_size, (size, LENGTH)) * mask).astype(np.int32),
-        "attention_mask": mask,
-        "token_type_ids": np.zeros((size, LENGTH), np.int32),
-        "labels": labels,
-        "weights": weights,
-    }
+
+    def labels(rng, lengths, mask):
+        if kind == "multilabel":
+            return (rng.random((size, C)) < 0.3).astype(np.float32)
+        if kind == "ner":
+            tags = rng.integers(0, C, (size, LENGTH)).astype(np.int32)
+            tags[(rng.random((size, LENGTH)) < 0.3) | (mask == 0)] = IGNORE
+            tags[size - padding_rows :] = rng.integers(0, C, (padding_rows, LENGTH))  # weight 0 masks them
+            return tags
+        return rng.integers(0, C, size).astype(np.int32)
+
+    return padded_batch(
+        size, CONFIG.vocab_size, labels, length=LENGTH, min_length=3, padding_rows=padding_rows, seed=seed
+    )
 
 
 def _torch_loss(kind: str, logits, batch, label_smoothing: float = 0.0) -> float:

@@ -99,7 +99,8 @@ def _env(runs: Path) -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false")
     # The suite forces 8 host devices (conftest.py); a user's process has JAX's default count.
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
-    env["XLA_FLAGS"] = flags  # the suite's compilation cache (conftest.py) stays: the same shapes compile once
+    # The suite's compilation cache (conftest.py) stays: the same shapes compile once.
+    env["XLA_FLAGS"] = flags
     return env
 
 

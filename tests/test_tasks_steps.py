@@ -15,7 +15,7 @@ from jaxft.tasks.ner import Ner
 from jaxft.tasks.qa import QuestionAnswering
 from jaxft.tasks.regression import Regression
 from jaxft.training import pipeline, steps
-from tests.helpers import eval_totals, init_params, loss_and_grads, rel_error, tiny_bert
+from tests.helpers import eval_totals, init_params, loss_and_grads, padded_batch, rel_error, tiny_bert
 
 CONFIG = tiny_bert(50)
 LENGTH, TAGS, LABELS = 12, 5, 4
@@ -43,21 +43,15 @@ def _labels(name: str, rng, lengths) -> np.ndarray:
 
 
 def _batch(name: str, size: int, padding_rows: int = 0, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(3, LENGTH + 1, size)
-    mask = (np.arange(LENGTH)[None] < lengths[:, None]).astype(np.int32)
-    weights = np.ones(size, np.float32)
-    weights[size - padding_rows :] = 0
-    labels = _labels(name, rng, lengths)
-    if name == "ner":  # padding rows of a real batch carry IGNORE; garbage here proves the weight masks them
-        labels[size - padding_rows :] = rng.integers(0, TAGS, (padding_rows, LENGTH))
-    return {
-        "input_ids": (rng.integers(1, CONFIG.vocab_size, (size, LENGTH)) * mask).astype(np.int32),
-        "attention_mask": mask,
-        "token_type_ids": np.zeros((size, LENGTH), np.int32),
-        "labels": labels,
-        "weights": weights,
-    }
+    def labels(rng, lengths, mask):
+        drawn = _labels(name, rng, lengths)
+        if name == "ner":  # padding rows of a real batch carry IGNORE; garbage proves the weight masks them
+            drawn[size - padding_rows :] = rng.integers(0, TAGS, (padding_rows, LENGTH))
+        return drawn
+
+    return padded_batch(
+        size, CONFIG.vocab_size, labels, length=LENGTH, min_length=3, padding_rows=padding_rows, seed=seed
+    )
 
 
 def _loss_and_grads(name, params, batch, num_devices, accum_steps=1):
