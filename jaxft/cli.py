@@ -82,12 +82,34 @@ def resolve_config_names(argv: Sequence[str]) -> list[str]:
         except ValueError as error:
             fail(f"--config {value}: {error}")
 
+    return _map_config_values(argv, resolve)
+
+
+def config_name(value: str) -> str:
+    """A `--config` value as a command written for someone else shows it: a shipped config's file by its
+    module name (`jaxft.configs.NAME[:VARIANT]`, which runs on any installation; the file's path is this
+    machine's), any other file as it is. The inverse of `resolve_config_names`."""
+    from jaxft import configs
+
+    path, colon, variant = value.partition(":")
+    shipped = os.path.dirname(os.path.abspath(configs.__file__))
+    if path.endswith(".py") and os.path.dirname(os.path.abspath(path)) == shipped:
+        return f"jaxft.configs.{os.path.basename(path)[:-3]}{colon}{variant}"
+    return value
+
+
+def config_names(argv: Sequence[str]) -> list[str]:
+    """`argv` with each `--config` value as `config_name` shows it."""
+    return _map_config_values(argv, config_name)
+
+
+def _map_config_values(argv: Sequence[str], fn) -> list[str]:
     out = list(argv)
     for i, arg in enumerate(out):
         if arg.startswith("--config="):
-            out[i] = "--config=" + resolve(arg.split("=", 1)[1])
+            out[i] = "--config=" + fn(arg.split("=", 1)[1])
         elif arg == "--config" and i + 1 < len(out):
-            out[i + 1] = resolve(out[i + 1])
+            out[i + 1] = fn(out[i + 1])
     return out
 
 

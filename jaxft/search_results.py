@@ -18,7 +18,7 @@ import shlex
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from jaxft import compare_results, compare_runner, files
+from jaxft import cli, compare_results, compare_runner, files
 
 SEARCH_PNG = "search_curve.png"
 _MEASURED = (
@@ -80,7 +80,7 @@ def best_run_command(search, row: dict, workdir: str) -> str:
     cell = search.plan.cells[row["trial"]]
     point = tuple((d.key, row[d.key]) for d in search.space)
     alone = compare_runner.Cell(0, cell.strategy, point, cell.seed, cell.overrides)
-    command = ["python", "-m", "jaxft.main", f"--config={search.plan.config_path}"]
+    command = ["python", "-m", "jaxft.main", f"--config={cli.config_name(search.plan.config_path)}"]
     command += [f"--workdir={os.path.join(workdir, 'best')}", *search.plan.config_args, *alone.config_args()]
     return shlex.join(command)
 

@@ -82,6 +82,9 @@ def test_command_line_takes_a_shipped_config_by_module_name(tmp_path):
     assert resolved[2] == jaxft.configs.path("sst2") + ":gpu"
     assert resolved[3] == "--config=" + jaxft.configs.path("tiny")
     assert cli.resolve_config_names(["x", "--config", "my/file.py"]) == ["x", "--config", "my/file.py"]
+    # A command written down for others (compare's and a search's results) names a shipped config again.
+    assert cli.config_names(resolved) == argv
+    assert cli.config_name("my/file.py:cpu") == "my/file.py:cpu"
 
 
 # ---- in-memory data: the same examples as the file ----------------------------------------------------

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -389,11 +390,17 @@ def test_a_real_search_resumes_and_its_best_trial_reproduces_as_a_normal_run(tmp
     [best] = [row for row in rows if row["best"] == "True"]
     assert float(best["value"]) == max(t.value for t in trials.values())
 
-    # The best trial's values, trained by jaxft.main as a run of its own, give the very same final metrics.
-    alone = [f"--config.{key}={best[key]}" for key in ("optimizer.learning_rate", "training.batch_size")]
-    again = tmp_path / "best"
-    command = [sys.executable, "-m", "jaxft.main", f"--config={TINY}", f"--workdir={again}", *QUICK, *alone]
-    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=1200)
+    # The best trial's values, trained by the jaxft.main command results.md shows, as written (the shipped
+    # config by its module name), give the very same final metrics.
+    markdown = (workdir / "results.md").read_text()
+    shown = markdown.split("Trained as a run of its own:")[1].split("```bash\n")[1].split("\n```")[0]
+    words = shlex.split(shown)
+    assert words[:4] == ["python", "-m", "jaxft.main", "--config=jaxft.configs.tiny"]
+    assert f"--config.training.batch_size={best['training.batch_size']}" in words
+    again = workdir / "best"
+    run = subprocess.run(
+        [sys.executable, *words[1:]], capture_output=True, text=True, cwd=REPO, env=env, timeout=1200
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     trial_final = json.loads((workdir / "cells" / best["cell"] / "final_metrics.json").read_text())
     assert json.loads((again / "final_metrics.json").read_text())["eval"] == trial_final["eval"]
