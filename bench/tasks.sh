@@ -8,6 +8,7 @@
 #                                    SQuAD v1.1 dev split by article (38 articles train / 10 eval), as only
 #                                    dev is available (a GPU job: 384-token windows)
 #   bench/tasks.sh DATA_DIR stsb     jaxft/configs/stsb.py: regression, 3 epochs; dev Pearson / Spearman
+#   bench/tasks.sh DATA_DIR stsb-torch  PyTorch reference (bench/torch_reference.py), the same recipe
 #   bench/tasks.sh DATA_DIR goemotions  jaxft/configs/multilabel.py: 28 labels, 3 epochs; dev + test macro/micro-F1
 #   bench/tasks.sh DATA_DIR semeval  jaxft/configs/relation.py: entity markers, 5 epochs; test official macro-F1
 #   bench/tasks.sh DATA_DIR semeval_cls  the same with [CLS] pooling
@@ -16,7 +17,7 @@
 # (e.g. ../shared/data). Extra arguments go to train.py
 # (e.g. --config.training.num_epochs=1). Not run by CI.
 set -euo pipefail
-if [ $# -lt 2 ]; then echo "usage: $0 DATA_DIR mrpc|conll03|squad|stsb|goemotions|semeval|semeval_cls|newsgroups" >&2; exit 2; fi
+if [ $# -lt 2 ]; then echo "usage: $0 DATA_DIR mrpc|conll03|squad|stsb|stsb-torch|goemotions|semeval|semeval_cls|newsgroups" >&2; exit 2; fi
 cd "$(dirname "$0")/.."
 data=$(cd "$1" && pwd); job=$2; shift 2
 py=${PYTHON:-.venv/bin/python}
@@ -26,6 +27,10 @@ case $job in
   mrpc) config=jaxft/configs/mrpc.py ;;
   conll03) config=jaxft/configs/conll03.py ;;
   stsb) config=jaxft/configs/stsb.py ;;
+  stsb-torch)  # jaxft/configs/finetune.py's recipe: 128 tokens, batch 32, lr 5e-5, 10% warm-up, 3 epochs
+    exec "$py" bench/torch_reference.py --train "$data/stsb/train.tsv" --eval "$data/stsb/dev.tsv" \
+      --task regression --text-field sentence1 --text-pair-field sentence2 --label-field score \
+      --max-seq-length 128 --epochs 3 --warmup-ratio 0.1 --out "$out/stsb_torch.json" "$@" ;;
   goemotions) config=jaxft/configs/multilabel.py ;;
   semeval) config=jaxft/configs/relation.py ;;
   semeval_cls) config=jaxft/configs/relation.py; set -- --config.task.relation_pooling=cls "$@" ;;
@@ -40,7 +45,7 @@ for name, articles in (("train", dev["data"][:38]), ("dev", dev["data"][38:])):
     json.dump({"version": dev["version"], "data": articles}, open(f"{out}/{name}.json", "w"))
 PY
     export JAXFT_DATA=$(pwd)/runs/bench_data ;;
-  *) echo "unknown job $job (mrpc, conll03, squad, stsb, goemotions, semeval, semeval_cls, newsgroups)" >&2; exit 2 ;;
+  *) echo "unknown job $job (mrpc, conll03, squad, stsb, stsb-torch, goemotions, semeval, semeval_cls, newsgroups)" >&2; exit 2 ;;
 esac
 rm -rf "runs/bench_$job"
 start=$(date +%s)
