@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxft.tasks import StepLoss
 from jaxft.training import parallel, trainer
 
 
@@ -77,7 +78,7 @@ class _Linear(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class _SquaredError:
+class _SquaredError(StepLoss):  # a loss of the trainer's own: StepLoss's defaults for the rest
     def loss(self, outputs, batch):
         return jnp.sum(batch["weights"] * (outputs - batch["targets"]) ** 2), jnp.sum(batch["weights"])
 

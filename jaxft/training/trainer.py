@@ -220,7 +220,8 @@ def fit(
       batches: host batches of global rows, one per step ([rows, ...] arrays).
       total_steps: steps to run.
       model: the Flax module whose output the task's loss takes.
-      task: what `loss(outputs, batch)` is (a `jaxft.tasks.Task`, or any hashable object with that method).
+      task: the loss, a `jaxft.tasks.StepLoss` (a `Task`, or a hashable loss of the caller's own that
+        subclasses `StepLoss` for its defaults: no inputs drawn, no extra model inputs).
       seed: the base key of the dropout masks.
       hooks: side work (e.g. `RecordLoss`).
       parallelism: how the step runs over devices (default: pmap over this process's devices).
