@@ -2,7 +2,8 @@
 # Real-data accuracy benchmarks, one command each; results land in runs/bench/*.json.
 #   bench/accuracy.sh DATA_DIR sst2        jaxft, jaxft/configs/sst2.py        (~20-25 min on 2 CPU cores)
 #   bench/accuracy.sh DATA_DIR sst2-bf16   the same recipe computing in bfloat16 (float32 weights and state)
-#   bench/accuracy.sh DATA_DIR sst2-torch  PyTorch reference, same recipe
+#   bench/accuracy.sh DATA_DIR sst2-torch  PyTorch reference, same recipe, evaluated every 500 steps as jaxft
+#                                          (SEED=N for another seed: runs/bench/sst2_torch_sN.json)
 #   bench/accuracy.sh DATA_DIR imdb-cpu    jaxft, jaxft/configs/imdb.py:cpu    (5k/5k subset at 256 tokens)
 #   bench/accuracy.sh DATA_DIR imdb-torch  PyTorch reference on the same subset
 #   bench/accuracy.sh DATA_DIR imdb-long   long reviews on a 2k/1k subset: imdb.py:cpu_truncate (256 tokens),
@@ -37,7 +38,8 @@ case $job in
       jaxft "imdb_$variant" "jaxft/configs/imdb.py:cpu_$variant"
     done ;;
   sst2-torch) "$py" bench/torch_reference.py --train "$data/sst2/train.tsv" --eval "$data/sst2/dev.tsv" \
-      --text-field sentence --max-seq-length 64 --epochs 1 --out "$out/sst2_torch.json" ;;
+      --text-field sentence --max-seq-length 64 --epochs 1 --eval-every 500 --seed "${SEED:-0}" \
+      --out "$out/sst2_torch${SEED:+_s$SEED}.json" ;;
   imdb-torch) "$py" bench/torch_reference.py --train "$data/imdb/train.jsonl.gz" --eval "$data/imdb/test.jsonl.gz" \
       --max-seq-length 256 --max-train-examples 5000 --max-eval-examples 5000 --epochs 1 --out "$out/imdb_torch.json" ;;
   *) echo "unknown job $job (sst2, sst2-bf16, sst2-torch, imdb-cpu, imdb-torch, imdb-long)" >&2; exit 2 ;;

@@ -1,6 +1,7 @@
 """PyTorch reference for the classification and regression benchmarks: the same checkpoint and recipe with
 transformers' `BertForSequenceClassification`, printing the figures jaxft prints (accuracy, macro-F1,
-report; Pearson, Spearman and MSE for `--task regression`), after every epoch ("epochs") and at the end.
+report; Pearson, Spearman and MSE for `--task regression`), after every epoch ("epochs"), every
+`--eval-every` steps if given ("evals", as jaxft's training.eval_every) and at the end.
 
     python bench/torch_reference.py --train ../shared/data/sst2/train.tsv --eval ../shared/data/sst2/dev.tsv \
         --text-field sentence --max-seq-length 64 --epochs 1 --out runs/torch_sst2.json
@@ -45,6 +46,7 @@ def main():
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--warmup-ratio", type=float, default=0.06)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: off)")
     parser.add_argument("--checkpoint", default=common.minilm_checkpoint())
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -131,7 +133,7 @@ def main():
     generator = torch.Generator().manual_seed(args.seed)
     train_start = time.time()
     model.train()
-    epochs = []
+    epochs, evals = [], []
     for epoch in range(args.epochs):
         order = torch.randperm(len(train_ids), generator=generator).tolist()
         for step in range(steps_per_epoch):
@@ -145,6 +147,9 @@ def main():
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
+            done = epoch * steps_per_epoch + step + 1
+            if args.eval_every and done % args.eval_every == 0 and done < total:
+                evals.append({"step": done, **{k: v for k, v in evaluate().items() if k != "report"}})
             if step % 100 == 0:
                 print(f"epoch {epoch} step {step}/{steps_per_epoch} loss {out.loss.item():.4f}", flush=True)
         epochs.append(evaluate() if epoch < args.epochs - 1 else None)
@@ -163,6 +168,7 @@ def main():
         "wall_s": round(time.time() - start, 1),
         **final,
         "epochs": [{k: v for k, v in e.items() if k != "report"} for e in epochs],
+        "evals": evals + [{"step": total, **{k: v for k, v in final.items() if k != "report"}}],
     }
     print(json.dumps({k: v for k, v in result.items() if k != "report"}))
     if args.out:
