@@ -10,8 +10,10 @@ WORKDIR/cells/<strategy>__<key=value,...>__seed<k>/, so that a crash of one cell
 its peak memory is its own. A cell whose final_metrics.json exists is done and not run again; an unfinished
 one resumes from its checkpoints. Each cell's record (cell.json) holds the task metric, all final metrics,
 trainable parameters, wall time and peak memory; WORKDIR/results.csv, results.md and results.png hold the
-mean and standard deviation over seeds per strategy and grid point (jaxft/compare_runner.py runs
-the cells, jaxft/compare_results.py writes the tables).
+mean and standard deviation over seeds per strategy and grid point and, against the baseline strategy
+(`--baseline`, default the first listed) at the same grid point, the difference in mean metric with a paired
+bootstrap interval over the seeds and the evaluation examples, and whether it excludes 0 (jaxft/bootstrap.py;
+jaxft/compare_runner.py runs the cells, jaxft/compare_results.py writes the tables).
 
 Cluster job arrays: `--list` prints the cells with their index, `--cell INDEX` runs only that one, and
 `--aggregate_only` writes the tables once they have all finished. Any --config.KEY=VALUE is passed on to
@@ -88,6 +90,12 @@ _GRID = flags.DEFINE_multi_string(
     "cartesian product. Commas inside brackets or quotes do not split: "
     "--grid \"augment.eda_ops=('swap',),('swap','delete')\"",
 )
+_BASELINE = flags.DEFINE_string(
+    "baseline",
+    None,
+    "The strategy every other one is compared with at each grid point: the difference in mean metric and "
+    "its paired bootstrap interval over seeds and evaluation examples (default: the first of --strategies).",
+)
 _CELL = flags.DEFINE_integer("cell", None, "Run only the cell with this index (see --list): one array job.")
 _LIST = flags.DEFINE_bool("list", False, "Print the cells with their index and exit; runs nothing.")
 _AGGREGATE_ONLY = flags.DEFINE_bool(
@@ -112,7 +120,7 @@ _PRUNER = flags.DEFINE_string(
 )
 
 KEY_FLAGS = (
-    "config", "workdir", "strategies", "seeds", "grid", "cell", "list", "aggregate_only",
+    "config", "workdir", "strategies", "baseline", "seeds", "grid", "cell", "list", "aggregate_only",
     "search", "trials", "space", "pruner",
 )  # fmt: skip
 
@@ -381,6 +389,8 @@ def _search_main(config_path: str, workdir: str) -> None:
 
     if _GRID.value:
         cli.fail("--grid and --search do not mix: give the searched keys as --space")
+    if _BASELINE.value is not None:
+        cli.fail("--baseline compares strategies; a search has one")
     try:
         found = make_search(
             config_path, _forwarded_config_args(sys.argv), _STRATEGIES.value, _SEEDS.value, _TRIALS.value,
@@ -416,6 +426,16 @@ def _search_main(config_path: str, workdir: str) -> None:
         sys.exit(1)
     if len(results) < count and not _AGGREGATE_ONLY.value:
         sys.exit(143)  # stopped by SIGTERM before the last trial
+
+
+def baseline_of(strategies: str, baseline: str | None) -> str:
+    """--baseline, or the first of --strategies; raises UserError when it is not one of them."""
+    names = [name.strip() for name in strategies.split(",")]
+    if baseline is None:
+        return names[0]
+    if baseline.strip() not in names:
+        raise UserError(f"--baseline={baseline!r} is not one of --strategies ({', '.join(names)})")
+    return baseline.strip()
 
 
 def _command_line() -> str:
@@ -460,6 +480,7 @@ def main(argv):
         plan = make_plan(
             config_path, _forwarded_config_args(sys.argv), _STRATEGIES.value, _GRID.value, _SEEDS.value
         )
+        baseline = baseline_of(_STRATEGIES.value, _BASELINE.value)
         if _CELL.value is not None and not 0 <= _CELL.value < len(plan.cells):
             count = len(plan.cells)
             raise UserError(f"--cell={_CELL.value}: there are {count} cells, 0 to {count - 1} (see --list)")
@@ -477,7 +498,7 @@ def main(argv):
             cli.fail(f"--aggregate_only: no cell of this comparison has run in {workdir}; nothing to do")
         results = [] if _AGGREGATE_ONLY.value else compare_runner.run_cells(plan, workdir)
         command = _command_line()
-        rows = compare_runner.write_results(plan, workdir, command)
+        rows = compare_runner.write_results(plan, workdir, command, baseline)
     except OSError as error:  # a cell's record, its log or the tables: the machine refused the write
         cli.fail(str(files.storage_error(error, f"--workdir {workdir}")))
     print(f"{len(rows)} rows -> {os.path.join(workdir, compare_results.RESULTS_MD)}")

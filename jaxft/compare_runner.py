@@ -300,10 +300,25 @@ def read_records(plan: Plan, workdir: str) -> list[dict]:
     return [record for record in records if record is not None]
 
 
-def write_results(plan: Plan, workdir: str, command: str) -> list[dict]:
-    """Writes WORKDIR/results.csv, results.md and results.png from the cells' records; returns the rows."""
+def final_examples(workdir: str, record: dict) -> dict | None:
+    """The per-example arrays of a done cell's final report on the split its metric came from, if any."""
+    from jaxft import evaluate  # scikit-learn: seconds that --help and --list need not wait
+
+    final = record.get("final_metrics") or {}
+    split = "eval" if final.get("eval") else "test"
+    directory = os.path.join(workdir, "cells", record["cell"], "eval")
+    return evaluate.read_examples(evaluate.examples_path(directory, split))
+
+
+def write_results(plan: Plan, workdir: str, command: str, baseline: str | None = None) -> list[dict]:
+    """Writes WORKDIR/results.csv, results.md and results.png from the cells' records; returns the rows.
+
+    `baseline`: the strategy every other one is compared with (`compare_results.aggregate`); None: none.
+    """
     records = read_records(plan, workdir)
-    rows = compare_results.aggregate(records, plan.grid_keys)
+    rows = compare_results.aggregate(
+        records, plan.grid_keys, baseline, lambda record: final_examples(workdir, record)
+    )
     mode = plan.cells[0].best_mode if plan.cells else "max"
     failures = [(r["cell"], r.get("error", "")) for r in records if r["status"] != "done"]
     compare_results.write_all(workdir, rows, plan.grid_keys, command, mode, failures)

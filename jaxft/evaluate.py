@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import zipfile
 
 import numpy as np
 import sklearn.metrics
@@ -390,3 +391,27 @@ def report_name(split: str, step: int | None) -> str:
     if step is None:
         return f"final_{split}"
     return f"{split}_step{int(step):08d}"
+
+
+def examples_path(eval_dir: str, split: str) -> str:
+    """Where the final report of `split` keeps its per-example arrays: eval/final_<split>_examples.npz."""
+    return os.path.join(eval_dir, report_name(split, None) + "_examples.npz")
+
+
+def write_examples(path: str, examples: dict) -> None:
+    """Writes a report's per-example arrays (`jaxft.tasks.TaskReport.examples`) as one .npz, atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{key: np.asarray(value) for key, value in examples.items()})
+    files.write_atomic(path, buffer.getvalue())
+
+
+def read_examples(path: str) -> dict | None:
+    """The arrays `write_examples` wrote ("task" as a str), or None where there is no such file (a task that
+    writes none, a run from before they were written) or it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as loaded:
+            arrays = {key: loaded[key] for key in loaded.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    arrays["task"] = str(arrays["task"]) if "task" in arrays else ""
+    return arrays

@@ -1,10 +1,12 @@
 """Helpers shared by the test files: tiny BERT configurations, random batches, parameter initialisation,
 the relative error between two parameter trees, on forced host devices one step's loss and gradients and an
-evaluation's totals, a workdir's latest checkpointed train state, and a jaxpr's equations and matmul FLOPs
-(backend-independent, unlike compiled HLO).
+evaluation's totals, a workdir's latest checkpointed train state, a jaxpr's equations and matmul FLOPs
+(backend-independent, unlike compiled HLO), and a final report's per-example arrays checked against it.
 
 Imported as `from tests.helpers import ...` (pytest's pythonpath holds the repository root).
 """
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -177,3 +179,18 @@ def dot_flops(jaxpr) -> int:
             contracted = int(np.prod([lhs[d] for d in lhs_contract]))
             total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * contracted
     return total
+
+
+def check_final_examples(workdir, final: dict, task: str, num_examples: int, split: str = "eval") -> dict:
+    """The per-example arrays the final report of `split` wrote: of `task`, for every example, and giving
+    back (`jaxft.bootstrap`) each of the task's recomputable metrics exactly as `final` reports it."""
+    from jaxft import bootstrap, evaluate
+
+    examples = evaluate.read_examples(evaluate.examples_path(os.path.join(workdir, "eval"), split))
+    assert examples is not None and examples["task"] == task
+    assert len(examples["label"]) == num_examples
+    everything = np.ones((1, num_examples))
+    for metric in set(bootstrap.EXAMPLE_METRICS[task]) & set(final):
+        value = bootstrap.metric_on_resamples(examples, metric, everything)[0]
+        np.testing.assert_allclose(value, final[metric], rtol=0, atol=1e-12, err_msg=metric)
+    return examples

@@ -24,6 +24,7 @@ import pytest
 from jaxft import compare, compare_results, compare_runner
 from jaxft import config as config_lib
 from jaxft.errors import UserError
+from tests.helpers import check_final_examples
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "jaxft" / "configs" / "tiny.py")
@@ -216,6 +217,7 @@ def _cli(*args, env=None, timeout=300):
         (["--grid=optimizer.learning_rate"], "error: --grid='optimizer.learning_rate': expected KEY=V1,V2"),
         (["--grid=optimizer.lr=1e-5,3e-5"], "error: --grid: unknown config key optimizer.lr"),
         (["--seeds=0,1.5"], "error: --seeds='0,1.5': expected comma-separated integers"),
+        (["--baseline=lora"], "error: --baseline='lora' is not one of --strategies (full)"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
@@ -244,7 +246,8 @@ def test_help_explains_every_flag_and_strategy():
     result = _cli("--help")
     assert result.returncode == 0, result.stderr
     flags_shown = set(re.findall(r"^  --(?:\[no\])?(\w+):", result.stdout, re.M))
-    expected = {"aggregate_only", "cell", "config", "grid", "list", "seeds", "strategies", "workdir"}
+    expected = {"aggregate_only", "baseline", "cell", "config", "grid", "list", "seeds", "strategies"}
+    expected |= {"workdir"}
     expected |= {"search", "trials", "space", "pruner"}  # the Optuna search (tests/test_search.py)
     assert flags_shown == expected
     for name in compare.STRATEGIES:
@@ -279,11 +282,20 @@ def test_grid_run_records_cells_and_tables_and_rerun_skips_finished_cells(tmp_pa
         assert record["peak_host_memory_gib"] >= BALLAST_MIB / 1024
         assert record["wall_time_s"] > 0 and record["exit_status"] == 0
 
-    compare_runner.write_results(plan, str(workdir), "python -m jaxft.compare --the-command")
+    compare_runner.write_results(plan, str(workdir), "python -m jaxft.compare --the-command", "full")
     rows = _check_tables_against_numpy(workdir, plan)
     assert [(r["strategy"], r["training.num_train_steps"]) for r in rows] == [
         ("full", "2"), ("full", "4"), ("smoothing", "2"), ("smoothing", "4"),
     ]  # fmt: skip
+    # The stand-in's smoothing adds exactly 0.1 on every seed; it writes no predictions: seeds only.
+    for row in rows:
+        if row["strategy"] == "full":
+            assert row["baseline"] == row["difference"] == row["difference_holds"] == ""
+            continue
+        assert row["baseline"] == "full" and row["difference_resampled"] == "seeds"
+        for key in ("difference", "difference_low", "difference_high"):
+            assert float(row[key]) == pytest.approx(0.1, abs=1e-12)
+        assert row["difference_holds"] == "True"
     assert {r["trainable_fraction"] for r in rows} == {"0.25"}
     markdown = (workdir / "results.md").read_text()
     assert "python -m jaxft.compare --the-command" in markdown.split("|")[0]
@@ -361,24 +373,41 @@ def test_cli_list_and_cell_run_exactly_one_cell_with_the_real_trainer(tmp_path):
 
 @pytest.mark.slow
 def test_cli_grid_with_the_real_trainer_then_resume_and_aggregate_only(tmp_path):
+    from jaxft import bootstrap
+
     workdir = tmp_path / "cmp"
     env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device per cell: a quicker compile
     args = [
-        f"--config={TINY}", f"--workdir={workdir}", "--strategies=full", "--seeds=0,1",
-        "--grid=training.num_train_steps=2,3", "--config.data.num_buckets=1",
+        f"--config={TINY}", f"--workdir={workdir}", "--strategies=full,smoothing", "--seeds=0,1",
+        "--grid=training.num_train_steps=3", "--config.data.num_buckets=1",
         "--config.data.max_eval_examples=16", "--config.training.tensorboard=false",
     ]  # fmt: skip
     first = _cli(*args, env=env, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
-    plan = compare.make_plan(TINY, args[5:], "full", ["training.num_train_steps=2,3"], "0,1")
+    plan = compare.make_plan(TINY, args[5:], "full,smoothing", ["training.num_train_steps=3"], "0,1")
+    evidence = {}
     for cell in plan.cells:
         record = _cell_json(workdir, cell.name)
         final = json.loads((workdir / "cells" / cell.name / "final_metrics.json").read_text())
         assert record["status"] == "done" and record["metric_value"] == final["eval"]["accuracy"]
         assert final["params_from_step"] <= int(dict(cell.grid_point)["training.num_train_steps"])
-    _check_tables_against_numpy(workdir, plan)
+        examples = check_final_examples(
+            str(workdir / "cells" / cell.name), final["eval"], "classification", 16
+        )
+        evidence.setdefault(cell.strategy, {})[cell.seed] = bootstrap.Evidence(
+            record["metric_value"], examples
+        )
+    rows = _check_tables_against_numpy(workdir, plan)
     markdown = (workdir / "results.md").read_text()
-    assert "--grid=training.num_train_steps=2,3" in markdown.split("|")[0]
+    assert "--grid=training.num_train_steps=3" in markdown.split("|")[0]
+    # The smoothing row against full (the first strategy): the interval of the cells' own predictions.
+    expected = bootstrap.paired_difference(evidence["smoothing"], evidence["full"], "accuracy")
+    smoothing = next(row for row in rows if row["strategy"] == "smoothing")
+    assert (smoothing["baseline"], smoothing["difference_resampled"]) == ("full", "seeds × examples")
+    assert float(smoothing["difference"]) == expected.difference
+    assert (float(smoothing["difference_low"]), float(smoothing["difference_high"])) == (
+        expected.low, expected.high,
+    )  # fmt: skip
 
     finals = [workdir / "cells" / c.name / "final_metrics.json" for c in plan.cells]
     stamps = [f.stat().st_mtime_ns for f in finals]
@@ -387,8 +416,10 @@ def test_cli_grid_with_the_real_trainer_then_resume_and_aggregate_only(tmp_path)
     assert second.stdout.count(": done before") == len(plan.cells)
     assert [f.stat().st_mtime_ns for f in finals] == stamps
     (workdir / "results.csv").unlink()
-    assert _cli(*args, "--aggregate_only", env=env).returncode == 0
-    _check_tables_against_numpy(workdir, plan)
+    assert _cli(*args, "--aggregate_only", "--baseline=smoothing", env=env).returncode == 0
+    rows = _check_tables_against_numpy(workdir, plan)
+    full = next(row for row in rows if row["strategy"] == "full")
+    assert full["baseline"] == "smoothing" and float(full["difference"]) == -expected.difference
 
 
 def test_peft_strategies_bring_their_learning_rate_unless_one_is_given():
@@ -400,3 +431,74 @@ def test_peft_strategies_bring_their_learning_rate_unless_one_is_given():
     )
     given = compare.expand_cells(["lora"], [], [0], learning_rate_given=True)
     assert given[0].overrides == {"peft.method": "lora"}
+
+
+def test_differences_resample_the_predictions_each_cell_wrote(tmp_path):
+    """Three strategies over three seeds on one 500-example set, from files as the cells' final reports
+    write them: one fixes a third of the baseline's errors on every seed (its gain holds), one is as good
+    as the baseline (it does not), one has no predictions on disk (the seeds only)."""
+    from jaxft import bootstrap, evaluate
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 500)
+    records, accuracies = [], {}
+    for strategy in ("full", "lora", "bitfit", "rdrop"):
+        for seed in range(3):
+            correct = rng.random(500) < 0.8
+            if strategy == "lora":
+                correct = accuracies["full", seed][1] | (rng.random(500) < 1 / 3)
+            predicted = np.where(correct, labels, 1 - labels)
+            name = f"{strategy}__seed{seed}"
+            accuracies[strategy, seed] = (float(correct.mean()), correct)
+            if strategy != "rdrop":
+                examples = {"task": "classification", "label": labels, "predicted": predicted}
+                path = evaluate.examples_path(str(tmp_path / "cells" / name / "eval"), "eval")
+                os.makedirs(os.path.dirname(path))
+                evaluate.write_examples(path, {**examples, "num_labels": 2, "positive": -1})
+            records.append(
+                {
+                    "cell": name, "strategy": strategy, "grid": {}, "seed": seed, "status": "done",
+                    "metric": "accuracy", "metric_value": float(correct.mean()),
+                    "final_metrics": {"eval": {"accuracy": float(correct.mean())}}, "trainable_params": None,
+                    "total_params": None, "wall_time_s": 1.0, "peak_host_memory_gib": 0.5,
+                    "peak_device_memory_gib": None,
+                }
+            )  # fmt: skip
+    rows = compare_results.aggregate(
+        records, (), "full", lambda record: compare_runner.final_examples(str(tmp_path), record)
+    )
+    by = {row["strategy"]: row for row in rows}
+    assert by["full"]["difference"] is None and by["full"]["baseline"] is None
+    for strategy in ("lora", "bitfit", "rdrop"):
+        expected = np.mean([accuracies[strategy, s][0] - accuracies["full", s][0] for s in range(3)])
+        assert by[strategy]["difference"] == pytest.approx(expected, abs=1e-12)
+        assert by[strategy]["baseline"] == "full"
+    assert by["lora"]["difference_holds"] and by["lora"]["difference_resampled"] == "seeds × examples"
+    assert not by["bitfit"]["difference_holds"] and by["bitfit"]["difference_resampled"] == "seeds × examples"
+    assert by["bitfit"]["difference_low"] < 0 < by["bitfit"]["difference_high"]
+    assert by["rdrop"]["difference_resampled"] == "seeds"
+    # The same interval as the bootstrap itself gives from the arrays in memory.
+    evidence = {
+        strategy: {
+            s: bootstrap.Evidence(
+                accuracies[strategy, s][0],
+                {"task": "classification", "label": labels, "num_labels": 2, "positive": -1,
+                 "predicted": np.where(accuracies[strategy, s][1], labels, 1 - labels)},
+            )
+            for s in range(3)
+        }
+        for strategy in ("full", "lora")
+    }  # fmt: skip
+    direct = bootstrap.paired_difference(evidence["lora"], evidence["full"], "accuracy")
+    assert (by["lora"]["difference_low"], by["lora"]["difference_high"]) == (direct.low, direct.high)
+
+    compare_results.write_all(str(tmp_path), rows, (), "python -m jaxft.compare ...", "max")
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert "| Δ vs full [95% CI] | holds |" in table[8]
+    lines = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table[10:14]}
+    low, high = by["lora"]["difference_low"], by["lora"]["difference_high"]
+    assert lines["lora"][2:4] == [f"{by['lora']['difference']:+.4f} [{low:+.4f}, {high:+.4f}]", "yes"]
+    assert lines["bitfit"][3] == "no" and lines["rdrop"][3].endswith("(seeds only)")
+    assert lines["full"][2:4] == ["(baseline)", "–"]
+    assert table[15].startswith("Δ: the row's mean accuracy minus full's") and "paired bootstrap" in table[15]
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -16,6 +16,7 @@ from jaxft.data import conll
 from jaxft.errors import UserError
 from jaxft.tasks import tagging
 from jaxft.training import train
+from tests.helpers import check_final_examples
 
 DATA = os.environ.get("JAXFT_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 WORDS = "the film was great and you got two hours of book staff room after first week".split()
@@ -68,6 +69,7 @@ def test_mrpc_pairs_report_the_positive_f1_and_pick_the_best_by_it(tmp_path):
     report = json.loads((tmp_path / "run/eval/final_eval.json").read_text())
     assert report["report"]["macro avg"]["support"] == 17 and report["labels"] == ["0", "1"]
     assert final["eval"]["f1"] == report["report"]["1"]["f1-score"]
+    assert check_final_examples(str(tmp_path / "run"), final["eval"], "classification", 17)["positive"] == 1
     best = os.listdir(tmp_path / "run/checkpoints/best")
     assert best == ["2"]
     # Resuming this classification run as another task is refused before anything is written.

@@ -12,6 +12,7 @@ from jaxft.configs import default, multilabel
 from jaxft.errors import UserError
 from jaxft.tasks.multilabel import MultiLabel, multilabel_report
 from jaxft.training import train
+from tests.helpers import check_final_examples
 
 WORDS = "the film was great and you got two hours of book staff room after first week".split()
 LABELS = ["art", "food", "sport", "travel"]
@@ -129,6 +130,7 @@ def test_end_to_end_report_holds_every_example(multilabel_run):
     }
     assert set(final["eval"]) == expected
     assert final["eval"]["micro_f1"] == saved["report"]["micro avg"]["f1-score"]
+    check_final_examples(str(workdir), final["eval"], "multilabel", 19)
 
 
 def test_prediction_and_export_agree_with_the_evaluation(multilabel_run, tmp_path):

@@ -13,6 +13,7 @@ from jaxft.configs import stsb
 from jaxft.errors import UserError
 from jaxft.tasks.regression import regression_report
 from jaxft.training import train
+from tests.helpers import check_final_examples
 
 WORDS = "the film was great and you got two hours of book staff room after first week".split()
 
@@ -79,6 +80,7 @@ def test_end_to_end_report_holds_every_example(regression_run):
     # The device's loss (mean squared error in float32) and the host's MSE are the same number.
     assert final["eval"]["loss"] == pytest.approx(final["eval"]["mse"], rel=1e-5)
     assert (workdir / "checkpoints/best").exists()  # picked by pearson (training.best_metric="auto")
+    check_final_examples(str(workdir), final["eval"], "regression", 21)
 
 
 def test_predicted_values_match_the_report_and_export(regression_run, tmp_path):

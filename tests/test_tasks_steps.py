@@ -210,8 +210,6 @@ def test_classification_is_the_default_and_unchanged():
     loss_sum, count = steps.weighted_loss_sum(model, params, batch, None, True)
     expected = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).sum()
     assert float(loss_sum) == pytest.approx(float(expected), rel=1e-6) and float(count) == 8
-    assert set(steps.eval_step(params, batch, model=model, num_labels=3)) == {
-        "confusion",
-        "loss_sum",
-        "count",
-    }
+    outputs = steps.eval_step(params, batch, model=model, num_labels=3)
+    assert set(outputs) == {"confusion", "loss_sum", "count", "per_example"}
+    np.testing.assert_array_equal(outputs["per_example"]["predicted"], np.argmax(logits, -1))

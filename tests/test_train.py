@@ -14,6 +14,7 @@ from jaxft.configs import default, tiny
 from jaxft.training import checkpoint, optim, steps, train
 from jaxft.training.early_stopping import BestMetric
 from jaxft.training.writers import read_metrics
+from tests.helpers import check_final_examples
 
 
 def _final_params(workdir):
@@ -51,6 +52,10 @@ def test_end_to_end_writes_everything_a_user_relies_on(tiny_run):
     assert f"step: {best_step}" in (workdir / "eval/final_eval.txt").read_text()
     assert sum(map(sum, report["confusion_matrix"])) == 100
     assert final["eval"]["accuracy"] == pytest.approx(report["report"]["accuracy"])
+    # What a comparison resamples: each example's label and prediction, the report's confusion matrix.
+    examples = check_final_examples(str(workdir), final["eval"], "classification", 100)
+    pairs = examples["label"] * 2 + examples["predicted"]
+    assert np.bincount(pairs, minlength=4).reshape(2, 2).tolist() == report["confusion_matrix"]
     records = read_metrics(str(workdir / "metrics.jsonl"))
     assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6, 8, 10, 12]
     assert [r["step"] for r in records if r["kind"] == "eval"] == [6, 12]

@@ -40,6 +40,10 @@ class TaskReport:
         metrics: the few numbers logged per evaluation and used to pick the best checkpoint.
         confusion: the confusion matrix, for single-label classification only.
         extra: more top-level keys for the JSON file (e.g. token accuracy).
+        examples: the per-example arrays (labels, predictions) from which `jaxft.bootstrap` recomputes the
+            metrics on a resample of the examples, with "task" naming their kind (a key of
+            `jaxft.bootstrap.EXAMPLE_METRICS`); the final report writes them
+            (`jaxft.evaluate.write_examples`). None for a task whose metrics are not recomputed there.
     """
 
     report: dict
@@ -47,6 +51,7 @@ class TaskReport:
     metrics: dict
     confusion: np.ndarray | None = None
     extra: dict = dataclasses.field(default_factory=dict)
+    examples: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -116,11 +116,13 @@ class Classification(Task):
         truth = (
             jax.nn.one_hot(batch["labels"], num_labels, dtype=jnp.int32) * weights.astype(jnp.int32)[:, None]
         )
-        predicted = jax.nn.one_hot(jnp.argmax(logits, -1), num_labels, dtype=jnp.int32)
+        chosen = jnp.argmax(logits, -1).astype(jnp.int32)
+        predicted = jax.nn.one_hot(chosen, num_labels, dtype=jnp.int32)
         outputs = {
             "confusion": truth.T @ predicted,
             "loss_sum": jnp.sum(losses * weights),
             "count": jnp.sum(weights),
+            PER_EXAMPLE: {"predicted": chosen},  # for the comparison's bootstrap (`jaxft.bootstrap`)
         }
         if self.class_weights is not None:  # the training loss without its label smoothing
             outputs["loss_sum"], outputs["loss_weight"] = class_weights_lib.softmax_cross_entropy(
@@ -149,6 +151,16 @@ class Classification(Task):
             report, float(totals["loss_sum"]), int(totals["count"]), data.positive_label
         )
         result = TaskReport(report, text, metrics, confusion=confusion, extra=extra)
+        if (
+            PER_EXAMPLE in totals
+        ):  # counts from an evaluation (not built by hand): what a comparison resamples
+            result.examples = {
+                "task": "classification",  # its metrics, for Pet and Relation too
+                "label": np.asarray(split.labels, np.int64),
+                "predicted": np.asarray(totals[PER_EXAMPLE]["predicted"], np.int64),
+                "num_labels": len(names),
+                "positive": names.index(data.positive_label) if data.positive_label is not None else -1,
+            }
         if "loss_weight" in totals:  # a weighted loss: divided by its weight, not by the example count
             metrics["loss"] = float(totals["loss_sum"]) / float(totals["loss_weight"])
         if self.class_weights is not None:
@@ -166,6 +178,7 @@ class Classification(Task):
             "confusion": evaluate.confusion_matrix_from_predictions(labels, predicted, num_labels),
             "loss_sum": float(_softmax_cross_entropy(logits, labels).sum()),
             "count": len(labels),
+            PER_EXAMPLE: {"predicted": predicted},
         }
 
     def prediction_record(self, example, output: np.ndarray, names: list[str]) -> dict:

@@ -231,7 +231,12 @@ class MultiLabel(Task):
         if self.class_weights is not None:
             line, weights = class_weights_lib.describe(names, self.class_weights, "BCE pos_weight")
             text, extra = text + f"{line}\n", {**extra, **weights}
-        return TaskReport(report, text, metrics, extra=extra)
+        examples = {
+            "task": "multilabel",
+            "label": np.asarray(split.labels, np.int8),
+            "predicted": np.asarray(predictions, np.int8),
+        }
+        return TaskReport(report, text, metrics, extra=extra, examples=examples)
 
     def prediction_record(self, example, output: np.ndarray, names: list[str]) -> dict:
         chosen = output > np.float32(self.threshold)  # the device's float32 comparison

@@ -107,7 +107,12 @@ class Regression(Task):
             "loss": float(totals["loss_sum"]) / count,
             "num_examples": count,
         }
-        return TaskReport(report, text, metrics)
+        examples = {
+            "task": "regression",
+            "label": np.asarray(split.labels, np.float64),
+            "prediction": np.asarray(predictions, np.float64),
+        }
+        return TaskReport(report, text, metrics, examples=examples)
 
     def prediction_record(self, example, output: np.ndarray, names: list[str]) -> dict:
         return {**text_record(example), names[0]: float(output)}

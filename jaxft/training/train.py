@@ -402,6 +402,8 @@ def run_evaluation(
             "loss": result.metrics["loss"],
         }
         evaluate.write_result(eval_dir, name, result, label_names, extra, task.name)
+        if step is None and result.examples is not None:  # what a comparison resamples (jaxft.bootstrap)
+            evaluate.write_examples(evaluate.examples_path(eval_dir, split.name), result.examples)
         if step is not None:
             writer.write_eval(step, split.name, result.metrics)
     return result.metrics, totals
