@@ -14,7 +14,9 @@ interval; the difference "holds" when it excludes 0.
 The examples' predictions are what a run's final report writes beside it (`jaxft.evaluate.write_examples`)
 for the tasks whose metrics are recomputed here: single-label classification (accuracy, macro / weighted
 F1, the positive label's F1), multi-label classification (micro / macro / weighted / samples F1, subset
-accuracy) and regression (Pearson, Spearman, MSE). Every one is a function of per-example counts, so a
+accuracy), regression (Pearson, Spearman, MSE), NER (seqeval's entity-level micro F1, precision, recall from
+each sentence's correct, predicted and true entities; token accuracy) and QA (SQuAD's exact match and F1,
+means of each question's score). Every one is a function of per-example counts, so a
 resample is a vector of multiplicities (how often each example was drawn) and a replicate's metric is a
 weighted sum: [replicates, examples] @ [examples, ...]. Where a cell lacks them (another task or metric, a
 run from before they were written) only the seeds are resampled, and the table says so. Few seeds make the
@@ -36,6 +38,16 @@ EXAMPLE_METRICS = {
     "classification": ("accuracy", "macro_f1", "weighted_f1", "f1"),
     "multilabel": ("micro_f1", "macro_f1", "weighted_f1", "samples_f1", "subset_accuracy"),
     "regression": ("pearson", "spearman", "mse"),
+    "ner": ("f1", "precision", "recall", "accuracy"),
+    "qa": ("exact_match", "f1"),
+}
+# The arrays that the evaluation data alone decide: two cells evaluated the same examples where they agree.
+_DATA_KEYS = {
+    "classification": ("label",),
+    "multilabel": ("label",),
+    "regression": ("label",),
+    "ner": ("true_entities", "words"),
+    "qa": ("question",),
 }
 
 
@@ -100,6 +112,10 @@ def metric_on_resamples(examples: Mapping[str, np.ndarray], metric: str, counts:
         return _classification(examples, metric, counts)
     if task == "multilabel":
         return _multilabel(examples, metric, counts)
+    if task == "ner":
+        return _ner(examples, metric, counts)
+    if task == "qa":  # each question's score (x100, SQuAD's scale), averaged
+        return counts @ np.asarray(examples[metric], np.float64) / counts.sum(1)
     return _regression(examples, metric, counts)
 
 
@@ -152,6 +168,19 @@ def _multilabel(examples, metric, counts) -> np.ndarray:
     return _averaged_f1(counts @ tp, counts @ truth, counts @ predicted, metric)
 
 
+def _ner(examples, metric, counts) -> np.ndarray:
+    """seqeval's micro averages pool the entities of every drawn sentence; token accuracy pools its words."""
+    total = {key: counts @ np.asarray(examples[key], np.float64) for key in examples if key != "task"}
+    if metric == "accuracy":
+        return total["correct_words"] / total["words"]
+    if metric == "f1":
+        return _f1(total["correct_entities"], total["true_entities"], total["predicted_entities"])
+    denominator = total["predicted_entities" if metric == "precision" else "true_entities"]
+    return np.divide(
+        total["correct_entities"], denominator, out=np.zeros_like(denominator), where=denominator > 0
+    )
+
+
 def _regression(examples, metric, counts) -> np.ndarray:
     targets = np.asarray(examples["label"], np.float64)
     predictions = np.asarray(examples["prediction"], np.float64)
@@ -170,7 +199,9 @@ def _regression(examples, metric, counts) -> np.ndarray:
 def _ranks(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """[R, N]: each example's average rank (1-based, ties averaged) among the resample's draws."""
     distinct, group = np.unique(values, return_inverse=True)
-    per_value = counts @ _one_hot(group, len(distinct))  # [R, G] draws of each distinct value
+    replicates, groups = len(counts), len(distinct)
+    flat = (groups * np.arange(replicates)[:, None] + group).ravel()
+    per_value = np.bincount(flat, counts.ravel(), replicates * groups).reshape(replicates, groups)  # draws
     below = np.cumsum(per_value, 1) - per_value
     return (below + (per_value + 1) / 2)[:, group]
 
@@ -191,6 +222,11 @@ def resample_counts(rng: np.random.Generator, replicates: int, num_examples: int
     return np.bincount(flat, minlength=replicates * num_examples).reshape(replicates, num_examples)
 
 
+def num_examples(examples: Mapping[str, np.ndarray]) -> int:
+    """How many examples a report's per-example arrays describe."""
+    return len(examples[_DATA_KEYS[str(examples["task"])][0]])
+
+
 def _example_sets(pairs: list[tuple[Evidence, Evidence]], metric: str) -> list[int] | None:
     """For each pair, the index of its evaluation set among the distinct sets (seeds evaluated on one subset
     share it: `data.max_eval_examples` draws a subset per seed); None where a cell wrote no predictions that
@@ -202,11 +238,12 @@ def _example_sets(pairs: list[tuple[Evidence, Evidence]], metric: str) -> list[i
         task = str(a.examples["task"])
         if metric not in EXAMPLE_METRICS.get(task, ()) or str(b.examples["task"]) != task:
             return None
-        if metric == "f1" and int(a.examples.get("positive", -1)) < 0:
+        if task == "classification" and metric == "f1" and int(a.examples["positive"]) < 0:
             return None
-        if not np.array_equal(a.examples["label"], b.examples["label"]):
+        data = [(np.asarray(a.examples[key]), np.asarray(b.examples[key])) for key in _DATA_KEYS[task]]
+        if not all(np.array_equal(x, y) for x, y in data):
             return None
-        keys.append(np.asarray(a.examples["label"]).tobytes())
+        keys.append(b"".join(x.tobytes() for x, _ in data))
     distinct = list(dict.fromkeys(keys))
     return [distinct.index(key) for key in keys]
 
@@ -240,7 +277,7 @@ def paired_difference(
     sets = _example_sets(pairs, metric)
     if sets is None and len(pairs) < 2:
         return None
-    sizes = [len(a.examples["label"]) for a, _ in pairs] if sets is not None else []
+    sizes = [num_examples(a.examples) for a, _ in pairs] if sets else []
     rng = np.random.default_rng(seed)
     replicates = []
     for start in range(0, resamples, _CHUNK):

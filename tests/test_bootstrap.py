@@ -1,11 +1,13 @@
-"""Tests of `jaxft.bootstrap`: each metric on a resample equals scikit-learn's / SciPy's on the drawn
-examples, one seed's interval equals `scipy.stats.bootstrap`'s, and on synthetic results whose answer is known
-the interval says it (a real gain holds, an equal strategy does not, a gain on one seed that the other seeds
-undo does not, and under no difference the test holds in about 5% of datasets)."""
+"""Tests of `jaxft.bootstrap`: each metric on a resample equals scikit-learn's / SciPy's / seqeval's / the
+SQuAD scorer's on the drawn examples, one seed's interval equals `scipy.stats.bootstrap`'s, and on
+synthetic results whose answer is known the interval says it (a real gain holds, an equal strategy does
+not, a gain on one seed that the other seeds undo does not, and under no difference the test holds in
+about 5% of datasets)."""
 
 import numpy as np
 import pytest
 import scipy.stats
+import seqeval.metrics
 import sklearn.metrics
 
 from jaxft import bootstrap
@@ -228,3 +230,53 @@ def test_seeds_evaluated_on_subsets_of_their_own_draw_their_own_examples():
     # Seed 0's pair alone: its 300 examples, an interval around its own difference.
     alone = bootstrap.paired_difference({0: gain[0]}, {0: baseline[0]}, "accuracy", seed=3)
     assert alone.examples == 300 and alone.low < gain[0].value - baseline[0].value < alone.high
+
+
+def _tags(rng, n: int) -> list[str]:
+    choices = ["O", "O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC"]  # strict IOB2 drops an I- without its B-
+    return [choices[i] for i in rng.integers(0, len(choices), n)]
+
+
+def test_ner_metrics_equal_seqeval_on_the_drawn_sentences():
+    from jaxft.tasks import ner
+
+    rng = np.random.default_rng(10)
+    truth = [_tags(rng, int(rng.integers(1, 12))) for _ in range(40)]
+    predicted = [[t if rng.random() < 0.7 else _tags(rng, 1)[0] for t in sentence] for sentence in truth]
+    examples = ner.sentence_counts(truth, predicted)
+    counts, rows = _counts_and_rows(rng, 8, 40)
+    got = {m: bootstrap.metric_on_resamples(examples, m, counts) for m in bootstrap.EXAMPLE_METRICS["ner"]}
+    for r, drawn in enumerate(rows):
+        gold, guess = [truth[i] for i in drawn], [predicted[i] for i in drawn]
+        micro = ner.entity_report(gold, guess)[0]["micro avg"]
+        for metric, key in (("f1", "f1-score"), ("precision", "precision"), ("recall", "recall")):
+            assert got[metric][r] == pytest.approx(micro[key], abs=1e-12), (metric, r)
+        accuracy = seqeval.metrics.accuracy_score(gold, guess)
+        assert got["accuracy"][r] == pytest.approx(accuracy, abs=1e-12)
+
+
+def test_qa_metrics_equal_the_squad_scores_of_the_drawn_questions():
+    from jaxft.data import squad as squad_data
+    from jaxft.tasks import squad
+
+    rng = np.random.default_rng(11)
+    words = ["red", "kites", "port", "ellen", "1990", "the", "islay"]
+    examples, predictions = [], {}
+    for i in range(30):
+        gold = tuple((" ".join(rng.choice(words, int(rng.integers(1, 4)))), 0) for _ in range(2))
+        examples.append(squad_data.QAExample(str(i), "q?", "c", gold, str(i)))
+        if i % 7:  # every seventh question unanswered
+            predictions[str(i)] = " ".join(rng.choice(words, int(rng.integers(1, 4))))
+    ems, f1s = squad.question_scores(predictions, examples)
+    arrays = {
+        "task": "qa",
+        "question": np.arange(30),
+        "exact_match": 100.0 * np.array(ems),
+        "f1": 100.0 * np.array(f1s),
+    }
+    counts, rows = _counts_and_rows(rng, 8, 30)
+    for metric in ("exact_match", "f1"):
+        got = bootstrap.metric_on_resamples(arrays, metric, counts)
+        for r, drawn in enumerate(rows):
+            expected = squad.squad_scores(predictions, [examples[i] for i in drawn])[metric]
+            assert got[r] == pytest.approx(expected, rel=1e-12), (metric, r)

@@ -17,6 +17,7 @@ from jaxft.errors import UserError
 from jaxft.tasks import IGNORE, tagging
 from jaxft.tasks.ner import Ner, entity_report
 from jaxft.training import train
+from tests.helpers import check_final_examples
 
 WORDS = "the film was great and you got two hours of book staff room after first week".split()
 TYPES = ("PER", "LOC", "ORG")
@@ -233,6 +234,7 @@ def test_end_to_end_report_counts_every_entity(ner_run):
     assert saved["num_words"] == sum(map(len, gold)) and saved["task"] == "ner"
     assert set(final["eval"]) == {"f1", "precision", "recall", "accuracy", "loss", "num_examples"}
     assert final["eval"]["num_examples"] == 20 and final["eval"]["accuracy"] == saved["accuracy"]
+    check_final_examples(str(workdir), final["eval"], "ner", 20)
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "eval"] == [4]
 

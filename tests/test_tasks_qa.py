@@ -16,6 +16,7 @@ from jaxft.data import tokenize
 from jaxft.errors import UserError
 from jaxft.tasks import squad
 from jaxft.training import parallel, pipeline, steps, train, trained
+from tests.helpers import check_final_examples
 
 WORDS = "the film was great and you got two hours of book staff room after first week".split()
 
@@ -182,6 +183,7 @@ def test_end_to_end_answers_every_question_once(qa_run):
     )
     gold = squad_data.read_squad(str(workdir.parent / "dev.json"))
     assert squad.squad_scores(saved["predictions"], gold)["f1"] == final["eval"]["f1"]
+    check_final_examples(str(workdir), final["eval"], "qa", 9)
 
 
 def test_windows_on_different_devices_and_batches_give_the_same_answers(tmp_path):

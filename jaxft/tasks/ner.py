@@ -49,6 +49,22 @@ def entities(tags: list[str]) -> list[tuple[str, int, int]]:
     return [(e.tag, e.start, e.end) for e in Entities([list(tags)], IOB2).entities[0]]
 
 
+def sentence_counts(truth: list[list[str]], predicted: list[list[str]]) -> dict:
+    """Each sentence's correct, predicted and true entities (strict IOB2, as `entity_report` counts them)
+    and its correct and total words: what the entity-level micro scores and token accuracy pool, so a
+    resample of sentences (`jaxft.bootstrap`) recomputes them."""
+    columns = {key: [] for key in ("correct_entities", "predicted_entities", "true_entities")}
+    columns.update(correct_words=[], words=[])
+    for gold, guess in zip(truth, predicted, strict=True):
+        gold_entities, guessed = set(entities(gold)), set(entities(guess))
+        columns["correct_entities"].append(len(gold_entities & guessed))
+        columns["predicted_entities"].append(len(guessed))
+        columns["true_entities"].append(len(gold_entities))
+        columns["correct_words"].append(sum(g == p for g, p in zip(gold, guess, strict=True)))
+        columns["words"].append(len(gold))
+    return {"task": "ner", **{key: np.asarray(value, np.int64) for key, value in columns.items()}}
+
+
 @dataclasses.dataclass(frozen=True)
 class Ner(Task):
     """A tag per word.
@@ -180,7 +196,7 @@ class Ner(Task):
         if self.class_weights is not None:
             line, weights = class_weights_lib.describe(names, self.class_weights, "class weight")
             text, extra = text + f"{line}\n", {**extra, **weights}
-        return TaskReport(report, text, metrics, extra=extra)
+        return TaskReport(report, text, metrics, extra=extra, examples=sentence_counts(truth, predicted))
 
     def prediction_records(self, examples: list, outputs: np.ndarray, features: dict, names: list[str]):
         for sentence, tags in zip(examples, self.word_tags(examples, outputs, features, names), strict=True):

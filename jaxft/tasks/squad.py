@@ -175,16 +175,28 @@ def exact_match(prediction: str, truth: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(truth))
 
 
-def squad_scores(predictions: dict[str, str], examples: list[QAExample]) -> dict:
-    """{"exact_match", "f1"} (x100, the maximum over each question's gold answers, averaged over questions;
-    an unanswered question scores 0) and "num_questions"."""
-    em = score = 0.0
+def question_scores(predictions: dict[str, str], examples: list[QAExample]) -> tuple[list, list]:
+    """Each question's exact match and F1 (0 or 1, and in [0, 1]): the maximum over its gold answers; an
+    unanswered question, or one without a gold answer, scores 0."""
+    ems, scores = [], []
     for example in examples:
         truths = [text for text, _ in example.answers]
         prediction = predictions.get(example.id)
         if prediction is None or not truths:
+            ems.append(0.0)
+            scores.append(0.0)
             continue
-        em += max(exact_match(prediction, truth) for truth in truths)
-        score += max(f1(prediction, truth) for truth in truths)
+        ems.append(max(exact_match(prediction, truth) for truth in truths))
+        scores.append(max(f1(prediction, truth) for truth in truths))
+    return ems, scores
+
+
+def squad_scores(predictions: dict[str, str], examples: list[QAExample]) -> dict:
+    """{"exact_match", "f1"} (x100, the maximum over each question's gold answers, averaged over questions;
+    an unanswered question scores 0) and "num_questions"."""
+    em = score = 0.0
+    for one_em, one_f1 in zip(*question_scores(predictions, examples), strict=True):  # in order, as ever
+        em += one_em
+        score += one_f1
     total = len(examples)
     return {"exact_match": 100.0 * em / total, "f1": 100.0 * score / total, "num_questions": total}
