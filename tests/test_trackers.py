@@ -153,7 +153,7 @@ def test_mlflow_and_wandb_hold_the_run_and_a_resumed_run_continues_them(tmp_path
     artifacts += [a.path for a in client.list_artifacts(run.info.run_id, "eval")]
     assert sorted(artifacts) == [
         "curves.png", "eval", "eval/final_eval.json", "eval/final_eval.txt", "eval/final_eval_confusion.png",
-        "final_metrics.json",
+        "eval/final_eval_examples.npz", "final_metrics.json",
     ]  # fmt: skip
     kept = client.download_artifacts(run.info.run_id, "eval/final_eval.txt", str(tmp_path / "down"))
     assert open(kept).read() == (workdir / "eval/final_eval.txt").read_text()
