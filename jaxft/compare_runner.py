@@ -154,10 +154,15 @@ def _error_line(log_path: str, exit_status: int) -> str:
     return f"exit status {exit_status}: {last}"
 
 
+def metric_split(final: dict | None) -> str:
+    """The split a cell's metric comes from: its final eval report, else its test report."""
+    return "eval" if (final or {}).get("eval") else "test"
+
+
 def cell_record(cell: Cell, directory: str, command: list[str], run: dict) -> dict:
     """A cell's record (cell.json) from its final_metrics.json, if any, and what was measured around it."""
     final = _read_json(os.path.join(directory, FINAL_METRICS))
-    final_split = ((final.get("eval") or final.get("test")) if final else None) or {}
+    final_split = (final or {}).get(metric_split(final)) or {}
     value = final_split.get(cell.metric) if cell.metric else None
     device_peak = final.get("device_peak_bytes") if final else None
     return {
@@ -304,10 +309,8 @@ def final_examples(workdir: str, record: dict) -> dict | None:
     """The per-example arrays of a done cell's final report on the split its metric came from, if any."""
     from jaxft import evaluate  # scikit-learn: seconds that --help and --list need not wait
 
-    final = record.get("final_metrics") or {}
-    split = "eval" if final.get("eval") else "test"
     directory = os.path.join(workdir, "cells", record["cell"], "eval")
-    return evaluate.read_examples(evaluate.examples_path(directory, split))
+    return evaluate.read_examples(evaluate.examples_path(directory, metric_split(record["final_metrics"])))
 
 
 def write_results(plan: Plan, workdir: str, command: str, baseline: str | None = None) -> list[dict]:
