@@ -4,7 +4,8 @@ EWC penalty and KD term equal NumPy; the vmap Fisher equals a loop of per-exampl
 buffer equals a hand-run of Algorithm R and keeps every example with probability capacity / seen; the
 replay term scores each buffered row with its own task's head; adapters leave earlier tasks' logits
 bit-identical; a grown head keeps its old columns; the forgetting summary of a known R equals hand values;
-every method runs a tiny 2-task sequence end to end.
+every method runs a tiny 2-task sequence end to end; bench/continual.py splits 20 Newsgroups into its
+class-incremental stages as documented.
 """
 
 import dataclasses
@@ -369,3 +370,43 @@ def test_ewc_and_kd_keep_the_first_task_closer_than_naive_fine_tuning(monkeypatc
     # A larger weight (10) does not help in 3 steps: Adam moves task a's head by about the learning rate
     # whatever the gradient's size.
     assert 0 < drift_kd < 0.8 * drift_naive, (drift_kd, drift_naive)
+
+
+def test_bench_newsgroups_stages_are_four_groups_each_in_alphabetical_order(tmp_path, tiny_tokenizer_dir):
+    """bench/continual.py --sequence newsgroups: 5 class-incremental stages of 4 groups, labels numbered
+    alphabetically, each stage's rows exactly its groups' messages of the (seeded) subsets."""
+    import gzip
+    import importlib.util
+    import json
+    import pathlib
+
+    from jaxft.data import tokenize
+
+    path = pathlib.Path(__file__).parents[1] / "bench" / "continual.py"
+    spec = importlib.util.spec_from_file_location("bench_continual", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    groups = [f"g{g:02d}.topic" for g in range(20)][::-1]  # in reverse: the order must come from the names
+    directory = tmp_path / "20newsgroups"
+    directory.mkdir()
+    for split, per_group in (("train", 3), ("test", 2)):
+        with gzip.open(directory / f"{split}.jsonl.gz", "wt", encoding="utf-8") as f:
+            for g in groups:
+                for i in range(per_group):
+                    row = {"id": f"{g}/{i}", "label": g, "text": "the cat sat " * (i + 1)}
+                    f.write(json.dumps(row) + "\n")
+    args = bench.parse_args(
+        ["--data", str(tmp_path), "--sequence", "newsgroups", "--train-examples", "0"]
+        + ["--newsgroups-eval", "30"]
+    )
+    tasks = bench.load_newsgroups(args, tokenize.load_tokenizer(tiny_tokenizer_dir))
+    assert [t.name for t in tasks] == [f"newsgroups/stage{s}" for s in range(5)]
+    assert {t.head for t in tasks} == {"newsgroups"} and [t.num_labels for t in tasks] == [4, 8, 12, 16, 20]
+    for s, task in enumerate(tasks):
+        # Stage s holds groups g{4s}..g{4s+3} (alphabetical), as head columns 4s..4s+3, 3 messages each.
+        assert np.bincount(task.train["labels"], minlength=20).tolist() == [
+            3 if 4 * s <= c < 4 * s + 4 else 0 for c in range(20)
+        ]
+        assert set(task.eval["labels"].tolist()) <= set(range(4 * s, 4 * s + 4))
+    assert sum(len(t.eval["labels"]) for t in tasks) == 30  # the seeded test subset, split by stage
