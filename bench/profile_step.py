@@ -5,6 +5,7 @@ its op-time per XLA op kind.
     python bench/profile_step.py trace runs/profile --dtype bfloat16 --prng-impl rbg
     python bench/profile_step.py summary runs/profile                # needs xprof (below)
     python bench/profile_step.py torch                               # the PyTorch peer's step, per aten op
+    python bench/profile_step.py trace runs/profile_mb --family modernbert   # a random MiniLM-sized family
 
 `trace` compiles the step, runs 2 warm-up steps, then records `--steps` (2) under `jax.profiler.trace`.
 `summary` reads the newest trace in the directory and prints, per op kind (the HLO name without its
@@ -37,7 +38,9 @@ def trace(args) -> None:
     from jaxft.training import steps as steps_lib
 
     checkpoint = common.minilm_checkpoint()
-    net, state, tx, vocab_size = throughput.jaxft_setup(args.model, args.dtype, checkpoint, None)
+    if args.family != "bert":
+        checkpoint = None  # random weights of the family's architecture, as bench/throughput.py --family
+    net, state, tx, vocab_size = throughput.jaxft_setup(args.model, args.dtype, checkpoint, None, args.family)
     batch = jax.device_put(throughput._batch(args.batch, args.seq_len, vocab_size))
     step = jax.jit(
         lambda s, b: steps_lib.train_step(s, b, model=net, tx=tx, axis_name=None), donate_argnums=0
@@ -84,7 +87,8 @@ def summary(args) -> None:
         counts[kind] += 1 / run["steps"]
     total = sum(totals.values())
     print(
-        f"{run['model']} {run['batch']} x {run['seq_len']} {run['dtype']}: {run['step_ms']:.0f} ms per step"
+        f"{run.get('family', 'bert')} {run['model']} {run['batch']} x {run['seq_len']} {run['dtype']}: "
+        f"{run['step_ms']:.0f} ms per step"
     )
     print(f"op-time per step, summed over threads: {total:.0f} ms\n")
     print(f"{'op kind':32} {'ops':>5} {'ms/step':>9} {'share':>7}")
@@ -105,8 +109,9 @@ def torch_ops(args) -> None:
     from jaxft.configs import common
 
     torch.set_num_threads(os.cpu_count())
+    checkpoint = common.minilm_checkpoint() if args.family == "bert" else None
     step, _, _ = throughput.torch_step(
-        args.model, args.batch, args.seq_len, args.dtype, common.minilm_checkpoint(), None, False
+        args.model, args.batch, args.seq_len, args.dtype, checkpoint, None, False, args.family
     )
     for _ in range(3):
         step()
@@ -128,6 +133,14 @@ def torch_ops(args) -> None:
         print(f"{op[:32]:32} {counts[op]:5.0f} {ms:9.1f} {ms / total:7.1%}")
 
 
+def throughput_families() -> list[str]:
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [os.path.dirname(here), here]
+    import throughput
+
+    return list(throughput.FAMILIES)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     step = argparse.ArgumentParser(add_help=False)  # the step both `trace` and `torch` run
@@ -135,6 +148,7 @@ def main() -> None:
     step.add_argument("--batch", type=int, default=32)
     step.add_argument("--seq-len", type=int, default=128)
     step.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    step.add_argument("--family", default="bert", choices=throughput_families(), help="as throughput.py's")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("trace", parents=[step])
     p.add_argument("dir")

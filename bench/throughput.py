@@ -34,6 +34,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert")
+
 MODELS = {  # hidden, layers, heads, intermediate, vocab
     "minilm": (384, 6, 12, 1536, 30522),
     "base": (768, 12, 12, 3072, 30522),
@@ -368,7 +370,7 @@ def main():
     parser.add_argument(
         "--family",
         default="bert",
-        choices=["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert"],
+        choices=FAMILIES,
         help="the encoder family, at --model's sizes (random weights but for MiniLM's BERT)",
     )
     parser.add_argument("--batch", type=int, nargs="+", default=[32])
