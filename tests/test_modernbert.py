@@ -1,6 +1,7 @@
 """Tests for jaxft.models.modernbert: parity with PyTorch transformers (eager attention), the sliding window,
 both poolings, conversion, dropout, bf16, the PEFT hooks and gradients."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -20,6 +21,7 @@ from jaxft.models.modernbert import (
     sequence_head,
 )
 from jaxft.strategies.peft import PeftConfig, merge_lora, wrap
+from tests.helpers import dot_flops
 
 # Odd sizes (vocab 99, intermediate 37) catch swapped dimensions; a window of 4 (2 each side) is far shorter
 # than the 13-token rows, and every other layer of three is global (0 and 2).
@@ -397,3 +399,74 @@ def test_prefix_keys_are_attended_by_every_query_in_local_layers():
     after = np.asarray(model.apply({"params": params}, ids, mask)[0])
     valid = mask.astype(bool)
     assert (np.abs(after - before).max(axis=-1)[valid] > 1e-3).all()
+
+
+LAST_SLIDING = ("full_attention", "full_attention", "sliding_attention")
+
+
+@pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
+@pytest.mark.parametrize("layer_types", [None, LAST_SLIDING], ids=["last_global", "last_local"])
+@pytest.mark.parametrize(
+    "peft",
+    [
+        PeftConfig(),
+        LORA,
+        PeftConfig(method="adapter", adapter_size=4),
+        PeftConfig(method="prompt", num_virtual_tokens=2),
+        PeftConfig(method="prefix", num_virtual_tokens=2),
+    ],
+    ids=["full", "lora", "adapter", "prompt", "prefix"],
+)
+def test_first_token_only_gives_the_full_pooled_output_and_gradients(peft, layer_types, remat):
+    """The last layer at the first position alone: the same pooled output ("cls" pooling) and gradients."""
+    config = ModernBertConfig(**TINY, norm_bias=True, attention_bias=True, mlp_bias=True)
+    if layer_types:
+        config = dataclasses.replace(config, layer_types=layer_types)
+    ids, mask = _batch()
+    model = wrap(ModernBertEncoder(config, remat=remat), peft)
+    params = model.init(jax.random.key(0), ids, mask)["params"]
+    # Perturb every leaf (LoRA's B and the adapters' up-projections start at zero): each reaches the output.
+    leaves, tree = jax.tree.flatten(params)
+    noise = jax.random.split(jax.random.key(1), len(leaves))
+    params = tree.unflatten(
+        [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, noise, strict=True)]
+    )
+
+    def pooled_and_first(p, first_only):
+        seq, pooled = model.apply({"params": p}, ids, mask, first_token_only=first_only)
+        return pooled, seq[:, :1]
+
+    (pooled, first), (pooled_full, first_full) = (pooled_and_first(params, f) for f in (True, False))
+    assert first.shape == (3, 1, TINY["hidden_size"])
+    assert model.apply({"params": params}, ids, mask, first_token_only=True)[0].shape == first.shape
+    np.testing.assert_allclose(pooled, pooled_full, rtol=0, atol=TOL)
+    np.testing.assert_allclose(first, first_full, rtol=0, atol=TOL)
+
+    def grads(first_only):
+        return jax.grad(lambda p: (pooled_and_first(p, first_only)[0] ** 2).sum())(params)
+
+    # Equal to float32 rounding of differently shaped matmuls, per leaf as a norm (see test_bert's twin).
+    close = lambda a, b: np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b) + 1e-7  # noqa: E731
+    assert all(jax.tree.leaves(jax.tree.map(close, grads(True), grads(False))))
+
+
+def test_first_token_only_leaves_out_the_last_layers_other_positions_and_mean_pooling_ignores_it():
+    """The traced matmul FLOPs fall by at least the last layer's queries, attention, `Wo` and feed-forward at
+    every other position (counted from the jaxpr, as test_bert's twin); "mean" pooling computes them all."""
+    config = ModernBertConfig(**TINY)
+    ids = np.ones((4, 48), np.int32)
+    model = ModernBertEncoder(config)
+    params = model.init(jax.random.key(0), ids, ids)["params"]
+
+    def flops(first_only, pooling="cls"):
+        encoder = ModernBertEncoder(dataclasses.replace(config, classifier_pooling=pooling))
+        pooled = lambda p: encoder.apply({"params": p}, ids, ids, first_token_only=first_only)[1]  # noqa: E731
+        return dot_flops(jax.make_jaxpr(pooled)(params))
+
+    hidden, ffn, length = config.hidden_size, config.intermediate_size, ids.shape[1]
+    # Per position of the last layer, left out: its query's logits and mixture over every key, Wo, Wi (2 x
+    # ffn wide: input and gate) and the feed-forward's Wo. Its keys and values (Wqkv) are still computed.
+    per_position = 2 * (hidden * hidden + 3 * hidden * ffn) + 4 * length * hidden
+    rows = ids.shape[0]
+    assert flops(False) - flops(True) >= per_position * (ids.size - rows)
+    assert flops(True, "mean") == flops(False, "mean") == flops(False)

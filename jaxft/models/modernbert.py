@@ -39,8 +39,10 @@ so `query`, `key` and `value` are not separate layers here: the target `qkv` ada
 (`mlp/Wo`). `residual_branch` hooks each sublayer's output where it joins the residual stream (attention
 after `Wo` and its dropout, the feed-forward after its `Wo`). Prefix tuning is supported: the extra keys
 are not rotated (as a key at position 0 is not; the prefix keys are free parameters) and every query
-attends to them, in local layers too. `first_token_only` is accepted and ignored (every position is
-computed).
+attends to them, in local layers too. `first_token_only` (callers that read only the pooled output) computes
+the last layer at the first position alone when `classifier_pooling` is "cls", as `BertEncoder`'s does: its
+keys and values still come from every position, its queries, attention, `Wo`, feed-forward and final norm
+only from the first (with "mean" pooling every position is computed).
 """
 
 import dataclasses
@@ -335,8 +337,11 @@ class ModernBertAttention(nn.Module):
     sliding: bool = False
 
     @nn.compact
-    def __call__(self, hidden, mask, rotary, deterministic: bool):
-        """`mask`: boolean `[B, 1, 1 or L, L]`, True where a query may see a key; `rotary`: (cos, sin)."""
+    def __call__(self, hidden, mask, rotary, deterministic: bool, first_only: bool = False):
+        """`mask`: boolean `[B, 1, 1 or L, L]`, True where a query may see a key; `rotary`: (cos, sin).
+
+        With `first_only` the output is `[B, 1, H]`: the first position's query alone attends to every key.
+        """
         cfg = self.config
         batch, length = hidden.shape[:2]
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
@@ -344,15 +349,22 @@ class ModernBertAttention(nn.Module):
             3 * cfg.hidden_size, self.dtype, _in_init(cfg), "Wqkv", use_bias=cfg.attention_bias
         )
         qkv = qkv(hidden).reshape(batch, length, 3, heads, head_dim)  # Hugging Face's [3, N, D] order
-        q, k = (apply_rotary(qkv[:, :, i], *rotary) for i in (0, 1))
+        k = apply_rotary(qkv[:, :, 1], *rotary)
+        if first_only:
+            q = apply_rotary(qkv[:, :1, 0], *(table[:1] for table in rotary))
+            mask = mask[:, :, :1]  # the first query's row (a global mask has only that one)
+        else:
+            q = apply_rotary(qkv[:, :, 0], *rotary)
+        queries = q.shape[1]
         k, v = self.extend_keys_values(k, qkv[:, :, 2])
         extra = k.shape[1] - mask.shape[-1]
         if extra:  # keys put before the real ones, unrotated: attended to by every query
             mask = jnp.concatenate([jnp.ones((*mask.shape[:-1], extra), bool), mask], axis=-1)
         rate = cfg.attention_dropout
         apply_dropout = not deterministic and rate > 0.0
-        # cuDNN's window is causal only and it takes no dropout RNG: local layers and dropout go through XLA.
-        if self.attention_impl == "cudnn" and not self.sliding and not apply_dropout:
+        # cuDNN's window is causal only and it takes no dropout RNG: local layers and dropout go through XLA,
+        # as does one query (not worth a fused kernel).
+        if self.attention_impl == "cudnn" and not self.sliding and not apply_dropout and not first_only:
             # A global mask is key padding alone ([B, 1, 1, S]); a fully padded row keeps length 1 (finite).
             lengths = jnp.maximum(mask[:, 0, 0].sum(axis=-1), 1).astype(jnp.int32)
             out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
@@ -362,7 +374,7 @@ class ModernBertAttention(nn.Module):
             )
             out = softmax_attention(q, k, v, mask, **dropout_args)
         out = matmul.dense(cfg.hidden_size, self.dtype, _out_init(cfg), "Wo", use_bias=cfg.attention_bias)(
-            out.reshape(batch, length, cfg.hidden_size)
+            out.reshape(batch, queries, cfg.hidden_size)
         )
         return self.residual_branch(Dropout(rate)(out, deterministic=deterministic))
 
@@ -424,11 +436,12 @@ class ModernBertEncoderLayer(nn.Module):
     sliding: bool = False
 
     @nn.compact
-    def __call__(self, hidden, mask, rotary, deterministic: bool):
+    def __call__(self, hidden, mask, rotary, deterministic: bool, first_only: bool = False):
+        """`[B, L, H]` -> `[B, L, H]`, or `[B, 1, H]` (the first position) with `first_only`."""
         cfg = self.config
         x = hidden if self.first else _layer_norm(cfg, self.dtype, "attn_norm")(hidden)
         attn = ModernBertAttention(cfg, self.dtype, self.attention_impl, self.sliding, name="attn")
-        hidden = hidden + attn(x, mask, rotary, deterministic)
+        hidden = (hidden[:, :1] if first_only else hidden) + attn(x, mask, rotary, deterministic, first_only)
         mlp = ModernBertMLP(cfg, self.dtype, name="mlp")
         return hidden + mlp(_layer_norm(cfg, self.dtype, "mlp_norm")(hidden), deterministic)
 
@@ -490,13 +503,17 @@ class ModernBertEncoder(nn.Module):
             attention_mask: `[B, L]` with 1 for real tokens and 0 for padding (None: no padding).
             token_type_ids: ignored (ModernBERT has no token types).
             deterministic: disables dropout; when False a `"dropout"` RNG must be provided.
-            first_token_only: ignored; every position is computed and returned.
+            first_token_only: with `classifier_pooling` "cls", compute the last layer at the first position
+                alone (see the module docstring): the same pooled output with less work, sequence_output
+                `[B, 1, H]`. In training the last layer's dropout masks are drawn for the positions computed,
+                so they differ from a full computation's (same distribution). Ignored with "mean" pooling.
 
         Returns:
             `(sequence_output [B, L, H], pooled_output [B, H])`, both in `dtype`; pooled_output is the
             `classifier_pooling` of the sequence output (`pool`).
         """
-        del token_type_ids, first_token_only
+        del token_type_ids
+        first_only = first_token_only and self.config.classifier_pooling == "cls"
         if self.attention_impl not in _ATTENTION_IMPLS:
             raise UserError(f"attention_impl {self.attention_impl!r} is not one of {_ATTENTION_IMPLS}")
         cfg = self.config
@@ -519,16 +536,18 @@ class ModernBertEncoder(nn.Module):
         masks = {"full_attention": keys, "sliding_attention": keys & window[None, None]}
         thetas = {"full_attention": cfg.global_rope_theta, "sliding_attention": cfg.local_rope_theta}
         rotary = {t: rotary_tables(thetas[t], length, cfg.head_dim, self.dtype) for t in set(cfg.layer_types)}
-        # `deterministic` is argument 4 counting `self`: static, so remat keeps the Python branches on it.
+        # `deterministic` and `first_only` are arguments 4 and 5 counting `self`: static, so remat keeps the
+        # Python branches on them.
         layer_cls = (
-            nn.remat(ModernBertEncoderLayer, static_argnums=(4,)) if self.remat else ModernBertEncoderLayer
+            nn.remat(ModernBertEncoderLayer, static_argnums=(4, 5)) if self.remat else ModernBertEncoderLayer
         )
+        last = len(cfg.layer_types) - 1
         for i, kind in enumerate(cfg.layer_types):
             sliding = kind == "sliding_attention"
             layer = layer_cls(cfg, self.dtype, self.attention_impl, i == 0, sliding, name=f"layers_{i}")
-            hidden = layer(hidden, masks[kind], rotary[kind], deterministic)
+            hidden = layer(hidden, masks[kind], rotary[kind], deterministic, first_only and i == last)
         hidden = _layer_norm(cfg, self.dtype, "final_norm")(hidden)
-        if extra:  # position i of the output is input token i again
+        if extra and not first_only:  # position i of the output is input token i again
             hidden = jnp.concatenate([hidden[:, :1], hidden[:, 1 + extra :]], axis=1)
         return hidden, pool(cfg, hidden, attention_mask)
 
