@@ -21,7 +21,7 @@ from jaxft.models.deberta import (
     sequence_head,
 )
 from jaxft.strategies.peft import LORA_TARGETS, PeftConfig, wrap
-from tests.helpers import ODD_SIZES
+from tests.helpers import ODD_SIZES, dot_flops
 
 TOL = 1e-5
 # DeBERTa-v3 (base/large) as its config.json has it, with the buckets scaled down: 8 buckets (distances
@@ -356,3 +356,73 @@ def test_prefix_tuning_is_not_offered():
     # Relative-position scores are per key position; keys put before the sequence have none.
     assert not hasattr(DisentangledSelfAttention, "extend_keys_values")
     assert not hasattr(DisentangledSelfAttention, "plain_keys_values")
+
+
+_FIRST_ONLY_VARIANTS = ("v3", "v2", "v3-c2p-only", "v2-p2c-only-string", "v3-conv")
+_FIRST_ONLY_PEFT = {
+    "full": PeftConfig(),
+    "lora": _LORA,
+    "adapter": PeftConfig(method="adapter", adapter_size=5),
+    "prompt": PeftConfig(method="prompt", num_virtual_tokens=2),
+}
+# Each kind of relative-position term without PEFT, each PEFT method on v3, and remat once.
+_FIRST_ONLY_CASES = (
+    [(v, "full", False) for v in _FIRST_ONLY_VARIANTS]
+    + [("v3", m, False) for m in ("lora", "adapter", "prompt")]
+    + [("v2", "prompt", False), ("v3", "full", True)]
+)
+
+
+@pytest.mark.parametrize(
+    "variant, method, remat",
+    _FIRST_ONLY_CASES,
+    ids=[f"{v}-{m}{'-remat' * r}" for v, m, r in _FIRST_ONLY_CASES],
+)
+def test_first_token_only_gives_the_full_first_position_and_gradients(variant, method, remat):
+    """The last layer at the first position alone: the same first position (what `ContextPooler` reads)
+    and the same gradients, for each kind of relative-position term."""
+    config = DebertaV2Config.from_dict(_hf_dict(**VARIANTS[variant]))
+    ids, mask, types = _batch()
+    model = wrap(DebertaV2Encoder(config, remat=remat), _FIRST_ONLY_PEFT[method])
+    params = model.init(jax.random.key(0), ids, mask, types)["params"]
+    leaves, tree = jax.tree.flatten(params)  # perturbed: LoRA's B and the adapters' up start at zero
+    noise = jax.random.split(jax.random.key(1), len(leaves))
+    params = tree.unflatten(
+        [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, noise, strict=True)]
+    )
+
+    def first(p, first_only):
+        return model.apply({"params": p}, ids, mask, types, first_token_only=first_only)[0]
+
+    fast, full = first(params, True), first(params, False)
+    assert fast.shape == (3, 1, config.hidden_size)
+    np.testing.assert_allclose(fast, full[:, :1], rtol=0, atol=TOL)
+
+    def grads(first_only):
+        return jax.grad(lambda p: (first(p, first_only)[:, 0] ** 2).sum())(params)
+
+    # Equal to float32 rounding of differently shaped matmuls, per leaf as a norm (see test_bert's twin).
+    close = lambda a, b: np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b) + 1e-7  # noqa: E731
+    assert all(jax.tree.leaves(jax.tree.map(close, grads(True), grads(False))))
+
+
+def test_first_token_only_leaves_out_the_last_layers_other_positions():
+    """Counted from the jaxpr's matmuls (as test_bert's twin): at least the last layer's query, content
+    scores, output projection and feed-forward at every other position are left out."""
+    config = DebertaV2Config.from_dict(_hf_dict(**V3))
+    ids = np.ones((4, 48), np.int32)
+    model = DebertaV2Encoder(config)
+    params = model.init(jax.random.key(0), ids, ids)["params"]
+
+    def flops(first_only):
+        first = lambda p: model.apply({"params": p}, ids, ids, first_token_only=first_only)[0][:, 0]  # noqa: E731
+        return dot_flops(jax.make_jaxpr(first)(params))
+
+    hidden, ffn, length = config.hidden_size, config.intermediate_size, ids.shape[1]
+    per_position = 2 * (2 * hidden * hidden + 2 * hidden * ffn) + 4 * length * hidden
+    assert flops(False) - flops(True) >= per_position * (ids.size - ids.shape[0])
+    one_layer = DebertaV2Config.from_dict(_hf_dict(**V3_CONV, num_hidden_layers=1))
+    seq, _ = DebertaV2Encoder(one_layer).apply(  # the convolution reads every position of layer 0
+        {"params": _random_params(one_layer)["bert"]}, *_batch(), first_token_only=True
+    )
+    assert seq.shape == (3, max(LENGTHS), one_layer.hidden_size)

@@ -27,8 +27,10 @@ What differs from BERT:
   `classifier`) reads the first position.
 
 Attention takes the XLA path for every `attention_impl`: the relative-position scores are a dense per-pair
-bias that the fused cuDNN kernel is not given here. `first_token_only` is accepted and ignored (every
-position is computed and returned): the relative terms would make the single-query shortcut its own code.
+bias that the fused cuDNN kernel is not given here. `first_token_only` (callers that read only the first
+position: the sequence head's `ContextPooler`) computes the last layer at the first position alone, as
+`BertEncoder`'s does: its keys, values and the keys' position-to-content scores still come from every
+position; its query, content-to-position scores, output projection and feed-forward only from the first.
 
 PEFT hooks (see `jaxft.models.peft`): `dense_targets`, `extend_inputs`, `residual_branch`. With
 `share_att_key` the query and key projections also project the relative-position table, so LoRA on `query`
@@ -373,24 +375,25 @@ class DisentangledSelfAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, hidden, key_mask, rel_embeddings, deterministic: bool):
-        """Attends from every position.
+    def __call__(self, hidden, key_mask, rel_embeddings, deterministic: bool, first_only: bool = False):
+        """Attends from every position, or with `first_only` from the first alone.
 
         Args:
             hidden: `[B, L, H]`.
             key_mask: `[B, L]`, nonzero at real tokens.
             rel_embeddings: `[2 * position_table_half, H]` (None without relative attention).
             deterministic: disables dropout.
+            first_only: the first position's query alone.
 
         Returns:
-            `[B, L, H]` in `dtype`.
+            `[B, L, H]` (`[B, 1, H]` with `first_only`) in `dtype`.
         """
         cfg = self.config
         batch, length, _ = hidden.shape
+        queries = 1 if first_only else length
         heads = cfg.num_attention_heads
         head_dim = cfg.hidden_size // heads
         kinds = cfg.pos_att_type if cfg.relative_attention else ()
-        tokens = batch * length
         table = None
         if cfg.relative_attention:
             table = Dropout(cfg.hidden_dropout_prob)(rel_embeddings, deterministic=deterministic)
@@ -399,14 +402,15 @@ class DisentangledSelfAttention(nn.Module):
         def project(name, x):
             return _dense(cfg.hidden_size, cfg, self.dtype, name)(x).reshape(x.shape[0], heads, head_dim)
 
-        def project_tokens(name, with_table: bool):
+        def project_tokens(name, with_table: bool, positions: int = length):
             # The table's rows share the tokens' Dense call: a second call would be a second LoRA path.
-            rows = hidden.reshape(tokens, hidden.shape[-1]).astype(self.dtype)
+            n = batch * positions
+            rows = hidden[:, :positions].reshape(n, hidden.shape[-1]).astype(self.dtype)
             out = project(name, jnp.concatenate([rows, table]) if with_table else rows)
-            return out[:tokens].reshape(batch, length, heads, head_dim), out[tokens:]
+            return out[:n].reshape(batch, positions, heads, head_dim), out[n:]
 
         share = cfg.share_att_key
-        q, pos_q = project_tokens("query_proj", share and "p2c" in kinds)
+        q, pos_q = project_tokens("query_proj", share and "p2c" in kinds, queries)
         k, pos_k = project_tokens("key_proj", share and "c2p" in kinds)
         v, _ = project_tokens("value_proj", False)
         if cfg.relative_attention and not share:
@@ -424,10 +428,12 @@ class DisentangledSelfAttention(nn.Module):
             relative = relative_positions(length, cfg.position_buckets, cfg.relative_span_limit)
             if "c2p" in kinds:  # query i . position key of d(i, j)
                 scores = jnp.einsum("bqnd,pnd->bnqp", q, pos_k, preferred_element_type=f32)
-                logits = logits + _gather_positions(scores, np.clip(relative + half, 0, 2 * half - 1))
+                index = np.clip(relative[:queries] + half, 0, 2 * half - 1)
+                logits = logits + _gather_positions(scores, index)
             if "p2c" in kinds:  # key j . position query of -d(j, i), gathered per key then transposed
                 scores = jnp.einsum("bknd,pnd->bnkp", k, pos_q, preferred_element_type=f32)
-                gathered = _gather_positions(scores, np.clip(-relative + half, 0, 2 * half - 1))
+                index = np.clip(-relative[:, :queries] + half, 0, 2 * half - 1)
+                gathered = _gather_positions(scores, index)
                 logits = logits + jnp.swapaxes(gathered, -1, -2)
         logits = logits / scale
         # A padded key gets the float32 minimum: exactly zero probability, a fully padded row stays finite.
@@ -437,7 +443,7 @@ class DisentangledSelfAttention(nn.Module):
         if not deterministic and rate > 0.0:
             probs = dropout(self.make_rng("dropout"), rate, probs)
         out = jnp.einsum("bnqk,bknd->bqnd", probs.astype(self.dtype), v, preferred_element_type=f32)
-        return out.astype(self.dtype).reshape(batch, length, cfg.hidden_size)
+        return out.astype(self.dtype).reshape(batch, queries, cfg.hidden_size)
 
 
 class DebertaV2Attention(nn.Module):
@@ -447,11 +453,12 @@ class DebertaV2Attention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, hidden, key_mask, rel_embeddings, deterministic: bool):
+    def __call__(self, hidden, key_mask, rel_embeddings, deterministic: bool, first_only: bool = False):
         x = DisentangledSelfAttention(self.config, self.dtype, name="self")(
-            hidden, key_mask, rel_embeddings, deterministic
+            hidden, key_mask, rel_embeddings, deterministic, first_only
         )
-        return BertAddNorm(self.config, self.dtype, name="output")(x, hidden, deterministic)
+        residual = hidden[:, :1] if first_only else hidden
+        return BertAddNorm(self.config, self.dtype, name="output")(x, residual, deterministic)
 
 
 class DebertaV2Layer(nn.Module):
@@ -462,10 +469,11 @@ class DebertaV2Layer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, hidden, key_mask, rel_embeddings, deterministic: bool):
+    def __call__(self, hidden, key_mask, rel_embeddings, deterministic: bool, first_only: bool = False):
+        """`[B, L, H]` -> `[B, L, H]`, or `[B, 1, H]` (the first position) with `first_only`."""
         cfg = self.config
         hidden = DebertaV2Attention(cfg, self.dtype, name="attention")(
-            hidden, key_mask, rel_embeddings, deterministic
+            hidden, key_mask, rel_embeddings, deterministic, first_only
         )
         x = BertIntermediate(cfg, self.dtype, name="intermediate")(hidden)
         return BertAddNorm(cfg, self.dtype, name="output")(x, hidden, deterministic)
@@ -507,8 +515,11 @@ class DebertaV2LayerStack(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, hidden, key_mask, deterministic: bool):
+    def __call__(self, hidden, key_mask, deterministic: bool, first_only: bool = False):
+        """The layers; with `first_only` the last computes the first position alone (`[B, 1, H]` out)."""
         cfg = self.config
+        if first_only and cfg.conv_kernel_size and cfg.num_hidden_layers == 1:
+            raise ValueError("first_only needs every position of layer 0 when the convolution follows it")
         table = None
         if cfg.relative_attention:
             rows = 2 * cfg.position_table_half
@@ -521,11 +532,14 @@ class DebertaV2LayerStack(nn.Module):
             )(jnp.arange(rows))
             if cfg.layer_norm_rel_embeddings:
                 table = _layer_norm(cfg, self.dtype)(table)
-        # `deterministic` is argument 4 counting `self`; static so remat keeps the Python branches on it.
-        layer_cls = nn.remat(DebertaV2Layer, static_argnums=(4,)) if self.remat else DebertaV2Layer
+        # `deterministic` and `first_only` are arguments 4 and 5 counting `self`: static, so remat keeps the
+        # Python branches on them.
+        layer_cls = nn.remat(DebertaV2Layer, static_argnums=(4, 5)) if self.remat else DebertaV2Layer
         embedded = hidden
+        last = cfg.num_hidden_layers - 1
         for i in range(cfg.num_hidden_layers):
-            hidden = layer_cls(cfg, self.dtype, name=f"layer_{i}")(hidden, key_mask, table, deterministic)
+            layer = layer_cls(cfg, self.dtype, name=f"layer_{i}")
+            hidden = layer(hidden, key_mask, table, deterministic, first_only and i == last)
             if i == 0 and cfg.conv_kernel_size:
                 hidden = ConvLayer(cfg, self.dtype, name="conv")(embedded, hidden, key_mask, deterministic)
         return hidden
@@ -575,12 +589,14 @@ class DebertaV2Encoder(nn.Module):
             attention_mask: `[B, L]` with 1 for real tokens and 0 for padding (None: no padding).
             token_type_ids: `[B, L]` segment ids (None: all zeros; unused when `type_vocab_size` is 0).
             deterministic: disables dropout; when False a `"dropout"` RNG must be provided.
-            first_token_only: ignored; every position is computed and returned.
+            first_token_only: compute the last layer at the first position alone (see the module
+                docstring): sequence_output is then `[B, 1, H]`, its first position the same as a full
+                computation's. In training the last layer's dropout masks are drawn for the positions
+                computed, so they differ from a full computation's (same distribution).
 
         Returns:
             `(sequence_output [B, L, H] in dtype, None)`: the base model has no pooled output.
         """
-        del first_token_only  # see the module docstring
         if self.attention_impl not in _ATTENTION_IMPLS:
             raise UserError(f"attention_impl {self.attention_impl!r} is not one of {_ATTENTION_IMPLS}")
         cfg = self.config
@@ -601,10 +617,12 @@ class DebertaV2Encoder(nn.Module):
             attention_mask = jnp.concatenate([attention_mask[:, :1], ones, attention_mask[:, 1:]], axis=1)
         # Zero at padding, as Hugging Face's embeddings: the convolution reads its neighbours.
         hidden = hidden * attention_mask.astype(hidden.dtype)[..., None]
+        # The convolution after layer 0 reads every position: a one-layer model with it computes them all.
+        first_only = first_token_only and not (cfg.conv_kernel_size and cfg.num_hidden_layers == 1)
         hidden = DebertaV2LayerStack(cfg, self.dtype, self.remat, name="encoder")(
-            hidden, attention_mask, deterministic
+            hidden, attention_mask, deterministic, first_only
         )
-        if extra:  # position i of the output is input token i again
+        if extra and not first_only:  # position i of the output is input token i again
             hidden = jnp.concatenate([hidden[:, :1], hidden[:, 1 + extra :]], axis=1)
         return hidden, None
 
