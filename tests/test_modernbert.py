@@ -404,26 +404,33 @@ def test_prefix_keys_are_attended_by_every_query_in_local_layers():
 LAST_SLIDING = ("full_attention", "full_attention", "sliding_attention")
 
 
-@pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
-@pytest.mark.parametrize("layer_types", [None, LAST_SLIDING], ids=["last_global", "last_local"])
+_FIRST_ONLY_PEFT = {
+    "full": PeftConfig(),
+    "lora": LORA,
+    "adapter": PeftConfig(method="adapter", adapter_size=4),
+    "prompt": PeftConfig(method="prompt", num_virtual_tokens=2),
+    "prefix": PeftConfig(method="prefix", num_virtual_tokens=2),
+}
+# Each PEFT method with a global last layer, a local last layer once, remat once.
+_FIRST_ONLY_CASES = [(m, None, False) for m in _FIRST_ONLY_PEFT] + [
+    ("full", LAST_SLIDING, False),
+    ("prefix", LAST_SLIDING, False),
+    ("full", None, True),
+]
+
+
 @pytest.mark.parametrize(
-    "peft",
-    [
-        PeftConfig(),
-        LORA,
-        PeftConfig(method="adapter", adapter_size=4),
-        PeftConfig(method="prompt", num_virtual_tokens=2),
-        PeftConfig(method="prefix", num_virtual_tokens=2),
-    ],
-    ids=["full", "lora", "adapter", "prompt", "prefix"],
+    "method, layer_types, remat",
+    _FIRST_ONLY_CASES,
+    ids=[f"{m}-{'local' if t else 'global'}{'-remat' * r}" for m, t, r in _FIRST_ONLY_CASES],
 )
-def test_first_token_only_gives_the_full_pooled_output_and_gradients(peft, layer_types, remat):
+def test_first_token_only_gives_the_full_pooled_output_and_gradients(method, layer_types, remat):
     """The last layer at the first position alone: the same pooled output ("cls" pooling) and gradients."""
     config = ModernBertConfig(**TINY, norm_bias=True, attention_bias=True, mlp_bias=True)
     if layer_types:
         config = dataclasses.replace(config, layer_types=layer_types)
     ids, mask = _batch()
-    model = wrap(ModernBertEncoder(config, remat=remat), peft)
+    model = wrap(ModernBertEncoder(config, remat=remat), _FIRST_ONLY_PEFT[method])
     params = model.init(jax.random.key(0), ids, mask)["params"]
     # Perturb every leaf (LoRA's B and the adapters' up-projections start at zero): each reaches the output.
     leaves, tree = jax.tree.flatten(params)
