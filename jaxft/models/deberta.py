@@ -516,10 +516,10 @@ class DebertaV2LayerStack(nn.Module):
 
     @nn.compact
     def __call__(self, hidden, key_mask, deterministic: bool, first_only: bool = False):
-        """The layers; with `first_only` the last computes the first position alone (`[B, 1, H]` out)."""
+        """The layers; with `first_only` the last computes the first position alone (`[B, 1, H]` out). The
+        caller (`DebertaV2Encoder`) does not ask it of a one-layer model with the convolution, which reads
+        every position of layer 0."""
         cfg = self.config
-        if first_only and cfg.conv_kernel_size and cfg.num_hidden_layers == 1:
-            raise ValueError("first_only needs every position of layer 0 when the convolution follows it")
         table = None
         if cfg.relative_attention:
             rows = 2 * cfg.position_table_half
