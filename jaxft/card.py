@@ -138,6 +138,10 @@ def model_card(workdir: str, config, label_names: list[str], model_name: str, ar
         f"{o.warmup_steps or o.warmup_ratio} {'steps' if o.warmup_steps else 'of the steps'}, weight decay "
         f"{o.weight_decay}), max_seq_length {config.data.max_seq_length}, seed {config.seed}",
     ]
+    if config.task.name == "multilabel":  # the threshold predict uses: where tuned, load_run put it here
+        tuned = final.get("tuned")
+        how = f" (chosen on the eval split by {tuned['metric']})" if isinstance(tuned, dict) else ""
+        recipe.append(f"- a label is predicted when its probability exceeds {config.task.threshold:g}{how}")
     strategies = [f"peft.method={config.peft.method}"] if config.peft.method != "none" else []
     if config.adversarial.method != "none":
         strategies.append(f"adversarial.method={config.adversarial.method}")

@@ -54,6 +54,7 @@ _CHOICES = {
     "task.subword_labels": ("first", "all"),
     "task.tag_scheme": ("iob1", "iob2"),
     "task.relation_pooling": ("markers", "cls"),
+    "task.tune_threshold": ("", "macro_f1", "micro_f1"),
     "peft.method": PEFT_METHODS,
     "adversarial.method": ADVERSARIAL_METHODS,
 }
@@ -338,7 +339,12 @@ def _check_regression(task, data) -> None:
 
 
 def _check_multilabel(task, data) -> None:
-    del task, data  # task.threshold and task.label_separator: checked as values
+    # task.threshold and task.label_separator: checked as values
+    if task.get("tune_threshold") and not data.eval_path:
+        raise UserError(
+            f"config task.tune_threshold={task.tune_threshold!r} needs data.eval_path: the threshold is "
+            "chosen on the eval split"
+        )
 
 
 def _check_ner(task, data) -> None:
@@ -423,6 +429,8 @@ def _check_task(config: ml_collections.ConfigDict) -> None:
             f"not {name!r}"
         )
     _TASK_CHECKS[name](config.task, data)
+    if name != "multilabel" and config.task.get("tune_threshold"):
+        raise UserError(f"config task.tune_threshold applies to task.name='multilabel', not {name!r}")
     _check_long_inputs(name, data)
     weights = class_weights(data.get("class_weights"))
     if weights is not None and name not in CLASS_WEIGHT_TASKS:

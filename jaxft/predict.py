@@ -52,7 +52,7 @@ from jaxft.models import convert
 from jaxft.strategies import checks as strategy_checks
 from jaxft.training import checkpoint, inference, steps, trained
 from jaxft.training.model import create_encoder, create_model
-from jaxft.training.workdir import MODEL_CONFIG, TOKENIZER_DIR
+from jaxft.training.workdir import MODEL_CONFIG, TOKENIZER_DIR, TUNED
 
 
 @dataclasses.dataclass
@@ -92,6 +92,18 @@ def check_labels(workdir: str, label_names: list[str], path: str) -> None:
             )
 
 
+def tuned_threshold(path: str) -> float:
+    """The multi-label threshold a run's final reports chose on its eval split (WORKDIR/tuned.json).
+
+    Raises:
+      UserError: naming `path`, where it holds no threshold in (0, 1).
+    """
+    threshold = files.read_json_object(path).get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise UserError(f"{path}: 'threshold' must be a number in (0, 1), not {threshold!r}")
+    return float(threshold)
+
+
 def load_run(workdir: str) -> TrainedRun:
     """Loads a workdir's config, labels, tokenizer and best (else newest) parameters.
 
@@ -99,7 +111,8 @@ def load_run(workdir: str) -> TrainedRun:
     (the keys an older jaxft did not write take jaxft/configs/default.py's values), `data.max_seq_length`
     against model_config.json's position table, model_config.json as a model config, labels.json against the
     labels the checkpoints recorded, and the tokenizer against the model's vocabulary
-    (`tokenize.check_fits_model`).
+    (`tokenize.check_fits_model`). A multi-label run that tuned its threshold (task.tune_threshold) predicts
+    at the one its final reports chose (tuned.json).
 
     Raises:
       UserError: `workdir` is not a jaxft run, has no checkpoint yet, or one of its files fails a check.
@@ -110,6 +123,9 @@ def load_run(workdir: str) -> TrainedRun:
             raise UserError(f"{workdir}: not a jaxft workdir ({os.path.basename(path)} is missing)")
     config = config_lib.with_defaults(files.read_json_object(paths["config.json"]))  # an older run's too
     check_run_config(config, paths["config.json"])
+    tuned = os.path.join(workdir, TUNED)
+    if config.task.name == "multilabel" and config.task.tune_threshold and os.path.exists(tuned):
+        config.task.threshold = tuned_threshold(tuned)  # what the final reports chose on the eval split
     checkpoint.find_checkpoint(workdir, key="--workdir")  # none yet: say so before the checks below
     try:
         bert_config = convert.config_from_dict(files.read_json_object(paths[MODEL_CONFIG]))

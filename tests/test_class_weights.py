@@ -163,7 +163,7 @@ def test_weighted_reports_say_so_and_keep_their_loss_denominators():
     assert "loss weighted by data.class_weights (class weight per label): neg=1, pos=3" in result.text
     # Multilabel: still the mean over examples (and labels); the line names the pos_weights.
     split = type("Split", (), {"labels": np.array([[1, 0], [0, 1]], np.float32)})
-    totals = {"loss_sum": 1.0, "count": 2.0, PER_EXAMPLE: {"prediction": np.array([[1, 0], [1, 1]])}}
+    totals = {"loss_sum": 1.0, "count": 2.0, PER_EXAMPLE: {"probability": np.array([[0.9, 0.1], [0.7, 0.6]])}}
     result = MultiLabel(class_weights=(2.0, 0.5)).report(totals, split, ["x", "y"], None)
     assert result.metrics["loss"] == 0.5 and result.extra["loss_class_weights"] == {"x": 2.0, "y": 0.5}
     assert "loss weighted by data.class_weights (BCE pos_weight per label): x=2, y=0.5" in result.text

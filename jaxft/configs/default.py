@@ -33,6 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
     task.name = "classification"
     task.threshold = 0.5  # multilabel: a label is predicted when its sigmoid probability exceeds this
     task.label_separator = ","  # multilabel: joins an example's labels in a CSV/TSV cell (JSONL: a list)
+    # multilabel: "" (keep task.threshold), "macro_f1" or "micro_f1": after training, the threshold (0.01 to
+    # 0.99 by 0.01) that maximises it on the eval split replaces task.threshold for the final reports, predict
+    # and export (saved as WORKDIR/threshold.json); the evaluations during training use task.threshold.
+    task.tune_threshold = ""
     task.subword_labels = "first"  # ner: train on a word's first sub-token ("first") or all of them ("all")
     task.tag_scheme = "iob2"  # ner: the files' tags: "iob2" (B- starts every entity) or "iob1" (CoNLL-2003)
     task.tag_column = -1  # ner: 0-based column of the tag in the CoNLL file; -1 = the last

@@ -61,7 +61,11 @@ def from_config(config: ml_collections.ConfigDict) -> Task:
     if name == "regression":
         return Regression()
     if name == "multilabel":
-        return MultiLabel(threshold=float(task.threshold), separator=str(task.label_separator))
+        return MultiLabel(
+            threshold=float(task.threshold),
+            separator=str(task.label_separator),
+            tune_threshold=str(task.tune_threshold),
+        )
     if name == "ner":
         return Ner(
             subword_labels=task.subword_labels,

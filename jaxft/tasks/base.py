@@ -179,6 +179,13 @@ class Task(StepLoss):
     def report(self, totals: dict, split, names: list[str], data: ml_collections.ConfigDict) -> TaskReport:
         raise NotImplementedError
 
+    def tuned(self, totals: dict, split) -> tuple["Task", dict]:
+        """This task with its decision rule chosen on the eval split's `totals` (`report`'s counts of the
+        final parameters), and a dict of what was chosen; the final reports, predict and export use it.
+        Default: itself and {} (multi-label: the threshold, where task.tune_threshold asks)."""
+        del totals, split
+        return self, {}
+
     def prediction_record(self, example, output: np.ndarray, names: list[str]) -> dict:
         """One line of `jaxft.predict`'s output for one example and its row of `predict_outputs`."""
         raise NotImplementedError

@@ -7,8 +7,11 @@ is the empty set), or
 GoEmotions' TSV as distributed (`data.format="goemotions"`, `jaxft.data.goemotions`: label ids named by the
 emotions.txt beside the file, which is also the label set, in id order, unless data.labels gives one).
 A label is predicted when its sigmoid probability exceeds `task.threshold`. The device returns each
-example's 0/1 predictions, placed by example index on the host, and the report is scikit-learn's multi-label
-`classification_report` (per label, micro / macro / weighted / samples averages) on them. The head is the
+example's probabilities, placed by example index on the host, which predicts by the same float32 comparison;
+the report is scikit-learn's multi-label `classification_report` (per label, micro / macro / weighted /
+samples averages) on those predictions. With `task.tune_threshold` the final reports use the one threshold
+(0.01 to 0.99 by 0.01, `THRESHOLDS`) that maximises that F1 on the eval split (`MultiLabel.tuned`; ties: the
+lowest), as the GoEmotions baseline chose its threshold on dev. The head is the
 sequence classifier with one output per label, exported as `BertForSequenceClassification` with
 `problem_type="multi_label_classification"`.
 
@@ -71,6 +74,25 @@ def _split_labels(where: str, value, separator: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(label for label in labels if label))  # order kept, duplicates and blanks gone
 
 
+THRESHOLDS = np.round(np.arange(1, 100) / 100, 2)  # task.tune_threshold's grid: 0.01, 0.02, ..., 0.99
+
+
+def choose_threshold(truth, probabilities, metric: str) -> tuple[float, float]:
+    """(threshold, its F1): the threshold of `THRESHOLDS` whose predictions (probability above it, compared
+    in float32) maximise `metric` ("macro_f1" or "micro_f1", scikit-learn's with zero_division=0) on these
+    examples; ties go to the lowest threshold."""
+    average = {"macro_f1": "macro", "micro_f1": "micro"}[metric]
+    truth, probabilities = np.asarray(truth, np.int64), np.asarray(probabilities, np.float32)
+    scores = [
+        sklearn.metrics.f1_score(
+            truth, (probabilities > np.float32(t)).astype(np.int64), average=average, zero_division=0
+        )
+        for t in THRESHOLDS
+    ]
+    best = int(np.argmax(scores))  # the first of the maxima: the lowest threshold
+    return float(THRESHOLDS[best]), float(scores[best])
+
+
 def multilabel_report(truth, predictions, names: list[str], digits: int = 4) -> tuple[dict, str]:
     """scikit-learn's multi-label classification report (dict and text) on 0/1 indicator arrays [N, L]."""
     truth, predictions = np.asarray(truth, np.int64), np.asarray(predictions, np.int64)
@@ -90,11 +112,14 @@ class MultiLabel(Task):
         threshold: a label is predicted when its probability exceeds this (task.threshold).
         separator: joins the labels of one example in a CSV/TSV cell or JSON string (task.label_separator).
         class_weights: pos_weight per label, in label order (data.class_weights); None: unweighted.
+        tune_threshold: "" or the F1 ("macro_f1", "micro_f1") whose best threshold on the eval split the
+            final reports use (task.tune_threshold; `tuned`).
     """
 
     threshold: float = 0.5
     separator: str = ","
     class_weights: tuple[float, ...] | None = None
+    tune_threshold: str = ""
 
     name = "multilabel"
     default_metric = "micro_f1"
@@ -204,14 +229,26 @@ class MultiLabel(Task):
 
     def eval_outputs(self, logits: jax.Array, batch: dict) -> dict:
         loss_sum, count = self.loss(logits, batch)
-        predicted = (jax.nn.sigmoid(logits) > self.threshold).astype(jnp.int32)
-        return {"loss_sum": loss_sum, "count": count, PER_EXAMPLE: {"prediction": predicted}}
+        # Probabilities, not decisions: the host thresholds them (`report`), at any threshold (`tuned`).
+        return {"loss_sum": loss_sum, "count": count, PER_EXAMPLE: {"probability": jax.nn.sigmoid(logits)}}
 
     def predict_outputs(self, logits: jax.Array) -> jax.Array:
         return jax.nn.sigmoid(logits)
 
+    def tuned(self, totals: dict, split) -> tuple["MultiLabel", dict]:
+        """With `tune_threshold`: this task at the threshold that maximises that F1 on these eval counts
+        (`choose_threshold`), and what was chosen; else this task and {}."""
+        if not self.tune_threshold:
+            return self, {}
+        threshold, score = choose_threshold(
+            split.labels, totals[PER_EXAMPLE]["probability"], self.tune_threshold
+        )
+        chosen = {"threshold": threshold, "metric": self.tune_threshold, "split": split.name, "value": score}
+        return dataclasses.replace(self, threshold=threshold), chosen
+
     def report(self, totals: dict, split, names: list[str], data: ml_collections.ConfigDict) -> TaskReport:
-        predictions = totals[PER_EXAMPLE]["prediction"]
+        # The device's float32 probabilities against the float32 threshold: the comparison it would make.
+        predictions = (totals[PER_EXAMPLE]["probability"] > np.float32(self.threshold)).astype(np.int32)
         report, text = multilabel_report(split.labels, predictions, names)
         count = int(totals["count"])
         if count != len(split.labels):
@@ -227,7 +264,8 @@ class MultiLabel(Task):
             "num_examples": count,
         }
         text += f"\nsubset accuracy (exact match): {subset_accuracy:.4f} of {count} examples\n"
-        extra = {"subset_accuracy": subset_accuracy}
+        text += f"a label is predicted when its probability exceeds {self.threshold:g}\n"
+        extra = {"subset_accuracy": subset_accuracy, "threshold": float(self.threshold)}
         if self.class_weights is not None:
             line, weights = class_weights_lib.describe(names, self.class_weights, "BCE pos_weight")
             text, extra = text + f"{line}\n", {**extra, **weights}

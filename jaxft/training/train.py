@@ -34,7 +34,7 @@ from jaxft.training import workdir as workdir_lib
 from jaxft.training.early_stopping import BestMetric
 from jaxft.training.model import create_model
 from jaxft.training.preemption import Preempted, PreemptionGuard
-from jaxft.training.workdir import MODEL_CONFIG, TOKENIZER_DIR
+from jaxft.training.workdir import MODEL_CONFIG, TOKENIZER_DIR, TUNED
 from jaxft.training.writers import METRICS_FILE, ProgressBar, plot_curves
 
 CLASS_WEIGHTS = "class_weights.json"  # the resolved data.class_weights of a run, beside labels.json
@@ -384,15 +384,7 @@ def run_evaluation(
     `stop`: as for `eval_counts`. `task`: the run's (with its class weights); default: `config`'s."""
     task = task or tasks.from_config(config)
     if totals is None:
-        totals = eval_counts(
-            eval_fn,
-            params,
-            split,
-            pipeline.buckets(config.data),
-            parallel.eval_batch_size(config.training.eval_batch_size),
-            parallel.local_devices(),
-            stop,
-        )
+        totals = _split_counts(eval_fn, params, split, config, stop)
     result = task.report(totals, split, label_names, config.data)
     if parallel.is_chief():
         name = evaluate.report_name(split.name, step)
@@ -407,6 +399,19 @@ def run_evaluation(
         if step is not None:
             writer.write_eval(step, split.name, result.metrics)
     return result.metrics, totals
+
+
+def _split_counts(eval_fn, params, split, config, stop=None) -> dict:
+    """`eval_counts` of `split` with the config's buckets and evaluation batch, on this process's devices."""
+    return eval_counts(
+        eval_fn,
+        params,
+        split,
+        pipeline.buckets(config.data),
+        parallel.eval_batch_size(config.training.eval_batch_size),
+        parallel.local_devices(),
+        stop,
+    )
 
 
 def _changed_keys(old, new, prefix: str = "") -> list[str]:
@@ -580,10 +585,15 @@ def _final_reports(
         if best_params
         else state.params
     )
-    final, final_from = {}, best.best_step if best_params else step
+    final, final_from, task, tuned = {}, best.best_step if best_params else step, setup.task, {}
     for name in ("eval", "test"):
         if name in setup.splits:
             reuse = best_params and best_eval and best_eval[0] == best.best_step and name == "eval"
+            totals = best_eval[1] if reuse else None
+            if name == "eval":  # the decision rule the task tunes on it (multi-label: the threshold)
+                if totals is None:
+                    totals = _split_counts(eval_fn, params, setup.splits[name], setup.config, stop)
+                task, tuned = setup.task.tuned(totals, setup.splits[name])
             final[name], _ = run_evaluation(
                 eval_fn,
                 params,
@@ -593,18 +603,29 @@ def _final_reports(
                 None,
                 writer,
                 eval_dir,
-                totals=best_eval[1] if reuse else None,
+                totals=totals,
                 params_step=final_from,
                 stop=stop,
-                task=setup.task,
+                task=task,
             )
             if parallel.is_chief():
                 with open(os.path.join(eval_dir, evaluate.report_name(name, None) + ".txt")) as f:
                     print(f.read())
     if parallel.is_chief():
+        tuned_path = os.path.join(setup.workdir, TUNED)
+        if tuned:
+            logging.info("Tuned on the eval split: %s", tuned)
+            files.write_json_atomic(tuned_path, tuned)
+        elif os.path.exists(tuned_path):  # a resumed run that no longer tunes
+            os.remove(tuned_path)
         files.write_json_atomic(
             os.path.join(setup.workdir, "final_metrics.json"),
-            {"params_from_step": final_from, **_run_facts(current, peft), **final},
+            {
+                "params_from_step": final_from,
+                **_run_facts(current, peft),
+                **({"tuned": tuned} if tuned else {}),
+                **final,
+            },
         )
     return final
 

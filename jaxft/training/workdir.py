@@ -25,6 +25,7 @@ from jaxft.errors import UserError
 LOCK_FILE = ".lock"
 MODEL_CONFIG = "model_config.json"  # the encoder's Hugging Face config, written into every workdir
 TOKENIZER_DIR = "tokenizer"  # the tokenizer, saved so that prediction and export need only the workdir
+TUNED = "tuned.json"  # what the final reports chose on the eval split (`jaxft.tasks.Task.tuned`)
 # Everything jaxft writes at the top of a workdir (MODEL_CONFIG, TOKENIZER_DIR, trained.BASE_FILE,
 # writers.METRICS_FILE, trackers.TRACKERS_FILE, ...; tests/test_environment.py checks that they are all here).
 ENTRIES = frozenset(
@@ -46,6 +47,7 @@ ENTRIES = frozenset(
         "cell.json",
         "data",  # `jaxft.finetune`'s splits given in memory, written as files
         "class_weights.json",  # the resolved data.class_weights (training.train.CLASS_WEIGHTS)
+        TUNED,
         "trackers.json",  # the MLflow and W&B run ids (jaxft.training.trackers)
         "mlruns",  # the default MLflow file store
         "wandb",  # W&B's run directories
