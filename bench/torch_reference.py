@@ -1,13 +1,21 @@
-"""PyTorch reference for the classification and regression benchmarks: the same checkpoint and recipe with
-transformers' `BertForSequenceClassification`, printing the figures jaxft prints (accuracy, macro-F1,
-report; Pearson, Spearman and MSE for `--task regression`), after every epoch ("epochs"), every
-`--eval-every` steps if given ("evals", as jaxft's training.eval_every) and at the end.
+"""PyTorch reference for the classification, regression and multi-label benchmarks: the same checkpoint and
+recipe with transformers' `BertForSequenceClassification`, printing the figures jaxft prints (accuracy,
+macro-F1, report; Pearson, Spearman and MSE for `--task regression`; micro- / macro-F1 for `--task
+multilabel`), after every epoch ("epochs"), every `--eval-every` steps if given ("evals", as jaxft's
+training.eval_every) and at the end. Multi-label reads its files as jaxft's task does (`--format goemotions`
+for GoEmotions' TSV), trains with `problem_type="multi_label_classification"` (BCE with logits, the mean
+over labels and examples, as jaxft), and with `--tune-threshold` chooses the threshold on the eval file as
+jaxft's final reports do (`jaxft.tasks.multilabel.choose_threshold`); `--test` is then evaluated once at it.
 
     python bench/torch_reference.py --train ../shared/data/sst2/train.tsv --eval ../shared/data/sst2/dev.tsv \
         --text-field sentence --max-seq-length 64 --epochs 1 --out runs/torch_sst2.json
     python bench/torch_reference.py --task regression --train ../shared/data/stsb/train.tsv \
         --eval ../shared/data/stsb/dev.tsv --text-field sentence1 --text-pair-field sentence2 \
         --label-field score --max-seq-length 128 --epochs 3 --warmup-ratio 0.1 --out runs/torch_stsb.json
+    python bench/torch_reference.py --task multilabel --format goemotions \
+        --train ../shared/data/goemotions/train.tsv --eval ../shared/data/goemotions/dev.tsv \
+        --test ../shared/data/goemotions/test.tsv --tune-threshold macro_f1 --max-seq-length 128 --epochs 3 \
+        --warmup-ratio 0.1 --out runs/torch_goemotions.json
 
 Recipe (as jaxft/configs/sst2.py): AdamW (torch.optim, weight decay 0.01 off for biases and LayerNorm), lr
 5e-5, linear warm-up over 6% of the steps then linear decay, clipping 1.0, batch 32, dropout as in the
@@ -24,17 +32,23 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxft.configs import common  # noqa: E402
+from jaxft.configs import common, default  # noqa: E402
 from jaxft.data import labels as labels_lib  # noqa: E402
 from jaxft.data import readers  # noqa: E402
-from jaxft.training import pipeline
+from jaxft.tasks.multilabel import MultiLabel, choose_threshold  # noqa: E402
+from jaxft.training import pipeline  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", required=True)
     parser.add_argument("--eval", required=True)
-    parser.add_argument("--task", choices=("classification", "regression"), default="classification")
+    parser.add_argument(
+        "--task", choices=("classification", "regression", "multilabel"), default="classification"
+    )
+    parser.add_argument("--format", default="auto", help="multilabel: jaxft's data.format (e.g. goemotions)")
+    parser.add_argument("--test", default=None, help="multilabel: evaluated once after training")
+    parser.add_argument("--tune-threshold", choices=("", "macro_f1", "micro_f1"), default="")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--text-pair-field", default=None)
     parser.add_argument("--label-field", default="label")
@@ -53,24 +67,40 @@ def main():
 
     import torch
     import transformers
-    from sklearn.metrics import classification_report
+    from sklearn.metrics import classification_report, f1_score
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(os.cpu_count())
     start = time.time()
+    regression, multilabel = args.task == "regression", args.task == "multilabel"
+    data = default.get_config().data
+    data.format, data.text_field, data.text_pair_field = args.format, args.text_field, args.text_pair_field
+    data.label_field = args.label_field
+    task = MultiLabel()
     read = {}
     for name, path, limit in (
         ("train", args.train, args.max_train_examples),
         ("eval", args.eval, args.max_eval_examples),
+        ("test", args.test, args.max_eval_examples),
     ):
-        fields = {"text_field": args.text_field, "text_pair_field": args.text_pair_field}
-        examples = readers.read_examples(path, label_field=args.label_field, **fields)
+        if path is None:
+            continue
+        if multilabel:
+            examples = task.read(path, data)
+        else:
+            fields = {"text_field": args.text_field, "text_pair_field": args.text_pair_field}
+            examples = readers.read_examples(path, label_field=args.label_field, **fields)
         read[name] = pipeline.subset(examples, limit, args.seed)
-    regression = args.task == "regression"
-    names = ["value"] if regression else labels_lib.build_label_vocab(read["train"])
+    if regression:
+        names = ["value"]
+    elif multilabel:
+        names = task.label_names(read["train"], data)
+    else:
+        names = labels_lib.build_label_vocab(read["train"])
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.checkpoint)
+    problem = {"regression": "regression", "multilabel": "multi_label_classification"}.get(args.task)
     model = transformers.BertForSequenceClassification.from_pretrained(
-        args.checkpoint, num_labels=len(names), problem_type="regression" if regression else None
+        args.checkpoint, num_labels=len(names), problem_type=problem
     )
 
     def encode(examples):
@@ -79,10 +109,13 @@ def main():
         enc = tokenizer(texts, pairs, truncation=True, max_length=args.max_seq_length)
         if regression:
             return enc["input_ids"], enc.get("token_type_ids"), np.array([float(e.label) for e in examples])
+        if multilabel:
+            return enc["input_ids"], enc.get("token_type_ids"), task.encode(examples, names)
         return enc["input_ids"], enc.get("token_type_ids"), labels_lib.encode_labels(examples, names)
 
     train_ids, train_types, train_labels = encode(read["train"])
-    eval_ids, eval_types, eval_labels = encode(read["eval"])
+    encoded = {name: encode(read[name]) for name in ("eval", "test") if name in read}
+    eval_ids, eval_types, eval_labels = encoded["eval"]
 
     def collate(ids_list, types_list):
         width = max(map(len, ids_list))
@@ -94,7 +127,33 @@ def main():
                 types[i, : len(ids_row)] = torch.tensor(types_list[i])
         return {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": types}
 
+    def probabilities(split: str) -> np.ndarray:
+        """Multilabel: the sigmoid of the model's logits for every example of `split`, in float32."""
+        ids, types, _ = encoded[split]
+        model.eval()
+        rows_out = []
+        with torch.no_grad():
+            for i in range(0, len(ids), 128):
+                rows = slice(i, i + 128)
+                rows_out.append(
+                    torch.sigmoid(model(**collate(ids[rows], types[rows] if types else None)).logits)
+                )
+        model.train()
+        return torch.cat(rows_out).numpy().astype(np.float32)
+
+    def multilabel_metrics(split: str, threshold: float, probs=None) -> dict:
+        probs = probabilities(split) if probs is None else probs
+        predicted = (probs > np.float32(threshold)).astype(np.int64)
+        truth = encoded[split][2].astype(np.int64)
+        return {
+            "threshold": threshold,
+            "micro_f1": float(f1_score(truth, predicted, average="micro", zero_division=0)),
+            "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+        }
+
     def evaluate() -> dict:
+        if multilabel:
+            return multilabel_metrics("eval", 0.5)
         model.eval()
         outputs = []
         with torch.no_grad():
@@ -141,7 +200,7 @@ def main():
             types = [train_types[i] for i in rows] if train_types else None
             batch = collate([train_ids[i] for i in rows], types)
             labels = torch.tensor(train_labels[rows])
-            out = model(**batch, labels=labels.float() if regression else labels.long())
+            out = model(**batch, labels=labels.float() if regression or multilabel else labels.long())
             optimizer.zero_grad()
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -156,6 +215,15 @@ def main():
     train_s = time.time() - train_start
     final = evaluate()
     epochs[-1] = final
+    if multilabel and (args.tune_threshold or "test" in encoded):  # the last epoch's model
+        dev = probabilities("eval")
+        threshold = (
+            choose_threshold(encoded["eval"][2], dev, args.tune_threshold)[0] if args.tune_threshold else 0.5
+        )
+        final = {**final, "tuned": multilabel_metrics("eval", threshold, dev)}
+        if "test" in encoded:
+            final["test"] = multilabel_metrics("test", threshold)
+        print(json.dumps({k: final[k] for k in ("tuned", "test") if k in final}))
     print(json.dumps([{k: v for k, v in e.items() if k != "report"} for e in epochs]))
     result = {
         "impl": "torch",
