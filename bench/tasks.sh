@@ -37,7 +37,7 @@ case $job in
   goemotions-torch)  # jaxft/configs/multilabel.py's recipe; its model after the last epoch
     exec "$py" bench/torch_reference.py --task multilabel --format goemotions --train "$data/goemotions/train.tsv" \
       --eval "$data/goemotions/dev.tsv" --test "$data/goemotions/test.tsv" --tune-threshold macro_f1 \
-      --max-seq-length 128 --epochs 3 --warmup-ratio 0.1 --out "$out/goemotions_torch.json" "$@" ;;
+      --max-seq-length 128 --epochs 3 --lr 2e-4 --warmup-ratio 0.1 --out "$out/goemotions_torch.json" "$@" ;;
   semeval) config=jaxft/configs/relation.py ;;
   semeval_cls) config=jaxft/configs/relation.py; set -- --config.task.relation_pooling=cls "$@" ;;
   newsgroups) config=jaxft/configs/newsgroups.py ;;
