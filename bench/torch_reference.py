@@ -213,10 +213,10 @@ def main():
                 print(f"epoch {epoch} step {step}/{steps_per_epoch} loss {out.loss.item():.4f}", flush=True)
         epochs.append(evaluate() if epoch < args.epochs - 1 else None)
     train_s = time.time() - train_start
-    final = evaluate()
+    dev = probabilities("eval") if multilabel else None  # the last epoch's model, read once
+    final = multilabel_metrics("eval", 0.5, dev) if multilabel else evaluate()
     epochs[-1] = final
-    if multilabel and (args.tune_threshold or "test" in encoded):  # the last epoch's model
-        dev = probabilities("eval")
+    if multilabel and (args.tune_threshold or "test" in encoded):
         threshold = (
             choose_threshold(encoded["eval"][2], dev, args.tune_threshold)[0] if args.tune_threshold else 0.5
         )
